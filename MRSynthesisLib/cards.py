@@ -1,0 +1,216 @@
+"""Model folders: a JSON card plus safetensors weights.
+
+A model is a folder holding ``card.json`` and the weights file the card names. The card
+says everything needed to use the weights on data the model has never seen (architecture,
+accepted inputs, outputs, plane, normalisation, output intensity scale), and where the
+model came from (training data, licence, credit, metrics). Weights are read with
+safetensors, so loading a model never unpickles (never runs) anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import modalities
+from . import models as architectures
+from .errors import ModelCardError
+from .volume import current_umask
+
+SCHEMA_VERSION = 1
+CARD_NAME = "card.json"
+WEIGHTS_NAME = "model.safetensors"
+PLANES = ("axial", "coronal", "sagittal")
+MISSING_INPUT_POLICIES = ("any_subset", "all_required")
+
+
+@dataclass
+class ModelCard:
+    """What a model folder's ``card.json`` holds; ``validate`` says what is wrong with it."""
+
+    name: str
+    architecture: str
+    inputs: list[str]
+    outputs: list[str]
+    normalisation: dict[str, Any]
+    spatial_dims: int = 2
+    params: dict[str, Any] = field(default_factory=dict)
+    lesion_input: bool = False
+    plane: str | None = "axial"
+    # "any_subset": trained to accept any non-empty subset (Chartsias); "all_required":
+    # every input must be given, so a missing one is refused rather than zero-filled.
+    missing_inputs: str = "any_subset"
+    output_intensity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    patch_size: list[int] | None = None
+    version: str = "0.0.0"
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    weights: str = WEIGHTS_NAME
+    weights_sha256: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "card") -> "ModelCard":
+        if not isinstance(data, dict):
+            raise ModelCardError(f"{source}: a model card must be a JSON object")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ModelCardError(f"{source}: schema_version {version!r} is not supported "
+                                 f"(this MRSynthesis reads version {SCHEMA_VERSION})")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelCardError(f"{source}: unknown card fields {unknown}; known fields: {sorted(known)}")
+        missing = sorted(f for f in ("name", "architecture", "inputs", "outputs", "normalisation") if f not in data)
+        if missing:
+            raise ModelCardError(f"{source}: missing card fields {missing}")
+        card = cls(**data)
+        card.validate(source)
+        return card
+
+    def validate(self, source: str = "card") -> None:
+        def fail(message: str) -> None:
+            raise ModelCardError(f"{source}: {message}")
+
+        for label in ("inputs", "outputs"):
+            names = getattr(self, label)
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                fail(f"'{label}' must be a non-empty list of modality names")
+            for name in names:
+                if not modalities.is_known(name) or modalities.canonical(name) != name:
+                    fail(f"'{label}' holds {name!r}, which is not a canonical modality ({', '.join(modalities.CANONICAL)})")
+            if len(set(names)) != len(names):
+                fail(f"'{label}' repeats a modality: {names}")
+        if self.spatial_dims not in (2, 3):
+            fail(f"spatial_dims must be 2 or 3, not {self.spatial_dims!r}")
+        if self.spatial_dims == 2 and self.plane not in PLANES:
+            fail(f"a 2D model needs 'plane' in {PLANES}, not {self.plane!r}")
+        if self.missing_inputs not in MISSING_INPUT_POLICIES:
+            fail(f"missing_inputs must be one of {MISSING_INPUT_POLICIES}, not {self.missing_inputs!r}")
+        if self.architecture not in architectures.ARCHITECTURES:
+            fail(f"unknown architecture {self.architecture!r}; known: {', '.join(sorted(architectures.ARCHITECTURES))}")
+        if not isinstance(self.params, dict):
+            fail("'params' must be an object")
+        from .preprocessing import IntensityStats, NormalisationSpec  # late: keeps card parsing light
+        try:
+            NormalisationSpec.from_dict(self.normalisation)
+            for name, stats in self.output_intensity.items():
+                if name not in self.outputs:
+                    raise ValueError(f"output_intensity names {name!r}, which is not an output")
+                IntensityStats.from_dict(stats)
+        except (ValueError, TypeError, KeyError) as error:
+            fail(f"bad normalisation or output_intensity: {error}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    """A card and its network, weights loaded, in eval mode on the CPU."""
+
+    card: ModelCard
+    network: nn.Module
+    folder: Path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_card(folder: str | os.PathLike) -> ModelCard:
+    folder = Path(folder)
+    path = folder / CARD_NAME
+    if not path.is_file():
+        raise ModelCardError(f"{folder}: not a model folder (no {CARD_NAME})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelCardError(f"{path}: not valid JSON ({error})") from None
+    return ModelCard.from_dict(data, source=str(path))
+
+
+def build_network(card: ModelCard) -> nn.Module:
+    try:
+        return architectures.build(card.architecture, card.inputs, card.outputs, card.lesion_input, card.params)
+    except (TypeError, ValueError) as error:
+        raise ModelCardError(f"card {card.name!r}: architecture parameters do not fit "
+                             f"{card.architecture!r}: {error}") from None
+
+
+def load_model(folder: str | os.PathLike) -> LoadedModel:
+    """Read a model folder; every mismatch between card and weights is a ``ModelCardError``."""
+    folder = Path(folder)
+    card = read_card(folder)
+    weights = folder / card.weights
+    if not weights.is_file():
+        raise ModelCardError(f"{folder}: the card names weights {card.weights!r}, which do not exist")
+    if card.weights_sha256 and _sha256(weights) != card.weights_sha256:
+        raise ModelCardError(f"{weights}: checksum differs from the card's weights_sha256 (corrupt or replaced file)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelCardError(f"{weights}: not a readable safetensors file ({error})") from None
+    network = build_network(card)
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelCardError(f"{weights}: does not match the card's architecture; missing {missing[:5]}"
+                             f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                             f"{' ...' if len(unexpected) > 5 else ''}")
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if state[k].shape != v.shape]
+    if wrong:
+        raise ModelCardError(f"{weights}: tensor shapes do not match the card's architecture ({'; '.join(wrong[:3])})")
+    network.load_state_dict(state)
+    network.eval()
+    return LoadedModel(card, network, folder)
+
+
+def save_model(card: ModelCard, network: nn.Module, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write a model folder atomically (a temporary folder renamed into place)."""
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise ModelCardError(f"{folder}: already exists; choose another folder")
+    card.validate(str(folder))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+                 for k, v in network.state_dict().items()}
+        save_file(state, str(staging / card.weights), metadata={"card_name": card.name})
+        card.weights_sha256 = _sha256(staging / card.weights)
+        (staging / CARD_NAME).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
+        umask = current_umask()  # mkdtemp made the folder private; give the usual modes
+        os.chmod(staging, 0o777 & ~umask)
+        for item in staging.iterdir():
+            os.chmod(item, 0o666 & ~umask)
+        if folder.exists():
+            backup = folder.with_name(f".{folder.name}.old")
+            os.replace(folder, backup)
+            os.replace(staging, folder)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+

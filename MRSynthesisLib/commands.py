@@ -1,0 +1,265 @@
+"""What each ``mrsynthesis`` sub-command does; ``cli`` parses, this module acts.
+
+Every command that synthesises goes through ``SynthesisLogic``; files are read with
+``read_volume`` and written atomically with ``write_volume``, after checking up front
+that no output would replace an existing file or an input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics, modalities, registry
+from .cards import LoadedModel, load_model
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, InputError
+from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult
+from .preprocessing import NormalisationSpec, foreground_mask, normalise
+from .progress import Reporter
+from .validation import check_mask, check_values
+from .volume import Volume, read_volume, suffix_of, write_volume
+
+
+def _targets(values: Sequence[str]) -> list[str]:
+    return [t.strip() for value in values for t in value.split(",") if t.strip()]
+
+
+def _canonical(name: str, role: str) -> str:
+    try:
+        return modalities.canonical(name)
+    except ValueError as error:
+        raise InputError(f"{role}: {error}") from None
+
+
+def default_targets(model: LoadedModel, inputs: Sequence[str]) -> list[str]:
+    """Every output the model produces that is not already an input."""
+    given = {_canonical(n, "input") for n in inputs}
+    targets = [t for t in model.card.outputs if t not in given]
+    if not targets:
+        raise InputError(f"every output of model {model.card.name!r} ({', '.join(model.card.outputs)}) "
+                         "is already an input; pass --target to re-synthesise one")
+    return targets
+
+
+def output_paths(out: str | os.PathLike, targets: Sequence[str], suffix: str) -> dict[str, Path]:
+    """One file per target: ``out`` itself when it is an image name, else ``out/<T>_synthetic<suffix>``."""
+    out = Path(out)
+    try:
+        suffix_of(out)
+        is_file = True
+    except InputError:
+        is_file = False
+    if is_file:
+        if len(targets) != 1:
+            raise InputError(f"{out}: an image file name holds one output, but {len(targets)} targets were asked "
+                             f"for ({', '.join(targets)}); give a folder instead")
+        return {targets[0]: out}
+    return {t: out / f"{t}_synthetic{suffix}" for t in targets}
+
+
+def saliency_paths(folder: str | os.PathLike, result_targets: Sequence[str], inputs: Sequence[str],
+                   suffix: str) -> dict[tuple[str, str], Path]:
+    return {(t, n): Path(folder) / f"P3S_{t}_from_{n}{suffix}" for t in result_targets for n in inputs}
+
+
+def check_writable(paths: Sequence[Path], inputs: Sequence[Path], overwrite: bool) -> None:
+    """Fail before any work when an output would replace an input, or an existing file without --overwrite."""
+    sources = {p.resolve() for p in inputs}
+    for path in paths:
+        if path.resolve() in sources:
+            raise InputError(f"{path}: is one of the inputs; outputs never replace inputs")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: already exists; choose another --out or pass --overwrite")
+
+
+def _read_optional(path: str | None) -> Volume | None:
+    return read_volume(path) if path else None
+
+
+def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: Mapping[tuple[str, str], Path],
+                 overwrite: bool) -> dict[str, object]:
+    """Write outputs (and saliency maps, contributions.json); return the summary for the caller."""
+    written = {t: str(write_volume(result.outputs[t], paths[t], overwrite=overwrite)) for t in paths}
+    maps = {}
+    for (t, n), path in saliency.items():
+        maps.setdefault(t, {})[n] = str(write_volume(result.saliency[t][n], path, overwrite=overwrite))
+    summary: dict[str, object] = {"outputs": written, "device": result.device, "precision": result.precision,
+                                  "notes": result.notes}
+    if saliency:
+        summary.update(saliency=maps, contributions=result.contributions, saliency_objective=result.saliency_objective)
+        folder = next(iter(saliency.values())).parent
+        _write_json_atomically(folder / "contributions.json",
+                               {"objective": result.saliency_objective, "contributions": result.contributions,
+                                "maps": maps})
+    return summary
+
+
+def _write_json_atomically(path: Path, data: object) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
+    model = load_model(registry.resolve(args.model))
+    inputs = {name: read_volume(path) for name, path in args.input}
+    targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)
+    paths = output_paths(args.out, targets, args.format)
+    saliency = (saliency_paths(args.saliency_out, targets, [_canonical(n, "input") for n in inputs], args.format)
+                if args.saliency_out else {})
+    check_writable([*paths.values(), *saliency.values()], [Path(p) for _, p in args.input], args.overwrite)
+    request = SynthesisRequest(
+        inputs=inputs, targets=targets, lesion_mask=_read_optional(args.lesion_mask),
+        brain_mask=_read_optional(args.brain_mask), reference=args.resample_to, resample=bool(args.resample_to),
+        device=args.device, precision=args.precision, batch_size=args.batch_size, plane=args.plane,
+        saliency=bool(args.saliency_out),
+        saliency_references={name: read_volume(path) for name, path in args.saliency_reference})
+    result = SynthesisLogic(model, reporter.progress).run(request)
+    for note in result.notes:
+        reporter.note(note)
+    summary = write_result(result, paths, saliency, args.overwrite)
+    reporter.close()
+    reporter.event("done", model=model.card.name, **summary)
+    if reporter.mode != "json":
+        for target, path in summary["outputs"].items():  # type: ignore[union-attr]
+            print(f"{target}: {path}")
+    return EXIT_OK
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, object]]:
+    """Subjects of a CSV manifest: ``subject``, modality columns, optional ``lesion_mask``/``brain_mask``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such manifest")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "subject" not in rows[0]:
+        raise InputError(f"{path}: a manifest needs a header with a 'subject' column and at least one row")
+    columns = [c for c in rows[0] if c not in ("subject", "lesion_mask", "brain_mask")]
+    names = {c: _canonical(c, f"{path}: column {c!r}") for c in columns}
+    subjects, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        subject = (row.get("subject") or "").strip()
+        if not subject or subject in seen or Path(subject).name != subject:
+            raise InputError(f"{path}:{line}: subject {subject!r} is empty, repeated or not a plain name")
+        seen.add(subject)
+        resolve = lambda value: str((path.parent / value.strip()).resolve()) if value and value.strip() else None  # noqa: E731
+        inputs = {names[c]: resolve(row[c]) for c in columns if resolve(row[c])}
+        if not inputs:
+            raise InputError(f"{path}:{line}: subject {subject!r} has no input file")
+        subjects.append({"subject": subject, "inputs": inputs, "lesion_mask": resolve(row.get("lesion_mask")),
+                         "brain_mask": resolve(row.get("brain_mask"))})
+    return subjects
+
+
+def shard(items: Sequence[dict[str, object]]) -> tuple[list[dict[str, object]], int, int]:
+    """This process's share of ``items`` under torchrun (RANK/WORLD_SIZE), else all of them."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if os.environ.get("LOCAL_RANK") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+    return list(items[rank::world]), rank, world
+
+
+def batch(args: argparse.Namespace, reporter: Reporter) -> int:
+    subjects, rank, world = shard(read_manifest(args.manifest))
+    model = load_model(registry.resolve(args.model))
+    logic = SynthesisLogic(model)
+    failures: dict[str, str] = {}
+    for index, subject in enumerate(subjects):
+        name = str(subject["subject"])
+        inputs: dict[str, str] = subject["inputs"]  # type: ignore[assignment]
+        targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)
+        paths = output_paths(Path(args.out) / name, targets, args.format)
+        if not args.overwrite and all(p.exists() for p in paths.values()):
+            reporter.event("skipped", subject=name, reason="outputs exist")
+            continue
+        logic.progress = lambda f, m, i=index: reporter.progress((i + f) / len(subjects), f"{name}: {m}")
+        try:
+            check_writable(list(paths.values()), [Path(p) for p in inputs.values()], args.overwrite)
+            request = SynthesisRequest(
+                inputs={n: read_volume(p) for n, p in inputs.items()}, targets=targets,
+                lesion_mask=_read_optional(subject["lesion_mask"]), brain_mask=_read_optional(subject["brain_mask"]),
+                reference=args.resample_to, resample=bool(args.resample_to), device=args.device,
+                precision=args.precision, batch_size=args.batch_size, plane=args.plane)
+            result = logic.run(request)
+            summary = write_result(result, paths, {}, args.overwrite)
+            reporter.event("subject_done", subject=name, **summary)
+        except InputError as error:
+            failures[name] = str(error)
+            reporter.note(f"{name}: {error}")
+    reporter.close()
+    reporter.event("done", rank=rank, world_size=world, subjects=len(subjects), failed=failures)
+    if reporter.mode != "json":
+        print(f"rank {rank}/{world}: {len(subjects) - len(failures)} of {len(subjects)} subjects done"
+              + (f"; failed: {', '.join(failures)}" if failures else ""))
+    return EXIT_BAD_INPUT if failures else EXIT_OK
+
+
+def models(args: argparse.Namespace, reporter: Reporter) -> int:
+    entries = registry.list_models()
+    if args.json:
+        print(json.dumps([{"name": e.name, "folder": str(e.folder), "origin": e.origin, "problem": e.problem,
+                           "card": e.card.to_dict() if e.card else None} for e in entries], indent=2))
+        return EXIT_OK
+    if not entries:
+        print("no models found; searched: " + ", ".join(str(f) for f, _ in registry.search_folders()))
+    for e in entries:
+        if e.card is None:
+            print(f"{e.name}  [{e.origin}]  unusable: {e.problem}")
+            continue
+        c = e.card
+        where = f"{c.spatial_dims}D" + (f" {c.plane}" if c.spatial_dims == 2 else "")
+        lesion = " +lesion" if c.lesion_input else ""
+        print(f"{e.name}  [{e.origin}]  {'+'.join(c.inputs)}{lesion} -> {'+'.join(c.outputs)}  ({where})  {e.folder}")
+    return EXIT_OK
+
+
+def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
+    synthetic, reference = read_volume(args.synthetic), read_volume(args.reference)
+    for volume in (synthetic, reference):
+        check_values(volume)
+    differences = synthetic.geometry.differences(reference.geometry)
+    if differences:
+        raise InputError(f"{synthetic.source} and {reference.source} are on different grids ({'; '.join(differences)})")
+    brain = check_mask(read_volume(args.brain_mask)) if args.brain_mask else foreground_mask([reference.array])
+    try:
+        spec = NormalisationSpec.from_dict({"scheme": args.normalisation})
+    except ValueError as error:
+        raise InputError(f"--normalisation: {error}") from None
+    synth_n, ref_n = (normalise(v.array, spec, brain)[0] for v in (synthetic, reference))
+    lesion = nawm = None
+    if args.lesion_mask:
+        lesion = check_mask(read_volume(args.lesion_mask))
+        if args.nawm_mask:
+            nawm = check_mask(read_volume(args.nawm_mask))
+        elif args.t1:
+            nawm = metrics.white_matter_mask(read_volume(args.t1).array, brain)
+        else:
+            raise InputError("--lesion-mask needs --nawm-mask or --t1 (to derive white matter) for the lesion ratios")
+    axis = reference.geometry.axis_for(args.slice_plane) if args.slice_plane else None
+    try:
+        values = metrics.compute_all(synth_n, ref_n, brain_mask=brain, lesion_mask=lesion, nawm_mask=nawm,
+                                     slice_axis=axis)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    print(f"synthetic: {synthetic.source}\nreference: {reference.source}\nnormalisation: {spec.scheme}; "
+          f"data range: max-min of the normalised reference\n")
+    print(metrics.format_table(values))
+    if args.json:
+        _write_json_atomically(Path(args.json), values)
+    return EXIT_OK
+
+
+def demo(args: argparse.Namespace, reporter: Reporter) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), model=args.model, device=args.device, overwrite=args.overwrite, reporter=reporter)

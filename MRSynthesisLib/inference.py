@@ -1,0 +1,234 @@
+"""Running a network over a whole volume: device, precision, batching, progress, cancel.
+
+2D models run slice by slice along the plane's axis (any plane: the paper's view
+transfer), batched, cropped to the brain's bounding box and padded to the size the
+network needs; slices without brain are skipped. 3D models run in overlapping windows
+blended by MONAI's ``sliding_window_inference``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import Cancelled, InputError
+from .preprocessing import bounding_box, plan_crop_pad
+
+ProgressCallback = Callable[[float, str], None]
+CancelCheck = Callable[[], bool]
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _mps_available() -> bool:
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def choose_device(requested: str) -> tuple[torch.device, str | None]:
+    """The device to run on, and why it differs from ``requested`` (None when it does not).
+
+    ``auto`` prefers CUDA, then Apple's MPS, then the CPU. An explicit choice that is not
+    available falls back to the CPU with the reason, rather than failing the run.
+    """
+    if requested not in DEVICES:
+        raise InputError(f"unknown device {requested!r}; choose one of {', '.join(DEVICES)}")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda"), None
+    if requested in ("auto", "mps") and _mps_available():
+        return torch.device("mps"), None
+    if requested in ("cuda", "mps"):
+        return torch.device("cpu"), f"{requested.upper()} is not available in this PyTorch build or machine; using the CPU"
+    return torch.device("cpu"), None
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = plain fp32).
+
+    ``auto`` is fp16 on CUDA (bf16 where the GPU supports it, which avoids fp16 overflow),
+    fp16 on MPS, and bf16 on CPUs with native bf16 arithmetic, else fp32.
+    """
+    if requested not in PRECISIONS:
+        raise InputError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if requested == "fp32":
+        return None
+    if requested == "bf16":
+        return torch.bfloat16
+    if requested == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+@dataclass
+class RunSettings:
+    device: torch.device
+    dtype: torch.dtype | None = None
+    batch_size: int = 16
+    progress: ProgressCallback = lambda fraction, message: None
+    cancelled: CancelCheck = lambda: False
+    notes: list[str] = field(default_factory=list)  # what changed along the way (OOM fallbacks)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def check_cancel(self) -> None:
+        if self.cancelled():
+            raise Cancelled("cancelled")
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+@dataclass
+class SliceResult:
+    outputs: dict[str, np.ndarray]
+    saliency: dict[str, dict[str, np.ndarray]]  # target -> input -> |d objective / d input|
+
+
+def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets: Sequence[str], *,
+                  axis: int, mask: np.ndarray, settings: RunSettings, lesion: np.ndarray | None = None,
+                  saliency: bool = False, saliency_references: Mapping[str, np.ndarray] | None = None,
+                  margin: int = 8) -> SliceResult:
+    """Synthesise ``targets`` from normalised (z, y, x) ``inputs`` with a 2D network.
+
+    Only slices that meet ``mask`` are run, each cropped to the mask's bounding box plus
+    ``margin`` voxels of (zero) background and padded to the network's size multiple;
+    the result is exact because normalised inputs are 0 outside the brain anyway.
+    With ``saliency``, also returns P3S maps: the absolute gradient, per input, of the
+    sum of the prediction inside the brain (target-free), or of the squared error to
+    ``saliency_references[target]`` inside the brain when one is given (Wei et al.).
+    """
+    names = list(inputs)
+    moved = {n: np.moveaxis(a, axis, 0) for n, a in inputs.items()}
+    moved_mask = np.moveaxis(mask, axis, 0)
+    moved_lesion = None if lesion is None else np.moveaxis(lesion, axis, 0)
+    moved_refs = {t: np.moveaxis(r, axis, 0) for t, r in (saliency_references or {}).items()}
+    multiple = int(getattr(network, "SIZE_MULTIPLE", 1))
+    plan = plan_crop_pad(moved_mask.shape, (1, multiple, multiple), bbox=bounding_box(moved_mask, margin=margin))
+    cropped = {n: plan.apply(a) for n, a in moved.items()}
+    cropped_mask = plan.apply(moved_mask.astype(np.float32))
+    cropped_lesion = None if moved_lesion is None else plan.apply(moved_lesion.astype(np.float32))
+    cropped_refs = {t: plan.apply(r) for t, r in moved_refs.items()}
+    depth = cropped_mask.shape[0]
+    active = [k for k in range(depth) if cropped_mask[k].any()]
+
+    outputs = {t: np.zeros(cropped_mask.shape, np.float32) for t in targets}
+    maps = {t: {n: np.zeros(cropped_mask.shape, np.float32) for n in names} for t in targets} if saliency else {}
+
+    def tensor(array: np.ndarray, index: list[int]) -> torch.Tensor:
+        batch = torch.from_numpy(np.ascontiguousarray(array[index][:, None]))
+        return batch.to(settings.device).contiguous(memory_format=torch.channels_last)
+
+    def run_batch(index: list[int]) -> None:
+        x = {n: tensor(cropped[n], index) for n in names}
+        les = None if cropped_lesion is None else tensor(cropped_lesion, index)
+        if not saliency:
+            with torch.inference_mode(), settings.autocast():
+                result = network(x, lesion=les, targets=list(targets))
+            for t in targets:
+                outputs[t][index] = result[t][:, 0].float().cpu().numpy()
+            return
+        for tensor_ in x.values():
+            tensor_.requires_grad_(True)
+        with torch.enable_grad(), settings.autocast():
+            result = network(x, lesion=les, targets=list(targets))
+        brain = tensor(cropped_mask, index)
+        for i, t in enumerate(targets):
+            prediction = result[t].float()
+            outputs[t][index] = prediction[:, 0].detach().cpu().numpy()
+            if t in cropped_refs:
+                objective = ((prediction - tensor(cropped_refs[t], index)) ** 2 * brain).sum()
+            else:
+                objective = (prediction * brain).sum()
+            grads = torch.autograd.grad(objective, [x[n] for n in names], retain_graph=i < len(targets) - 1)
+            for n, g in zip(names, grads):
+                maps[t][n][index] = g[:, 0].abs().float().cpu().numpy()
+
+    _run_in_batches(network, active, run_batch, settings, "slices")
+    restore = lambda a: np.moveaxis(plan.invert(a), 0, axis)  # noqa: E731
+    return SliceResult({t: restore(a) for t, a in outputs.items()},
+                       {t: {n: restore(a) for n, a in per.items()} for t, per in maps.items()})
+
+
+def _run_in_batches(network: nn.Module, items: list[int], run_batch: Callable[[list[int]], None],
+                    settings: RunSettings, unit: str) -> None:
+    """Run ``items`` in batches, halving the batch on out-of-memory, then falling back to the CPU."""
+    network.to(settings.device, memory_format=torch.channels_last)
+    done, batch = 0, max(1, settings.batch_size)
+    settings.progress(0.0, f"synthesising {len(items)} {unit} on {settings.device.type}")
+    while done < len(items):
+        settings.check_cancel()
+        index = items[done:done + batch]
+        try:
+            run_batch(index)
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not _is_oom(error) or settings.device.type == "cpu":
+                raise
+            if settings.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch > 1:
+                batch //= 2
+                settings.notes.append(f"out of memory on {settings.device.type}: batch size lowered to {batch}")
+            else:
+                settings.notes.append(f"out of memory on {settings.device.type} even one {unit[:-1]} at a time: "
+                                      "continuing on the CPU")
+                settings.device, settings.dtype = torch.device("cpu"), None
+                network.to(settings.device)
+            settings.progress(done / max(1, len(items)), settings.notes[-1])
+            continue
+        done += len(index)
+        settings.progress(done / len(items), f"{done}/{len(items)} {unit}")
+
+
+def run_tiled(network: nn.Module, inputs: Mapping[str, np.ndarray], targets: Sequence[str], *,
+              settings: RunSettings, patch_size: Sequence[int], overlap: float = 0.25,
+              lesion: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Synthesise with a 3D network in overlapping windows blended with Gaussian weights (MONAI)."""
+    from monai.inferers import sliding_window_inference
+
+    names = list(inputs)
+    channels = [inputs[n] for n in names] + ([lesion.astype(np.float32)] if lesion is not None else [])
+    volume = torch.from_numpy(np.stack(channels)[None]).to(settings.device)
+    shape = volume.shape[2:]
+    roi = [min(p, s) for p, s in zip(patch_size, shape)]
+    windows = math.prod(math.ceil(max(s - r, 0) / max(1, int(r * (1 - overlap)))) + 1 for s, r in zip(shape, roi))
+    seen = [0]
+
+    def predictor(window: torch.Tensor) -> dict[str, torch.Tensor]:
+        settings.check_cancel()
+        x = {n: window[:, i:i + 1] for i, n in enumerate(names)}
+        les = window[:, len(names):] if lesion is not None else None
+        with settings.autocast():
+            result = network(x, lesion=les, targets=list(targets))
+        seen[0] += window.shape[0]
+        settings.progress(min(seen[0] / windows, 1.0), f"{min(seen[0], windows)}/{windows} windows")
+        return {t: result[t].float() for t in targets}
+
+    network.to(settings.device)
+    settings.progress(0.0, f"synthesising {windows} windows on {settings.device.type}")
+    with torch.inference_mode():
+        result = sliding_window_inference(volume, roi, settings.batch_size, predictor, overlap=overlap,
+                                          mode="gaussian", sw_device=settings.device, device="cpu")
+    return {t: result[t][0, 0].numpy() for t in targets}

@@ -1,0 +1,175 @@
+"""The one entry point every front end uses to synthesise missing contrasts.
+
+``SynthesisLogic.run`` takes named input volumes and returns output volumes on the
+reference input's grid. It validates the inputs, normalises them as the model card says,
+runs the network, maps the results back to an intensity scale and the reference grid,
+and optionally computes per-input P3S saliency maps. It never writes files: the command
+line does that, so the logic is equally usable from the Slicer module and from tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import modalities
+from .cards import LoadedModel
+from .errors import InputError
+from .inference import CancelCheck, ProgressCallback, RunSettings, choose_device, choose_precision, run_slicewise, run_tiled
+from .preprocessing import IntensityStats, NormalisationSpec, denormalise, foreground_mask, normalise
+from .validation import align, check_mask, check_values
+from .volume import Volume
+
+
+@dataclass
+class SynthesisRequest:
+    """What to synthesise. Modality names may be aliases; they are made canonical."""
+
+    inputs: Mapping[str, Volume]
+    targets: Sequence[str]
+    lesion_mask: Volume | None = None
+    brain_mask: Volume | None = None
+    reference: str | None = None  # whose grid the outputs take; default: the first input
+    resample: bool = False  # resample other inputs onto the reference instead of refusing
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 16
+    plane: str | None = None  # 2D models: slice in this plane instead of the card's (view transfer)
+    saliency: bool = False
+    saliency_references: Mapping[str, Volume] = field(default_factory=dict)  # target -> real image
+
+
+@dataclass
+class SynthesisResult:
+    outputs: dict[str, Volume]
+    saliency: dict[str, dict[str, Volume]]  # target -> input -> map
+    contributions: dict[str, dict[str, float]]  # target -> input -> share of the mean saliency in the brain
+    device: str
+    precision: str
+    notes: list[str]
+    saliency_objective: str | None = None
+
+
+class SynthesisLogic:
+    """Runs one loaded model; ``progress(fraction, message)`` and ``cancelled()`` are injected."""
+
+    def __init__(self, model: LoadedModel, progress: ProgressCallback | None = None,
+                 cancelled: CancelCheck | None = None) -> None:
+        self.model = model
+        self.progress = progress or (lambda fraction, message: None)
+        self.cancelled = cancelled or (lambda: False)
+
+    def run(self, request: SynthesisRequest) -> SynthesisResult:
+        card = self.model.card
+        inputs = self._canonical_inputs(request.inputs)
+        targets = [self._canonical(t, "target") for t in request.targets]
+        self._check_modalities(inputs, targets)
+        masks = {k: v for k, v in (("lesion", request.lesion_mask), ("brain", request.brain_mask)) if v is not None}
+        references = {self._canonical(t, "saliency reference"): v for t, v in request.saliency_references.items()}
+        masks.update({f"reference:{t}": v for t, v in references.items()})
+        reference = self._canonical(request.reference, "reference") if request.reference else next(iter(inputs))
+        for volume in inputs.values():
+            check_values(volume)
+        inputs, masks = align(inputs, reference, resample=request.resample, masks=masks)
+        grid = inputs[reference]
+
+        lesion = None
+        if "lesion" in masks:
+            if not card.lesion_input:
+                raise InputError(f"model {card.name!r} was not trained with a lesion channel; "
+                                 "it cannot use --lesion-mask")
+            lesion = check_mask(masks["lesion"])
+        if "brain" in masks:
+            brain = check_mask(masks["brain"])
+            if not brain.any():
+                raise InputError(f"{masks['brain'].source}: the brain mask is empty")
+        else:
+            brain = foreground_mask([v.array for v in inputs.values()])
+        if lesion is not None:
+            lesion = lesion & brain
+
+        spec = NormalisationSpec.from_dict(card.normalisation)
+        normalised = {n: normalise(v.array, spec, brain)[0] for n, v in inputs.items()}
+        device, reason = choose_device(request.device)
+        dtype = choose_precision(request.precision, device)
+        notes = [reason] if reason else []
+        settings = RunSettings(device, dtype, request.batch_size, self.progress, self.cancelled, notes)
+
+        saliency_refs = {t: normalise(masks[f"reference:{t}"].array, spec, brain)[0] for t in references}
+        maps: dict[str, dict[str, np.ndarray]] = {}
+        if card.spatial_dims == 2:
+            axis = grid.geometry.axis_for(request.plane or card.plane)
+            result = run_slicewise(self.model.network, normalised, targets, axis=axis, mask=brain,
+                                   settings=settings, lesion=lesion, saliency=request.saliency,
+                                   saliency_references=saliency_refs)
+            raw, maps = result.outputs, result.saliency
+        else:
+            if request.saliency:
+                raise InputError(f"saliency maps are not available for 3D model {card.name!r} in this version")
+            raw = run_tiled(self.model.network, normalised, targets, settings=settings,
+                            patch_size=card.patch_size or (64, 64, 64), lesion=lesion)
+
+        outputs = {}
+        for t in targets:
+            stats = card.output_intensity.get(t)
+            array = denormalise(raw[t], IntensityStats.from_dict(stats), brain) if stats else np.where(brain, raw[t], 0)
+            used = "+".join(inputs)
+            outputs[t] = grid.with_array(array.astype(np.float32), source=f"{t} synthetic ({used})")
+        saliency = {t: {n: grid.with_array(m * brain, source=f"P3S {t} <- {n}") for n, m in per.items()}
+                    for t, per in maps.items()}
+        contributions = {t: self._contributions(per, brain) for t, per in maps.items()}
+        objective = None
+        if request.saliency:
+            objective = ("|d sum((prediction - reference)^2 in brain) / d input| (P3S, Wei et al. 2019)" if saliency_refs
+                         else "|d sum(prediction in brain) / d input| (target-free P3S variant)")
+        self.progress(1.0, "done")
+        return SynthesisResult(outputs, saliency, contributions, settings.device.type,
+                               str(settings.dtype).replace("torch.", "") if settings.dtype else "float32",
+                               settings.notes, objective)
+
+    @staticmethod
+    def _contributions(maps: Mapping[str, np.ndarray], brain: np.ndarray) -> dict[str, float]:
+        """Each input's share of the summed mean saliency inside the brain (shares sum to 1)."""
+        means = {n: float(m[brain].mean()) for n, m in maps.items()}
+        total = sum(means.values()) or 1.0
+        return {n: v / total for n, v in means.items()}
+
+    @staticmethod
+    def _canonical(name: str, role: str) -> str:
+        try:
+            return modalities.canonical(name)
+        except ValueError as error:
+            raise InputError(f"{role}: {error}") from None
+
+    def _canonical_inputs(self, inputs: Mapping[str, Volume]) -> dict[str, Volume]:
+        if not inputs:
+            raise InputError("no inputs given; pass at least one, e.g. --input T1=t1.nii.gz")
+        result: dict[str, Volume] = {}
+        for name, volume in inputs.items():
+            key = self._canonical(name, f"input {volume.source}")
+            if key in result:
+                raise InputError(f"{volume.source} and {result[key].source} are both {key}; give each modality once")
+            result[key] = volume
+        return result
+
+    def _check_modalities(self, inputs: Mapping[str, Volume], targets: Sequence[str]) -> None:
+        card = self.model.card
+        refused = [f"{n} ({v.source})" for n, v in inputs.items() if n not in card.inputs]
+        if refused:
+            raise InputError(f"model {card.name!r} does not accept {', '.join(refused)}; "
+                             f"it accepts {', '.join(card.inputs)}")
+        if card.missing_inputs == "all_required":
+            missing = [n for n in card.inputs if n not in inputs]
+            if missing:
+                raise InputError(f"model {card.name!r} needs every input it was trained with; missing "
+                                 f"{', '.join(missing)} (it was not trained to handle missing inputs)")
+        if not targets:
+            raise InputError(f"no target given; model {card.name!r} produces {', '.join(card.outputs)}")
+        unknown = [t for t in targets if t not in card.outputs]
+        if unknown:
+            raise InputError(f"model {card.name!r} cannot produce {', '.join(unknown)}; "
+                             f"it produces {', '.join(card.outputs)}")
+        if len(set(targets)) != len(targets):
+            raise InputError(f"a target is repeated: {', '.join(targets)}")

@@ -1,0 +1,73 @@
+"""Canonical MR contrast names and the aliases real data sets use.
+
+Data sets disagree on names (BraTS ``t2f`` vs the MS set's ``FLAIR``); everything
+inside MRSynthesis uses the canonical name, so a model trained on one naming runs on
+the other.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+CANONICAL: tuple[str, ...] = ("T1", "T1c", "T2", "PD", "FLAIR", "DWI", "DIR")
+
+_ALIASES: dict[str, str] = {
+    # T1-weighted, native
+    "t1": "T1", "t1n": "T1", "t1w": "T1", "t1native": "T1", "mprage": "T1", "t1pre": "T1",
+    # T1-weighted after gadolinium
+    "t1c": "T1c", "t1ce": "T1c", "t1gd": "T1c", "t1post": "T1c", "t1wce": "T1c",
+    "t1contrast": "T1c", "t1wpost": "T1c",
+    # T2-weighted
+    "t2": "T2", "t2w": "T2", "t2wi": "T2",
+    # proton density
+    "pd": "PD", "pdw": "PD",
+    # FLAIR (T2-weighted with fluid suppression)
+    "flair": "FLAIR", "fla": "FLAIR", "t2f": "FLAIR", "t2flair": "FLAIR", "t2wflair": "FLAIR",
+    # diffusion
+    "dwi": "DWI", "dw": "DWI", "adc": "DWI",
+    # double inversion recovery
+    "dir": "DIR",
+}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def canonical(name: str) -> str:
+    """Return the canonical name of ``name`` (case, '-', '_' and spaces ignored).
+
+    Raises ``ValueError`` listing the known names when ``name`` is not one of them.
+    """
+    found = _ALIASES.get(_key(name))
+    if found is None:
+        known = ", ".join(CANONICAL)
+        aliases = ", ".join(sorted(_ALIASES))
+        raise ValueError(f"unknown modality {name!r}; known modalities: {known} (aliases: {aliases})")
+    return found
+
+
+def is_known(name: str) -> bool:
+    return _key(name) in _ALIASES
+
+
+def guess(name: str) -> str | None:
+    """Guess a modality from a file or node name such as ``sub-01_t2f.nii.gz`` or ``T1 POST``.
+
+    Tries the whole stem first, then its '_'/'-'/'.'/space separated tokens from the
+    right (BIDS-like names put the contrast last). Returns None when nothing matches.
+    """
+    stem = Path(name).name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    if is_known(stem):
+        return canonical(stem)
+    tokens = [t for t in re.split(r"[_\-. ]+", stem) if t]
+    for i in range(len(tokens) - 1, -1, -1):
+        for j in (2, 1):  # two-token names first: "T1 POST" before "T1"
+            if i + j <= len(tokens) and is_known("".join(tokens[i:i + j])):
+                return canonical("".join(tokens[i:i + j]))
+    return None

@@ -1,0 +1,65 @@
+"""Where model folders are found: bundled ones, the user's own, or an explicit path.
+
+Search order for a model given by name: the folders in ``MRSYNTHESIS_MODEL_PATH``
+(os.pathsep-separated), then ``~/.mrsynthesis/models``, then the models bundled in
+``Resources/Models``; a name that is an existing folder path is used as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cards import CARD_NAME, ModelCard, read_card
+from .errors import InputError, ModelCardError
+
+BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+USER_MODELS = Path.home() / ".mrsynthesis" / "models"
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    folder: Path
+    origin: str  # "bundled", "user" or "path"
+    card: ModelCard | None
+    problem: str | None = None  # why the card could not be read
+
+
+def search_folders() -> list[tuple[Path, str]]:
+    extra = [Path(p) for p in os.environ.get("MRSYNTHESIS_MODEL_PATH", "").split(os.pathsep) if p]
+    return [(p, "user") for p in (*extra, USER_MODELS)] + [(BUNDLED_MODELS, "bundled")]
+
+
+def list_models() -> list[ModelEntry]:
+    """Every model folder in the search folders; unreadable cards are listed with the reason."""
+    entries = []
+    for root, origin in search_folders():
+        if not root.is_dir():
+            continue
+        for folder in sorted(p for p in root.iterdir() if (p / CARD_NAME).is_file()):
+            try:
+                entries.append(ModelEntry(folder.name, folder, origin, read_card(folder)))
+            except ModelCardError as error:
+                entries.append(ModelEntry(folder.name, folder, origin, None, str(error)))
+    return entries
+
+
+def resolve(model: str | None) -> Path:
+    """The folder of ``model`` (a name or a path); ``None`` means the default bundled model."""
+    if model is None:
+        bundled = [e for e in list_models() if e.origin == "bundled" and e.card is not None]
+        if not bundled:
+            raise InputError("no bundled model is installed; pass --model with a model folder "
+                             "(train one with `python -m training.train`)")
+        return bundled[0].folder
+    path = Path(model).expanduser()
+    if (path / CARD_NAME).is_file():
+        return path
+    for entry in list_models():
+        if entry.name == model:
+            return entry.folder
+    known = ", ".join(e.name for e in list_models()) or "none"
+    raise InputError(f"model {model!r} is neither a model folder (with {CARD_NAME}) nor a known model name; "
+                     f"known models: {known}")

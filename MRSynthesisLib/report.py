@@ -1,0 +1,89 @@
+"""PNG figures a person looks at: orthogonal views of volumes side by side.
+
+Volumes are reoriented to LPS for display so every figure follows the radiological
+convention whatever the file's orientation: axial and coronal views show the patient's
+left on the image's right, anterior (axial) and superior (coronal, sagittal) at the top.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .volume import Volume, current_umask
+
+VIEWS = ("axial", "coronal", "sagittal")
+
+
+@dataclass
+class Panel:
+    title: str
+    volume: Volume
+    overlay: Volume | None = None  # a binary mask drawn as a red contour
+    cmap: str = "gray"
+
+
+def _display_array(volume: Volume) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(volume.to_sitk(), "LPS"))
+
+
+def _view(array: np.ndarray, view: str, point: Sequence[int]) -> np.ndarray:
+    k, j, i = point
+    if view == "axial":
+        return array[k]
+    if view == "coronal":
+        return array[:, j, :][::-1]
+    return array[:, :, i][::-1]
+
+
+def centre_of(mask: np.ndarray) -> tuple[int, int, int]:
+    """The voxel at the centre of mass of ``mask`` (the middle of the volume when empty)."""
+    if not mask.any():
+        return tuple(s // 2 for s in mask.shape)  # type: ignore[return-value]
+    return tuple(int(round(c)) for c in np.argwhere(mask).mean(axis=0))  # type: ignore[return-value]
+
+
+def orthogonal_views(panels: Sequence[Panel], path: str | os.PathLike, *, focus: Volume | None = None,
+                     title: str = "", views: Sequence[str] = VIEWS) -> Path:
+    """One column per panel, one row per view, through the centre of ``focus`` (a mask) or of the volume.
+
+    Each panel is windowed to its own 1st-99.5th percentile inside its foreground.
+    Written atomically (temporary name, then rename).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arrays = [_display_array(p.volume) for p in panels]
+    overlays = [None if p.overlay is None else _display_array(p.overlay) > 0.5 for p in panels]
+    point = centre_of(_display_array(focus) > 0.5) if focus is not None else centre_of(arrays[0] != 0)
+    figure, axes = plt.subplots(len(views), len(panels), figsize=(2.6 * len(panels), 2.6 * len(views)),
+                                squeeze=False, facecolor="black")
+    for column, (panel, array, overlay) in enumerate(zip(panels, arrays, overlays)):
+        foreground = array[array != 0]
+        low, high = np.percentile(foreground, (1, 99.5)) if foreground.size else (0.0, 1.0)
+        for row, view in enumerate(views):
+            axis = axes[row][column]
+            axis.imshow(_view(array, view, point), cmap=panel.cmap, vmin=low, vmax=max(high, low + 1e-6),
+                        interpolation="nearest")
+            if overlay is not None and overlay.any():
+                axis.contour(_view(overlay, view, point), levels=[0.5], colors="red", linewidths=0.8)
+            axis.set_axis_off()
+            if row == 0:
+                axis.set_title(panel.title, color="white", fontsize=9)
+    if title:
+        figure.suptitle(title, color="white", fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial.png")
+    figure.savefig(partial, dpi=110, facecolor="black")
+    plt.close(figure)
+    os.chmod(partial, 0o666 & ~current_umask())
+    os.replace(partial, path)
+    return path

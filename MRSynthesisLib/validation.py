@@ -1,0 +1,66 @@
+"""Checks on an input set before any model sees it.
+
+Inputs on different grids are never mixed silently: either the user asked for
+resampling onto a named reference, or the error names both files and how they differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import InputError
+from .volume import Volume, resample_to
+
+
+def check_values(volume: Volume, *, allow_empty: bool = False) -> None:
+    """Reject NaN/Inf and (unless ``allow_empty``) all-zero or constant images."""
+    array = volume.array
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise InputError(f"{volume.source}: contains {bad} NaN or infinite voxels")
+    if allow_empty:
+        return
+    low, high = float(array.min()), float(array.max())
+    if low == high == 0.0:
+        raise InputError(f"{volume.source}: is empty (every voxel is 0)")
+    if low == high:
+        raise InputError(f"{volume.source}: is constant (every voxel is {low:g}); it carries no contrast")
+
+
+def check_mask(volume: Volume) -> np.ndarray:
+    """A lesion or brain mask must be binary (0/1); returns it as a bool array."""
+    check_values(volume, allow_empty=True)
+    values = np.unique(volume.array)
+    if not np.isin(values, (0.0, 1.0)).all():
+        shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if values.size > 8 else "")
+        raise InputError(f"{volume.source}: a mask must hold only 0 and 1, found values {shown}")
+    return volume.array > 0.5
+
+
+def align(inputs: Mapping[str, Volume], reference: str, *, resample: bool = False,
+          masks: Mapping[str, Volume] | None = None) -> tuple[dict[str, Volume], dict[str, Volume]]:
+    """Put every input (and mask) on the grid of ``inputs[reference]``.
+
+    Without ``resample`` a grid mismatch is an ``InputError`` naming both files and the
+    differences; with it, images are resampled linearly and masks by nearest neighbour.
+    """
+    if reference not in inputs:
+        raise InputError(f"reference modality {reference!r} is not among the inputs ({', '.join(inputs)})")
+    grid = inputs[reference].geometry
+    source = inputs[reference].source
+
+    def onto(volume: Volume, nearest: bool) -> Volume:
+        differences = volume.geometry.differences(grid)
+        if not differences:
+            return volume
+        if not resample:
+            raise InputError(f"{volume.source} and {source} are on different grids ({'; '.join(differences)}); "
+                             f"register them first, or pass --resample-to {reference} to resample onto {source}")
+        return resample_to(volume, grid, nearest=nearest)
+
+    aligned = {name: onto(volume, nearest=False) for name, volume in inputs.items()}
+    aligned_masks = {name: onto(volume, nearest=True) for name, volume in (masks or {}).items()}
+    return aligned, aligned_masks

@@ -1,0 +1,176 @@
+"""A 3D image with its geometry, and reading/writing it without losing either.
+
+SimpleITK does the I/O for every format (NIfTI, NRRD, MHA): it converts NIfTI's RAS
+qform/sform to ITK's LPS physical space on read and back on write, so LAS and LPS files
+keep their orientation through a round trip. Arrays are in numpy (z, y, x) order, the
+order ``sitk.GetArrayFromImage`` returns; geometry tuples are in ITK (x, y, z) order.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# Geometry equality tolerance: 1e-4 mm / 1e-4 direction cosine is far below a voxel and
+# above the float32 rounding that NIfTI headers introduce.
+GRID_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the voxels are: ITK (x, y, z) size, spacing (mm), origin (mm, LPS), direction (row-major 3x3)."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
+                   tuple(image.GetDirection()))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The numpy (z, y, x) shape of an array on this grid."""
+        return tuple(reversed(self.size))
+
+    def differences(self, other: "Geometry", tolerance: float = GRID_TOLERANCE) -> list[str]:
+        """Human-readable differences from ``other``; empty when the grids are the same."""
+        found = []
+        if self.size != other.size:
+            found.append(f"size {self.size} vs {other.size}")
+        for label, mine, theirs in (("spacing", self.spacing, other.spacing),
+                                    ("origin", self.origin, other.origin),
+                                    ("direction", self.direction, other.direction)):
+            if not np.allclose(mine, theirs, rtol=0, atol=tolerance):
+                fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+                found.append(f"{label} {fmt(mine)} vs {fmt(theirs)}")
+        return found
+
+    def orientation(self) -> str:
+        """Three-letter code of the anatomical directions the voxel axes point to, e.g. 'LPS', 'LAS'."""
+        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(self.direction)
+
+    def axis_for(self, plane: str) -> int:
+        """The numpy axis to slice along for ``plane`` ('axial', 'coronal' or 'sagittal').
+
+        Decided from the direction cosines, not assumed, because the voxel axis that runs
+        inferior-superior is not axis 0 in every file.
+        """
+        physical = {"sagittal": 0, "coronal": 1, "axial": 2}  # LPS: x=L-R, y=P-A, z=I-S
+        if plane not in physical:
+            raise ValueError(f"unknown plane {plane!r}; choose axial, coronal or sagittal")
+        cosines = np.abs(np.asarray(self.direction).reshape(3, 3))  # column j = voxel axis j
+        itk_axis = int(np.argmax(cosines[physical[plane], :]))
+        return 2 - itk_axis
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A float32 (z, y, x) array on a ``Geometry``; ``source`` names it in messages."""
+
+    array: np.ndarray
+    geometry: Geometry
+    source: str = "<array>"
+
+    def __post_init__(self) -> None:
+        if self.array.shape != self.geometry.shape:
+            raise ValueError(f"{self.source}: array shape {self.array.shape} does not match "
+                             f"the geometry's {self.geometry.shape}")
+
+    def with_array(self, array: np.ndarray, source: str | None = None) -> "Volume":
+        """The same grid with other voxels (an output takes its reference's geometry)."""
+        return replace(self, array=array, source=source or self.source)
+
+    def to_sitk(self, dtype: np.dtype | type = np.float32) -> sitk.Image:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(self.array, dtype=dtype))
+        image.SetSpacing(self.geometry.spacing)
+        image.SetOrigin(self.geometry.origin)
+        image.SetDirection(self.geometry.direction)
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, source: str = "<image>") -> "Volume":
+        return cls(sitk.GetArrayFromImage(image).astype(np.float32, copy=False), Geometry.of(image), source)
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a 3D scalar image; any problem is an ``InputError`` that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        detail = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise InputError(f"{path}: not a readable image ({detail})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "a scalar 3D image is expected")
+    if image.GetDimension() == 4:
+        size = image.GetSize()
+        if size[3] != 1:
+            raise InputError(f"{path}: is 4D with {size[3]} volumes; a single 3D volume is expected "
+                             "(extract one, e.g. the first, before synthesis)")
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: is {image.GetDimension()}D {tuple(image.GetSize())}; a 3D volume is expected")
+    return Volume.from_sitk(image, source=str(path))
+
+
+def suffix_of(path: str | os.PathLike) -> str:
+    name = str(path).lower()
+    for suffix in WRITABLE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise InputError(f"{path}: unsupported output format; use one of {', '.join(WRITABLE_SUFFIXES)}")
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = False,
+                 dtype: np.dtype | type = np.float32) -> Path:
+    """Write atomically: to a temporary name in the same folder, then rename.
+
+    An interrupted run therefore never leaves a half-written file under ``path``; and an
+    existing file is only replaced when ``overwrite`` is set, so nothing the user had is lost.
+    """
+    path = Path(path)
+    suffix = suffix_of(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists; choose another name or pass --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(volume.to_sitk(dtype), temporary, useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp made it private; give the usual mode
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def resample_to(volume: Volume, reference: Geometry, *, nearest: bool = False) -> Volume:
+    """Resample onto ``reference`` (linear, or nearest-neighbour for label masks); 0 outside."""
+    grid = sitk.Image(list(reference.size), sitk.sitkUInt8)
+    grid.SetSpacing(reference.spacing)
+    grid.SetOrigin(reference.origin)
+    grid.SetDirection(reference.direction)
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    moved = sitk.Resample(volume.to_sitk(), grid, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)
+    return Volume.from_sitk(moved, source=f"{volume.source} (resampled)")
