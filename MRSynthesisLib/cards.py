@@ -16,17 +16,15 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from . import modalities
 from . import models as architectures
 from .errors import ModelCardError
 from .volume import current_umask
+
+if TYPE_CHECKING:  # torch is imported only to build or save a network: listing models stays light
+    from torch import nn
 
 SCHEMA_VERSION = 1
 CARD_NAME = "card.json"
@@ -103,6 +101,18 @@ class ModelCard:
             fail(f"unknown architecture {self.architecture!r}; known: {', '.join(sorted(architectures.ARCHITECTURES))}")
         if not isinstance(self.params, dict):
             fail("'params' must be an object")
+        # Wrongly typed fields would otherwise crash later (AttributeError/TypeError) or, for
+        # lesion_input, be taken as truthy ("no" -> a lesion channel).
+        if not isinstance(self.name, str) or not self.name:
+            fail(f"'name' must be a non-empty string, not {self.name!r}")
+        if not isinstance(self.lesion_input, bool):
+            fail(f"'lesion_input' must be true or false, not {self.lesion_input!r}")
+        if not isinstance(self.output_intensity, dict):
+            fail(f"'output_intensity' must be an object (output -> statistics), not {self.output_intensity!r}")
+        if not isinstance(self.weights, str) or not self.weights:
+            fail(f"'weights' must be the weights file name, not {self.weights!r}")
+        if self.weights_sha256 is not None and not isinstance(self.weights_sha256, str):
+            fail(f"'weights_sha256' must be a hex string or null, not {self.weights_sha256!r}")
         from .preprocessing import IntensityStats, NormalisationSpec  # late: keeps card parsing light
         try:
             NormalisationSpec.from_dict(self.normalisation)
@@ -163,6 +173,9 @@ def load_model(folder: str | os.PathLike) -> LoadedModel:
         raise ModelCardError(f"{folder}: the card names weights {card.weights!r}, which do not exist")
     if card.weights_sha256 and _sha256(weights) != card.weights_sha256:
         raise ModelCardError(f"{weights}: checksum differs from the card's weights_sha256 (corrupt or replaced file)")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as error:
@@ -189,6 +202,9 @@ def save_model(card: ModelCard, network: nn.Module, folder: str | os.PathLike, *
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise ModelCardError(f"{folder}: already exists; choose another folder")
+    import torch
+    from safetensors.torch import save_file
+
     card.validate(str(folder))
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError
-from .inference import DEVICES, PRECISIONS
+from .devices import DEVICES, PRECISIONS
 from .progress import MODES, Reporter
 from .volume import WRITABLE_SUFFIXES
 
@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    mode = "json" if "--progress" in argv and argv[argv.index("--progress") + 1:][:1] == ["json"] else "auto"
+    json_requested = "--progress=json" in argv or ("--progress" in argv and argv[argv.index("--progress") + 1:][:1] == ["json"])
+    mode = "json" if json_requested else "auto"
     reporter = Reporter(mode)
     try:
         args = build_parser().parse_args(argv)

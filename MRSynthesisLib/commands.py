@@ -84,31 +84,55 @@ def _read_optional(path: str | None) -> Volume | None:
 
 def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: Mapping[tuple[str, str], Path],
                  overwrite: bool) -> dict[str, object]:
-    """Write outputs (and saliency maps, contributions.json); return the summary for the caller."""
-    written = {t: str(write_volume(result.outputs[t], paths[t], overwrite=overwrite)) for t in paths}
-    maps = {}
-    for (t, n), path in saliency.items():
-        maps.setdefault(t, {})[n] = str(write_volume(result.saliency[t][n], path, overwrite=overwrite))
-    summary: dict[str, object] = {"outputs": written, "device": result.device, "precision": result.precision,
-                                  "notes": result.notes}
-    if saliency:
-        summary.update(saliency=maps, contributions=result.contributions, saliency_objective=result.saliency_objective)
-        folder = next(iter(saliency.values())).parent
-        _write_json_atomically(folder / "contributions.json",
-                               {"objective": result.saliency_objective, "contributions": result.contributions,
-                                "maps": maps})
+    """Write outputs (and saliency maps, contributions.json); return the summary for the caller.
+
+    All or nothing: when writing fails or is cancelled (SIGTERM, Ctrl-C) part-way, the files this
+    call had created are removed again, so that no run leaves some of its outputs behind (and a
+    batch can redo that subject instead of refusing to replace the outputs that were left).
+    """
+    created: list[Path] = []
+
+    def write(volume: Volume, path: Path) -> str:
+        existed = path.exists()
+        done = write_volume(volume, path, overwrite=overwrite)
+        if not existed:
+            created.append(done)
+        return str(done)
+
+    try:
+        written = {t: write(result.outputs[t], paths[t]) for t in paths}
+        maps = {}
+        for (t, n), path in saliency.items():
+            maps.setdefault(t, {})[n] = write(result.saliency[t][n], path)
+        summary: dict[str, object] = {"outputs": written, "device": result.device, "precision": result.precision,
+                                      "notes": result.notes}
+        if saliency:
+            summary.update(saliency=maps, contributions=result.contributions,
+                           saliency_objective=result.saliency_objective)
+            folder = next(iter(saliency.values())).parent
+            _write_json_atomically(folder / "contributions.json",
+                                   {"objective": result.saliency_objective, "contributions": result.contributions,
+                                    "maps": maps})
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
     return summary
 
 
 def _write_json_atomically(path: Path, data: object) -> None:
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
+    inputs = {name: read_volume(path) for name, path in args.input}  # before the model: bad files fail fast
     model = load_model(registry.resolve(args.model))
-    inputs = {name: read_volume(path) for name, path in args.input}
     targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)
     paths = output_paths(args.out, targets, args.format)
     saliency = (saliency_paths(args.saliency_out, targets, [_canonical(n, "input") for n in inputs], args.format)
@@ -251,12 +275,20 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
                                      slice_axis=axis)
     except ValueError as error:
         raise InputError(str(error)) from None
+    planes = {reference.geometry.axis_for(p): p for p in ("axial", "coronal", "sagittal")}
+    values = {_plane_name(k, planes): v for k, v in values.items()}
     print(f"synthetic: {synthetic.source}\nreference: {reference.source}\nnormalisation: {spec.scheme}; "
           f"data range: max-min of the normalised reference\n")
     print(metrics.format_table(values))
     if args.json:
         _write_json_atomically(Path(args.json), values)
     return EXIT_OK
+
+
+def _plane_name(key: str, planes: Mapping[int, str]) -> str:
+    """``offplane_ssim_axis2`` -> ``offplane_ssim_sagittal``: name views by anatomy, not array axis."""
+    prefix, _, axis = key.rpartition("_axis")
+    return f"{prefix}_{planes[int(axis)]}" if prefix and axis.isdigit() else key
 
 
 def demo(args: argparse.Namespace, reporter: Reporter) -> int:

@@ -17,7 +17,8 @@ import numpy as np
 from . import modalities
 from .cards import LoadedModel
 from .errors import InputError
-from .inference import CancelCheck, ProgressCallback, RunSettings, choose_device, choose_precision, run_slicewise, run_tiled
+from .devices import choose_device, choose_precision
+from .inference import CancelCheck, ProgressCallback, RunSettings, run_slicewise, run_tiled
 from .preprocessing import IntensityStats, NormalisationSpec, denormalise, foreground_mask, normalise
 from .validation import align, check_mask, check_values
 from .volume import Volume

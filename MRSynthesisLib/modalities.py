@@ -32,7 +32,8 @@ _ALIASES: dict[str, str] = {
 
 
 def _key(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+    # '*' is kept: T2* (T2-star, gradient echo) is a different contrast from T2.
+    return re.sub(r"[^a-z0-9*]", "", name.lower())
 
 
 def canonical(name: str) -> str:

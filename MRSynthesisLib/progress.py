@@ -24,7 +24,8 @@ class Reporter:
         self.stream = stream or sys.stdout
         self._bar = None
 
-    def event(self, kind: str, **payload: Any) -> None:
+    def event(self, kind: str, /, **payload: Any) -> None:
+        # kind is positional-only: payloads carry their own "kind" (e.g. error kind="input")
         if self.mode == "json":
             self.stream.write(json.dumps({"event": kind, **payload}) + "\n")
             self.stream.flush()

@@ -1,7 +1,7 @@
 """Where model folders are found: bundled ones, the user's own, or an explicit path.
 
 Search order for a model given by name: the folders in ``MRSYNTHESIS_MODEL_PATH``
-(os.pathsep-separated), then ``~/.mrsynthesis/models``, then the models bundled in
+(os.pathsep-separated; each holds model folders or is one), then ``~/.mrsynthesis/models``, then the models bundled in
 ``Resources/Models``; a name that is an existing folder path is used as it is.
 """
 
@@ -38,7 +38,9 @@ def list_models() -> list[ModelEntry]:
     for root, origin in search_folders():
         if not root.is_dir():
             continue
-        for folder in sorted(p for p in root.iterdir() if (p / CARD_NAME).is_file()):
+        # A search folder may hold model folders, or be a model folder itself.
+        folders = [root] if (root / CARD_NAME).is_file() else sorted(p for p in root.iterdir() if (p / CARD_NAME).is_file())
+        for folder in folders:
             try:
                 entries.append(ModelEntry(folder.name, folder, origin, read_card(folder)))
             except ModelCardError as error:

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import SimpleITK as sitk
 
@@ -124,7 +125,35 @@ def read_volume(path: str | os.PathLike) -> Volume:
         image = image[:, :, :, 0]
     if image.GetDimension() != 3:
         raise InputError(f"{path}: is {image.GetDimension()}D {tuple(image.GetSize())}; a 3D volume is expected")
-    return Volume.from_sitk(image, source=str(path))
+    volume = Volume.from_sitk(image, source=str(path))
+    _restore_nifti_nonfinite(path, image, volume.array)
+    return volume
+
+
+def _restore_nifti_nonfinite(path: Path, image: sitk.Image, array: np.ndarray) -> None:
+    """Put back the NaN/Inf voxels of a float NIfTI file, which ITK's reader silently turns into 0.
+
+    (niftilib's "nan fix" on read.) Without this, ``check_values`` could never refuse a NIfTI
+    volume with NaN or infinite voxels: they would enter the model as zeros.
+    """
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64) or \
+            not str(path).lower().endswith((".nii", ".nii.gz")):
+        return
+    try:
+        nifti = nibabel.load(str(path))
+        if nifti.get_data_dtype().kind != "f":
+            return
+        data = np.asanyarray(nifti.dataobj)
+    except Exception:  # noqa: BLE001 - ITK read it; nibabel failing here must not make it unreadable
+        return
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        return
+    values = data.transpose(2, 1, 0)  # nibabel (x, y, z) -> numpy (z, y, x) as SimpleITK returns
+    bad = ~np.isfinite(values)
+    if values.shape == array.shape and bad.any():
+        array[bad] = values[bad]
 
 
 def suffix_of(path: str | os.PathLike) -> str:

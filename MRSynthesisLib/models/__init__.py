@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 ARCHITECTURES: dict[str, str] = {
     "chartsias2018": "MRSynthesisLib.models.chartsias:ChartsiasMIMO",

@@ -4,7 +4,8 @@ With n given inputs, targets j = 1..m (the model outputs present in ``references
 per-input latents Z_i and fused latent Z_a:
 
 - c1 = (1/m) sum_i sum_j MAE(g_j(Z_i), Y_j)  (eq. 2): every output decoded from each input's
-  latent alone. Note the sum (not mean) over inputs, as in the paper and ref.
+  latent alone. Note the sum (not mean) over inputs, as in the paper (ref also sums over
+  inputs but leaves out the 1/m).
 - c2 = mean over latent channels and pixels of the variance across the n latents (eq. 3):
   the modality-invariance term. Population variance, as ref's ``K.var``; 0 with one input.
   It is taken on the encoders' raw latents (for ``"hemis"`` fusion ref pads them with zero

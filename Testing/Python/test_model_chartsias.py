@@ -16,6 +16,16 @@ OUTPUTS = ("FLAIR", "T2")
 TINY = dict(latent_channels=4, filters=(4, 8, 8))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convolutions gain nothing from threads, and on a loaded machine OpenMP threads
+    waiting on each other made the overfit test 30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make(fusion: str = "max", lesion_input: bool = False, outputs=OUTPUTS) -> ChartsiasMIMO:
     torch.manual_seed(0)
     return ChartsiasMIMO(INPUTS, outputs, lesion_input=lesion_input, fusion=fusion, **TINY)

@@ -1,0 +1,82 @@
+"""What one synthesis run asks of the command line, and the names of what it returns.
+
+The panel, batch mode and the self-test all describe a run as a ``SynthesisJob`` and
+hand its ``arguments()`` to ``python -m MRSynthesisLib``; nothing here computes anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+FILE_FORMAT = ".nrrd"  # what MRML storage nodes write and read without loss of geometry
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+@dataclass
+class SynthesisJob:
+    """Inputs by modality (the first one's grid is the outputs' grid), targets, and options."""
+
+    inputs: dict[str, str]  # modality -> file
+    targets: list[str]
+    out_dir: str
+    model: Optional[str] = None  # a model folder or name; None: the bundled default
+    device: str = "auto"
+    lesion_mask: Optional[str] = None
+    saliency_dir: Optional[str] = None
+
+    def arguments(self) -> list[str]:
+        args = ["synthesize"]
+        for modality, path in self.inputs.items():
+            args += ["--input", f"{modality}={path}"]
+        for target in self.targets:
+            args += ["--target", target]
+        args += ["--out", self.out_dir, "--format", FILE_FORMAT, "--device", self.device, "--progress", "json"]
+        if self.model:
+            args += ["--model", self.model]
+        if self.lesion_mask:
+            args += ["--lesion-mask", self.lesion_mask]
+        if self.saliency_dir:
+            args += ["--saliency-out", self.saliency_dir]
+        return args
+
+    def output_name(self, target: str) -> str:
+        """E.g. "FLAIR synthetic (T1+T2)", or "FLAIR synthetic (T1+T2, lesion)" with a lesion mask."""
+        used = "+".join(self.inputs) + (", lesion" if self.lesion_mask else "")
+        return f"{target} synthetic ({used})"
+
+
+def saliency_name(target: str, modality: str) -> str:
+    return f"P3S {target} from {modality}"
+
+
+def evaluate_arguments(synthetic: str, reference: str, plane: str, json_path: str) -> list[str]:
+    """``evaluate`` with the off-plane consistency figures for a model that worked in ``plane``."""
+    return ["evaluate", "--synthetic", synthetic, "--reference", reference, "--slice-plane", plane,
+            "--json", json_path]
+
+
+@dataclass
+class SynthesisResult:
+    """The files a finished run wrote, read from its "done" event."""
+
+    outputs: dict[str, str]  # target -> file
+    saliency: dict[str, dict[str, str]] = field(default_factory=dict)  # target -> input -> file
+    contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # target -> input -> share
+    device: str = ""
+
+    @classmethod
+    def from_event(cls, done: Mapping[str, object]) -> "SynthesisResult":
+        return cls(outputs=dict(done.get("outputs", {})), saliency=dict(done.get("saliency", {})),
+                   contributions=dict(done.get("contributions", {})), device=str(done.get("device", "")))
+
+
+def off_plane_figures(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The ``offplane_*`` figures of ``evaluate --json``, without the prefix."""
+    return {key[len("offplane_"):]: value for key, value in metrics.items() if key.startswith("offplane_")}
+
+
+def input_path(folder: str, modality: str) -> str:
+    return str(Path(folder) / f"input_{modality}{FILE_FORMAT}")

@@ -1,0 +1,100 @@
+"""The panel's state in the module's parameter node, so that a saved scene restores the panel.
+
+A plain ``vtkMRMLScriptedModuleNode`` (what ``ScriptedLoadableModuleLogic.getParameterNode``
+returns) with string parameters and node references: the input rows are a variable-length
+list of (volume, modality) pairs, which the parameter node wrapper cannot bind to widgets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+_SEPARATOR = ","
+
+
+class SynthesisParameters:
+    """Typed access to the parameters and node references of one parameter node."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def _text(self, name: str, default: str = "") -> str:
+        value = self.node.GetParameter(name)
+        return value if value else default
+
+    def _list(self, name: str) -> list[str]:
+        return [item for item in self._text(name).split(_SEPARATOR) if item]
+
+    @property
+    def inputs(self) -> list[tuple[Optional[Any], str]]:
+        """The input rows: a volume node (None while unchosen) and its modality."""
+        count = int(self._text("InputCount", "0"))
+        modalities = (self._text("InputModalities").split(_SEPARATOR) + [""] * count)[:count]
+        return [(self.node.GetNodeReference(f"input{i}"), modality) for i, modality in enumerate(modalities)]
+
+    @inputs.setter
+    def inputs(self, rows: list[tuple[Optional[Any], str]]) -> None:
+        old = len(self.inputs)
+        was = self.node.StartModify()
+        for i in range(max(old, len(rows))):
+            node = rows[i][0] if i < len(rows) else None
+            self.node.SetNodeReferenceID(f"input{i}", node.GetID() if node is not None else None)
+        self.node.SetParameter("InputCount", str(len(rows)))
+        self.node.SetParameter("InputModalities", _SEPARATOR.join(modality for _, modality in rows))
+        self.node.EndModify(was)
+
+    @property
+    def model(self) -> tuple[str, str]:
+        """The chosen model's name and folder."""
+        return self._text("ModelName"), self._text("ModelFolder")
+
+    @model.setter
+    def model(self, name_and_folder: tuple[str, str]) -> None:
+        self.node.SetParameter("ModelName", name_and_folder[0])
+        self.node.SetParameter("ModelFolder", name_and_folder[1])
+
+    @property
+    def targets(self) -> list[str]:
+        return self._list("Targets")
+
+    @targets.setter
+    def targets(self, targets: list[str]) -> None:
+        self.node.SetParameter("Targets", _SEPARATOR.join(targets))
+
+    @property
+    def device(self) -> str:
+        return self._text("Device", "auto")
+
+    @device.setter
+    def device(self, device: str) -> None:
+        self.node.SetParameter("Device", device)
+
+    @property
+    def saliency(self) -> bool:
+        return self._text("Saliency") == "true"
+
+    @saliency.setter
+    def saliency(self, enabled: bool) -> None:
+        self.node.SetParameter("Saliency", "true" if enabled else "false")
+
+    @property
+    def lesion(self) -> tuple[Optional[Any], str]:
+        """The segmentation node and segment ID used as the lesion mask."""
+        return self.node.GetNodeReference("lesionSegmentation"), self._text("LesionSegmentID")
+
+    @lesion.setter
+    def lesion(self, segmentation_and_id: tuple[Optional[Any], str]) -> None:
+        segmentation, segment_id = segmentation_and_id
+        self.node.SetNodeReferenceID("lesionSegmentation", segmentation.GetID() if segmentation else None)
+        self.node.SetParameter("LesionSegmentID", segment_id or "")
+
+    @property
+    def reference(self) -> tuple[Optional[Any], str]:
+        """The real volume the result is compared with, and which target it is compared to."""
+        return self.node.GetNodeReference("offPlaneReference"), self._text("OffPlaneTarget")
+
+    @reference.setter
+    def reference(self, volume_and_target: tuple[Optional[Any], str]) -> None:
+        volume, target = volume_and_target
+        self.node.SetNodeReferenceID("offPlaneReference", volume.GetID() if volume else None)
+        self.node.SetParameter("OffPlaneTarget", target or "")

@@ -1,0 +1,131 @@
+"""One synthesis run from nodes to nodes: inputs written to a temporary folder, the job for
+the command line, and afterwards the results read back as new nodes.
+
+The panel runs the job in the background and polls; batch mode and the self-test wait for
+it. Both go through ``PreparedRun`` so they write, name and load the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .job import SynthesisJob, SynthesisResult, evaluate_arguments, input_path, off_plane_figures, saliency_name
+from .process import CliLauncher, Outcome
+from .scene import SceneBridge
+
+
+@dataclass
+class LoadedResults:
+    """The nodes a finished run added to the scene, and the figures that came with them."""
+
+    inputs: dict[str, Any]  # modality -> the input volume node it came from
+    outputs: dict[str, Any]  # target -> volume node
+    saliency: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> input modality -> node
+    contributions: dict[str, dict[str, float]] = field(default_factory=dict)
+    lesion: Optional[Any] = None  # the segmentation whose segment was the lesion mask
+    reference: Optional[tuple[Any, str]] = None  # the real volume and the target it was compared with
+    off_plane: dict[str, float] = field(default_factory=dict)
+    off_plane_problem: str = ""  # why the figures are missing when a reference was given
+    notes: list[str] = field(default_factory=list)
+    device: str = ""
+
+    def nodes(self) -> list[Any]:
+        return [*self.outputs.values(), *(n for per in self.saliency.values() for n in per.values())]
+
+
+class PreparedRun:
+    """A temporary folder holding the run's input files; ``close()`` removes it."""
+
+    def __init__(self, bridge: SceneBridge, rows: Sequence[tuple[Any, str]], targets: Sequence[str], *,
+                 model: Optional[str] = None, device: str = "auto", lesion: Optional[tuple[Any, str]] = None,
+                 lesion_file: Optional[str] = None, saliency: bool = False,
+                 reference: Optional[tuple[Any, str, str]] = None) -> None:
+        """``rows``: (volume node, modality), the first one's grid being the outputs' grid;
+        ``lesion``: (segmentation node, segment ID) or ``lesion_file``: a mask file;
+        ``reference``: (real volume node, target it is compared with, plane the model slices in)."""
+        self.bridge = bridge
+        self.inputs = {modality: node for node, modality in rows}
+        self.first_input = rows[0][0]
+        self.lesion = lesion[0] if lesion is not None else None
+        self.folder = tempfile.mkdtemp(prefix="MRSynthesis-")
+        try:
+            inputs = {}
+            for node, modality in rows:
+                inputs[modality] = input_path(self.folder, modality)
+                bridge.write_volume(node, inputs[modality])
+            if lesion is not None:
+                lesion_file = self._path("lesion.nrrd")
+                bridge.write_segment_mask(lesion[0], lesion[1], self.first_input, lesion_file)
+            self.reference = reference
+            if reference is not None:
+                bridge.write_volume(reference[0], self._path("reference.nrrd"))
+        except BaseException:
+            self.close()
+            raise
+        self.job = SynthesisJob(inputs, list(targets), self._path("out"), model=model, device=device,
+                                lesion_mask=lesion_file, saliency_dir=self._path("saliency") if saliency else None)
+
+    def _path(self, name: str) -> str:
+        return str(Path(self.folder) / name)
+
+    def evaluate_arguments(self, synthesis: Outcome) -> Optional[list[str]]:
+        """The off-plane measurement to run after ``synthesis``, when a reference was given."""
+        if self.reference is None:
+            return None
+        _, target, plane = self.reference
+        synthetic = SynthesisResult.from_event(synthesis.result).outputs[target]
+        return evaluate_arguments(synthetic, self._path("reference.nrrd"), plane, self._path("metrics.json"))
+
+    def load(self, synthesis: Outcome, evaluation: Optional[Outcome] = None) -> LoadedResults:
+        """New nodes for the outputs and saliency maps; nothing is added when a read fails."""
+        result = SynthesisResult.from_event(synthesis.result)
+        loaded = LoadedResults(inputs=self.inputs, outputs={}, contributions=result.contributions, notes=synthesis.notes,
+                               device=result.device, lesion=self.lesion,
+                               reference=self.reference[:2] if self.reference else None)
+        try:
+            for target, path in result.outputs.items():
+                loaded.outputs[target] = self.bridge.load_volume(path, self.job.output_name(target), self.first_input)
+            for target, maps in result.saliency.items():
+                for modality, path in maps.items():
+                    node = self.bridge.load_volume(path, saliency_name(target, modality), self.first_input)
+                    self.bridge.style_saliency(node)
+                    loaded.saliency.setdefault(target, {})[modality] = node
+        except BaseException:
+            self.bridge.remove(loaded.nodes())
+            raise
+        if evaluation is not None and evaluation.status == "done":
+            metrics = json.loads(Path(self._path("metrics.json")).read_text(encoding="utf-8"))
+            loaded.off_plane = off_plane_figures(metrics)
+        elif evaluation is not None:
+            loaded.off_plane_problem = evaluation.message
+        return loaded
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class SynthesisFailed(RuntimeError):
+    """The command line refused or failed; ``exit_code`` is its own (2 bad input, 1 internal)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def synthesize_and_wait(bridge: SceneBridge, launcher: CliLauncher, rows: Sequence[tuple[Any, str]],
+                        targets: Sequence[str], **options: Any) -> LoadedResults:
+    """Batch mode and the self-test: run, wait, load; ``options`` are ``PreparedRun``'s."""
+    prepared = PreparedRun(bridge, rows, targets, **options)
+    try:
+        outcome = launcher.run(prepared.job.arguments()).wait()
+        if outcome.status != "done":
+            raise SynthesisFailed(outcome.message or f"synthesis {outcome.status}", outcome.exit_code)
+        return prepared.load(outcome)
+    finally:
+        prepared.close()

@@ -1,0 +1,75 @@
+"""Which device and precision a run uses; torch is imported only when a choice is made.
+
+Kept apart from the runners so that the command line can offer the choices (``--help``,
+argument checking) without the cost of importing torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def choose_device(requested: str) -> tuple[torch.device, str | None]:
+    """The device to run on, and why it differs from ``requested`` (None when it does not).
+
+    ``auto`` prefers CUDA, then Apple's MPS, then the CPU. An explicit choice that is not
+    available falls back to the CPU with the reason, rather than failing the run.
+    """
+    import torch
+
+    if requested not in DEVICES:
+        raise InputError(f"unknown device {requested!r}; choose one of {', '.join(DEVICES)}")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda"), None
+    if requested in ("auto", "mps") and _mps_available():
+        return torch.device("mps"), None
+    if requested in ("cuda", "mps"):
+        return torch.device("cpu"), f"{requested.upper()} is not available in this PyTorch build or machine; using the CPU"
+    return torch.device("cpu"), None
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = plain fp32).
+
+    ``auto`` is fp16 on CUDA (bf16 where the GPU supports it, which avoids fp16 overflow),
+    fp16 on MPS, and bf16 on CPUs with native bf16 arithmetic, else fp32.
+    """
+    import torch
+
+    if requested not in PRECISIONS:
+        raise InputError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if requested == "fp32":
+        return None
+    if requested == "bf16":
+        return torch.bfloat16
+    if requested == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else None

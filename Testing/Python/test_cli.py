@@ -1,0 +1,476 @@
+"""The ``mrsynthesis`` command line, run as real subprocesses (``python -m MRSynthesisLib``).
+
+Independent runs are started side by side by one module fixture (``runs``); each test then
+checks its own run. Runs that depend on an earlier one (batch resume) or on timing (SIGTERM)
+run inside their test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import (DATA, NO_DATA, REPO, cli_command, cli_env, make_subject, make_tiny_model, phantom, run_cli_many,
+                      write_image)
+from MRSynthesisLib.volume import read_volume
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def json_lines(stdout: str) -> list[dict]:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]  # every line must be JSON
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """The files every run reads: a subject, bad inputs, model folders, a three-subject cohort."""
+    root = tmp_path_factory.mktemp("cli")
+    subject = make_subject(root / "subject")
+    bad = root / "bad"
+    shape = subject.arrays["T1"].shape
+    (bad).mkdir()
+    (bad / "garbage.nii.gz").write_bytes(b"\x1f\x8b this is not an image at all" * 10)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((28, 24), np.float32)), str(bad / "slice2d.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((24, 28, 20, 3), np.float32), np.eye(4)), bad / "dwi4d.nii.gz")
+    write_image(np.zeros(shape, np.float32), bad / "empty.nii.gz")
+    write_image(np.full(shape, 42.0, np.float32), bad / "constant.nii.gz")
+    nan = subject.arrays["T2"].copy()
+    nan[5, 5, 5] = np.nan
+    write_image(nan, bad / "nan.nii.gz")
+    write_image(subject.arrays["T2"], bad / "T2_shifted.nii.gz", origin=(-10.0, 14.0, -15.0))
+    write_image(subject.arrays["labels"], bad / "labels.nii.gz")
+    models = root / "models"
+    make_tiny_model(models / "tiny")
+    (models / "broken").mkdir()
+    (models / "broken" / "card.json").write_text('{"schema_version": 1, "name": "broken", "architecture": "x"}')
+    existing = root / "existing"
+    existing.mkdir()
+    (existing / "FLAIR.nii.gz").write_bytes(b"the user's own file, not to be touched")
+    cohort = root / "cohort"
+    rows = []
+    for seed, name in enumerate(("s1", "s2", "s3"), start=1):
+        s = make_subject(cohort / name, seed=seed)
+        rows.append({"subject": name, "t1n": f"{name}/T1.nii.gz", "t2w": f"{name}/T2.nii.gz",
+                     "t2f": "" if name == "s3" else f"{name}/FLAIR.nii.gz",
+                     "lesion_mask": f"{name}/lesion_mask.nii.gz"})
+        assert s.paths["T1"].is_file()
+    with open(cohort / "manifest.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(cohort / "manifest_with_bad.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[:1] + [{**rows[1], "subject": "broken", "t2w": "nowhere/T2.nii.gz"}])
+    return {"root": root, "subject": subject, "bad": bad, "model": models / "tiny", "models": models,
+            "existing": existing, "cohort": cohort, "out": root / "out"}
+
+
+def synth(ws, case, *inputs, extra=(), model=None):
+    args = ["synthesize", "--model", model or ws["model"], "--out", ws["out"] / case]
+    for item in inputs:
+        args += ["--input", item]
+    return args + list(extra)
+
+
+def bad_cases(ws):
+    s, b = ws["subject"], ws["bad"]
+    t1, t2 = f"T1={s['T1']}", f"T2={s['T2']}"
+    relative_t2 = os.path.relpath(s["T2"], REPO)
+    return {
+        "missing file": (synth(ws, "missing", t1, f"T2={b / 'absent.nii.gz'}"),
+                         [f"{b / 'absent.nii.gz'}: no such file"]),
+        "unreadable file": (synth(ws, "unreadable", t1, f"FLAIR={b / 'garbage.nii.gz'}"),
+                            [f"{b / 'garbage.nii.gz'}: not a readable image"]),
+        "2D image": (synth(ws, "2d", f"T1={b / 'slice2d.nii.gz'}"), ["slice2d.nii.gz: is 2D", "3D volume is expected"]),
+        "4D image": (synth(ws, "4d", t1, f"T2={b / 'dwi4d.nii.gz'}"), ["dwi4d.nii.gz: is 4D with 3 volumes"]),
+        "empty volume": (synth(ws, "empty", t1, f"T2={b / 'empty.nii.gz'}"), ["empty.nii.gz: is empty"]),
+        "constant volume": (synth(ws, "constant", f"T1={b / 'constant.nii.gz'}", t2),
+                            ["constant.nii.gz: is constant (every voxel is 42)"]),
+        "NaN volume": (synth(ws, "nan", t1, f"T2={b / 'nan.nii.gz'}"),
+                       ["nan.nii.gz: contains 1 NaN or infinite voxels"]),
+        "grids differ": (synth(ws, "grids", t1, f"T2={b / 'T2_shifted.nii.gz'}"),
+                         [str(b / "T2_shifted.nii.gz"), str(s["T1"]), "different grids", "origin", "--resample-to T1"]),
+        "unknown modality": (synth(ws, "unknown", t1, f"T2star={s['T2']}"), ["unknown modality 'T2star'"]),
+        "modality not accepted": (synth(ws, "refused", t1, f"DWI={s['T2']}"),
+                                  ["does not accept DWI", "it accepts T1, T1c, T2, FLAIR"]),
+        "output exists": (["synthesize", "--model", ws["model"], "--input", t1, "--target", "FLAIR",
+                           "--out", ws["existing"] / "FLAIR.nii.gz"], ["FLAIR.nii.gz: already exists", "--overwrite"]),
+        # given relative to the working folder, the input absolute; refused even with --overwrite
+        "output is an input": (["synthesize", "--model", ws["model"], "--input", t1, "--input", t2, "--target", "FLAIR",
+                                "--out", relative_t2, "--overwrite"], ["is one of the inputs"]),
+        "malformed model": (synth(ws, "broken", t1, model=ws["models"] / "broken"), ["missing card fields"]),
+        "usage error": (["synthesize", "--model", ws["model"], "--out", ws["out"] / "usage"],
+                        ["the following arguments are required: --input"]),
+        "bad pair": (synth(ws, "pair", "T1", extra=[]), ["'T1' is not MODALITY=PATH"]),
+    }
+
+
+JSON_BAD = ("missing file", "output exists")
+
+
+@pytest.fixture(scope="module")
+def runs(ws, cli_home):
+    """Every independent run, started side by side."""
+    s, out = ws["subject"], ws["out"]
+    t1, t2, flair = f"T1={s['T1']}", f"T2={s['T2']}", f"FLAIR={s['FLAIR']}"
+    commands = {f"bad: {k}": v[0] for k, v in bad_cases(ws).items()}
+    commands.update({f"bad json: {k}": bad_cases(ws)[k][0] + ["--progress", "json"] for k in JSON_BAD})
+    commands.update({
+        "synthesize": synth(ws, "ok", t1, t2, extra=["--target", "FLAIR,T1c"]),
+        "json": synth(ws, "json", "t1n=" + str(s["T1"]), "t2f=" + str(s["FLAIR"]),
+                      extra=["--progress", "json", "--batch-size", "4", "--saliency-out", out / "json-saliency",
+                             "--brain-mask", s["brain_mask"], "--format", ".nrrd"]),
+        # default targets (every output that is not an input: T1c and FLAIR), with a lesion mask
+        "resample": synth(ws, "resample", t1, f"T2={ws['bad'] / 'T2_shifted.nii.gz'}",
+                          extra=["--resample-to", "T1", "--lesion-mask", s["lesion_mask"]]),
+        "file name out": ["synthesize", "--model", ws["model"], "--input", t2, "--target", "t2f",
+                          "--out", out / "single" / "my_flair.mha", "--plane", "coronal"],
+        "help": ["--help"],
+        "synthesize help": ["synthesize", "--help"],
+        "models": ["models"],
+        "evaluate": ["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"], "--json", out / "metrics.json",
+                     "--slice-plane", "axial", "--lesion-mask", s["lesion_mask"], "--t1", s["T1"],
+                     "--brain-mask", s["brain_mask"]],
+        "batch": ["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "manifest.csv", "--out", out / "batch",
+                  "--progress", "json"],
+        "batch with a bad subject": ["batch", "--model", ws["model"], "--manifest",
+                                     ws["cohort"] / "manifest_with_bad.csv", "--out", out / "batch-bad",
+                                     "--progress", "json"],
+    })
+    if DATA.is_dir():
+        case = DATA / "ms" / "patient07"
+        commands["real evaluate"] = ["evaluate", "--synthetic", case / "T2.nii.gz",
+                                     "--reference", case / "FLAIR.nii.gz",
+                                     "--lesion-mask", case / "lesion_mask.nii.gz", "--t1", case / "T1.nii.gz"]
+    results = run_cli_many(commands, cli_home, env={"MRSYNTHESIS_MODEL_PATH": str(ws["models"])})
+    rank = run_cli_many({"rank 1 of 2": ["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "manifest.csv",
+                                         "--out", out / "batch-rank1", "--progress", "json"]},
+                        cli_home, env={"RANK": "1", "WORLD_SIZE": "2"})
+    return {**results, **rank}
+
+
+def explain(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+# --- synthesize ------------------------------------------------------------------------------------
+
+def test_synthesize_writes_outputs_on_the_reference_grid(runs, ws):
+    result = runs["synthesize"]
+    assert result.returncode == 0, explain(result)
+    out = ws["out"] / "ok"
+    assert files_under(out) == ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]
+    reference = read_volume(ws["subject"]["T1"])
+    for name in ("FLAIR", "T1c"):
+        volume = read_volume(out / f"{name}_synthetic.nii.gz")
+        assert volume.geometry.differences(reference.geometry, 1e-5) == []
+        assert np.isfinite(volume.array).all()
+        assert not volume.array[ws["subject"].arrays["brain"] == 0].any()
+    assert f"FLAIR: {out / 'FLAIR_synthetic.nii.gz'}" in result.stdout
+    assert result.stderr == ""
+
+
+def test_progress_json(runs, ws):
+    result = runs["json"]
+    assert result.returncode == 0, explain(result)
+    events = json_lines(result.stdout)
+    progress = [e for e in events if e["event"] == "progress"]
+    assert len(progress) >= 3
+    fractions = [e["fraction"] for e in progress]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert all(isinstance(e["message"], str) for e in progress)
+    done = events[-1]
+    assert done["event"] == "done" and done["model"] == "tiny" and done["device"] == "cpu"
+    out = ws["out"] / "json"
+    assert done["outputs"] == {"T1c": str(out / "T1c_synthetic.nrrd"), "T2": str(out / "T2_synthetic.nrrd")}
+    for path in done["outputs"].values():
+        assert read_volume(path).geometry.differences(read_volume(ws["subject"]["T1"]).geometry, 1e-5) == []
+    saliency = ws["out"] / "json-saliency"
+    assert files_under(saliency) == sorted(["contributions.json"] + [f"P3S_{t}_from_{n}.nrrd"
+                                                                     for t in ("T1c", "T2") for n in ("T1", "FLAIR")])
+    contributions = json.loads((saliency / "contributions.json").read_text())
+    for target in ("T1c", "T2"):
+        assert sum(contributions["contributions"][target].values()) == pytest.approx(1.0)
+    assert done["contributions"] == contributions["contributions"]
+
+
+def test_resample_to_fixes_a_grid_mismatch_and_default_targets(runs, ws):
+    result = runs["resample"]
+    assert result.returncode == 0, explain(result)
+    # the model outputs T1, T1c, T2, FLAIR; T1 and T2 were given
+    assert files_under(ws["out"] / "resample") == ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]
+    reference = read_volume(ws["subject"]["T1"]).geometry
+    for path in (ws["out"] / "resample").iterdir():
+        assert read_volume(path).geometry.differences(reference, 1e-5) == []
+
+
+def test_out_may_be_an_image_file_name(runs, ws):
+    result = runs["file name out"]
+    assert result.returncode == 0, explain(result)
+    assert files_under(ws["out"] / "single") == ["my_flair.mha"]
+
+
+# --- bad inputs: exit 2, one clear line, nothing written ---------------------------------------------
+
+@pytest.mark.parametrize("case", [
+    "missing file", "unreadable file", "2D image", "4D image", "empty volume", "constant volume", "NaN volume",
+    "grids differ", "unknown modality", "modality not accepted", "output exists", "output is an input",
+    "malformed model", "usage error", "bad pair"])
+def test_bad_input(runs, ws, case):
+    result = runs[f"bad: {case}"]
+    _, words = bad_cases(ws)[case]
+    assert result.returncode == 2, explain(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mrsynthesis: error: "), explain(result)
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_inputs_leave_nothing_behind(runs, ws):
+    assert all(runs[f"bad: {case}"].returncode == 2 for case in bad_cases(ws))
+    for folder in ("missing", "unreadable", "2d", "4d", "empty", "constant", "nan", "grids", "unknown", "refused",
+                   "broken", "usage", "pair"):
+        assert files_under(ws["out"] / folder) == [], folder
+    assert files_under(ws["existing"]) == ["FLAIR.nii.gz"]
+    assert (ws["existing"] / "FLAIR.nii.gz").read_bytes() == b"the user's own file, not to be touched"
+    subject = ws["subject"]
+    assert files_under(subject.folder) == sorted(p.name for p in subject.paths.values())
+    np.testing.assert_array_equal(read_volume(subject["T2"]).array, subject.arrays["T2"])
+
+
+@pytest.mark.parametrize("case", JSON_BAD)
+def test_bad_input_with_progress_json(runs, ws, case):
+    result = runs[f"bad json: {case}"]
+    assert result.returncode == 2, explain(result)
+    events = json_lines(result.stdout)
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "input"
+    assert events[-1]["message"] in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_overwrite_replaces_an_existing_output(run_cli, ws, tmp_path):
+    target = tmp_path / "FLAIR.nii.gz"
+    target.write_bytes(b"old")
+    args = ["synthesize", "--model", ws["model"], "--input", f"T1={ws['subject']['T1']}", "--target", "FLAIR",
+            "--out", target, "--overwrite"]
+    result = run_cli(*args)
+    assert result.returncode == 0, explain(result)
+    assert read_volume(target).array.shape == ws["subject"].arrays["T1"].shape
+    assert files_under(tmp_path) == ["FLAIR.nii.gz"]
+
+
+# --- other commands ---------------------------------------------------------------------------------
+
+def test_help(runs):
+    for key in ("help", "synthesize help"):
+        assert runs[key].returncode == 0, explain(runs[key])
+    assert "synthesize" in runs["help"].stdout and "batch" in runs["help"].stdout
+    assert "--resample-to" in runs["synthesize help"].stdout
+
+
+def test_help_does_not_import_torch(cli_home):
+    """``--help`` and usage errors stay fast: torch is only imported by the commands."""
+    for args in (["--help"], ["synthesize"]):
+        result = subprocess.run([*cli_command(*args)[:1], "-X", "importtime", *cli_command(*args)[1:]], cwd=REPO,
+                                env=cli_env(cli_home), capture_output=True, text=True, timeout=60)
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+        assert "MRSynthesisLib.cli" in imported
+        assert "torch" not in imported, args
+
+
+def test_models_lists_model_path(runs, ws):
+    result = runs["models"]
+    assert result.returncode == 0, explain(result)
+    lines = result.stdout.splitlines()
+    tiny = next(line for line in lines if line.startswith("tiny "))
+    assert "[user]" in tiny and "T1+T1c+T2+FLAIR +lesion -> T1+T1c+T2+FLAIR" in tiny and "(2D axial)" in tiny
+    assert str(ws["models"] / "tiny") in tiny
+    broken = next(line for line in lines if line.startswith("broken "))
+    assert "unusable:" in broken
+
+
+def table(stdout: str) -> dict[str, float]:
+    """The rows of ``metrics.format_table`` output (after the 'metric value' header and its rule)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() == ["metric", "value"])
+    assert set(lines[start + 1]) <= {"-", " "}
+    return {name: float(value) for name, value in (line.split() for line in lines[start + 2:] if line.strip())}
+
+
+def test_evaluate_prints_a_table(runs, ws):
+    result = runs["evaluate"]
+    assert result.returncode == 0, explain(result)
+    rows = table(result.stdout)
+    for key in ("mse", "mae", "psnr", "ssim", "mse_brain", "mae_brain", "psnr_brain", "ssim_brain", "snr_brain"):
+        assert key in rows and np.isfinite(rows[key]), result.stdout
+    assert 0 < rows["ssim_brain"] < 1
+    assert {f"lesion_ratio{i}_{w}" for i in (1, 2) for w in ("synthetic", "reference")} <= set(rows)
+    assert rows["lesion_ratio1_reference"] > 1  # the phantom's lesion is bright on FLAIR
+    assert any(k.startswith("offplane_") for k in rows)
+    saved = json.loads((ws["out"] / "metrics.json").read_text())
+    assert saved["ssim_brain"] == pytest.approx(rows["ssim_brain"], rel=1e-5)
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
+def test_evaluate_on_real_data(runs):
+    result = runs["real evaluate"]
+    assert result.returncode == 0, explain(result)
+    rows = table(result.stdout)
+    for key in ("ssim_brain", "psnr_brain", "lesion_ratio1_synthetic", "lesion_ratio2_synthetic",
+                "lesion_ratio1_reference", "lesion_ratio2_reference"):
+        assert key in rows and np.isfinite(rows[key]), result.stdout
+    # MS lesions are bright on FLAIR (the reference) and on T2 (standing in for a synthetic FLAIR)
+    assert rows["lesion_ratio1_reference"] > 1 and rows["lesion_ratio1_synthetic"] > 1
+
+
+# --- batch ------------------------------------------------------------------------------------------
+
+def batch_events(result):
+    events = json_lines(result.stdout)
+    return ({e["subject"] for e in events if e["event"] == "subject_done"},
+            {e["subject"] for e in events if e["event"] == "skipped"}, events[-1])
+
+
+def test_batch_writes_all_then_resumes(runs, ws, run_cli):
+    out = ws["out"] / "batch"
+    first = runs["batch"]
+    assert first.returncode == 0, explain(first)
+    done, skipped, final = batch_events(first)
+    assert done == {"s1", "s2", "s3"} and skipped == set()
+    assert final == {"event": "done", "rank": 0, "world_size": 1, "subjects": 3, "failed": {}}
+    expected = ["s1", "s1/T1c_synthetic.nii.gz", "s2", "s2/T1c_synthetic.nii.gz",
+                "s3", "s3/FLAIR_synthetic.nii.gz", "s3/T1c_synthetic.nii.gz"]  # s3 has no FLAIR input
+    assert files_under(out) == expected
+    reference = read_volume(ws["cohort"] / "s2" / "T1.nii.gz").geometry
+    assert read_volume(out / "s2" / "T1c_synthetic.nii.gz").geometry.differences(reference, 1e-5) == []
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+
+    args = ["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "manifest.csv", "--out", out,
+            "--progress", "json"]
+    second = run_cli(*args)
+    assert second.returncode == 0, explain(second)
+    done, skipped, _ = batch_events(second)
+    assert done == set() and skipped == {"s1", "s2", "s3"}
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == stamps
+
+    (out / "s2" / "T1c_synthetic.nii.gz").unlink()
+    third = run_cli(*args)
+    assert third.returncode == 0, explain(third)
+    done, skipped, _ = batch_events(third)
+    assert done == {"s2"} and skipped == {"s1", "s3"}
+    assert files_under(out) == expected
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if "s2" not in str(p))
+
+
+def test_batch_shards_by_torchrun_rank(runs, ws):
+    result = runs["rank 1 of 2"]
+    assert result.returncode == 0, explain(result)
+    done, skipped, final = batch_events(result)
+    assert done == {"s2"} and final["rank"] == 1 and final["world_size"] == 2 and final["subjects"] == 1
+    assert files_under(ws["out"] / "batch-rank1") == ["s2", "s2/T1c_synthetic.nii.gz"]
+
+
+def test_batch_goes_on_after_a_bad_subject(runs, ws):
+    result = runs["batch with a bad subject"]
+    assert result.returncode == 2, explain(result)
+    done, _, final = batch_events(result)
+    assert done == {"s1"} and set(final["failed"]) == {"broken"} and "no such file" in final["failed"]["broken"]
+    assert files_under(ws["out"] / "batch-bad") == ["s1", "s1/T1c_synthetic.nii.gz"]
+
+
+# --- cancellation -----------------------------------------------------------------------------------
+
+def test_sigterm_cancels_promptly_and_writes_nothing(tmp_path, cli_home):
+    """The Slicer panel's Cancel: SIGTERM after the first progress line; exit 130 within 2 s, no file."""
+    model = make_tiny_model(tmp_path / "wide", params={"filters": [32, 64, 64], "latent_channels": 8})
+    t1 = write_image(phantom((64, 224, 192))["T1"], tmp_path / "T1.nii")  # about 5 s of inference here
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        cli_command("synthesize", "--model", model, "--input", f"T1={t1}", "--target", "T2,FLAIR", "--out", out,
+                    "--progress", "json", "--batch-size", "1", "--precision", "fp32"),
+        cwd=REPO, env=cli_env(cli_home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(process.stdout.readline())
+        assert first["event"] == "progress", first
+        process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        stdout, stderr = process.communicate(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, f"exit {process.returncode}\n{stdout}\n{stderr}"
+    assert elapsed < 2.0, f"took {elapsed:.1f} s to stop"
+    events = json_lines(stdout)
+    assert events[-1]["event"] == "cancelled" and not any(e["event"] == "done" for e in events)
+    assert "cancelled" in stderr
+    assert files_under(out) == []  # no output, no partial (hidden temporary) file either
+    assert [f for f in files_under(tmp_path) if f != "out"] == ["T1.nii", "wide", "wide/card.json",
+                                                                "wide/model.safetensors"]
+
+
+@pytest.fixture
+def in_process_cli():
+    """``cli.main`` in this process (it installs a SIGTERM handler: put pytest's back afterwards)."""
+    from MRSynthesisLib import cli
+
+    handler = signal.getsignal(signal.SIGTERM)
+    yield cli.main
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cancel_on_write(monkeypatch, when: int) -> list[Path]:
+    """Make the ``when``-th output write be interrupted as the SIGTERM handler would interrupt it."""
+    from MRSynthesisLib import commands
+    from MRSynthesisLib.errors import Cancelled
+
+    real, calls = commands.write_volume, []
+
+    def write(volume, path, **options):
+        calls.append(Path(path))
+        if len(calls) == when:
+            raise Cancelled("signal 15")
+        return real(volume, path, **options)
+
+    monkeypatch.setattr(commands, "write_volume", write)
+    return calls
+
+
+@pytest.mark.parametrize("when", [2, 3, 4])  # 2 outputs, then 2 saliency maps
+def test_cancel_while_writing_leaves_no_output(ws, tmp_path, monkeypatch, in_process_cli, when):
+    """Outputs are written one by one; a cancel between two of them must not leave the first behind."""
+    s = ws["subject"]
+    calls = cancel_on_write(monkeypatch, when)
+    code = in_process_cli(["synthesize", "--model", str(ws["model"]), "--input", f"T1={s['T1']}",
+                           "--target", "T2,FLAIR", "--out", str(tmp_path / "out"),
+                           "--saliency-out", str(tmp_path / "saliency"),
+                           "--precision", "fp32", "--progress", "none"])
+    assert code == 130 and len(calls) == when
+    assert files_under(tmp_path / "out") == [] and files_under(tmp_path / "saliency") == []
+
+
+def test_batch_resumes_a_subject_cancelled_while_writing(ws, tmp_path, monkeypatch, in_process_cli):
+    args = ["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
+            "--out", str(tmp_path / "out"), "--precision", "fp32", "--progress", "none"]
+    cancel_on_write(monkeypatch, 4)  # s1 and s2 write one output each, s3 two: cancel between s3's two
+    assert in_process_cli(args) == 130
+    assert files_under(tmp_path / "out") == ["s1", "s1/T1c_synthetic.nii.gz", "s2", "s2/T1c_synthetic.nii.gz", "s3"]
+    monkeypatch.undo()
+    assert in_process_cli(args) == 0  # s3 is redone, not refused because one of its outputs exists
+    assert "s3/FLAIR_synthetic.nii.gz" in files_under(tmp_path / "out")

@@ -1,0 +1,535 @@
+"""SynthesisLogic in-process: validation, the slice-wise runner's exactness, lesion and brain masks,
+progress and cancel, P3S saliency, device fallback and the out-of-memory fallback."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from torch import nn
+
+from conftest import LAS, phantom
+from MRSynthesisLib import devices, models
+from MRSynthesisLib.cards import ModelCard, load_model, save_model
+from MRSynthesisLib.errors import Cancelled, InputError
+from MRSynthesisLib.devices import choose_device, choose_precision
+from MRSynthesisLib.inference import RunSettings, _run_in_batches
+from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
+from MRSynthesisLib.preprocessing import foreground_mask
+from MRSynthesisLib.volume import Geometry, Volume
+
+# An asymmetric 3x3 kernel: a transposed or flipped slice gives a different result.
+KERNEL = torch.tensor([[0.0, 1.0, 0.5], [2.0, -1.0, 0.0], [0.25, 0.0, 3.0]])
+SAGITTAL = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # voxel i: P, j: I, k: L (orientation PIL)
+# numpy axis to slice along, per plane, for each direction used below (see test_volume_io.test_axis_for)
+PLANE_AXES = {LAS: {"axial": 0, "coronal": 1, "sagittal": 2}, SAGITTAL: {"axial": 1, "coronal": 2, "sagittal": 0}}
+
+
+class Probe(nn.Module):
+    """A test architecture whose outputs are known functions of its inputs.
+
+    ``mode``: "copy" (every target = input ``source``), "copy_plus_zero" (the same, plus 0 x the
+    other inputs, which stay in the autograd graph), "kernel" (``source`` correlated with
+    ``KERNEL``, zero padding) or "lesion" (the lesion channel it receives). It records the batch
+    shapes and lesion tensors it sees.
+    """
+
+    SIZE_MULTIPLE = 4
+
+    def __init__(self, inputs, outputs, lesion_input=False, mode="copy", source="T1"):
+        super().__init__()
+        self.inputs, self.outputs, self.lesion_input = list(inputs), list(outputs), lesion_input
+        self.mode, self.source = mode, source
+        self.gain = nn.Parameter(torch.ones(1))
+        self.calls: list[tuple[int, ...]] = []
+        self.lesions: list[torch.Tensor | None] = []
+
+    def forward(self, x, lesion=None, targets=None):
+        first = next(iter(x.values()))
+        self.calls.append(tuple(first.shape))
+        self.lesions.append(lesion)
+        assert first.shape[2] % self.SIZE_MULTIPLE == 0 and first.shape[3] % self.SIZE_MULTIPLE == 0
+        if self.mode == "copy":
+            y = x[self.source] * self.gain
+        elif self.mode == "copy_plus_zero":
+            y = x[self.source] * self.gain + 0.0 * sum(v for k, v in x.items() if k != self.source)
+        elif self.mode == "kernel":
+            y = F.conv2d(x[self.source], KERNEL.to(first)[None, None], padding=1) * self.gain
+        elif self.mode == "lesion":
+            y = (torch.zeros_like(first) if lesion is None else lesion) * self.gain
+        else:
+            raise ValueError(self.mode)
+        return {t: y for t in (targets or self.outputs)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def probe_architecture():
+    models.register("test_probe", Probe)
+    yield
+    models.ARCHITECTURES.pop("test_probe", None)
+
+
+def probe(tmp_path: Path, mode="copy", source="T1", inputs=("T1", "T2", "FLAIR"), outputs=("T1c", "T2", "FLAIR"),
+          scales=None, **card):
+    scales = {"T1c": 500.0, "T2": 700.0, "FLAIR": 300.0} if scales is None else scales
+    fields = dict(name=f"probe-{mode}", architecture="test_probe", inputs=list(inputs), outputs=list(outputs),
+                  normalisation={"scheme": "mean_in_brain"}, params={"mode": mode, "source": source},
+                  output_intensity={t: {"offset": 0.0, "scale": s} for t, s in scales.items() if t in outputs})
+    fields.update(card)
+    c = ModelCard(**fields)
+    folder = save_model(c, models.build("test_probe", c.inputs, c.outputs, c.lesion_input, c.params),
+                        tmp_path / f"probe-{mode}-{len(list(tmp_path.iterdir()))}")
+    return load_model(folder)
+
+
+def volumes(shape=(20, 28, 24), direction=LAS, pad=None, seed=0, sources=None):
+    """The phantom as Volumes (optionally zero-padded so that the brain is off-centre in a larger grid)."""
+    p = phantom(shape, seed)
+    if pad is not None:
+        p = {k: np.pad(v, pad) for k, v in p.items()}
+    geometry = Geometry(tuple(reversed(p["T1"].shape)), (1.0, 1.2, 0.9), (5.0, -3.0, 8.0), direction)
+    names = sources or {}
+    vols = {k: Volume(p[k].astype(np.float32), geometry, names.get(k, f"/data/{k}.nii.gz"))
+            for k in ("T1", "T2", "FLAIR", "lesion", "brain")}
+    return vols, p
+
+
+def expected_copy(array: np.ndarray, brain: np.ndarray, scale: float) -> np.ndarray:
+    a = array.astype(np.float64)
+    return np.where(brain, a / a[brain].mean() * scale, 0.0)
+
+
+def run(model, inputs, targets, **options):
+    options.setdefault("precision", "fp32")
+    options.setdefault("device", "cpu")
+    return SynthesisLogic(model).run(SynthesisRequest(inputs=inputs, targets=targets, **options))
+
+
+# --- with the tiny Chartsias model --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chartsias(tiny_model):
+    return load_model(tiny_model)
+
+
+def test_outputs_on_the_reference_grid_and_inputs_unchanged(chartsias):
+    vols, p = volumes()
+    inputs = {"T1": vols["T1"], "T2": vols["T2"], "FLAIR": vols["FLAIR"]}
+    before = {k: v.array.copy() for k, v in vols.items()}
+    result = run(chartsias, inputs, ["T1c", "T2"], lesion_mask=vols["lesion"], brain_mask=vols["brain"])
+    assert list(result.outputs) == ["T1c", "T2"]
+    for volume in result.outputs.values():
+        assert volume.geometry == vols["T1"].geometry and volume.array.dtype == np.float32
+        assert np.isfinite(volume.array).all()
+        assert not np.shares_memory(volume.array, vols["T1"].array)
+    for k, v in vols.items():
+        np.testing.assert_array_equal(v.array, before[k])  # nothing was modified in place
+    assert result.device == "cpu" and result.precision == "float32"
+    assert result.saliency == {} and result.contributions == {} and result.saliency_objective is None
+
+
+@pytest.mark.parametrize("subset", [s for r in (1, 2, 3) for s in itertools.combinations(("T1", "T2", "FLAIR"), r)])
+def test_any_subset_of_inputs(chartsias, subset):
+    vols, p = volumes()
+    result = run(chartsias, {n: vols[n] for n in subset}, ["T1c"], precision="auto")
+    out = result.outputs["T1c"]
+    assert out.geometry == vols[subset[0]].geometry
+    assert np.isfinite(out.array).all()
+    assert (out.array[p["brain"] == 0] == 0).all()  # background zero
+    assert "+".join(subset) in out.source
+
+
+def test_subsets_give_different_outputs(chartsias):
+    vols, _ = volumes()
+    a = run(chartsias, {"T1": vols["T1"]}, ["FLAIR"]).outputs["FLAIR"].array
+    b = run(chartsias, {"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"]).outputs["FLAIR"].array
+    assert not np.allclose(a, b)
+
+
+def test_aliases_accepted(chartsias):
+    vols, _ = volumes()
+    canonical = run(chartsias, {"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR", "T1c"])
+    aliased = run(chartsias, {"t1n": vols["T1"], "t2w": vols["T2"]}, ["t2f", "T1POST"])
+    assert list(aliased.outputs) == ["FLAIR", "T1c"]
+    for t in ("FLAIR", "T1c"):
+        np.testing.assert_array_equal(aliased.outputs[t].array, canonical.outputs[t].array)
+
+
+def test_background_is_zero_and_output_scale_follows_the_card(chartsias):
+    vols, p = volumes()
+    out = run(chartsias, {"T1": vols["T1"], "FLAIR": vols["FLAIR"]}, ["T2"]).outputs["T2"].array
+    assert (out[p["brain"] == 0] == 0).all()
+    assert (out >= 0).all()  # Chartsias decoders end in ReLU; the card's offset is 0
+
+
+@pytest.mark.parametrize("device, word", [("cuda", "CUDA"), ("mps", "MPS")])
+def test_unavailable_device_falls_back_to_cpu_with_a_note(chartsias, device, word):
+    if device == "cuda" and torch.cuda.is_available() or device == "mps" and devices._mps_available():
+        pytest.skip(f"{device} is available here")
+    vols, _ = volumes()
+    result = run(chartsias, {"T1": vols["T1"]}, ["T2"], device=device)
+    assert result.device == "cpu"
+    assert any(f"{word} is not available" in note and "using the CPU" in note for note in result.notes)
+
+
+def test_device_and_precision_choices():
+    assert choose_device("cpu") == (torch.device("cpu"), None)
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        choose_device("tpu")
+    with pytest.raises(InputError, match="unknown precision 'int8'"):
+        choose_precision("int8", torch.device("cpu"))
+    assert choose_precision("fp32", torch.device("cpu")) is None
+    assert choose_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    assert choose_precision("auto", torch.device("cpu")) is (torch.bfloat16 if devices.cpu_has_native_bf16() else None)
+
+
+# --- exactness of the slice-wise runner, with test architectures ----------------------------
+
+# Brain off-centre in a larger grid with odd sizes: the runner must crop, pad to multiples of 4,
+# batch (3 slices, the last batch short) and undo all of it exactly.
+PAD = ((3, 8), (9, 2), (7, 4))
+
+
+@pytest.mark.parametrize("direction", [LAS, SAGITTAL], ids=["LAS", "sagittal-acquired"])
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_identity_model_returns_the_normalised_then_denormalised_input(tmp_path, plane, direction):
+    model = probe(tmp_path, "copy", source="T2")
+    vols, p = volumes(shape=(17, 21, 19), direction=direction, pad=PAD)
+    brain = p["brain"] > 0
+    assert np.array_equal(foreground_mask([p["T1"], p["T2"], p["FLAIR"]]), brain)
+    result = run(model, {"T1": vols["T1"], "T2": vols["T2"], "FLAIR": vols["FLAIR"]}, ["FLAIR", "T1c"],
+                 plane=plane, batch_size=3)
+    for target, scale in (("FLAIR", 300.0), ("T1c", 500.0)):
+        np.testing.assert_allclose(result.outputs[target].array, expected_copy(p["T2"], brain, scale),
+                                   rtol=1e-6, atol=1e-4)
+    axis = PLANE_AXES[direction][plane]
+    calls = model.network.calls
+    slices_with_brain = int(np.count_nonzero(brain.any(axis=tuple(a for a in range(3) if a != axis))))
+    assert sum(n for n, *_ in calls) == slices_with_brain  # only slices with brain were run
+    assert all(n <= 3 for n, *_ in calls) and len(calls) == -(-slices_with_brain // 3)
+
+
+@pytest.mark.parametrize("direction", [LAS, SAGITTAL], ids=["LAS", "sagittal-acquired"])
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_slicewise_runner_is_exact_in_every_plane(tmp_path, plane, direction):
+    """A 2D correlation with an asymmetric kernel, applied slice by slice along the plane's axis."""
+    model = probe(tmp_path, "kernel", source="T1")
+    vols, p = volumes(shape=(17, 21, 19), direction=direction, pad=PAD)
+    brain = p["brain"] > 0
+    result = run(model, {"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"], plane=plane, batch_size=3)
+    axis = PLANE_AXES[direction][plane]
+    normalised = np.where(brain, p["T1"] / p["T1"][brain].astype(np.float64).mean(), 0.0)
+    moved = np.moveaxis(normalised, axis, 0)
+    filtered = ndi.correlate(moved, KERNEL.double().numpy()[None], mode="constant", cval=0.0)
+    expected = np.where(brain, np.moveaxis(filtered, 0, axis) * 300.0, 0.0)
+    np.testing.assert_allclose(result.outputs["FLAIR"].array, expected, rtol=1e-5, atol=1e-3)
+    # the network saw in-plane slices: (N, 1, H, W) with H, W from the two other axes (cropped, padded)
+    in_plane = [p["T1"].shape[a] for a in range(3) if a != axis]
+    for _, channels, h, w in model.network.calls:
+        assert channels == 1 and h % 4 == 0 and w % 4 == 0
+        assert h <= in_plane[0] + 3 and w <= in_plane[1] + 3
+
+
+def test_card_plane_is_the_default(tmp_path):
+    vols, p = volumes(shape=(17, 21, 19), pad=PAD)
+    inputs = {"T1": vols["T1"]}
+    coronal_card = probe(tmp_path, "kernel", plane="coronal")
+    by_card = run(coronal_card, inputs, ["FLAIR"]).outputs["FLAIR"].array
+    by_request = run(probe(tmp_path, "kernel"), inputs, ["FLAIR"], plane="coronal").outputs["FLAIR"].array
+    axial = run(probe(tmp_path, "kernel"), inputs, ["FLAIR"]).outputs["FLAIR"].array
+    np.testing.assert_array_equal(by_card, by_request)
+    assert not np.allclose(by_card, axial)
+
+
+def test_output_without_intensity_statistics_stays_normalised(tmp_path):
+    model = probe(tmp_path, "copy", scales={})
+    vols, p = volumes()
+    brain = p["brain"] > 0
+    out = run(model, {"T1": vols["T1"]}, ["T2"]).outputs["T2"].array
+    np.testing.assert_allclose(out, expected_copy(p["T1"], brain, 1.0), rtol=1e-6, atol=1e-6)
+
+
+# --- lesion and brain masks -----------------------------------------------------------------
+
+@pytest.mark.parametrize("plane", ["axial", "sagittal"])
+def test_lesion_mask_reaches_the_network(tmp_path, plane):
+    model = probe(tmp_path, "lesion", lesion_input=True, scales={})
+    vols, p = volumes(shape=(17, 21, 19), pad=PAD)
+    result = run(model, {"T1": vols["T1"], "FLAIR": vols["FLAIR"]}, ["T2"], lesion_mask=vols["lesion"], plane=plane)
+    assert p["lesion"].sum() > 10
+    np.testing.assert_array_equal(result.outputs["T2"].array, p["lesion"].astype(np.float32))
+    without = probe(tmp_path, "lesion", lesion_input=True, scales={})
+    out = run(without, {"T1": vols["T1"]}, ["T2"]).outputs["T2"].array
+    assert not out.any() and all(les is None for les in without.network.lesions)
+
+
+def test_lesion_outside_the_brain_is_dropped(tmp_path):
+    model = probe(tmp_path, "lesion", lesion_input=True, scales={})
+    vols, p = volumes()
+    lesion = p["lesion"].copy()
+    lesion[0, 0, 0] = 1  # background corner
+    out = run(model, {"T1": vols["T1"]}, ["T2"], lesion_mask=vols["lesion"].with_array(lesion.astype(np.float32)))
+    np.testing.assert_array_equal(out.outputs["T2"].array, p["lesion"].astype(np.float32))
+
+
+def test_lesion_mask_needs_a_model_with_a_lesion_channel(tmp_path):
+    model = probe(tmp_path, "copy", lesion_input=False)
+    vols, _ = volumes()
+    with pytest.raises(InputError, match="not trained with a lesion channel"):
+        run(model, {"T1": vols["T1"]}, ["T2"], lesion_mask=vols["lesion"])
+    assert model.network.calls == []
+
+
+def test_lesion_mask_must_be_binary(tmp_path):
+    model = probe(tmp_path, "lesion", lesion_input=True)
+    vols, p = volumes()
+    labels = vols["lesion"].with_array(p["labels"].astype(np.float32), source="/data/aseg.nii.gz")
+    with pytest.raises(InputError, match="aseg.nii.gz: a mask must hold only 0 and 1"):
+        run(model, {"T1": vols["T1"]}, ["T2"], lesion_mask=labels)
+
+
+def test_brain_mask_option(tmp_path):
+    model = probe(tmp_path, "copy", source="T1")
+    vols, p = volumes()
+    box = np.zeros(p["T1"].shape, bool)
+    box[6:14, 8:20, 5:17] = True
+    assert (p["brain"][box] > 0).all()
+    out = run(model, {"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"],
+              brain_mask=vols["brain"].with_array(box.astype(np.float32))).outputs["FLAIR"].array
+    np.testing.assert_allclose(out, expected_copy(p["T1"], box, 300.0), rtol=1e-6, atol=1e-4)
+    assert not out[~box].any()
+
+
+def test_brain_mask_errors(tmp_path):
+    model = probe(tmp_path)
+    vols, p = volumes()
+    empty = vols["brain"].with_array(np.zeros(p["T1"].shape, np.float32), source="/data/empty_brain.nii.gz")
+    with pytest.raises(InputError, match="empty_brain.nii.gz: the brain mask is empty"):
+        run(model, {"T1": vols["T1"]}, ["T2"], brain_mask=empty)
+    soft = vols["brain"].with_array(p["brain"] * 0.5, source="/data/soft.nii.gz")
+    with pytest.raises(InputError, match="soft.nii.gz: a mask must hold only 0 and 1"):
+        run(model, {"T1": vols["T1"]}, ["T2"], brain_mask=soft)
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+def test_all_required_refuses_a_subset(tmp_path):
+    model = probe(tmp_path, missing_inputs="all_required")
+    vols, _ = volumes()
+    with pytest.raises(InputError, match="needs every input it was trained with; missing FLAIR"):
+        run(model, {"T1": vols["T1"], "T2": vols["T2"]}, ["T1c"])
+    run(model, {"T1": vols["T1"], "T2": vols["T2"], "FLAIR": vols["FLAIR"]}, ["T1c"])
+
+
+@pytest.mark.parametrize("inputs, targets, words", [
+    ({"T1": "T1"}, ["T3"], "target: unknown modality 'T3'"),
+    ({"T1": "T1"}, ["DWI"], "cannot produce DWI; it produces T1c, T2, FLAIR"),
+    ({"T1": "T1"}, [], "no target given"),
+    ({"T1": "T1"}, ["T2", "t2w"], "a target is repeated"),
+    ({"T1": "T1", "DWI": "T2"}, ["FLAIR"], "does not accept DWI (/data/T2.nii.gz); it accepts T1, T2, FLAIR"),
+    ({"T1": "T1", "PDW": "T2"}, ["FLAIR"], "does not accept PD"),
+    ({"XYZ": "T1"}, ["FLAIR"], "input /data/T1.nii.gz: unknown modality 'XYZ'"),
+    ({"T1": "T1", "t1n": "T2"}, ["FLAIR"], "are both T1; give each modality once"),
+    ({}, ["FLAIR"], "no inputs given"),
+])
+def test_modality_errors(tmp_path, inputs, targets, words):
+    model = probe(tmp_path)
+    vols, _ = volumes()
+    with pytest.raises(InputError) as error:
+        run(model, {name: vols[source] for name, source in inputs.items()}, targets)
+    assert words in str(error.value)
+
+
+@pytest.mark.parametrize("fill, words", [(0.0, "is empty"), (3.0, "is constant"), (np.nan, "NaN")])
+def test_bad_values_are_refused_naming_the_file(tmp_path, fill, words):
+    model = probe(tmp_path)
+    vols, p = volumes()
+    bad = vols["T2"].with_array(np.full(p["T2"].shape, fill, np.float32), source="/data/bad_T2.nii.gz")
+    with pytest.raises(InputError, match=words) as error:
+        run(model, {"T1": vols["T1"], "T2": bad}, ["FLAIR"])
+    assert "/data/bad_T2.nii.gz" in str(error.value)
+
+
+def test_grid_mismatch_names_both_files_and_resample_fixes_it(tmp_path):
+    model = probe(tmp_path, "copy", source="T1")
+    vols, p = volumes()
+    g = vols["T2"].geometry
+    moved = Geometry(g.size, g.spacing, (g.origin[0] + 2.0, g.origin[1], g.origin[2]), g.direction)
+    t2 = Volume(vols["T2"].array, moved, "/data/T2_moved.nii.gz")
+    with pytest.raises(InputError) as error:
+        run(model, {"T1": vols["T1"], "T2": t2}, ["FLAIR"])
+    message = str(error.value)
+    assert "/data/T2_moved.nii.gz" in message and "/data/T1.nii.gz" in message and "origin" in message
+    result = run(model, {"T1": vols["T1"], "T2": t2}, ["FLAIR"], resample=True)
+    assert result.outputs["FLAIR"].geometry == vols["T1"].geometry
+    onto_t2 = run(model, {"T1": vols["T1"], "T2": t2}, ["FLAIR"], resample=True, reference="t2w")
+    assert onto_t2.outputs["FLAIR"].geometry == moved
+
+
+# --- progress and cancel ----------------------------------------------------------------------
+
+def test_progress_is_monotone_and_ends_at_one(tmp_path):
+    model = probe(tmp_path)
+    vols, _ = volumes()
+    seen = []
+    SynthesisLogic(model, progress=lambda f, m: seen.append((f, m))).run(
+        SynthesisRequest({"T1": vols["T1"]}, ["T2"], batch_size=4, precision="fp32"))
+    fractions = [f for f, _ in seen]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and len(fractions) >= 5
+    assert all(b >= a for a, b in zip(fractions, fractions[1:]))
+    assert all(0.0 <= f <= 1.0 for f in fractions) and all(isinstance(m, str) and m for _, m in seen)
+
+
+def test_cancel_stops_before_the_next_batch(tmp_path):
+    model = probe(tmp_path)
+    vols, _ = volumes()
+    state = {"cancel": False}
+
+    def progress(fraction, message):
+        if fraction > 0:
+            state["cancel"] = True  # the user presses Cancel after the first batch
+
+    logic = SynthesisLogic(model, progress=progress, cancelled=lambda: state["cancel"])
+    with pytest.raises(Cancelled):
+        logic.run(SynthesisRequest({"T1": vols["T1"]}, ["T2"], batch_size=2, precision="fp32"))
+    assert len(model.network.calls) == 1  # no further batch ran
+
+
+def test_cancel_before_start_runs_nothing(tmp_path):
+    model = probe(tmp_path)
+    vols, _ = volumes()
+    with pytest.raises(Cancelled):
+        SynthesisLogic(model, cancelled=lambda: True).run(SynthesisRequest({"T1": vols["T1"]}, ["T2"]))
+    assert model.network.calls == []
+
+
+# --- saliency ---------------------------------------------------------------------------------
+
+def test_saliency_maps_with_chartsias(chartsias):
+    vols, p = volumes()
+    brain = p["brain"] > 0
+    inputs = {"T1": vols["T1"], "T2": vols["T2"], "FLAIR": vols["FLAIR"]}
+    result = run(chartsias, inputs, ["T1c", "T2"], saliency=True)
+    assert list(result.saliency) == ["T1c", "T2"]
+    for target in ("T1c", "T2"):
+        maps = result.saliency[target]
+        assert list(maps) == ["T1", "T2", "FLAIR"]
+        for volume in maps.values():
+            assert volume.geometry == vols["T1"].geometry
+            assert (volume.array >= 0).all() and not volume.array[~brain].any()
+        assert any(v.array.any() for v in maps.values())
+        shares = result.contributions[target]
+        assert set(shares) == {"T1", "T2", "FLAIR"} and all(s >= 0 for s in shares.values())
+        assert sum(shares.values()) == pytest.approx(1.0)
+    assert "target-free" in result.saliency_objective
+    plain = run(chartsias, inputs, ["T1c", "T2"])
+    for t in plain.outputs:  # asking for saliency does not change the outputs
+        np.testing.assert_allclose(result.outputs[t].array, plain.outputs[t].array, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["copy_plus_zero", "copy"])
+def test_saliency_of_an_unused_input_is_zero(tmp_path, mode):
+    """Output depends on T1 only: T2's map is 0 (whether or not T2 is in the autograd graph)."""
+    model = probe(tmp_path, mode, source="T1")
+    vols, p = volumes()
+    brain = p["brain"] > 0
+    result = run(model, {"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"], saliency=True)
+    maps = result.saliency["FLAIR"]
+    assert not maps["T2"].array.any()
+    # d sum(T1n in brain) / d T1n = 1 in the brain, 0 outside
+    np.testing.assert_array_equal(maps["T1"].array, brain.astype(np.float32))
+    assert result.contributions["FLAIR"] == {"T1": 1.0, "T2": 0.0}
+
+
+def test_saliency_with_a_reference_uses_the_prediction_error(tmp_path):
+    model = probe(tmp_path, "copy", source="T1")
+    vols, p = volumes()
+    brain = p["brain"] > 0
+    inputs = {"T1": vols["T1"], "T2": vols["T2"]}
+    result = run(model, inputs, ["FLAIR"], saliency=True, saliency_references={"t2f": vols["FLAIR"]})
+    assert "reference" in result.saliency_objective and "Wei" in result.saliency_objective
+    norm = {k: np.where(brain, p[k] / p[k][brain].astype(np.float64).mean(), 0.0) for k in ("T1", "FLAIR")}
+    # d sum((T1n - FLAIRn)^2 in brain) / d T1n = 2 (T1n - FLAIRn) in the brain
+    np.testing.assert_allclose(result.saliency["FLAIR"]["T1"].array, np.abs(2 * (norm["T1"] - norm["FLAIR"])),
+                               rtol=1e-5, atol=1e-6)
+    assert not result.saliency["FLAIR"]["T2"].array.any()
+    # when the reference equals the prediction the error gradient vanishes
+    perfect = run(model, inputs, ["FLAIR"], saliency=True, saliency_references={"FLAIR": vols["T1"]})
+    assert not perfect.saliency["FLAIR"]["T1"].array.any()
+
+
+def test_saliency_reference_on_another_grid_is_refused(tmp_path):
+    model = probe(tmp_path)
+    vols, _ = volumes()
+    g = vols["FLAIR"].geometry
+    ref = Volume(vols["FLAIR"].array, Geometry(g.size, (2.0, 2.0, 2.0), g.origin, g.direction), "/data/ref.nii.gz")
+    with pytest.raises(InputError, match="ref.nii.gz and /data/T1.nii.gz are on different grids"):
+        run(model, {"T1": vols["T1"]}, ["FLAIR"], saliency=True, saliency_references={"FLAIR": ref})
+
+
+# --- out-of-memory fallback (unit test of the batch loop) ----------------------------------------
+
+class OomOnBigBatches:
+    """Stands in for ``run_batch``: raises torch.OutOfMemoryError like a GPU would for big batches."""
+
+    def __init__(self, limit, settings, message_only=False):
+        self.limit, self.settings, self.message_only = limit, settings, message_only
+        self.attempts, self.done = [], []
+
+    def __call__(self, index):
+        self.attempts.append((list(index), self.settings.device.type))
+        if self.settings.device.type != "cpu" and len(index) > self.limit:
+            if self.message_only:  # some back ends raise a plain RuntimeError
+                raise RuntimeError("MPS backend out of memory (MPS allocated: 10 GB)")
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.done.extend(index)
+
+
+def fake_gpu_settings(batch_size, progress=None):
+    # The device is only a label here: the network has no parameters and run_batch is fake, so no
+    # CUDA call is made; what is tested is the loop's reaction to out-of-memory on a non-CPU device.
+    return RunSettings(torch.device("cuda"), torch.float16, batch_size, progress or (lambda f, m: None))
+
+
+@pytest.mark.parametrize("message_only", [False, True])
+def test_out_of_memory_halves_the_batch_and_notes_it(message_only):
+    seen = []
+    settings = fake_gpu_settings(8, progress=lambda f, m: seen.append(f))
+    runner = OomOnBigBatches(2, settings, message_only)
+    _run_in_batches(nn.Identity(), list(range(11)), runner, settings, "slices")
+    assert runner.done == list(range(11))  # every slice exactly once, in order
+    assert [len(i) for i, _ in runner.attempts[:3]] == [8, 4, 2]
+    assert settings.notes == ["out of memory on cuda: batch size lowered to 4",
+                              "out of memory on cuda: batch size lowered to 2"]
+    assert settings.device.type == "cuda" and settings.dtype is torch.float16
+    assert all(b >= a for a, b in zip(seen, seen[1:])) and seen[-1] == 1.0
+
+
+def test_out_of_memory_at_batch_one_continues_on_the_cpu():
+    settings = fake_gpu_settings(2)
+    runner = OomOnBigBatches(0, settings)
+    network = nn.Identity()
+    _run_in_batches(network, list(range(5)), runner, settings, "slices")
+    assert runner.done == list(range(5))
+    assert settings.notes[-1] == "out of memory on cuda even one slice at a time: continuing on the CPU"
+    assert settings.device == torch.device("cpu") and settings.dtype is None
+    assert all(device == "cpu" for _, device in runner.attempts[-3:])
+
+
+def test_out_of_memory_on_the_cpu_and_other_errors_propagate():
+    settings = RunSettings(torch.device("cpu"), None, 4)
+    with pytest.raises(torch.OutOfMemoryError):
+        _run_in_batches(nn.Identity(), [0, 1, 2, 3, 4], OomOnBigBatches(-1, fake_gpu_settings(4)), settings, "slices")
+
+    def broken(index):
+        raise RuntimeError("shape mismatch in conv2d")
+
+    gpu = fake_gpu_settings(4)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _run_in_batches(nn.Identity(), [0, 1], broken, gpu, "slices")
+    assert gpu.notes == []

@@ -1,0 +1,72 @@
+"""Batch mode (MRSynthesis/batch.py) with MRML storage nodes standing in for Slicer's file I/O
+and the real command line doing the work."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
+
+import slicer_support as support  # noqa: E402
+from conftest import cli_command, cli_env, make_subject  # noqa: E402
+
+import batch  # noqa: E402
+from MRSynthesisLib.volume import Geometry, read_volume, resample_to  # noqa: E402
+from MRSynthesisModuleLib.process import CliLauncher  # noqa: E402
+
+
+def test_batch_synthesises_and_saves_the_results(tmp_path, tiny_model, cli_home, capsys):
+    subject = make_subject(tmp_path / "subject")
+    out, saliency, direct = tmp_path / "out", tmp_path / "saliency", tmp_path / "direct.nii.gz"
+    reference = subprocess.Popen(  # the command line on the same files, for comparison (runs alongside)
+        cli_command("synthesize", "--input", f"T1={subject['T1']}", "--input", f"T2={subject['T2']}", "--target",
+                    "FLAIR", "--out", direct, "--model", tiny_model, "--device", "cpu"),
+        cwd=support.REPO, env=cli_env(cli_home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    status = batch.run(["--input", f"t1n={subject['T1']}", "--input", f"T2={subject['T2']}", "--target", "flair",
+                        "--out", str(out), "--model", str(tiny_model), "--device", "cpu",
+                        "--saliency-out", str(saliency)],
+                       support.CoreFiles(support.new_scene()), CliLauncher(base_env=cli_env(cli_home)))
+
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert reference.wait(timeout=120) == 0, reference.stderr.read()
+    flair, expected = read_volume(out / "FLAIR_synthetic.nii.gz"), read_volume(direct)
+    # MRML reads this left-handed (LAS) file with its slice axis reversed (same physical grid,
+    # other voxel order), so compare where things are, not how the voxels are stored.
+    assert corners(flair.geometry) == corners(expected.geometry)
+    np.testing.assert_allclose(resample_to(flair, expected.geometry, nearest=True).array, expected.array, atol=1e-5)
+    assert np.abs(expected.array).max() > 0
+    assert sorted(p.name for p in saliency.iterdir()) == ["P3S_FLAIR_from_T1.nii.gz", "P3S_FLAIR_from_T2.nii.gz"]
+    assert f"FLAIR synthetic (T1+T2): {out / 'FLAIR_synthetic.nii.gz'}" in printed.out
+    assert "FLAIR contributions: T1 " in printed.out
+
+
+def corners(geometry: Geometry) -> set[tuple[float, ...]]:
+    """The physical positions of a grid's corner voxels."""
+    direction = np.reshape(geometry.direction, (3, 3)) * geometry.spacing
+    ends = [(0, n - 1) for n in geometry.size]
+    return {tuple(np.round(direction @ np.array([i, j, k]) + geometry.origin, 4))
+            for i in ends[0] for j in ends[1] for k in ends[2]}
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--input", "T1=missing.nii.gz", "--target", "FLAIR", "--out", "o"], "cannot load --input T1=missing.nii.gz"),
+    (["--input", "T9=t.nii.gz", "--target", "FLAIR", "--out", "o"], "unknown modality 'T9'"),
+    (["--input", "T1", "--target", "FLAIR", "--out", "o"], "is not MODALITY=PATH"),
+    (["--input", "T1=t.nii.gz", "--target", "FLAIR", "--target", "T2", "--out", "o.nii.gz"], "give a folder"),
+])
+def test_bad_input_exits_with_2_and_says_why(arguments, message, capsys):
+    assert batch.run(arguments, support.CoreFiles(support.new_scene())) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_documents_the_arguments(capsys):
+    assert batch.run(["--help"], files=None) == 0
+    usage = capsys.readouterr().out
+    for option in ("--input MODALITY=PATH", "--target MODALITY", "--out", "--model", "--device", "--lesion-mask",
+                   "--saliency-out"):
+        assert option in usage
+    assert batch.run([], files=None) == 2  # --input, --target and --out are required

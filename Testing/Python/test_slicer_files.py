@@ -1,0 +1,39 @@
+"""What the extension build and Slicer's Python 3.9 need of the module's files."""
+
+from __future__ import annotations
+
+import ast
+import re
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPO / "MRSynthesis"
+PYTHON_FILES = sorted(p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py")
+                      if "__pycache__" not in p.parts)
+
+
+def test_the_module_cmakelists_ships_every_python_file():
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    block = re.search(r"set\(MODULE_PYTHON_SCRIPTS(.*?)\)", cmake, re.S).group(1)
+    listed = sorted(line.strip().replace("${MODULE_NAME}", "MRSynthesis") for line in block.splitlines()
+                    if line.strip())
+    assert listed == PYTHON_FILES
+
+
+def test_the_module_parses_as_python_3_9_and_defers_annotations():
+    """Slicer <= 5.8 runs Python 3.9: no 3.10 syntax, and no ``X | None`` evaluated at import."""
+    for name in PYTHON_FILES:
+        source = (MODULE_DIR / name).read_text(encoding="utf-8")
+        tree = ast.parse(source, filename=name, feature_version=(3, 9))
+        if tree.body and name.rsplit("/", 1)[-1] != "__init__.py":
+            assert "from __future__ import annotations" in source, name
+
+
+def test_the_panel_ui_uses_only_plain_qt_widgets():
+    """Slicer's and PySide's loaders both build it; MRML widgets come from the factory instead."""
+    tree = ElementTree.parse(REPO / "Resources" / "UI" / "MRSynthesis.ui")
+    classes = {w.get("class") for w in tree.iter("widget")}
+    assert classes <= {"QWidget", "QFrame", "QLabel", "QPushButton", "QGroupBox", "QComboBox", "QCheckBox",
+                       "QTableWidget", "QProgressBar"}
+    assert tree.find("customwidgets") is None

@@ -1,0 +1,310 @@
+"""The real Qt panel (PySide6, offscreen) on a real MRML scene, running the real command line.
+
+Only what the Slicer application alone provides is replaced (node selectors, Segment Editor,
+layouts, package installs: see slicer_widgets). The model list is taken once from the real
+``models --json`` and replayed to the panels that do not test listing itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
+pytest.importorskip("PySide6", reason="PySide6 (real Qt widgets outside Slicer) is not installed")
+
+import slicer_support as support  # noqa: E402
+from conftest import cli_env, make_tiny_model, phantom  # noqa: E402
+from Qt import QtCore, QtWidgets  # noqa: E402
+from slicer_widgets import DictSettings, RecordingActions, ReplayLauncher, StandInWidgetFactory  # noqa: E402
+
+import slicer  # noqa: E402
+from MRSynthesisModuleLib.catalog import ModelCatalog  # noqa: E402
+from MRSynthesisModuleLib.panel import SynthesisPanel  # noqa: E402
+from MRSynthesisModuleLib.process import CliLauncher  # noqa: E402
+from MRSynthesisModuleLib.scene import SALIENCY_COLOR_NODE_ID, SceneBridge  # noqa: E402
+
+SCREENSHOT = support.REPO / "build" / "screenshots" / "mrsynthesis-panel.png"
+
+
+@pytest.fixture(scope="module")
+def app():
+    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """A folder of two models: "tiny" (4 in, 4 out, lesion channel) and "t1t2" (T1+T2 -> FLAIR)."""
+    folder = tmp_path_factory.mktemp("panel-models")
+    make_tiny_model(folder / "tiny")
+    make_tiny_model(folder / "t1t2", name="t1t2", inputs=["T1", "T2"], outputs=["FLAIR"], lesion_input=False,
+                    output_intensity={"FLAIR": {"offset": 0.0, "scale": 400.0}})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def launcher(cli_home) -> CliLauncher:
+    return CliLauncher(base_env=cli_env(cli_home))  # no ~/.mrsynthesis models of the developer's
+
+
+@pytest.fixture(scope="module")
+def listing(launcher, models):
+    """The real `models --json` of the models folder, as the panel runs it once the folder is added."""
+    outcome = launcher.run(["models", "--json"], [str(models)]).wait()
+    assert outcome.status == "done", outcome.message
+    return outcome
+
+
+class ListedLauncher:
+    """The real launcher, except that `models` answers with the listing recorded once."""
+
+    def __init__(self, real: CliLauncher, listing) -> None:
+        self.real, self.replay = real, ReplayLauncher(listing)
+
+    def run(self, arguments, model_folders=(), **callbacks):
+        target = self.replay if arguments[0] == "models" else self.real
+        return target.run(arguments, model_folders, **callbacks)
+
+
+def make_panel(app, scene, launcher, actions=None, settings=None) -> SynthesisPanel:
+    panel = SynthesisPanel(bridge=SceneBridge(scene), widgets=StandInWidgetFactory(scene), launcher=launcher,
+                           catalog=ModelCatalog(settings or DictSettings()), actions=actions or RecordingActions())
+    panel.set_parameter_node(scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
+    support.wait_until(lambda: not panel.timer.isActive(), 60, app.processEvents)
+    return panel
+
+
+def choose_model(panel, name: str) -> None:
+    panel.ui.modelComboBox.setCurrentIndex([m.name for m in panel.catalog.models].index(name))
+
+
+def subject_scene(shape=(20, 28, 24)):
+    scene = support.new_scene()
+    arrays = phantom(shape)
+    nodes = {m: support.add_volume(scene, arrays[m], f"sub-01_{m}") for m in ("T1", "T2", "FLAIR")}
+    return scene, nodes, arrays
+
+
+def test_apply_synthesises_a_lesioned_flair_with_saliency_and_off_plane_figures(app, launcher, listing, models):
+    scene, nodes, arrays = subject_scene()
+    settings = DictSettings()
+    actions = RecordingActions()
+    listed = ListedLauncher(launcher, listing)
+    panel = make_panel(app, scene, listed, actions, settings)
+    panel.add_model_folder(str(models))
+    support.wait_until(lambda: not panel.timer.isActive(), 60, app.processEvents)
+    assert json.loads(settings.value("MRSynthesis/ModelFolders")) == [str(models)]  # remembered
+    assert listed.replay.arguments == [["models", "--json"]] * 2 and panel.catalog.search_folders() == [str(models)]
+    assert sorted(m.name for m in panel.catalog.models) == ["t1t2", "tiny"]
+    choose_model(panel, "tiny")
+
+    panel.ui.addInputButton.click()
+    panel.ui.addInputButton.click()
+    assert [(n.GetName(), m) for n, m in panel.inputs] == [("sub-01_T1", "T1"), ("sub-01_T2", "T2")]  # guessed
+    panel.set_targets(["FLAIR"])
+    panel.ui.deviceComboBox.setCurrentIndex(1)  # CUDA: falls back to the CPU where there is none
+    panel.ui.saliencyCheckBox.setChecked(True)
+    panel.ui.paintLesionButton.click()
+    segmentation, segment_id = panel.lesion_selector.currentNode(), panel.lesion_selector.currentSegmentID()
+    assert actions.called("open_segment_editor") == [(segmentation, segment_id, nodes["T1"])]
+    support.paint(scene, segmentation, segment_id, arrays["lesion"], nodes["T1"])
+    panel.reference_selector.setCurrentNode(nodes["FLAIR"])
+    assert panel.problems() == [] and panel.ui.applyButton.isEnabled()
+    inputs_before = {m: slicer.util.arrayFromVolume(n).copy() for m, n in nodes.items()}
+    ids_before = support.node_ids(scene)
+
+    ticks = []
+    heartbeat = QtCore.QTimer()
+    heartbeat.timeout.connect(lambda: ticks.append(time.monotonic()))
+    heartbeat.start(20)
+    progress = []
+    panel.ui.progressBar.valueChanged.connect(progress.append)
+    panel.ui.applyButton.click()
+    assert panel.ui.applyButton.text() == "Cancel"
+    support.wait_until(lambda: not panel.running, 120, app.processEvents)
+    heartbeat.stop()
+
+    assert panel.ui.errorLabel.text() == "", panel.ui.errorLabel.text()
+    assert panel.ui.applyButton.text() == "Apply"
+    if torch.cuda.is_available():
+        assert panel.ui.statusLabel.text().startswith("Done on cuda")
+    else:
+        assert panel.ui.statusLabel.text().startswith("Done on cpu")
+        assert "CUDA is not available" in panel.ui.notesLabel.text()  # the reason is shown
+    assert progress and progress[-1] == 100  # (intermediate values: see the cancel test's larger case)
+    assert max(np.diff(ticks)) < 0.5  # the GUI thread never waited on the process
+    output = panel.results.outputs["FLAIR"]
+    assert output.GetName() == "FLAIR synthetic (T1+T2, lesion)"
+    np.testing.assert_allclose(support.ijk_to_ras(output), support.ijk_to_ras(nodes["T1"]), atol=1e-6)
+    assert slicer.util.arrayFromVolume(output).shape == arrays["T1"].shape
+    saliency = panel.results.saliency["FLAIR"]
+    assert {m: n.GetName() for m, n in saliency.items()} == {"T1": "P3S FLAIR from T1", "T2": "P3S FLAIR from T2"}
+    assert saliency["T1"].GetDisplayNode().GetColorNodeID() == SALIENCY_COLOR_NODE_ID
+    added = {output.GetID(), *(n.GetID() for n in saliency.values())}
+    assert added <= support.node_ids(scene) - ids_before
+    for modality, node in nodes.items():  # inputs never change
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), inputs_before[modality])
+
+    table = panel.ui.contributionsTable
+    shares = [float(table.item(r, 0).text().rstrip(" %")) for r in range(table.rowCount())]
+    assert table.rowCount() == 2 and abs(sum(shares) - 100.0) < 0.2
+    figures = {panel.ui.offPlaneTable.verticalHeaderItem(r).text() for r in range(panel.ui.offPlaneTable.rowCount())}
+    assert {"roughness_ratio", "profile_correlation", "ssim_sagittal", "ssim_coronal"} <= figures
+    assert actions.called("show_result") == [(output, segmentation)]  # the painted lesion overlaid
+    assert actions.called("show_off_plane") == [(output, nodes["FLAIR"])]
+    panel.ui.showSaliencyButton.click()
+    assert actions.called("show_saliency") == [(output, [(nodes["T1"], saliency["T1"]), (nodes["T2"], saliency["T2"])])]
+
+    panel.widget.resize(440, 1020)
+    panel.widget.show()
+    app.processEvents()
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    assert panel.widget.grab().save(str(SCREENSHOT))
+
+
+def test_cancel_stops_within_two_seconds_and_leaves_the_scene_as_it_was(app, launcher, listing):
+    scene, nodes, _ = subject_scene(shape=(64, 80, 80))
+    panel = make_panel(app, scene, ListedLauncher(launcher, listing))
+    choose_model(panel, "tiny")
+    panel.add_input_row(nodes["T1"])
+    panel.add_input_row(nodes["T2"])
+    panel.set_targets(["FLAIR", "T1c"])
+    panel.ui.deviceComboBox.setCurrentIndex(3)
+    panel.ui.saliencyCheckBox.setChecked(True)
+    ids_before = support.node_ids(scene)
+
+    panel.ui.applyButton.click()
+    folder = panel._prepared.folder
+    support.wait_until(lambda: panel.ui.progressBar.value() > 0 or not panel.running, 120, app.processEvents)
+    assert panel.running, "the run ended before it could be cancelled"
+    assert 0 < panel.ui.progressBar.value() < 100  # from the command line's JSON progress lines
+    panel.ui.applyButton.click()  # now "Cancel"
+    took = support.wait_until(lambda: not panel.running, 5, app.processEvents)
+
+    assert took < 2.0
+    assert panel.ui.statusLabel.text().startswith("Cancelled")
+    assert panel.ui.applyButton.text() == "Apply" and panel.ui.applyButton.isEnabled()
+    assert support.node_ids(scene) == ids_before
+    assert panel.results is None and not os.path.exists(folder)
+
+
+def test_a_failure_shows_the_command_lines_message(app, launcher, listing):
+    scene, nodes, arrays = subject_scene()
+    elsewhere = support.OBLIQUE.copy()
+    elsewhere[:3, 3] += 7.0
+    shifted = support.add_volume(scene, arrays["T2"], "shifted_T2", elsewhere)
+    panel = make_panel(app, scene, ListedLauncher(launcher, listing))
+    choose_model(panel, "tiny")
+    panel.add_input_row(nodes["T1"])
+    panel.add_input_row(shifted)
+    panel.set_targets(["FLAIR"])
+    ids_before = support.node_ids(scene)
+
+    panel.ui.applyButton.click()
+    support.wait_until(lambda: not panel.running, 120, app.processEvents)
+
+    message = panel.ui.errorLabel.text()
+    assert "different grids" in message and "Traceback" not in message
+    assert panel.ui.statusLabel.text() == "Failed."
+    assert support.node_ids(scene) == ids_before
+    assert panel.ui.applyButton.isEnabled()
+
+
+def test_the_model_card_constrains_modalities_targets_and_the_lesion(app, listing):
+    scene, nodes, _ = subject_scene()
+    panel = make_panel(app, scene, ReplayLauncher(listing))
+    choose_model(panel, "t1t2")
+    row = panel.add_input_row(nodes["FLAIR"])
+
+    assert [row.modality.itemText(i) for i in range(row.modality.count())] == ["T1", "T2"]
+    assert list(panel.target_boxes) == ["FLAIR"]
+    assert "Inputs: T1, T2" in panel.ui.modelInfoLabel.text() and "Outputs: FLAIR" in panel.ui.modelInfoLabel.text()
+    assert not panel.ui.lesionGroupBox.isEnabled()
+    panel.set_targets(["FLAIR"])
+    row.modality.setCurrentIndex(0)
+    panel.add_input_row(nodes["T1"]).modality.setCurrentIndex(0)
+    assert "give each input a different modality" in panel.problems()
+    assert not panel.ui.applyButton.isEnabled()
+    assert "different modality" in panel.ui.statusLabel.text()
+
+    choose_model(panel, "tiny")
+    assert [row.modality.itemText(i) for i in range(row.modality.count())] == ["T1", "T1c", "T2", "FLAIR"]
+    assert panel.ui.lesionGroupBox.isEnabled()
+    assert panel.targets == ["FLAIR"]  # kept: the new model has it too
+
+
+def test_a_saved_scene_restores_the_panel(app, listing):
+    scene, nodes, _ = subject_scene()
+    panel = make_panel(app, scene, ReplayLauncher(listing))
+    choose_model(panel, "tiny")
+    panel.add_input_row(nodes["T2"])
+    panel.add_input_row(nodes["T1"])
+    panel.set_targets(["FLAIR", "T1c"])
+    panel.ui.deviceComboBox.setCurrentIndex(3)
+    panel.ui.saliencyCheckBox.setChecked(True)
+    segmentation, segment_id = panel.paint_lesion()
+    panel.reference_selector.setCurrentNode(nodes["FLAIR"])
+    panel.ui.offPlaneTargetComboBox.setCurrentIndex(1)  # T1c
+
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+    loaded = support.new_scene()
+    loaded.SetLoadFromXMLString(1)
+    loaded.SetSceneXMLString(scene.GetSceneXMLString())
+    loaded.Import()
+    # Segments live in the segmentation's own file, which an XML-only save does not write:
+    # put the segment back as loading that file would.
+    loaded.GetFirstNodeByName(segmentation.GetName()).GetSegmentation().AddEmptySegment(segment_id, "lesion")
+    restored = SynthesisPanel(bridge=SceneBridge(loaded), widgets=StandInWidgetFactory(loaded),
+                              launcher=ReplayLauncher(listing), catalog=ModelCatalog(DictSettings()),
+                              actions=RecordingActions())
+    restored.set_parameter_node(loaded.GetFirstNodeByClass("vtkMRMLScriptedModuleNode"))
+    support.wait_until(lambda: not restored.timer.isActive(), 10, app.processEvents)
+
+    assert restored.model.name == "tiny"
+    assert [(n.GetName(), m) for n, m in restored.inputs] == [("sub-01_T2", "T2"), ("sub-01_T1", "T1")]
+    assert restored.targets == ["T1c", "FLAIR"]  # in the card's order
+    assert restored.ui.deviceComboBox.currentText() == "CPU" and restored.ui.saliencyCheckBox.isChecked()
+    assert restored.lesion_selector.currentNode().GetName() == segmentation.GetName()
+    assert restored.lesion_selector.currentSegmentID() == segment_id
+    assert restored.reference_selector.currentNode().GetName() == "sub-01_FLAIR"
+    assert restored.ui.offPlaneTargetComboBox.currentText() == "T1c"
+
+
+def test_without_pytorch_the_panel_says_so_and_installs_only_with_consent(app, listing):
+    scene, _, _ = subject_scene()
+    actions = RecordingActions(missing=["torch", "safetensors"], consent=False)
+    replay = ReplayLauncher(listing)
+    panel = make_panel(app, scene, replay, actions)
+
+    assert not panel.ui.torchFrame.isHidden()
+    assert "torch and safetensors not installed" in panel.ui.torchLabel.text()
+    assert replay.arguments == []  # listing models needs PyTorch in the subprocess
+    assert "install torch and safetensors first" in panel.problems() and not panel.ui.applyButton.isEnabled()
+
+    panel.ui.installTorchButton.click()  # declined
+    assert actions.called("install_packages") == [(("torch", "safetensors"),)]
+    assert not panel.ui.torchFrame.isHidden() and replay.arguments == []
+
+    actions.consent = True
+    panel.ui.installTorchButton.click()
+    support.wait_until(lambda: not panel.timer.isActive(), 10, app.processEvents)
+    assert panel.ui.torchFrame.isHidden()
+    assert replay.arguments == [["models", "--json"]] and panel.catalog.models
+
+
+def test_an_added_model_folder_lists_that_model_only(tmp_path, listing, models):
+    settings = DictSettings()
+    catalog = ModelCatalog(settings)
+    catalog.add_folder(str(models / "tiny"))
+    catalog.add_folder(str(models / "tiny"))
+    assert catalog.user_folders == [str(models / "tiny")]
+    assert catalog.search_folders() == [str(models)]  # the command line searches folders of models
+    assert [m.name for m in catalog.update(listing.stdout)] == ["tiny"]  # not its sibling t1t2
+    assert catalog.models[0].summary().startswith("Inputs: T1, T1c, T2, FLAIR")

@@ -1,0 +1,306 @@
+"""Tests of the training data side: discovery, split, preprocessing, crops, lesions, checkpoints.
+
+Phantoms (a few kilobytes of NIfTI written to tmp_path) stand in for real scans; the
+helpers here also serve test_training_run.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
+from training.augment import Geometry2D, crop
+from training.batches import TRAIN_STREAM, all_subsets, build_batch, step_subset
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.config import AugmentConfig, TrainConfig
+from training.datasets import discover, load_subject, split_subjects
+from training.lesions import flair_hyperintensity_mask
+
+SHAPE = (12, 28, 24)  # (z, y, x)
+# tissue -> intensity per modality: background, grey matter, white matter, CSF, lesion
+CONTRASTS = {"T1": (0, 0.7, 1.0, 0.2, 0.5), "T1c": (0, 0.75, 1.0, 0.25, 0.9), "T2": (0, 0.8, 0.5, 1.5, 1.2),
+             "FLAIR": (0, 0.8, 0.6, 0.1, 1.8)}
+LPS = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+LAS = (1, 0, 0, 0, -1, 0, 0, 0, 1)
+
+
+def tissue_map(seed: int, lesion: bool = True) -> np.ndarray:
+    """Labels 0-4 (background, GM, WM, CSF, lesion) of an ellipsoidal phantom head."""
+    z, y, x = np.indices(SHAPE).astype(float)
+    cz, cy, cx = (np.array(SHAPE) - 1) / 2 + np.random.default_rng(seed).uniform(-1, 1, 3)
+    r = ((z - cz) / 5.5) ** 2 + ((y - cy) / 12) ** 2 + ((x - cx) / 10) ** 2
+    labels = np.where(r < 1, 1, 0)
+    labels[r < 0.6] = 2
+    labels[((z - cz) / 2) ** 2 + ((y - cy) / 3) ** 2 + ((x - cx) / 2) ** 2 < 1] = 3
+    if lesion:
+        labels[((z - cz) / 2) ** 2 + ((y - cy + 5) / 2) ** 2 + ((x - cx - 4) / 2) ** 2 < 1] = 4
+    return labels
+
+
+def write(array: np.ndarray, path: Path, direction=LPS) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetDirection(direction)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def images_of(labels: np.ndarray, seed: int, scale: float) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {m: (np.asarray(c)[labels] * scale * (1 + 0.05 * rng.standard_normal(SHAPE)) * (labels > 0))
+            for m, c in CONTRASTS.items()}
+
+
+def write_ms_subject(root: Path, name: str, seed: int, lesion: bool = True) -> Path:
+    """A subject in the shared MS naming: T1, T1POST, T2, FLAIR, lesion_mask (float32, LAS)."""
+    labels = tissue_map(seed, lesion)
+    files = {"T1": "T1", "T1c": "T1POST", "T2": "T2", "FLAIR": "FLAIR"}
+    for m, image in images_of(labels, seed, 1.0).items():
+        write(image.astype(np.float32), root / name / f"{files[m]}.nii.gz", LAS)
+    write((labels == 4).astype(np.uint8), root / name / "lesion_mask.nii.gz", LAS)
+    return root / name
+
+
+def write_brats_subject(root: Path, name: str, seed: int, prefixed: bool = True) -> Path:
+    """A subject in BraTS naming (``<case>-t1n.nii.gz`` or ``t1n.nii.gz``), int16, LPS, no lesion label."""
+    labels = tissue_map(seed)
+    files = {"T1": "t1n", "T1c": "t1c", "T2": "t2w", "FLAIR": "t2f"}
+    for m, image in images_of(labels, seed, 800.0).items():
+        stem = f"{name}-{files[m]}" if prefixed else files[m]
+        write(image.astype(np.int16), root / name / f"{stem}.nii.gz", LPS)
+    return root / name
+
+
+def write_dataset(root: Path) -> list[str]:
+    """Two MS-named subjects (one lesion-free) and one BraTS-named subject: the sources of a config."""
+    write_ms_subject(root / "ms", "patient01", 1)
+    write_ms_subject(root / "ms", "patient02", 2, lesion=False)
+    write_brats_subject(root / "brats", "BraTS-X-0003", 3)
+    return [str(root / "ms"), str(root / "brats")]
+
+
+def test_discovery_of_brats_layouts(tmp_path):
+    write_brats_subject(tmp_path, "BraTS-GLI-0001", 1)
+    write_brats_subject(tmp_path, "case2", 2, prefixed=False)
+    subjects = {s.subject: s for s in discover([str(tmp_path)])}
+    assert sorted(subjects) == ["BraTS-GLI-0001", "case2"]
+    assert {m: p.name for m, p in subjects["BraTS-GLI-0001"].images.items()} == {
+        "T1": "BraTS-GLI-0001-t1n.nii.gz", "T1c": "BraTS-GLI-0001-t1c.nii.gz",
+        "T2": "BraTS-GLI-0001-t2w.nii.gz", "FLAIR": "BraTS-GLI-0001-t2f.nii.gz"}
+    assert subjects["case2"].images["FLAIR"].name == "t2f.nii.gz"
+    assert all(s.lesion is None for s in subjects.values())
+
+
+def test_discovery_of_ms_layout(tmp_path):
+    write_ms_subject(tmp_path / "ms", "patient07", 1)
+    (subject,) = discover([str(tmp_path / "ms")])
+    assert subject.subject == "patient07"
+    assert {m: p.name for m, p in subject.images.items()} == {
+        "T1": "T1.nii.gz", "T1c": "T1POST.nii.gz", "T2": "T2.nii.gz", "FLAIR": "FLAIR.nii.gz"}
+    assert subject.lesion.name == "lesion_mask.nii.gz"
+
+
+def test_discovery_of_csv_manifest(tmp_path):
+    write_ms_subject(tmp_path, "a", 1)
+    write_brats_subject(tmp_path, "b", 2, prefixed=False)
+    (tmp_path / "list.csv").write_text("subject,t1n,T2W,Flair,lesion_mask\n"
+                                       "s1,a/T1.nii.gz,a/T2.nii.gz,a/FLAIR.nii.gz,a/lesion_mask.nii.gz\n"
+                                       f"s2,{tmp_path}/b/t1n.nii.gz,,b/t2f.nii.gz,\n")
+    s1, s2 = discover([str(tmp_path / "list.csv")])
+    assert s1.images == {"T1": tmp_path / "a/T1.nii.gz", "T2": tmp_path / "a/T2.nii.gz",
+                         "FLAIR": tmp_path / "a/FLAIR.nii.gz"}
+    assert s1.lesion == tmp_path / "a/lesion_mask.nii.gz"
+    assert s2.images == {"T1": tmp_path / "b/t1n.nii.gz", "FLAIR": tmp_path / "b/t2f.nii.gz"} and s2.lesion is None
+    (tmp_path / "bad.csv").write_text("subject,T7\ns1,a/T1.nii.gz\n")
+    with pytest.raises(ValueError, match="T7"):
+        discover([str(tmp_path / "bad.csv")])
+
+
+def test_split_is_by_subject_and_seeded():
+    names = [f"s{i}" for i in range(10)]
+    train, held = split_subjects(names, ["s3", "s7"], 0.5, 0)
+    assert held == ["s3", "s7"] and train == [n for n in names if n not in held]
+    train, held = split_subjects(names, [], 0.3, seed=4)
+    assert len(held) == 3 and not set(train) & set(held) and sorted(train + held) == sorted(names)
+    assert split_subjects(names, [], 0.3, seed=4) == (train, held)
+    assert split_subjects(names, [], 0.3, seed=5) != (train, held)
+    with pytest.raises(ValueError, match="not among"):
+        split_subjects(names, ["nobody"], 0, 0)
+
+
+def test_subject_is_preprocessed_as_inference_does(tmp_path):
+    """Same brain mask and normalisation as SynthesisLogic, axial axis first, whatever the file orientation."""
+    folder = write_brats_subject(tmp_path, "c", 5)
+    (files,) = discover([str(tmp_path)])
+    subject, raw, brain = load_subject(files, ["T1", "T2"], ["FLAIR"], lesion_input=True, lesion_fallback="zeros",
+                                       flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
+    arrays = {m: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"c-{f}.nii.gz"))).astype(np.float32)
+              for m, f in (("T1", "t1n"), ("T2", "t2w"), ("FLAIR", "t2f"))}
+    expected_brain = foreground_mask([arrays["T1"], arrays["T2"]])
+    assert np.array_equal(brain, expected_brain) and np.array_equal(raw["FLAIR"], arrays["FLAIR"])
+    expected = normalise(arrays["FLAIR"], NormalisationSpec("mean_in_brain"), expected_brain)[0]
+    assert np.array_equal(subject.images["FLAIR"], expected)  # LPS: the axial axis is already numpy axis 0
+    assert subject.lesion_source == "zeros" and not subject.lesion.any()
+    assert set(subject.slices) <= set(np.flatnonzero(expected_brain.any((1, 2))))
+
+
+def test_lesion_channel_from_mask_or_flair(tmp_path):
+    roots = write_dataset(tmp_path)
+    files = {s.subject: s for s in discover(roots)}
+    kwargs = dict(lesion_input=True, lesion_fallback="flair", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
+    given = load_subject(files["patient01"], ["T1", "FLAIR"], ["T2"], **kwargs)[0]
+    derived = load_subject(files["BraTS-X-0003"], ["T1", "FLAIR"], ["T2"], **kwargs)[0]
+    truth = tissue_map(3) == 4  # axial is numpy axis 0 in both orientations written here
+    assert given.lesion_source == "mask" and np.array_equal(given.lesion > 0, tissue_map(1) == 4)
+    assert derived.lesion_source == "flair"
+    found = derived.lesion > 0
+    assert (found & truth).sum() >= 0.8 * truth.sum() and (found & ~truth).sum() <= 0.2 * truth.sum()
+
+
+def test_flair_mask_finds_a_bright_blob_and_drops_specks():
+    rng = np.random.default_rng(0)
+    flair = 1 + 0.05 * rng.standard_normal((20, 40, 40))
+    brain = np.zeros(flair.shape, bool)
+    brain[2:18, 4:36, 4:36] = True
+    flair[8:12, 15:21, 15:21] = 2.0  # 144-voxel lesion
+    flair[5, 30, 30] = 3.0  # one hot voxel: noise, not a lesion
+    mask = flair_hyperintensity_mask(flair * brain, brain, z=3.0, min_voxels=20)
+    assert mask[8:12, 15:21, 15:21].all() and mask.sum() == 144
+
+
+def _slice_images(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t1 = rng.random((30, 26)).astype(np.float32)
+    lesion = (rng.random((30, 26)) > 0.7).astype(np.float32)
+    return {"T1": t1, "T2": 3 * t1 + 1, "L": lesion}, lesion
+
+
+def test_crop_without_transform_is_an_exact_window_and_keeps_modalities_aligned():
+    images, lesion = _slice_images()
+    out, mask = crop(images, lesion, Geometry2D((12, 10)), 8)
+    window = (slice(8, 16), slice(6, 14))
+    for m in images:
+        assert torch.equal(out[m][0], torch.from_numpy(images[m][window]))
+    assert torch.equal(mask[0], torch.from_numpy(lesion[window]))
+
+
+@pytest.mark.parametrize("flip_rows,flip_columns", [(True, False), (False, True)])
+def test_flips_and_quarter_turn_move_every_modality_and_the_mask_together(flip_rows, flip_columns):
+    images, lesion = _slice_images(1)
+    plain, plain_mask = crop(images, lesion, Geometry2D((14, 12)), 10)
+    flipped, flipped_mask = crop(images, lesion, Geometry2D((14, 12), flip_rows, flip_columns), 10)
+    turned, turned_mask = crop(images, lesion, Geometry2D((14, 12), angle=math.pi / 2), 10)
+    for m in images:
+        # flips and turns are about the centre pixel (index 5 of 10): one edge row/column of the
+        # transformed crop lies outside the plain crop, the rest is the plain crop flipped/turned
+        p = plain[m][0]
+        if flip_rows:
+            assert torch.equal(flipped[m][0][1:], p.flip(0)[:-1])
+        else:
+            assert torch.equal(flipped[m][0][:, 1:], p.flip(1)[:, :-1])
+        assert torch.allclose(turned[m][0][:, 1:], torch.rot90(p, -1)[:, :-1], atol=1e-5)
+    assert torch.allclose(turned["T2"], 3 * turned["T1"] + 1, atol=1e-5)
+    assert torch.equal(turned_mask, turned["L"].round())  # nearest on the mask = the image of the mask
+    assert torch.equal(flipped_mask, flipped["L"])
+
+
+def test_rotated_crop_keeps_the_linear_relation_between_modalities():
+    images, lesion = _slice_images(2)
+    out, mask = crop(images, lesion, Geometry2D((15, 13), True, False, angle=0.3, zoom=1.1), 12)
+    inside = out["T1"] > 0  # background (zero padding) is 0 in both, not 3 * 0 + 1
+    assert torch.allclose(out["T2"][inside], 3 * out["T1"][inside] + 1, atol=1e-4)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_intensity_augmentation_touches_inputs_only(tmp_path):
+    roots = write_dataset(tmp_path)
+    subject = load_subject(discover(roots)[0], ["T1", "T2"], ["T1", "FLAIR"], lesion_input=True,
+                           lesion_fallback="flair", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)[0]
+    intensity_only = AugmentConfig(flip=False, rotate_degrees=0, scale=0, probability=1.0)
+    kwargs = dict(seed=0, stream=TRAIN_STREAM, step=3, subset=("T1", "T2"), outputs=("T1", "FLAIR"), crop_size=16,
+                  lesion_input=True)
+    augmented = build_batch([subject], range(4), augment=intensity_only, **kwargs)
+    plain = build_batch([subject], range(4), augment=None, **kwargs)
+    assert all(torch.equal(augmented.references[m], plain.references[m]) for m in ("T1", "FLAIR"))
+    assert torch.equal(augmented.lesion, plain.lesion)
+    assert not torch.allclose(augmented.inputs["T1"], plain.inputs["T1"])
+    assert torch.equal(augmented.inputs["T1"] == 0, plain.inputs["T1"] == 0)  # background stays 0
+
+
+def test_a_batch_split_in_shares_is_the_global_batch(tmp_path):
+    """What makes N processes take the step one process takes."""
+    roots = write_dataset(tmp_path)
+    subjects = [load_subject(f, ["T1", "T2"], ["FLAIR"], lesion_input=True, lesion_fallback="flair", flair_z=3.0,
+                             min_voxels=5, min_slice_brain_fraction=0.05)[0] for f in discover(roots)]
+    kwargs = dict(seed=7, stream=TRAIN_STREAM, step=11, subset=("T2",), outputs=("FLAIR",), crop_size=16,
+                  lesion_input=True, augment=AugmentConfig())
+    whole = build_batch(subjects, range(6), **kwargs)
+    halves = [build_batch(subjects, range(0, 3), **kwargs), build_batch(subjects, range(3, 6), **kwargs)]
+    assert torch.equal(whole.inputs["T2"], torch.cat([h.inputs["T2"] for h in halves]))
+    assert torch.equal(whole.references["FLAIR"], torch.cat([h.references["FLAIR"] for h in halves]))
+    assert torch.equal(whole.lesion, torch.cat([h.lesion for h in halves]))
+
+
+def test_step_subsets_cover_every_combination():
+    names = ("T1", "T2", "FLAIR")
+    drawn = {step_subset(names, "random", 0, step) for step in range(200)}
+    assert drawn == set(all_subsets(names)) and len(drawn) == 7
+    assert step_subset(names, "all", 0, 5) == names
+
+
+def test_config_rejects_unknown_keys_and_canonicalises_names(tmp_path):
+    base = {"name": "m", "data": ["d"], "inputs": ["t1n", "t2f"], "outputs": ["T2w"]}
+    config = TrainConfig.from_dict(base, base=tmp_path)
+    assert config.inputs == ["T1", "FLAIR"] and config.outputs == ["T2"] and config.data == [str(tmp_path / "d")]
+    with pytest.raises(ValueError, match="learning_rat"):
+        TrainConfig.from_dict({**base, "learning_rat": 0.1})
+    with pytest.raises(ValueError, match="multiple of 4"):
+        TrainConfig.from_dict({**base, "crop_size": 30})
+
+
+class _Payload:
+    """Unpickling this creates a file: the proof that a loader ran a pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_round_trip_and_pickles_are_refused(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path / "c.safetensors", model, optimizer, {"epoch": 3, "log": [{"a": 1.5}]})
+    expected_rng = torch.get_rng_state()
+    torch.rand(5)
+    other, other_optimizer = torch.nn.Linear(3, 2), None
+    other_optimizer = torch.optim.Adam(other.parameters(), lr=0.5)
+    state = load_checkpoint(tmp_path / "c.safetensors", other, other_optimizer)
+    assert state == {"epoch": 3, "log": [{"a": 1.5}]}
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert other_optimizer.param_groups[0]["lr"] == 0.1
+    assert torch.equal(other_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(torch.get_rng_state(), expected_rng)
+
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "p.safetensors", "wb") as handle:
+        pickle.dump({"model": _Payload(marker)}, handle)
+    torch.save({"model": model.state_dict()}, tmp_path / "t.safetensors")
+    for name in ("p.safetensors", "t.safetensors"):
+        with pytest.raises(CheckpointError, match="pickle"):
+            load_checkpoint(tmp_path / name, other, other_optimizer)
+    assert not marker.exists()
+    (tmp_path / "j.safetensors").write_text(json.dumps({"epoch": 1}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "j.safetensors", other, other_optimizer)

@@ -1,0 +1,145 @@
+"""End-to-end tests of training on phantoms: model folder + CLI, determinism, resume, torchrun/DDP.
+
+One tiny reference run (module fixture) is compared against reruns: bit-identical for the
+same seed, bit-identical after an interrupted run is resumed, and equal to tolerance when
+two processes share the global batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from safetensors.torch import load_file
+
+import training.loop
+from MRSynthesisLib.cards import load_model
+from MRSynthesisLib.cli import main as cli_main
+from test_training_data import write_dataset
+from training.config import TrainConfig
+from training.loop import BEST, CHECKPOINT, METRICS, train
+
+REPO = Path(__file__).resolve().parents[2]
+TIMING_COLUMNS = ("epoch_seconds", "seconds")
+
+
+def tiny(sources: list[str], out: Path, **changes) -> dict:
+    return {"name": "tiny", "data": sources, "inputs": ["T1", "T2", "FLAIR"], "outputs": ["T2", "FLAIR"],
+            "out": str(out), "validation_subjects": ["patient02"], "latent_channels": 4, "filters": [4, 8, 8],
+            "batch_size": 4, "crop_size": 16, "epochs": 2, "steps_per_epoch": 2, "val_slice_stride": 3,
+            "val_loss_batches": 1, "precision": "fp32", "threads": 1, "seed": 3, **changes}
+
+
+def run(sources: list[str], out: Path, resume: bool = False, **changes) -> Path | None:
+    return train(TrainConfig.from_dict(tiny(sources, out, **changes)), resume=resume, command="test")
+
+
+def tensors(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / CHECKPOINT))
+
+
+def log_rows(out: Path) -> list[dict[str, str]]:
+    with open(out / METRICS, newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """The runs set torch's thread count (config 'threads'); give other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[list[str], Path, Path]:
+    root = tmp_path_factory.mktemp("data")
+    sources = write_dataset(root)
+    out = root / "reference"
+    folder = run(sources, out)
+    return sources, out, folder
+
+
+def test_run_writes_a_model_folder_that_the_cli_runs(reference, tmp_path):
+    sources, out, folder = reference
+    assert folder == out / "tiny" and (out / BEST).is_file() and len(log_rows(out)) == 2
+    model = load_model(folder)
+    card = model.card
+    assert (card.inputs, card.outputs, card.lesion_input, card.missing_inputs) == (
+        ["T1", "T2", "FLAIR"], ["T2", "FLAIR"], True, "any_subset")
+    assert card.normalisation["scheme"] == "mean_in_brain" and set(card.output_intensity) == {"T2", "FLAIR"}
+    assert card.training["recipe"]["config"]["seed"] == 3
+    assert [s["lesion_channel"] for s in card.training["subjects"]["training"]] == ["mask", "flair"]
+    assert card.metrics["validation_subjects"] == ["patient02"] and "mse[T1->FLAIR]" in card.metrics
+
+    subject = Path(sources[0]) / "patient02"
+    code = cli_main(["synthesize", "--model", str(folder), "--input", f"T1={subject / 'T1.nii.gz'}",
+                     "--input", f"t2w={subject / 'T2.nii.gz'}", "--lesion-mask", str(subject / "lesion_mask.nii.gz"),
+                     "--out", str(tmp_path / "synth"), "--progress", "none"])
+    assert code == 0
+    result = sitk.ReadImage(str(tmp_path / "synth" / "FLAIR_synthetic.nii.gz"))
+    source = sitk.ReadImage(str(subject / "T1.nii.gz"))
+    assert result.GetSize() == source.GetSize() and result.GetDirection() == source.GetDirection()
+    array = sitk.GetArrayFromImage(result)
+    assert np.isfinite(array).all() and array.max() > 0
+
+
+def test_same_seed_gives_identical_runs(reference, tmp_path):
+    sources, out, _ = reference
+    run(sources, tmp_path / "again")
+    first, second = tensors(out), tensors(tmp_path / "again")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert log_rows(out) == log_rows(tmp_path / "again")
+    run(sources, tmp_path / "other", seed=4)
+    other = tensors(tmp_path / "other")
+    assert not torch.equal(first["model.decoders.FLAIR.out.weight"], other["model.decoders.FLAIR.out.weight"])
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(reference, tmp_path, monkeypatch):
+    sources, out, _ = reference
+    build = training.loop.build_batch
+    calls = []
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls.append(kwargs["step"])
+        if kwargs["step"] == 3:  # second step of epoch 2: epoch 1 is checkpointed, epoch 2 half done
+            raise KeyboardInterrupt("simulated kill")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(training.loop, "build_batch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(sources, tmp_path / "cut")
+    assert calls == [0, 1, 2, 3] and len(log_rows(tmp_path / "cut")) == 1
+    monkeypatch.setattr(training.loop, "build_batch", build)
+    with pytest.raises(ValueError, match="--resume"):
+        run(sources, tmp_path / "cut")
+    with pytest.raises(ValueError, match="learning_rate"):
+        run(sources, tmp_path / "cut", resume=True, learning_rate=0.5)
+    run(sources, tmp_path / "cut", resume=True)
+    whole, resumed = tensors(out), tensors(tmp_path / "cut")
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert log_rows(out) == log_rows(tmp_path / "cut")
+
+
+def test_torchrun_two_processes_equal_one(reference, tmp_path):
+    """torchrun, 2 CPU processes (gloo), each running half of every global batch: the same weights."""
+    sources, out, _ = reference
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny(sources, tmp_path / "ddp")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                "-m", "training.train", "--config", str(config)],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "x 2 process(es)" in completed.stdout
+    single, double = tensors(out), tensors(tmp_path / "ddp")
+    weights = [k for k in single if k.startswith("model.")]
+    assert weights and all(torch.allclose(single[k], double[k], rtol=1e-4, atol=1e-6) for k in weights)

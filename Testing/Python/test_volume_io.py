@@ -1,0 +1,329 @@
+"""Reading and writing volumes without losing voxels or geometry; geometry helpers."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import DATA, LAS, LPS, NO_DATA, write_image
+from MRSynthesisLib import volume as volume_module
+from MRSynthesisLib.errors import InputError
+from MRSynthesisLib.volume import Geometry, Volume, read_volume, resample_to, suffix_of, write_volume
+
+
+def rotation(ax: float, ay: float, az: float) -> tuple[float, ...]:
+    cx, sx, cy, sy, cz, sz = math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay), math.cos(az), math.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return tuple((rz @ ry @ rx).ravel())
+
+
+OBLIQUE = rotation(0.3, -0.2, 0.5)
+# Sagittally acquired: voxel axis i runs posterior, j inferior, k left (orientation "PIL").
+SAGITTAL = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+DIRECTIONS = {"LAS": LAS, "LPS": LPS, "oblique": OBLIQUE}
+SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+def random_volume(shape=(5, 6, 7), direction=LPS, spacing=(0.9, 1.1, 2.5), origin=(10.5, -20.25, 33.0), seed=0):
+    array = np.random.default_rng(seed).normal(100, 30, shape).astype(np.float32)
+    geometry = Geometry(tuple(reversed(shape)), spacing, origin, direction)
+    return Volume(array, geometry, "generated")
+
+
+def assert_same_geometry(a: Geometry, b: Geometry, tol: float = 1e-5):
+    assert a.size == b.size
+    np.testing.assert_allclose(a.spacing, b.spacing, rtol=0, atol=tol)
+    np.testing.assert_allclose(a.origin, b.origin, rtol=0, atol=tol)
+    np.testing.assert_allclose(a.direction, b.direction, rtol=0, atol=tol)
+
+
+# --- round trips --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("orientation", DIRECTIONS)
+def test_round_trip_keeps_array_and_geometry(tmp_path, suffix, orientation):
+    original = random_volume(direction=DIRECTIONS[orientation])
+    path = write_volume(original, tmp_path / f"image{suffix}")
+    assert path == tmp_path / f"image{suffix}" and path.is_file()
+    back = read_volume(path)
+    assert back.array.dtype == np.float32
+    np.testing.assert_array_equal(back.array, original.array)
+    assert_same_geometry(back.geometry, original.geometry)
+    assert back.source == str(path)
+    if orientation != "oblique":
+        assert back.geometry.orientation() == orientation
+
+
+def test_nifti_orientation_agrees_with_nibabel(tmp_path):
+    # SimpleITK stores LPS physical space; nibabel reads the NIfTI's RAS affine. Both must name the same axes.
+    for name, direction in (("LAS", LAS), ("LPS", LPS), ("PIL", (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0))):
+        path = write_volume(random_volume(direction=direction), tmp_path / f"{name}.nii.gz")
+        assert "".join(nib.aff2axcodes(nib.load(path).affine)) == name
+        assert read_volume(path).geometry.orientation() == name
+
+
+def test_int16_is_read_as_float32_with_values_unchanged(tmp_path):
+    values = np.random.default_rng(1).integers(-32768, 32767, (4, 5, 6), dtype=np.int16)
+    values[0, 0, :3] = (-32768, 32767, 0)
+    path = write_image(values, tmp_path / "int16.nii.gz", spacing=(1, 1, 1), origin=(0, 0, 0), direction=LPS)
+    assert nib.load(path).get_data_dtype() == np.int16
+    read = read_volume(path)
+    assert read.array.dtype == np.float32
+    np.testing.assert_array_equal(read.array, values.astype(np.float32))
+
+
+def test_write_dtype_option(tmp_path):
+    mask = random_volume().with_array(np.ones((5, 6, 7), np.float32))
+    path = write_volume(mask, tmp_path / "mask.nii.gz", dtype=np.uint8)
+    assert nib.load(path).get_data_dtype() == np.uint8
+
+
+# --- writing safely -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_write_is_atomic(tmp_path, monkeypatch, suffix):
+    target = tmp_path / "out" / f"synthetic{suffix}"
+    calls = []
+
+    def half_write(image, name, *args, **kwargs):  # writes some bytes, then fails like a full disk
+        calls.append(name)
+        Path(name).write_bytes(b"\x00" * 100)
+        raise RuntimeError("simulated failure in the middle of writing")
+
+    monkeypatch.setattr(volume_module.sitk, "WriteImage", half_write)
+    with pytest.raises(RuntimeError, match="simulated"):
+        write_volume(random_volume(), target)
+    assert calls and Path(calls[0]) != target and Path(calls[0]).parent == target.parent  # a temporary name
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # no temporary leftovers
+
+
+def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
+    """A KeyboardInterrupt (Ctrl-C, or the CLI's SIGTERM handler) during writing also leaves nothing."""
+    target = tmp_path / "synthetic.nii.gz"
+    real = sitk.WriteImage
+
+    def interrupted(image, name, *args, **kwargs):
+        real(image, name, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(volume_module.sitk, "WriteImage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_volume(random_volume(), target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_refuses_to_overwrite_unless_asked(tmp_path):
+    target = tmp_path / "existing.nii.gz"
+    target.write_bytes(b"precious")
+    with pytest.raises(InputError, match="already exists"):
+        write_volume(random_volume(), target)
+    assert target.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.nii.gz"]
+    write_volume(random_volume(seed=3), target, overwrite=True)
+    np.testing.assert_array_equal(read_volume(target).array, random_volume(seed=3).array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.nii.gz"]
+
+
+def test_written_file_has_the_usual_mode(tmp_path):
+    path = write_volume(random_volume(), tmp_path / "mode.nii.gz")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("name", ["out.png", "out.nii.zip", "out", "out.gz", "out.dcm"])
+def test_unsupported_suffix(tmp_path, name):
+    with pytest.raises(InputError, match="unsupported output format") as error:
+        write_volume(random_volume(), tmp_path / name)
+    assert name in str(error.value) and ".nii.gz" in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_suffix_of_is_case_insensitive():
+    assert suffix_of("A.NII.GZ") == ".nii.gz"
+    assert suffix_of("a.Nrrd") == ".nrrd"
+
+
+# --- reading errors name the file ---------------------------------------------------------
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nowhere" / "T1.nii.gz"
+    with pytest.raises(InputError, match="no such file") as error:
+        read_volume(path)
+    assert str(path) in str(error.value)
+
+
+def test_folder_is_not_a_file(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_volume(tmp_path)
+
+
+def test_unreadable_file(tmp_path):
+    path = tmp_path / "garbage.nii.gz"
+    path.write_bytes(os.urandom(64) + b"this is not an image" * 20)
+    with pytest.raises(InputError, match="not a readable image") as error:
+        read_volume(path)
+    assert str(path) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_2d_image(tmp_path):
+    path = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((6, 5), np.float32)), str(path))
+    with pytest.raises(InputError, match="is 2D") as error:
+        read_volume(path)
+    assert str(path) in str(error.value) and "3D volume is expected" in str(error.value)
+
+
+def test_4d_with_several_volumes(tmp_path):
+    path = tmp_path / "dwi.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((5, 6, 7, 3), np.float32), np.eye(4)), path)
+    with pytest.raises(InputError, match="4D with 3 volumes") as error:
+        read_volume(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_4d_with_one_volume_is_accepted(tmp_path, suffix):
+    inner = random_volume(direction=LAS)
+    four_d = sitk.JoinSeries([inner.to_sitk()])
+    assert four_d.GetDimension() == 4 and four_d.GetSize()[3] == 1
+    path = tmp_path / f"single{suffix}"
+    sitk.WriteImage(four_d, str(path))
+    read = read_volume(path)
+    np.testing.assert_array_equal(read.array, inner.array)
+    assert_same_geometry(read.geometry, inner.geometry)
+
+
+def test_vector_image(tmp_path):
+    path = tmp_path / "rgb.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((5, 6, 7, 3), np.float32), isVector=True), str(path))
+    with pytest.raises(InputError, match="3 components per voxel") as error:
+        read_volume(path)
+    assert str(path) in str(error.value)
+
+
+# --- geometry ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("direction, expected", [
+    (LPS, {"axial": 0, "coronal": 1, "sagittal": 2}),
+    (LAS, {"axial": 0, "coronal": 1, "sagittal": 2}),
+    ((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0), {"axial": 0, "coronal": 1, "sagittal": 2}),  # RAS
+    # voxel i (numpy axis 2) runs A-P, j (axis 1) I-S, k (axis 0) L-R
+    (SAGITTAL, {"axial": 1, "coronal": 2, "sagittal": 0}),
+    # voxel i runs I-S, j L-R, k A-P: an axial slice is numpy axis 2
+    ((0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0), {"axial": 2, "coronal": 0, "sagittal": 1}),
+    (rotation(0.2, 0.1, -0.25), {"axial": 0, "coronal": 1, "sagittal": 2}),  # mildly oblique
+])
+def test_axis_for(direction, expected):
+    geometry = Geometry((7, 6, 5), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(float(d) for d in direction))
+    assert {plane: geometry.axis_for(plane) for plane in expected} == expected
+    with pytest.raises(ValueError, match="unknown plane"):
+        geometry.axis_for("transverse")
+
+
+def test_orientation_codes():
+    def code(direction):
+        return Geometry((2, 2, 2), (1.0,) * 3, (0.0,) * 3, direction).orientation()
+
+    assert code(LPS) == "LPS"
+    assert code(LAS) == "LAS"
+    assert code((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)) == "RAS"
+    assert code(SAGITTAL) == "PIL"
+
+
+def test_geometry_shape_is_numpy_order():
+    assert Geometry((7, 6, 5), (1.0,) * 3, (0.0,) * 3, LPS).shape == (5, 6, 7)
+    with pytest.raises(ValueError, match="does not match"):
+        Volume(np.zeros((7, 6, 5), np.float32), Geometry((7, 6, 5), (1.0,) * 3, (0.0,) * 3, LPS))
+
+
+def test_differences_lists_each_kind():
+    base = Geometry((7, 6, 5), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), LPS)
+    assert base.differences(base) == []
+    assert base.differences(Geometry((7, 6, 5), (1.0, 1.0, 1.0 + 1e-6), (1e-6, 0.0, 0.0), LPS)) == []
+    other = Geometry((7, 6, 6), (1.0, 1.0, 2.0), (0.0, 5.0, 0.0), LAS)
+    text = "; ".join(base.differences(other))
+    for word in ("size", "spacing", "origin", "direction"):
+        assert word in text
+
+
+def test_resample_onto_another_grid():
+    # A linear ramp along physical x survives linear resampling exactly (inside the source's extent).
+    source_geometry = Geometry((20, 18, 16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), LPS)
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in source_geometry.shape], indexing="ij")
+    source = Volume((3.0 * x + 2.0 * y - z + 50.0).astype(np.float32), source_geometry, "ramp")
+    target = Geometry((8, 7, 6), (2.0, 1.5, 1.25), (2.5, 1.0, 3.0), LPS)
+    moved = resample_to(source, target)
+    assert moved.geometry == target and moved.array.shape == target.shape and moved.array.dtype == np.float32
+    assert "resampled" in moved.source
+    k, j, i = np.meshgrid(*[np.arange(n) for n in target.shape], indexing="ij")
+    px, py, pz = 2.5 + 2.0 * i, 1.0 + 1.5 * j, 3.0 + 1.25 * k  # physical = voxel coordinates of the source
+    np.testing.assert_allclose(moved.array, 3.0 * px + 2.0 * py - pz + 50.0, rtol=0, atol=1e-3)
+
+
+def test_resample_nearest_keeps_labels_and_fills_outside_with_zero():
+    geometry = Geometry((10, 10, 10), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), LAS)
+    mask = np.zeros(geometry.shape, np.float32)
+    mask[3:7, 2:8, 4:9] = 1
+    target = Geometry((12, 12, 12), (0.7, 0.7, 0.7), (-2.0, 1.0, -1.0), LAS)
+    moved = resample_to(Volume(mask, geometry, "mask"), target, nearest=True)
+    assert set(np.unique(moved.array)) == {0.0, 1.0}
+    linear = resample_to(Volume(mask, geometry, "mask"), target)
+    assert len(np.unique(linear.array)) > 2  # the test can tell the two apart
+
+
+# --- real data ------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
+@pytest.mark.parametrize("relative, orientation, dtype", [
+    ("ms/patient07/T1.nii.gz", "LAS", np.float32),
+    ("brats/BraTS-GLI-00001-000/t1n.nii.gz", "LPS", np.int16),
+])
+def test_real_data_round_trip(tmp_path, relative, orientation, dtype):
+    path = DATA / relative
+    if not path.is_file():
+        pytest.skip(f"{path} is not available")
+    raw = nib.load(path)
+    assert raw.get_data_dtype() == dtype
+    original = read_volume(path)
+    assert original.geometry.orientation() == orientation == "".join(nib.aff2axcodes(raw.affine))
+    # voxels as nibabel reads them (x, y, z order, no scaling for these files)
+    np.testing.assert_array_equal(original.array, np.asarray(raw.dataobj).astype(np.float32).transpose(2, 1, 0))
+    copy = write_volume(original, tmp_path / "copy.nii.gz")
+    back = read_volume(copy)
+    np.testing.assert_array_equal(back.array, original.array)
+    assert_same_geometry(back.geometry, original.geometry)
+    np.testing.assert_allclose(nib.load(copy).affine, raw.affine, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_nan_and_inf_survive_reading(tmp_path, suffix):
+    """ITK's NIfTI reader turns NaN/Inf into 0; read_volume must hand them on so that they can be refused."""
+    volume = random_volume(direction=LAS)
+    array = volume.array.copy()
+    array[1, 2, 3], array[2, 3, 4], array[4, 5, 6] = np.nan, np.inf, -np.inf
+    path = tmp_path / f"nan{suffix}"
+    sitk.WriteImage(volume.with_array(array).to_sitk(), str(path))
+    read = read_volume(path)
+    assert np.isnan(read.array[1, 2, 3]) and read.array[2, 3, 4] == np.inf and read.array[4, 5, 6] == -np.inf
+    finite = np.isfinite(array)
+    np.testing.assert_array_equal(read.array[finite], array[finite])
+
+
+def test_nan_in_a_4d_nifti_with_one_volume(tmp_path):
+    data = np.ones((5, 6, 7, 1), np.float32)
+    data[1, 2, 3, 0] = np.nan
+    path = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    read = read_volume(path)
+    assert read.array.shape == (7, 6, 5) and np.isnan(read.array[3, 2, 1]) and np.isfinite(read.array).sum() == 209

@@ -1,0 +1,77 @@
+"""Training and validation batches, each sample a pure function of (seed, stream, step, index).
+
+Counter-based seeding instead of one running generator is what makes three promises
+cheap to keep: a resumed run draws the same samples as an uninterrupted one (no sampler
+state to save), two runs with one seed are identical, and a global batch split over
+several processes is the batch one process would build.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .augment import crop, draw_geometry, jitter_intensity
+from .config import AugmentConfig
+from .datasets import Subject
+
+TRAIN_STREAM, SUBSET_STREAM, VALIDATION_STREAM = 0, 1, 2
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]  # (n, 1, S, S)
+    references: dict[str, torch.Tensor]
+    lesion: torch.Tensor | None
+
+    def to(self, device: torch.device, channels_last: bool) -> "Batch":
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        move = lambda t: t.to(device).contiguous(memory_format=fmt)  # noqa: E731
+        return Batch({k: move(v) for k, v in self.inputs.items()}, {k: move(v) for k, v in self.references.items()},
+                     None if self.lesion is None else move(self.lesion))
+
+
+def all_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset, in a fixed order (singles first)."""
+    return [s for r in range(1, len(names) + 1) for s in itertools.combinations(names, r)]
+
+
+def step_subset(inputs: Sequence[str], mode: str, seed: int, step: int) -> tuple[str, ...]:
+    """The inputs given to the network at ``step``: all of them, or a uniformly drawn non-empty subset.
+
+    One subset per step (not per sample) because a batch must share its inputs, and the
+    same on every rank because it depends on the step only.
+    """
+    if mode == "all":
+        return tuple(inputs)
+    subsets = all_subsets(inputs)
+    return subsets[int(np.random.default_rng([seed, SUBSET_STREAM, step]).integers(len(subsets)))]
+
+
+def build_batch(subjects: Sequence[Subject], indices: Sequence[int], *, seed: int, stream: int, step: int,
+                subset: Sequence[str], outputs: Sequence[str], crop_size: int, lesion_input: bool,
+                augment: AugmentConfig | None) -> Batch:
+    """Samples ``indices`` of the batch of ``step``: a random subject (uniform, so a large
+    scan does not outweigh a small one), a random brain slice of it, a crop centred on a
+    brain pixel; augmented when ``augment`` is given."""
+    inputs: dict[str, list[torch.Tensor]] = {m: [] for m in subset}
+    references: dict[str, list[torch.Tensor]] = {m: [] for m in outputs}
+    lesions = []
+    needed = list(dict.fromkeys([*subset, *outputs]))
+    for index in indices:
+        rng = np.random.default_rng([seed, stream, step, index])
+        subject = subjects[int(rng.integers(len(subjects)))]
+        z = int(subject.slices[int(rng.integers(len(subject.slices)))])
+        geometry = draw_geometry(rng, subject.brain[z], augment)
+        images, lesion = crop({m: subject.images[m][z] for m in needed}, subject.lesion[z], geometry, crop_size)
+        for m in subset:
+            inputs[m].append(jitter_intensity(images[m], rng, augment) if augment is not None else images[m])
+        for m in outputs:
+            references[m].append(images[m])
+        lesions.append(lesion)
+    return Batch({m: torch.stack(v) for m, v in inputs.items()}, {m: torch.stack(v) for m, v in references.items()},
+                 torch.stack(lesions) if lesion_input else None)

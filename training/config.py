@@ -1,0 +1,165 @@
+"""The training recipe: one JSON file, every key checked, nothing implicit.
+
+A run is reproducible from its config alone (plus the seed inside it), so the config is
+copied into the run folder and into the model card. Unknown keys are errors: a misspelt
+key silently falling back to a default would train a different model than the one asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from MRSynthesisLib import modalities
+from MRSynthesisLib.models.chartsias import FUSIONS, ChartsiasMIMO
+
+LESION_FALLBACKS = ("flair", "zeros")
+INPUT_SUBSETS = ("random", "all")
+PRECISIONS = ("auto", "fp32", "bf16")
+MONITORS = ("val_mse", "val_loss")
+# Keys that may change between a run and its --resume: they bound how long the run goes on,
+# how fast it computes or where its folder is, not what a step computes.
+RESUMABLE_CHANGES = ("epochs", "max_minutes", "threads", "patience", "out")
+
+
+@dataclass
+class AugmentConfig:
+    """Random perturbations of training crops; a range of 0 switches a transform off.
+
+    Geometric transforms (flips, rotation, scaling) move every modality and the lesion
+    mask together; intensity transforms (gamma, scale, bias field) change each input
+    modality independently and never the targets, so the network learns to map a
+    slightly-off input to the clean reference it will be judged against.
+    """
+
+    flip: bool = True  # each in-plane axis with probability 1/2 (L-R; and A-P, since data come LAS and LPS)
+    rotate_degrees: float = 10.0  # uniform in [-r, r]
+    scale: float = 0.1  # zoom factor uniform in [1 - s, 1 + s]
+    gamma: float = 0.3  # log(gamma) uniform in [-g, g], MONAI AdjustContrast
+    intensity_scale: float = 0.1  # multiply by uniform [1 - s, 1 + s]
+    bias_field: float = 0.05  # MONAI RandBiasField coefficients in [0, b], degree 3 (0.05: field within ~0.85-1.3 on a 64-pixel crop)
+    probability: float = 0.5  # each transform but flips applies to a crop with this probability
+
+    def validate(self) -> None:
+        for name in ("rotate_degrees", "scale", "gamma", "intensity_scale", "bias_field"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment.{name} must be >= 0")
+        if self.scale >= 1 or self.intensity_scale >= 1:
+            raise ValueError("augment.scale and augment.intensity_scale must be < 1")
+        if not 0 <= self.probability <= 1:
+            raise ValueError("augment.probability must be in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; see training/README.md for each choice."""
+
+    name: str
+    data: list[str]  # folders (BraTS or MS naming) and/or CSV manifests
+    inputs: list[str]
+    outputs: list[str]
+    out: str = "runs/train"
+    description: str = ""
+    version: str = "0.1.0"
+    credits: list[str] = field(default_factory=list)  # data sets' authors and licences, copied to the card
+    # split by subject: explicit names win; else a seeded random fraction of subjects
+    validation_subjects: list[str] = field(default_factory=list)
+    validation_fraction: float = 0.0
+    split_seed: int = 0
+    # lesion channel
+    lesion_input: bool = True
+    lesion_fallback: str = "flair"  # for subjects without a lesion mask
+    lesion_flair_z: float = 3.0
+    lesion_min_voxels: int = 20
+    # network (paper: 16 latent channels, 32/64/128 filters, max fusion)
+    latent_channels: int = 16
+    filters: list[int] = field(default_factory=lambda: [32, 64, 128])
+    fusion: str = "max"
+    # cost and optimiser (paper: c1 + c2 + c3, Adam with Keras' defaults, batch 16)
+    loss_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    input_subsets: str = "random"
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    # sampling
+    crop_size: int = 64
+    min_slice_brain_fraction: float = 0.05
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # schedule
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    patience: int = 5
+    monitor: str = "val_mse"
+    max_minutes: float | None = None
+    seed: int = 0
+    # validation
+    val_slice_stride: int = 8
+    val_loss_batches: int = 4
+    # speed
+    precision: str = "auto"
+    channels_last: bool = True
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"name must be a non-empty folder name, got {self.name!r}")
+        if not self.data:
+            raise ValueError("data must list at least one folder or CSV manifest")
+        for label in ("inputs", "outputs"):
+            names = [modalities.canonical(n) for n in getattr(self, label)]
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"{label} must list distinct modalities, got {getattr(self, label)}")
+            setattr(self, label, names)
+        if self.lesion_fallback not in LESION_FALLBACKS:
+            raise ValueError(f"lesion_fallback must be one of {LESION_FALLBACKS}")
+        if self.lesion_input and self.lesion_fallback == "flair" and "FLAIR" not in self.inputs + self.outputs:
+            raise ValueError("lesion_fallback 'flair' needs FLAIR among the inputs or outputs")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}")
+        if len(self.loss_weights) != 3:
+            raise ValueError("loss_weights must be [w1, w2, w3]")
+        if self.input_subsets not in INPUT_SUBSETS:
+            raise ValueError(f"input_subsets must be one of {INPUT_SUBSETS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {MONITORS}")
+        if self.crop_size < ChartsiasMIMO.SIZE_MULTIPLE or self.crop_size % ChartsiasMIMO.SIZE_MULTIPLE:
+            raise ValueError(f"crop_size must be a positive multiple of {ChartsiasMIMO.SIZE_MULTIPLE}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError("validation_fraction must be in [0, 1)")
+        for name in ("batch_size", "epochs", "steps_per_epoch", "patience", "val_slice_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        self.augment.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> "TrainConfig":
+        """Parse a config; relative ``data`` paths are taken relative to ``base`` (the file's folder)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        values = dict(data)
+        augment = values.pop("augment", {})
+        unknown = sorted(set(augment) - {f.name for f in fields(AugmentConfig)})
+        if unknown:
+            raise ValueError(f"unknown augment keys {unknown}")
+        if base is not None:
+            values["data"] = [str(p) if os.path.isabs(p) else str((base / p).resolve()) for p in values.get("data", [])]
+        config = cls(**values, augment=AugmentConfig(**augment))
+        config.validate()
+        return config
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a JSON config; ``overrides`` (from the command line) replace top-level keys."""
+    path = Path(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig.from_dict(data, base=path.parent)

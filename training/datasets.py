@@ -1,0 +1,209 @@
+"""Finding subjects on disk, splitting them, and loading them preprocessed as inference does.
+
+Three layouts are understood: a folder tree in BraTS naming (``<case>/<case>-t1n.nii.gz``
+or ``<case>/t1n.nii.gz``), the same in the shared MS naming (``patientXX/T1.nii.gz``,
+``T1POST``, ``T2``, ``FLAIR``, ``lesion_mask``), and a CSV manifest. Modality names go
+through ``MRSynthesisLib.modalities`` so that every alias a collection uses maps to one
+canonical name.
+
+Each subject is loaded once, normalised with the very functions ``SynthesisLogic`` uses
+(``foreground_mask`` over the inputs, then ``normalise`` by the card's spec) and kept in
+RAM as float32 with the axial axis first, so a model trained here sees what it will see
+at inference.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from MRSynthesisLib import modalities
+from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
+from MRSynthesisLib.volume import read_volume
+
+from .lesions import flair_hyperintensity_mask
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+LESION_COLUMN = "lesion_mask"
+_LESION_STEM = re.compile(r"(^|.*[_\-.])(lesion_mask|lesion|lesions)$", re.IGNORECASE)
+NORMALISATION = NormalisationSpec("mean_in_brain")  # the paper's scheme, as the card states
+
+
+@dataclass
+class SubjectFiles:
+    """Where one subject's images are: canonical modality -> path, and an optional lesion mask."""
+
+    subject: str
+    images: dict[str, Path]
+    lesion: Path | None = None
+
+
+def _stem(path: Path) -> str | None:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _folder_subject(folder: Path) -> SubjectFiles | None:
+    """The images of one subject folder, or None when it holds no recognised image."""
+    images: dict[str, Path] = {}
+    lesion = None
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        stem = _stem(path)
+        if stem is None:
+            continue
+        if _LESION_STEM.match(stem):
+            lesion = path
+            continue
+        modality = modalities.guess(path.name)
+        if modality is None:
+            continue
+        if modality in images:
+            raise ValueError(f"{folder}: both {images[modality].name} and {path.name} are {modality}")
+        images[modality] = path
+    return SubjectFiles(folder.name, images, lesion) if images else None
+
+
+def discover_folder(root: Path) -> list[SubjectFiles]:
+    """Every folder under ``root`` (``root`` included) that holds recognised images is a subject."""
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder")
+    found = [s for folder in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
+             if (s := _folder_subject(folder)) is not None]
+    if not found:
+        raise ValueError(f"{root}: no subject folders with images named by modality (e.g. T1.nii.gz, case-t2f.nii.gz)")
+    return found
+
+
+def read_manifest(path: Path) -> list[SubjectFiles]:
+    """A CSV with a ``subject`` column, one column per modality (any alias) and optional ``lesion_mask``.
+
+    Empty cells are missing files; relative paths are relative to the CSV's folder.
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "subject" not in rows[0]:
+        raise ValueError(f"{path}: a manifest needs a header with a 'subject' column and at least one row")
+    columns = {}
+    for column in rows[0]:
+        if column in ("subject", LESION_COLUMN):
+            continue
+        try:
+            columns[column] = modalities.canonical(column)
+        except ValueError as error:
+            raise ValueError(f"{path}: column {column!r}: {error}") from None
+    if len(set(columns.values())) != len(columns):
+        raise ValueError(f"{path}: two columns name the same modality: {columns}")
+
+    def resolve(cell: str) -> Path:
+        file = Path(cell)
+        return file if file.is_absolute() else path.parent / file
+
+    subjects = []
+    for row in rows:
+        images = {m: resolve(row[c]) for c, m in columns.items() if (row[c] or "").strip()}
+        lesion = (row.get(LESION_COLUMN) or "").strip()
+        subjects.append(SubjectFiles(row["subject"], images, resolve(lesion) if lesion else None))
+    return subjects
+
+
+def discover(sources: Sequence[str]) -> list[SubjectFiles]:
+    """All subjects of the configured sources; subject names must be unique across them."""
+    subjects: list[SubjectFiles] = []
+    for source in sources:
+        path = Path(source)
+        subjects += read_manifest(path) if path.suffix.lower() == ".csv" else discover_folder(path)
+    names = [s.subject for s in subjects]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"subject names repeat across the data sources: {repeated}")
+    return subjects
+
+
+def split_subjects(names: Sequence[str], validation: Sequence[str], fraction: float,
+                   seed: int) -> tuple[list[str], list[str]]:
+    """(training, validation) subject names: by subject, never by slice, so no scan is in both."""
+    names = list(names)
+    if validation:
+        unknown = sorted(set(validation) - set(names))
+        if unknown:
+            raise ValueError(f"validation subjects {unknown} are not among the subjects found: {names}")
+        held = [n for n in names if n in set(validation)]
+    elif fraction > 0:
+        count = max(1, round(fraction * len(names)))
+        order = np.random.default_rng(seed).permutation(len(names))
+        held = [names[i] for i in sorted(order[:count])]
+    else:
+        held = []
+    train = [n for n in names if n not in set(held)]
+    if not train:
+        raise ValueError("no subject is left for training after the validation split")
+    return train, held
+
+
+@dataclass
+class Subject:
+    """One preprocessed subject: modality -> (slices, H, W) float32, axial axis first.
+
+    ``lesion_source`` says where the lesion channel came from: "mask", "flair" (derived),
+    "zeros" (taken as lesion-free) or "none" (no lesion channel).
+    """
+
+    name: str
+    images: dict[str, np.ndarray]
+    lesion: np.ndarray  # (slices, H, W) float32, 0/1, inside the brain
+    brain: np.ndarray  # (slices, H, W) bool
+    slices: np.ndarray  # indices of the slices with enough brain to train on
+    lesion_source: str
+
+
+def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[str], *, lesion_input: bool,
+                 lesion_fallback: str, flair_z: float, min_voxels: int,
+                 min_slice_brain_fraction: float) -> tuple[Subject, dict[str, np.ndarray], np.ndarray]:
+    """Read, check, mask and normalise one subject exactly as ``SynthesisLogic`` does.
+
+    Also returns the raw output arrays and the brain mask on the file's grid, which
+    ``preprocessing.reference_stats`` needs for the card's output intensity scale.
+    """
+    needed = list(dict.fromkeys([*inputs, *outputs]))
+    missing = [m for m in needed if m not in files.images]
+    if missing:
+        raise ValueError(f"subject {files.subject} has no {', '.join(missing)} image; "
+                         f"it has {', '.join(files.images) or 'none'}")
+    volumes = {m: read_volume(files.images[m]) for m in needed}
+    geometry = volumes[needed[0]].geometry
+    for m, volume in volumes.items():
+        differences = volume.geometry.differences(geometry)
+        if differences:
+            raise ValueError(f"subject {files.subject}: {m} is not on the grid of {needed[0]}: {'; '.join(differences)}")
+    brain = foreground_mask([volumes[m].array for m in inputs])
+    normalised = {m: normalise(volumes[m].array, NORMALISATION, brain)[0] for m in needed}
+    lesion = np.zeros(brain.shape, np.float32)
+    source = "none"
+    if lesion_input:
+        if files.lesion is not None:
+            mask = read_volume(files.lesion)
+            if mask.geometry.differences(geometry):
+                raise ValueError(f"subject {files.subject}: the lesion mask is not on the images' grid")
+            lesion, source = (mask.array > 0.5).astype(np.float32), "mask"
+        elif lesion_fallback == "flair":
+            lesion = flair_hyperintensity_mask(volumes["FLAIR"].array, brain, flair_z, min_voxels).astype(np.float32)
+            source = "flair"
+        else:
+            source = "zeros"
+        lesion *= brain
+    axis = geometry.axis_for("axial")
+    first = lambda a: np.ascontiguousarray(np.moveaxis(a, axis, 0))  # noqa: E731
+    brain_first = first(brain)
+    area = brain_first.reshape(len(brain_first), -1).sum(1)
+    slices = np.flatnonzero(area >= min_slice_brain_fraction * area.max())
+    subject = Subject(files.subject, {m: first(a) for m, a in normalised.items()}, first(lesion), brain_first,
+                      slices, source)
+    return subject, {m: volumes[m].array for m in outputs}, brain

@@ -1,0 +1,58 @@
+"""The trained network as a model folder: the card says everything inference needs.
+
+The card's normalisation is the one ``datasets`` applied; its output intensity is the
+median, over the training volumes, of each output's normalisation statistics
+(``preprocessing.reference_stats``), so a synthetic image is returned on a typical scale
+of its contrast. The recipe (config and command) is in the card, so the model can be
+retrained from the card alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from MRSynthesisLib.cards import ModelCard, save_model
+from MRSynthesisLib.models.chartsias import ChartsiasMIMO
+from MRSynthesisLib.preprocessing import reference_stats
+
+from .config import TrainConfig
+from .datasets import NORMALISATION
+
+
+def output_intensity(raw: Mapping[str, Sequence[np.ndarray]], brains: Sequence[np.ndarray]) -> dict[str, dict]:
+    """{output: IntensityStats dict} over the training volumes (``raw[m]`` in the order of ``brains``)."""
+    return {m: reference_stats(list(arrays), list(brains), NORMALISATION).to_dict() for m, arrays in raw.items()}
+
+
+def network_params(config: TrainConfig) -> dict[str, Any]:
+    return {"latent_channels": config.latent_channels, "filters": list(config.filters), "fusion": config.fusion}
+
+
+def write_model_folder(network: nn.Module, config: TrainConfig, folder: Path, *, intensity: dict[str, dict],
+                       subjects: Mapping[str, Sequence[dict[str, str]]], metrics: dict[str, Any],
+                       command: str) -> Path:
+    """Save ``network`` with its card to ``folder`` (replacing an earlier export of the same run)."""
+    card = ModelCard(
+        name=config.name,
+        architecture=ChartsiasMIMO.ARCHITECTURE,
+        inputs=list(config.inputs),
+        outputs=list(config.outputs),
+        normalisation=NORMALISATION.to_dict(),
+        spatial_dims=ChartsiasMIMO.SPATIAL_DIMS,
+        params=network_params(config),
+        lesion_input=config.lesion_input,
+        plane="axial",
+        missing_inputs="any_subset",
+        output_intensity=intensity,
+        version=config.version,
+        description=config.description,
+        training={"subjects": dict(subjects), "credits": list(config.credits),
+                  "recipe": {"command": command, "config": config.to_dict()}},
+        metrics=metrics,
+    )
+    return save_model(card, network, folder, overwrite=True)

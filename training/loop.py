@@ -1,0 +1,250 @@
+"""The training loop: epochs of fixed step counts, validation, early stopping, checkpoints.
+
+A run folder (``config.out``) holds ``checkpoint.safetensors`` (rewritten atomically after
+every epoch), ``best.safetensors`` (the weights of the best validation epoch),
+``metrics.csv`` (one row per epoch, rewritten from the checkpoint's log so that it never
+holds an epoch the checkpoint lost), ``config.json``, TensorBoard events when
+``tensorboard`` is installed, and at the end the model folder ``<out>/<name>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from MRSynthesisLib.devices import cpu_has_native_bf16
+from MRSynthesisLib.models.chartsias import ChartsiasMIMO
+from MRSynthesisLib.models.losses_chartsias import chartsias_loss
+
+from . import distributed
+from .batches import TRAIN_STREAM, build_batch, step_subset
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from .config import RESUMABLE_CHANGES, TrainConfig
+from .datasets import Subject, discover, load_subject, split_subjects
+from .export import output_intensity, write_model_folder
+from .validate import validate
+
+CHECKPOINT = "checkpoint.safetensors"
+BEST = "best.safetensors"
+METRICS = "metrics.csv"
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware does it natively (measured ~2x faster per step on this project's
+    AVX512-BF16 CPUs), else fp32. fp16 is not offered: it would need loss scaling."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def build_network(config: TrainConfig) -> ChartsiasMIMO:
+    return ChartsiasMIMO(config.inputs, config.outputs, lesion_input=config.lesion_input,
+                         latent_channels=config.latent_channels, filters=config.filters, fusion=config.fusion)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(buffer.getvalue(), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _tensorboard(folder: Path) -> Any:
+    """A SummaryWriter when the tensorboard package is installed, else None (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder / "tensorboard"))
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    current = config.to_dict()
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(f"the config differs from the checkpoint's in {changed}; only {list(RESUMABLE_CHANGES)} "
+                         "may change on --resume (start a new run in another --out for anything else)")
+
+
+def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool
+          ) -> tuple[list[Subject], list[dict[str, np.ndarray]], list[np.ndarray]]:
+    subjects, raws, brains = [], [], []
+    for name in names:
+        subject, raw, brain = load_subject(files[name], config.inputs, config.outputs, lesion_input=config.lesion_input,
+                                           lesion_fallback=config.lesion_fallback, flair_z=config.lesion_flair_z,
+                                           min_voxels=config.lesion_min_voxels,
+                                           min_slice_brain_fraction=config.min_slice_brain_fraction)
+        subjects.append(subject)
+        raws.append(raw)
+        brains.append(brain)
+        if verbose:
+            print(f"  {name}: {len(subject.slices)} axial slices of {subject.brain.shape[1:]}, "
+                  f"lesion channel from {subject.lesion_source} ({int(subject.lesion.sum())} voxels)", flush=True)
+    return subjects, raws, brains
+
+
+def train(config: TrainConfig, *, resume: bool = False, command: str = "") -> Path | None:
+    """Train as ``config`` says; returns the model folder (on the main process; None on the others)."""
+    context = distributed.setup()
+    try:
+        return _train(config, resume, command, context)
+    finally:
+        distributed.shutdown(context)
+
+
+def _train(config: TrainConfig, resume: bool, command: str, context: distributed.Context) -> Path | None:
+    main = context.is_main
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    if (out / CHECKPOINT).exists() and not resume:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not (out / CHECKPOINT).exists():
+        raise ValueError(f"--resume: {out / CHECKPOINT} does not exist")
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    files = {s.subject: s for s in discover(config.data)}
+    train_names, val_names = split_subjects(list(files), config.validation_subjects, config.validation_fraction,
+                                            config.split_seed)
+    if main:
+        print(f"training subjects: {', '.join(train_names)}\nvalidation subjects: {', '.join(val_names) or 'none'}",
+              flush=True)
+    train_subjects, raws, brains = _load(config, train_names, files, main)
+    intensity = output_intensity({m: [r[m] for r in raws] for m in config.outputs}, brains) if main else {}
+    del raws, brains
+    val_subjects = _load(config, val_names, files, main)[0] if main else []
+
+    device = context.device
+    model = build_network(config).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    distributed.broadcast_parameters(model, context)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None, "stale": 0, "seconds": 0.0,
+                             "stopped": None, "log": [], "config": config.to_dict()}
+    if resume:
+        saved = load_checkpoint(out / CHECKPOINT, model, optimizer)
+        _check_resumable(saved["config"], config)
+        state = {**saved, "config": config.to_dict()}
+        if main:
+            print(f"resumed after epoch {state['epoch']} from {out / CHECKPOINT}", flush=True)
+    dtype = autocast_dtype(config.precision, device)
+    weights = tuple(config.loss_weights)
+    share = context.share(config.batch_size)
+    writer = None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        writer = _tensorboard(out)
+        print(f"device {device.type} x {context.world} process(es), precision {dtype or 'fp32'}, "
+              f"channels_last {config.channels_last}, {torch.get_num_threads()} thread(s)", flush=True)
+
+    model.train()
+    for epoch in range(state["epoch"], config.epochs):
+        if state["stopped"]:
+            break
+        last = state["log"][-1]["epoch_seconds"] if state["log"] else 0.0
+        over_time = bool(config.max_minutes) and state["seconds"] + last > 60 * config.max_minutes
+        if distributed.from_main(over_time, context):
+            if main:  # not saved as a stop: --resume with a larger --max-minutes goes on
+                print(f"time budget of {config.max_minutes} min reached: another epoch would not fit", flush=True)
+            break
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        steps = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not main,
+                     file=sys.stderr, mininterval=5, dynamic_ncols=True)
+        for i in steps:
+            step = epoch * config.steps_per_epoch + i
+            subset = step_subset(config.inputs, config.input_subsets, config.seed, step)
+            batch = build_batch(train_subjects, share, seed=config.seed, stream=TRAIN_STREAM, step=step, subset=subset,
+                                outputs=config.outputs, crop_size=config.crop_size, lesion_input=config.lesion_input,
+                                augment=config.augment).to(device, config.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss, parts = chartsias_loss(model, batch.inputs, batch.references, batch.lesion, weights)
+            loss.backward()
+            distributed.average_gradients(model, context)
+            optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps.set_postfix(loss=f"{parts['total']:.4f}", inputs="+".join(subset), refresh=False)
+            if writer is not None:
+                writer.add_scalar("train/total", parts["total"], step)
+        steps.close()
+        names = sorted(sums)
+        means = distributed.mean_over_ranks([sums[k] / config.steps_per_epoch for k in names], context)
+        row: dict[str, Any] = {"epoch": epoch + 1, "steps": (epoch + 1) * config.steps_per_epoch}
+        row.update({f"train_{k}": v for k, v in zip(names, means)})
+        stop = False
+        if main:
+            if val_subjects:
+                row.update(validate(model, val_subjects, config, device, dtype))
+                value = row[config.monitor]
+                if state["best"] is None or value < state["best"]:
+                    state.update(best=value, best_epoch=epoch + 1, stale=0)
+                    save_weights(model, out / BEST)
+                else:
+                    state["stale"] += 1
+                if state["stale"] >= config.patience:
+                    state["stopped"] = f"early stopping: {config.monitor} did not improve for {config.patience} epochs"
+            else:
+                state.update(best_epoch=epoch + 1)
+                save_weights(model, out / BEST)
+            row["epoch_seconds"] = time.perf_counter() - started
+            state["seconds"] += row["epoch_seconds"]
+            row["seconds"] = state["seconds"]
+            state["log"].append(row)
+            state["epoch"] = epoch + 1
+            save_checkpoint(out / CHECKPOINT, model, optimizer, state)
+            _write_csv(out / METRICS, state["log"])
+            if writer is not None:
+                for k, v in row.items():
+                    writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+                writer.flush()
+            summary = "  ".join(f"{k} {row[k]:.4g}" for k in ("train_total", "val_total", "val_mse", "val_ssim")
+                                if k in row)
+            print(f"epoch {epoch + 1}: {summary}  ({row['epoch_seconds']:.0f} s)", flush=True)
+            stop = state["stopped"] is not None
+        if distributed.from_main(stop, context):
+            break
+    if not main:
+        return None
+    if state["stopped"]:
+        print(state["stopped"], flush=True)
+    load_weights(out / BEST, model)
+    best_row = next(r for r in state["log"] if r["epoch"] == state["best_epoch"])
+    metrics = {"validation_subjects": val_names, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+               "steps_run": state["epoch"] * config.steps_per_epoch, "training_seconds": round(state["seconds"]),
+               "normalised_scale": "MSE/SSIM on mean_in_brain-normalised images, in the brain, every "
+                                   f"{config.val_slice_stride}th axial slice",
+               **{k: v for k, v in best_row.items() if k.startswith(("val_", "mse[", "ssim["))}}
+    subjects = {"training": [{"subject": s.name, "lesion_channel": s.lesion_source} for s in train_subjects],
+                "validation": [{"subject": s.name, "lesion_channel": s.lesion_source} for s in val_subjects]}
+    folder = write_model_folder(model.to(memory_format=torch.contiguous_format), config, out / config.name,
+                                intensity=intensity, subjects=subjects, metrics=metrics, command=command)
+    print(f"model folder: {folder}", flush=True)
+    if writer is not None:
+        writer.close()
+    return folder
