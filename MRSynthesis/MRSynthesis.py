@@ -2,7 +2,7 @@
 
 The module is thin: the panel (MRSynthesisModuleLib.panel) writes the chosen volumes to a
 temporary folder and runs the MRSynthesisLib command line in a background PythonSlicer
-process, then loads what it wrote as new nodes. Batch mode is ``batch.py`` next to this file.
+process, then loads what it wrote as new nodes. Batch mode is ``Scripts/batch.py`` beside this file.
 """
 
 from __future__ import annotations
@@ -117,7 +117,10 @@ class MRSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.panel.set_parameter_node(None)
 
     def onSceneEndClose(self, caller: Any, event: Any) -> None:
-        self.panel.set_parameter_node(self.logic.getParameterNode())
+        # As Slicer's template: a closed scene gets no parameter node until the module is
+        # shown again (enter() then makes one).
+        if self.parent.isEntered:
+            self.panel.set_parameter_node(self.logic.getParameterNode())
 
     def onSceneEndImport(self, caller: Any, event: Any) -> None:
         """A loaded scene's parameter node replaces the panel's state."""

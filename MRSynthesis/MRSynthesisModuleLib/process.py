@@ -91,7 +91,12 @@ class CliProcess:
         timer.start()
 
     def _kill_if_alive(self) -> None:
-        if self._popen.poll() is None:
+        # Not `self._popen.poll()`: that is only the launcher, which SIGTERM ends at once (the
+        # PythonSlicer launcher has no handler) while its Python child may still be inside a
+        # long native call that delays the Python-level SIGTERM handler. Until the output is
+        # read to the end (returncode set) some member of the group may be alive, and the
+        # unreaped launcher keeps the group id from being reused.
+        if self.returncode is None:
             _signal_group(self._popen.pid, signal.SIGKILL)
 
 

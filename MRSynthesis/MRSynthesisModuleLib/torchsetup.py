@@ -1,8 +1,10 @@
-"""PyTorch (and safetensors) for the command line, installed only with the user's consent.
+"""PyTorch (and safetensors, nibabel) for the command line, installed only with the user's consent.
 
 The subprocess runs in Slicer's own Python, so what it imports must be installed there.
-PyTorch comes through the PyTorch extension's ``PyTorchUtils`` when that extension is
-installed (it picks the build for the machine's GPU), otherwise with pip.
+Slicer bundles numpy, scipy and SimpleITK (its SuperBuild/External_python-*.cmake), not
+nibabel, which ``MRSynthesisLib.volume`` imports for every command. PyTorch comes through
+the PyTorch extension's ``PyTorchUtils`` when that extension is installed (it picks the
+build for the machine's GPU), otherwise with pip.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 
-REQUIRED = ("torch", "safetensors")
+REQUIRED = ("torch", "safetensors", "nibabel")  # import names, which are also the pip names
 
 
 def missing_packages() -> list[str]:

@@ -1,9 +1,11 @@
-"""Batch mode (MRSynthesis/batch.py) with MRML storage nodes standing in for Slicer's file I/O
+"""Batch mode (MRSynthesis/Scripts/batch.py) with MRML storage nodes standing in for Slicer's file I/O
 and the real command line doing the work."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -70,3 +72,22 @@ def test_help_documents_the_arguments(capsys):
                    "--saliency-out"):
         assert option in usage
     assert batch.run([], files=None) == 2  # --input, --target and --out are required
+
+
+def test_the_script_finds_its_module_code_when_run_as_slicer_runs_it(tmp_path):
+    """`Slicer --python-script Scripts/batch.py` executes it in __main__ with only Scripts/ on
+    sys.path; a stand-in ``slicer`` records the exit status that slicer.util.exit gets."""
+    stub = tmp_path / "slicer"
+    stub.mkdir()
+    (stub / "__init__.py").write_text("from . import util\nmrmlScene = None\n")
+    (stub / "util.py").write_text("import sys\n\ndef exit(status=0):\n    sys.exit(status)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(tmp_path)  # the stand-in, and not MRSynthesis/ or the repository
+    script = support.REPO / "MRSynthesis" / "Scripts" / "batch.py"
+    shown = subprocess.run([sys.executable, str(script), "--help"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "--input MODALITY=PATH" in shown.stdout
+    refused = subprocess.run([sys.executable, str(script), "--input", "T9=t.nii.gz", "--target", "FLAIR", "--out", "o"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "unknown modality 'T9'" in refused.stderr

@@ -37,3 +37,31 @@ def test_the_panel_ui_uses_only_plain_qt_widgets():
     assert classes <= {"QWidget", "QFrame", "QLabel", "QPushButton", "QGroupBox", "QComboBox", "QCheckBox",
                        "QTableWidget", "QProgressBar"}
     assert tree.find("customwidgets") is None
+
+
+def test_mrsynthesis_py_is_the_only_python_file_at_the_module_top_level():
+    """Slicer registers every .py file directly in qt-scripted-modules as a scripted module
+    (qSlicerScriptedLoadableModuleFactory::isValidFile) and fails on one without a class of
+    its name; scripts therefore go in a subfolder (SlicerMONAIAuto3DSeg: Scripts/)."""
+    assert sorted(p.name for p in MODULE_DIR.glob("*.py")) == ["MRSynthesis.py"]
+
+
+# What Slicer's own Python has (SuperBuild/External_python-{numpy,scipy,SimpleITK}.cmake).
+SLICER_BUNDLED = {"numpy", "scipy", "SimpleITK"}
+
+
+def test_the_command_lines_imports_are_in_slicers_python_or_installed_by_torchsetup():
+    """Module-level imports of MRSynthesisLib run on every command (`models --json` too)."""
+    import sys
+
+    from MRSynthesisModuleLib.torchsetup import REQUIRED
+
+    third_party = set()
+    for path in (REPO / "MRSynthesisLib").rglob("*.py"):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:  # module level only
+            if isinstance(node, ast.Import):
+                third_party |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                third_party.add(node.module.split(".")[0])
+    third_party -= set(sys.stdlib_module_names) | {"MRSynthesisLib"}
+    assert third_party <= SLICER_BUNDLED | set(REQUIRED), third_party - SLICER_BUNDLED - set(REQUIRED)

@@ -81,6 +81,32 @@ def test_cancel_ends_a_process_tree_that_ignores_sigterm_within_two_seconds():
     assert not alive(started[0])  # the grandchild is gone too
 
 
+@pytest.mark.skipif(os.name == "nt", reason="checks POSIX process groups")
+def test_cancel_kills_the_child_when_sigterm_ended_only_the_launcher():
+    """The PythonSlicer launcher dies on SIGTERM at once; its Python child may not act on it
+    (a long native call delays Python's handler), and must still be gone within two seconds."""
+    code = """
+        import json, subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+        print(json.dumps({"event": "progress", "fraction": 0.1, "message": str(child.pid)}), flush=True)
+        child.wait()
+    """
+    started = []
+    run = CliRun(CliProcess(python(code)), on_progress=lambda f, m: started.append(int(m))).start()
+    while not started:
+        assert run.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.3)  # the child has set its SIGTERM handler
+    begin = time.monotonic()
+    run.cancel()
+    outcome = run.wait(poll_interval_s=0.02)
+    assert outcome.status == "cancelled"
+    assert time.monotonic() - begin < 2.0
+    time.sleep(0.1)
+    assert not alive(started[0])
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie left for a container's init to reap counts as gone)."""
     try:

@@ -1,8 +1,11 @@
 """Synthesise from image files with Slicer and no main window (batch mode).
 
-    Slicer --no-splash --no-main-window --python-script <path>/MRSynthesis/batch.py -- \\
+    Slicer --no-splash --no-main-window --python-script <module folder>/Scripts/batch.py -- \\
         --input T1=t1.nii.gz --input T2=t2.nii.gz --target FLAIR --out results/
 
+(<module folder>: the folder of MRSynthesis.py, ``qt-scripted-modules`` in an installed
+extension.) The script lives in ``Scripts/`` because Slicer registers every ``.py`` file
+directly in a scripted-module folder as a module of that name, and fails on this one.
 Slicer passes arguments it does not know to the script; the ``--`` stops it from reading
 any that follow, which ``--help`` needs (Slicer would show its own help). Inputs are read
 with ``slicer.util.loadVolume`` (any format Slicer reads), synthesised by the MRSynthesisLib
@@ -24,7 +27,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="Slicer --no-main-window --python-script batch.py --",
+        prog="Slicer --no-main-window --python-script Scripts/batch.py --",
         description="Synthesise missing MR contrasts of one subject inside Slicer (MRSynthesis batch mode).")
     parser.add_argument("--input", action="append", required=True, metavar="MODALITY=PATH",
                         help="an input volume and its modality (repeat; the first one's grid is the outputs')")
@@ -122,7 +125,16 @@ def _pair(text: str) -> tuple[str, str]:
     return modality, path
 
 
-if __name__ == "__main__":  # run by Slicer's --python-script, which puts this folder on sys.path
+def _put_module_folder_on_path() -> None:
+    """Slicer's --python-script puts only this script's folder (Scripts/) on sys.path;
+    MRSynthesisModuleLib is one folder up."""
+    module_folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if module_folder not in sys.path:
+        sys.path.insert(0, module_folder)
+
+
+if __name__ == "__main__":  # run by Slicer's --python-script (in its __main__, with __file__ set)
+    _put_module_folder_on_path()
     import slicer
 
     try:
