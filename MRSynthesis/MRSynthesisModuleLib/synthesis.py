@@ -49,6 +49,8 @@ class PreparedRun:
         """``rows``: (volume node, modality), the first one's grid being the outputs' grid;
         ``lesion``: (segmentation node, segment ID) or ``lesion_file``: a mask file;
         ``reference``: (real volume node, target it is compared with, plane the model slices in)."""
+        _check_same_transform([node for node, _ in rows] + [n for n in (lesion and lesion[0], reference and reference[0])
+                                                              if n is not None])
         self.bridge = bridge
         self.inputs = {modality: node for node, modality in rows}
         self.first_input = rows[0][0]
@@ -108,6 +110,20 @@ class PreparedRun:
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _check_same_transform(nodes: Sequence[Any]) -> None:
+    """Refuse nodes under different parent transforms.
+
+    Volumes go to the command line as voxel grids without their parent transforms (the
+    results are placed back under the first input's), so inputs under different transforms
+    would be mixed out of register without a word.
+    """
+    transforms = {node.GetTransformNodeID() for node in nodes}
+    if len(transforms) > 1:
+        names = ", ".join(f"{node.GetName()!r} ({node.GetTransformNodeID() or 'no transform'})" for node in nodes)
+        raise ValueError(f"the inputs are under different parent transforms: {names}; harden the transforms "
+                         "(Transforms module) or put every input under the same transform first")
 
 
 class SynthesisFailed(RuntimeError):

@@ -14,6 +14,7 @@ from MRSynthesisLib.validation import check_mask  # noqa: E402
 from MRSynthesisLib.volume import Volume, read_volume, write_volume  # noqa: E402
 from MRSynthesisModuleLib.parameters import SynthesisParameters  # noqa: E402
 from MRSynthesisModuleLib.scene import SALIENCY_COLOR_NODE_ID, SceneBridge  # noqa: E402
+from MRSynthesisModuleLib.synthesis import PreparedRun  # noqa: E402
 
 import slicer  # noqa: E402
 
@@ -64,6 +65,18 @@ def test_a_result_becomes_a_new_node_on_the_input_grid(tmp_path):
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(source), 1.0)  # the input is untouched
     assert bridge.load_volume(str(tmp_path / "flair.nrrd"), "FLAIR synthetic (T1)", like=source).GetName() \
         != node.GetName()  # a second run does not reuse the name
+
+
+def test_inputs_under_different_parent_transforms_are_refused_before_anything_is_written():
+    scene = new_scene()
+    t1 = add_volume(scene, np.ones(SHAPE, np.float32), "T1")
+    t2 = add_volume(scene, np.ones(SHAPE, np.float32), "T2")
+    moved = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    t2.SetAndObserveTransformNodeID(moved.GetID())
+    with pytest.raises(ValueError, match="different parent transforms.*'T2' \\(vtkMRMLLinearTransformNode"):
+        PreparedRun(SceneBridge(scene), [(t1, "T1"), (t2, "T2")], ["FLAIR"])
+    t1.SetAndObserveTransformNodeID(moved.GetID())  # both under the same transform: accepted
+    PreparedRun(SceneBridge(scene), [(t1, "T1"), (t2, "T2")], ["FLAIR"]).close()
 
 
 def test_a_painted_lesion_segment_becomes_the_lesion_mask_on_the_input_grid(tmp_path):
