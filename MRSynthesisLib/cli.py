@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--slice-plane", choices=("axial", "coronal", "sagittal"),
                           help="plane a slice-wise model worked in: adds off-plane consistency figures")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--figure", help="also write a PNG: axial, coronal and sagittal views of the synthetic "
+                                           "volume, the reference and their absolute difference")
 
     demo = commands.add_parser("demo", help="synthesise from the MNI152 T1 template nilearn ships, paint a demo "
                                             "lesion, write volumes and a PNG report")

@@ -22,6 +22,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
+from .report import Panel, orthogonal_views
 from .validation import check_mask, check_values
 from .volume import Volume, read_volume, suffix_of, write_volume
 
@@ -277,11 +278,18 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         raise InputError(str(error)) from None
     planes = {reference.geometry.axis_for(p): p for p in ("axial", "coronal", "sagittal")}
     values = {_plane_name(k, planes): v for k, v in values.items()}
-    print(f"synthetic: {synthetic.source}\nreference: {reference.source}\nnormalisation: {spec.scheme}; "
-          f"data range: max-min of the normalised reference\n")
-    print(metrics.format_table(values))
+    figure = None
+    if args.figure:
+        difference = synthetic.with_array(np.abs(synth_n - ref_n) * brain)
+        panels = [Panel("synthetic", synthetic.with_array(synth_n)), Panel("reference", reference.with_array(ref_n)),
+                  Panel("|synthetic - reference|", difference, cmap="magma")]
+        title = f"{Path(synthetic.source).name} vs {Path(reference.source).name}: SSIM in brain {values['ssim_brain']:.3f}"
+        figure = orthogonal_views(panels, args.figure, title=title)
     if args.json:
         _write_json_atomically(Path(args.json), values)
+    print(f"synthetic: {synthetic.source}\nreference: {reference.source}\nnormalisation: {spec.scheme}; "
+          f"data range: max-min of the normalised reference" + (f"\nfigure: {figure}" if figure else "") + "\n")
+    print(metrics.format_table(values))
     return EXIT_OK
 
 

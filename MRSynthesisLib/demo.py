@@ -95,8 +95,11 @@ def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, repo
     for key, volume in results.items():
         write_volume(volume, names[key], overwrite=overwrite)
     panels = [Panel("T1 (MNI152 input)", template)] + [Panel(f"{t} synthetic", results[t]) for t in targets]
-    if lesion is not None:
-        panels += [Panel(f"{t} + painted lesion", results[f"{t}+lesion"], overlay=lesion) for t in targets[-1:]]
+    if lesion is not None:  # the lesioned scan as a reader sees it, and what the lesion changed (outlined)
+        shown = targets[-1]
+        change = results[f"{shown}+lesion"].array - results[shown].array
+        panels += [Panel(f"{shown} + painted lesion", results[f"{shown}+lesion"]),
+                   Panel("lesioned - healthy", template.with_array(change), overlay=lesion, cmap="magma")]
     report = orthogonal_views(panels, out / "report.png", focus=lesion,
                               title=f"MRSynthesis demo, model {card.name}: synthesised from T1 alone")
     summary = {"model": card.name, "device": healthy.device, "precision": healthy.precision,

@@ -65,6 +65,9 @@ class TrainConfig:
     description: str = ""
     version: str = "0.1.0"
     credits: list[str] = field(default_factory=list)  # data sets' authors and licences, copied to the card
+    # Add outputs to an existing model folder (Sec. VI-E): its encoders and decoders stay frozen,
+    # only a new decoder per config output the card lacks is trained (training/extend.py).
+    extend: str | None = None
     # split by subject: explicit names win; else a seeded random fraction of subjects
     validation_subjects: list[str] = field(default_factory=list)
     validation_fraction: float = 0.0
@@ -120,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}")
         if len(self.loss_weights) != 3:
             raise ValueError("loss_weights must be [w1, w2, w3]")
+        if self.extend is not None and not (self.loss_weights[0] or self.loss_weights[2]):
+            raise ValueError("extend trains only new decoders, which c2 does not reach: loss_weights needs w1 or w3 > 0")
         if self.input_subsets not in INPUT_SUBSETS:
             raise ValueError(f"input_subsets must be one of {INPUT_SUBSETS}")
         if self.precision not in PRECISIONS:
@@ -152,6 +157,8 @@ class TrainConfig:
             raise ValueError(f"unknown augment keys {unknown}")
         if base is not None:
             values["data"] = [str(p) if os.path.isabs(p) else str((base / p).resolve()) for p in values.get("data", [])]
+            if values.get("extend") and not os.path.isabs(values["extend"]):
+                values["extend"] = str((base / values["extend"]).resolve())
         config = cls(**values, augment=AugmentConfig(**augment))
         config.validate()
         return config

@@ -166,8 +166,12 @@ class Subject:
 
 def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[str], *, lesion_input: bool,
                  lesion_fallback: str, flair_z: float, min_voxels: int,
-                 min_slice_brain_fraction: float) -> tuple[Subject, dict[str, np.ndarray], np.ndarray]:
+                 min_slice_brain_fraction: float, normalisation: NormalisationSpec = NORMALISATION
+                 ) -> tuple[Subject, dict[str, np.ndarray], np.ndarray]:
     """Read, check, mask and normalise one subject exactly as ``SynthesisLogic`` does.
+
+    ``normalisation`` is the card's spec: ``NORMALISATION`` for a new model, the base card's
+    when a model is extended (``training.extend``), so the frozen encoders see what they learnt on.
 
     Also returns the raw output arrays and the brain mask on the file's grid, which
     ``preprocessing.reference_stats`` needs for the card's output intensity scale.
@@ -184,7 +188,7 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
         if differences:
             raise ValueError(f"subject {files.subject}: {m} is not on the grid of {needed[0]}: {'; '.join(differences)}")
     brain = foreground_mask([volumes[m].array for m in inputs])
-    normalised = {m: normalise(volumes[m].array, NORMALISATION, brain)[0] for m in needed}
+    normalised = {m: normalise(volumes[m].array, normalisation, brain)[0] for m in needed}
     lesion = np.zeros(brain.shape, np.float32)
     source = "none"
     if lesion_input:

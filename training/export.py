@@ -18,15 +18,16 @@ from torch import nn
 
 from MRSynthesisLib.cards import ModelCard, save_model
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
-from MRSynthesisLib.preprocessing import reference_stats
+from MRSynthesisLib.preprocessing import NormalisationSpec, reference_stats
 
 from .config import TrainConfig
 from .datasets import NORMALISATION
 
 
-def output_intensity(raw: Mapping[str, Sequence[np.ndarray]], brains: Sequence[np.ndarray]) -> dict[str, dict]:
+def output_intensity(raw: Mapping[str, Sequence[np.ndarray]], brains: Sequence[np.ndarray],
+                     spec: NormalisationSpec = NORMALISATION) -> dict[str, dict]:
     """{output: IntensityStats dict} over the training volumes (``raw[m]`` in the order of ``brains``)."""
-    return {m: reference_stats(list(arrays), list(brains), NORMALISATION).to_dict() for m, arrays in raw.items()}
+    return {m: reference_stats(list(arrays), list(brains), spec).to_dict() for m, arrays in raw.items()}
 
 
 def network_params(config: TrainConfig) -> dict[str, Any]:
@@ -35,8 +36,34 @@ def network_params(config: TrainConfig) -> dict[str, Any]:
 
 def write_model_folder(network: nn.Module, config: TrainConfig, folder: Path, *, intensity: dict[str, dict],
                        subjects: Mapping[str, Sequence[dict[str, str]]], metrics: dict[str, Any],
-                       command: str) -> Path:
-    """Save ``network`` with its card to ``folder`` (replacing an earlier export of the same run)."""
+                       command: str, base: Any = None) -> Path:
+    """Save ``network`` with its card to ``folder`` (replacing an earlier export of the same run).
+
+    ``base`` (a ``training.extend.Base``) marks an extension: the card keeps the base card's
+    inputs, normalisation and output intensities, lists its outputs plus the new ones (the
+    network's), and records the base model in ``training.extends``.
+    """
+    if base is not None:
+        credits = list(dict.fromkeys([*config.credits, *base.card.training.get("credits", [])]))
+        card = ModelCard(
+            name=config.name,
+            architecture=base.card.architecture,
+            inputs=list(base.card.inputs),
+            outputs=list(network.outputs),
+            normalisation=dict(base.card.normalisation),
+            spatial_dims=base.card.spatial_dims,
+            params=dict(base.card.params),
+            lesion_input=base.card.lesion_input,
+            plane=base.card.plane,
+            missing_inputs=base.card.missing_inputs,
+            output_intensity={**base.card.output_intensity, **intensity},
+            version=config.version,
+            description=config.description,
+            training={"subjects": dict(subjects), "credits": credits, "extends": base.provenance(),
+                      "recipe": {"command": command, "config": config.to_dict()}},
+            metrics=metrics,
+        )
+        return save_model(card, network, folder, overwrite=True)
     card = ModelCard(
         name=config.name,
         architecture=ChartsiasMIMO.ARCHITECTURE,

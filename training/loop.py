@@ -32,7 +32,9 @@ from .batches import TRAIN_STREAM, build_batch, step_subset
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .datasets import Subject, discover, load_subject, split_subjects
+from .datasets import NORMALISATION
 from .export import output_intensity, write_model_folder
+from .extend import load_base, working_config
 from .validate import validate
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -86,14 +88,15 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
                          "may change on --resume (start a new run in another --out for anything else)")
 
 
-def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool
+def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool, normalisation=NORMALISATION
           ) -> tuple[list[Subject], list[dict[str, np.ndarray]], list[np.ndarray]]:
     subjects, raws, brains = [], [], []
     for name in names:
         subject, raw, brain = load_subject(files[name], config.inputs, config.outputs, lesion_input=config.lesion_input,
                                            lesion_fallback=config.lesion_fallback, flair_z=config.lesion_flair_z,
                                            min_voxels=config.lesion_min_voxels,
-                                           min_slice_brain_fraction=config.min_slice_brain_fraction)
+                                           min_slice_brain_fraction=config.min_slice_brain_fraction,
+                                           normalisation=normalisation)
         subjects.append(subject)
         raws.append(raw)
         brains.append(brain)
@@ -125,25 +128,38 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
 
+    # Extending a model (config "extend", Sec. VI-E): the base folder's network with a new
+    # decoder per new output, everything else frozen. ``work`` is the config the steps and the
+    # validation use: the new outputs only, and c2 dropped (it is a constant of the frozen
+    # encoders; see extend.working_config). The normalisation is the base card's, never
+    # re-derived, so the frozen encoders see what they were trained on.
+    base = load_base(config) if config.extend else None
+    work = working_config(config, base) if base else config
+    spec = base.normalisation if base else NORMALISATION
+    if main and base:
+        print(f"extending {base.folder} ({base.card.name}, outputs {', '.join(base.card.outputs)}) with "
+              f"{', '.join(base.new_outputs)}: only those decoders are trained", flush=True)
+
     files = {s.subject: s for s in discover(config.data)}
     train_names, val_names = split_subjects(list(files), config.validation_subjects, config.validation_fraction,
                                             config.split_seed)
     if main:
         print(f"training subjects: {', '.join(train_names)}\nvalidation subjects: {', '.join(val_names) or 'none'}",
               flush=True)
-    train_subjects, raws, brains = _load(config, train_names, files, main)
-    intensity = output_intensity({m: [r[m] for r in raws] for m in config.outputs}, brains) if main else {}
+    train_subjects, raws, brains = _load(work, train_names, files, main, spec)
+    intensity = output_intensity({m: [r[m] for r in raws] for m in work.outputs}, brains, spec) if main else {}
     del raws, brains
-    val_subjects = _load(config, val_names, files, main)[0] if main else []
+    val_subjects = _load(work, val_names, files, main, spec)[0] if main else []
 
     device = context.device
-    model = build_network(config).to(device)
+    model = (base.network if base else build_network(config)).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     distributed.broadcast_parameters(model, context)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    # Only trainable parameters: when extending, the frozen ones never reach Adam at all.
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None, "stale": 0, "seconds": 0.0,
-                             "stopped": None, "log": [], "config": config.to_dict()}
+                             "log": [], "config": config.to_dict()}
     if resume:
         saved = load_checkpoint(out / CHECKPOINT, model, optimizer)
         _check_resumable(saved["config"], config)
@@ -151,7 +167,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
         if main:
             print(f"resumed after epoch {state['epoch']} from {out / CHECKPOINT}", flush=True)
     dtype = autocast_dtype(config.precision, device)
-    weights = tuple(config.loss_weights)
+    weights = tuple(work.loss_weights)
     share = context.share(config.batch_size)
     writer = None
     if main:
@@ -162,14 +178,17 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
               f"channels_last {config.channels_last}, {torch.get_num_threads()} thread(s)", flush=True)
 
     model.train()
+    reason = f"{config.epochs} epochs done"
     for epoch in range(state["epoch"], config.epochs):
-        if state["stopped"]:
-            break
+        # Stopping is decided here, before an epoch, from the state and the current config, and
+        # not stored: a run resumed with a larger patience or time budget goes on exactly as if
+        # it had had them from the start.
         last = state["log"][-1]["epoch_seconds"] if state["log"] else 0.0
         over_time = bool(config.max_minutes) and state["seconds"] + last > 60 * config.max_minutes
-        if distributed.from_main(over_time, context):
-            if main:  # not saved as a stop: --resume with a larger --max-minutes goes on
-                print(f"time budget of {config.max_minutes} min reached: another epoch would not fit", flush=True)
+        stale = bool(val_subjects) and state["stale"] >= config.patience
+        if distributed.from_main(over_time or stale, context):
+            reason = (f"early stopping: {config.monitor} did not improve for {config.patience} epochs" if stale else
+                      f"time budget of {config.max_minutes} min reached: another epoch would not fit")
             break
         started = time.perf_counter()
         sums: dict[str, float] = {}
@@ -179,7 +198,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
             step = epoch * config.steps_per_epoch + i
             subset = step_subset(config.inputs, config.input_subsets, config.seed, step)
             batch = build_batch(train_subjects, share, seed=config.seed, stream=TRAIN_STREAM, step=step, subset=subset,
-                                outputs=config.outputs, crop_size=config.crop_size, lesion_input=config.lesion_input,
+                                outputs=work.outputs, crop_size=config.crop_size, lesion_input=config.lesion_input,
                                 augment=config.augment).to(device, config.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -197,18 +216,15 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
         means = distributed.mean_over_ranks([sums[k] / config.steps_per_epoch for k in names], context)
         row: dict[str, Any] = {"epoch": epoch + 1, "steps": (epoch + 1) * config.steps_per_epoch}
         row.update({f"train_{k}": v for k, v in zip(names, means)})
-        stop = False
         if main:
             if val_subjects:
-                row.update(validate(model, val_subjects, config, device, dtype))
+                row.update(validate(model, val_subjects, work, device, dtype))
                 value = row[config.monitor]
                 if state["best"] is None or value < state["best"]:
                     state.update(best=value, best_epoch=epoch + 1, stale=0)
                     save_weights(model, out / BEST)
                 else:
                     state["stale"] += 1
-                if state["stale"] >= config.patience:
-                    state["stopped"] = f"early stopping: {config.monitor} did not improve for {config.patience} epochs"
             else:
                 state.update(best_epoch=epoch + 1)
                 save_weights(model, out / BEST)
@@ -226,13 +242,9 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
             summary = "  ".join(f"{k} {row[k]:.4g}" for k in ("train_total", "val_total", "val_mse", "val_ssim")
                                 if k in row)
             print(f"epoch {epoch + 1}: {summary}  ({row['epoch_seconds']:.0f} s)", flush=True)
-            stop = state["stopped"] is not None
-        if distributed.from_main(stop, context):
-            break
     if not main:
         return None
-    if state["stopped"]:
-        print(state["stopped"], flush=True)
+    print(reason, flush=True)
     load_weights(out / BEST, model)
     best_row = next(r for r in state["log"] if r["epoch"] == state["best_epoch"])
     metrics = {"validation_subjects": val_names, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
@@ -243,7 +255,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     subjects = {"training": [{"subject": s.name, "lesion_channel": s.lesion_source} for s in train_subjects],
                 "validation": [{"subject": s.name, "lesion_channel": s.lesion_source} for s in val_subjects]}
     folder = write_model_folder(model.to(memory_format=torch.contiguous_format), config, out / config.name,
-                                intensity=intensity, subjects=subjects, metrics=metrics, command=command)
+                                intensity=intensity, subjects=subjects, metrics=metrics, command=command, base=base)
     print(f"model folder: {folder}", flush=True)
     if writer is not None:
         writer.close()

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="overrides 'seed'")
     parser.add_argument("--threads", type=int, help="torch CPU threads; overrides 'threads'")
     parser.add_argument("--max-minutes", type=float, help="stop before an epoch that would end past this budget")
+    parser.add_argument("--patience", type=int, help="epochs without improvement before early stopping")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     return parser
 
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     overrides = {"out": args.out, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "seed": args.seed,
-                 "threads": args.threads, "max_minutes": args.max_minutes}
+                 "threads": args.threads, "max_minutes": args.max_minutes, "patience": args.patience}
     config = load_config(args.config, overrides)
     recipe = [a for a in argv if a != "--resume"]
     train(config, resume=args.resume, command=shlex.join(["python", "-m", "training.train", *recipe]))

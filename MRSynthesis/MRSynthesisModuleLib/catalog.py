@@ -1,19 +1,17 @@
 """The models the panel offers: `mrsynthesis models --json`, plus model folders the user added.
 
 The list comes from the command line, so the panel shows exactly what a run would find.
-Folders the user adds are kept in the application settings; a folder that is itself a
-model is searched through its parent, whose other models are then left out.
+Folders the user adds (a model folder, or a folder of model folders) are kept in the
+application settings and handed to the command line in ``MRSYNTHESIS_MODEL_PATH``.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 SETTINGS_KEY = "MRSynthesis/ModelFolders"
-CARD_NAME = "card.json"  # what makes a folder a model folder (MRSynthesisLib.cards.CARD_NAME)
 
 
 @dataclass
@@ -68,17 +66,10 @@ class ModelCatalog:
             self.settings.setValue(SETTINGS_KEY, json.dumps([*folders, folder]))
 
     def search_folders(self) -> list[str]:
-        """What MRSYNTHESIS_MODEL_PATH gets: each added folder, or its parent when it is a model."""
-        return [str(Path(f).parent) if _is_model(f) else f for f in self.user_folders]
+        """What MRSYNTHESIS_MODEL_PATH gets: the added folders (each a model or a folder of models)."""
+        return self.user_folders
 
     def update(self, stdout: str) -> list[ModelInfo]:
-        """Read the output of `models --json`, dropping siblings of single added model folders."""
-        added = {str(Path(f)) for f in self.user_folders}
-        only_for_one = {str(Path(f).parent) for f in added if _is_model(f)} - added
-        self.models = [m for entry in json.loads(stdout) for m in [ModelInfo.from_entry(entry)]
-                       if str(Path(m.folder).parent) not in only_for_one or str(Path(m.folder)) in added]
+        """Read the output of `models --json`."""
+        self.models = [ModelInfo.from_entry(entry) for entry in json.loads(stdout)]
         return self.models
-
-
-def _is_model(folder: str) -> bool:
-    return (Path(folder) / CARD_NAME).is_file()

@@ -144,7 +144,7 @@ def runs(ws, cli_home):
         "models": ["models"],
         "evaluate": ["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"], "--json", out / "metrics.json",
                      "--slice-plane", "axial", "--lesion-mask", s["lesion_mask"], "--t1", s["T1"],
-                     "--brain-mask", s["brain_mask"]],
+                     "--brain-mask", s["brain_mask"], "--figure", out / "evaluate.png"],
         "batch": ["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "manifest.csv", "--out", out / "batch",
                   "--progress", "json"],
         "batch with a bad subject": ["batch", "--model", ws["model"], "--manifest",
@@ -324,6 +324,10 @@ def test_evaluate_prints_a_table(runs, ws):
     assert any(k.startswith("offplane_") for k in rows)
     saved = json.loads((ws["out"] / "metrics.json").read_text())
     assert saved["ssim_brain"] == pytest.approx(rows["ssim_brain"], rel=1e-5)
+    assert {"offplane_ssim_coronal", "offplane_ssim_sagittal"} <= set(rows)  # views named by anatomy
+    figure = ws["out"] / "evaluate.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5000
+    assert not list(ws["out"].glob(".*partial*"))
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)

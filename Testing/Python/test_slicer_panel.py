@@ -101,7 +101,7 @@ def test_apply_synthesises_a_lesioned_flair_with_saliency_and_off_plane_figures(
     support.wait_until(lambda: not panel.timer.isActive(), 60, app.processEvents)
     assert json.loads(settings.value("MRSynthesis/ModelFolders")) == [str(models)]  # remembered
     assert listed.replay.arguments == [["models", "--json"]] * 2 and panel.catalog.search_folders() == [str(models)]
-    assert sorted(m.name for m in panel.catalog.models) == ["t1t2", "tiny"]
+    assert sorted(m.name for m in panel.catalog.models if m.origin != "bundled") == ["t1t2", "tiny"]
     choose_model(panel, "tiny")
 
     panel.ui.addInputButton.click()
@@ -299,12 +299,14 @@ def test_without_pytorch_the_panel_says_so_and_installs_only_with_consent(app, l
     assert replay.arguments == [["models", "--json"]] and panel.catalog.models
 
 
-def test_an_added_model_folder_lists_that_model_only(tmp_path, listing, models):
+def test_an_added_model_folder_lists_that_model_only(launcher, models):
     settings = DictSettings()
     catalog = ModelCatalog(settings)
     catalog.add_folder(str(models / "tiny"))
     catalog.add_folder(str(models / "tiny"))
     assert catalog.user_folders == [str(models / "tiny")]
-    assert catalog.search_folders() == [str(models)]  # the command line searches folders of models
-    assert [m.name for m in catalog.update(listing.stdout)] == ["tiny"]  # not its sibling t1t2
-    assert catalog.models[0].summary().startswith("Inputs: T1, T1c, T2, FLAIR")
+    outcome = launcher.run(["models", "--json"], catalog.search_folders()).wait()
+    assert outcome.status == "done", outcome.message
+    listed = catalog.update(outcome.stdout)
+    assert [m.name for m in listed if m.origin != "bundled"] == ["tiny"]  # not its sibling t1t2
+    assert next(m for m in listed if m.name == "tiny").summary().startswith("Inputs: T1, T1c, T2, FLAIR")

@@ -284,7 +284,7 @@ def test_checkpoint_round_trip_and_pickles_are_refused(tmp_path):
     save_checkpoint(tmp_path / "c.safetensors", model, optimizer, {"epoch": 3, "log": [{"a": 1.5}]})
     expected_rng = torch.get_rng_state()
     torch.rand(5)
-    other, other_optimizer = torch.nn.Linear(3, 2), None
+    other = torch.nn.Linear(3, 2)
     other_optimizer = torch.optim.Adam(other.parameters(), lr=0.5)
     state = load_checkpoint(tmp_path / "c.safetensors", other, other_optimizer)
     assert state == {"epoch": 3, "log": [{"a": 1.5}]}

@@ -1,0 +1,1 @@
+"""Experiments run by hand; each writes its evidence under docs/results/<name>/."""
