@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import modalities
 from . import models as architectures
 from .errors import ModelCardError
-from .volume import current_umask
+from .atomic import current_umask
 
 if TYPE_CHECKING:  # torch is imported only to build or save a network: listing models stays light
     from torch import nn
@@ -136,7 +136,8 @@ class LoadedModel:
     folder: Path
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (the card's ``weights_sha256``), read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -171,7 +172,7 @@ def load_model(folder: str | os.PathLike) -> LoadedModel:
     weights = folder / card.weights
     if not weights.is_file():
         raise ModelCardError(f"{folder}: the card names weights {card.weights!r}, which do not exist")
-    if card.weights_sha256 and _sha256(weights) != card.weights_sha256:
+    if card.weights_sha256 and file_sha256(weights) != card.weights_sha256:
         raise ModelCardError(f"{weights}: checksum differs from the card's weights_sha256 (corrupt or replaced file)")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -212,7 +213,7 @@ def save_model(card: ModelCard, network: nn.Module, folder: str | os.PathLike, *
         state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
                  for k, v in network.state_dict().items()}
         save_file(state, str(staging / card.weights), metadata={"card_name": card.name})
-        card.weights_sha256 = _sha256(staging / card.weights)
+        card.weights_sha256 = file_sha256(staging / card.weights)
         (staging / CARD_NAME).write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
         umask = current_umask()  # mkdtemp made the folder private; give the usual modes
         os.chmod(staging, 0o777 & ~umask)

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics, modalities, registry
+from .atomic import write_json
 from .cards import LoadedModel, load_model
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, InputError
+from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
@@ -111,7 +112,7 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
             summary.update(saliency=maps, contributions=result.contributions,
                            saliency_objective=result.saliency_objective)
             folder = next(iter(saliency.values())).parent
-            _write_json_atomically(folder / "contributions.json",
+            write_json(folder / "contributions.json",
                                    {"objective": result.saliency_objective, "contributions": result.contributions,
                                     "maps": maps})
     except BaseException:
@@ -119,16 +120,6 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
             path.unlink(missing_ok=True)
         raise
     return summary
-
-
-def _write_json_atomically(path: Path, data: object) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -286,7 +277,7 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         title = f"{Path(synthetic.source).name} vs {Path(reference.source).name}: SSIM in brain {values['ssim_brain']:.3f}"
         figure = orthogonal_views(panels, args.figure, title=title)
     if args.json:
-        _write_json_atomically(Path(args.json), values)
+        write_json(Path(args.json), values)
     print(f"synthetic: {synthetic.source}\nreference: {reference.source}\nnormalisation: {spec.scheme}; "
           f"data range: max-min of the normalised reference" + (f"\nfigure: {figure}" if figure else "") + "\n")
     print(metrics.format_table(values))

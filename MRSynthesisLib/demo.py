@@ -10,13 +10,12 @@ a PNG report and a JSON summary.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from . import registry
+from .atomic import write_json
 from .cards import load_model
 from .errors import EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest
@@ -106,9 +105,7 @@ def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, repo
                "outputs": {k: str(p) for k, p in names.items()}, "report": str(report), "notes": healthy.notes}
     if lesion is not None:
         summary["lesion_voxels"] = int(lesion.array.sum())
-    partial = out / ".summary.json.partial"
-    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(partial, out / "summary.json")
+    write_json(out / "summary.json", summary)
     for key, path in names.items():
         print(f"{key}: {path}")
     print(f"report: {report}")

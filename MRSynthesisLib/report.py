@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .volume import Volume, current_umask
+from .atomic import replacing
+from .volume import Volume
 
 VIEWS = ("axial", "coronal", "sagittal")
 
@@ -80,10 +81,9 @@ def orthogonal_views(panels: Sequence[Panel], path: str | os.PathLike, *, focus:
     if title:
         figure.suptitle(title, color="white", fontsize=10)
     figure.tight_layout()
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(partial, dpi=110, facecolor="black")
-    plt.close(figure)
-    os.chmod(partial, 0o666 & ~current_umask())
-    os.replace(partial, path)
-    return path
+    try:
+        with replacing(path, ".png") as partial:
+            figure.savefig(partial, dpi=110, facecolor="black")
+    finally:
+        plt.close(figure)
+    return Path(path)

@@ -9,7 +9,6 @@ order ``sitk.GetArrayFromImage`` returns; geometry tuples are in ITK (x, y, z) o
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import nibabel
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import replacing
 from .errors import InputError
 
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -175,23 +175,9 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     suffix = suffix_of(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; choose another name or pass --overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        sitk.WriteImage(volume.to_sitk(dtype), temporary, useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
-        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp made it private; give the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replacing(path, suffix) as temporary:
+        sitk.WriteImage(volume.to_sitk(dtype), str(temporary), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
     return path
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def resample_to(volume: Volume, reference: Geometry, *, nearest: bool = False) -> Volume:

@@ -11,9 +11,7 @@ someone replaced by a pickle is refused instead of executed.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from MRSynthesisLib.volume import current_umask
+from MRSynthesisLib.atomic import replacing
 
 FORMAT = "mrsynthesis-training-checkpoint/1"
 
@@ -33,16 +31,8 @@ class CheckpointError(ValueError):
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
-        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp made it private; give the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replacing(path) as temporary:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

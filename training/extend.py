@@ -12,12 +12,11 @@ new outputs; the exported card lists the base outputs plus the new ones.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from MRSynthesisLib.cards import ModelCard, load_model
+from MRSynthesisLib.cards import ModelCard, file_sha256, load_model
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from MRSynthesisLib.preprocessing import NormalisationSpec
 
@@ -45,14 +44,6 @@ class Base:
                 "trained": "only the decoders of new_outputs; encoders and the other decoders are the base's, "
                            "bit for bit",
                 "base_training": self.card.training, "base_metrics": self.card.metrics}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_matches(config: TrainConfig, card: ModelCard) -> None:
@@ -91,7 +82,7 @@ def load_base(config: TrainConfig) -> Base:
         network.add_output(m)
     network.freeze_all_but(new)
     network.train()
-    checksum = card.weights_sha256 or _sha256(folder / card.weights)
+    checksum = card.weights_sha256 or file_sha256(folder / card.weights)
     return Base(card, network, folder, new, checksum)
 
 

@@ -106,6 +106,14 @@ def make_subject(folder: Path, shape=SHAPE, seed: int = 0, suffix: str = ".nii.g
     return Subject(folder, paths, arrays)
 
 
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    """Training runs set torch's thread count (config 'threads'); every test gets its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def subject(tmp_path) -> Subject:
     """A tiny T1/T2/FLAIR subject with lesion and brain masks, NIfTI, LAS, in ``tmp_path/subject``."""

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import make_tiny_model, tiny_card
 from MRSynthesisLib import registry
-from MRSynthesisLib.cards import CARD_NAME, WEIGHTS_NAME, ModelCard, _sha256, load_model, read_card, save_model
+from MRSynthesisLib.cards import CARD_NAME, WEIGHTS_NAME, ModelCard, file_sha256, load_model, read_card, save_model
 from MRSynthesisLib.errors import InputError, ModelCardError
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 
@@ -37,7 +37,7 @@ def edit_card(folder: Path, **changes) -> None:
 def replace_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:
     """New weights with a matching checksum, so that the check under test is the one that fires."""
     save_file(state, str(folder / WEIGHTS_NAME))
-    edit_card(folder, weights_sha256=_sha256(folder / WEIGHTS_NAME))
+    edit_card(folder, weights_sha256=file_sha256(folder / WEIGHTS_NAME))
 
 
 # --- save / load -------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def test_save_load_round_trip(tmp_path):
     loaded = load_model(folder)
     assert loaded.folder == folder and not loaded.network.training
     assert loaded.card.to_dict() == card.to_dict()  # save_model filled in the checksum
-    assert card.weights_sha256 == _sha256(folder / WEIGHTS_NAME)
+    assert card.weights_sha256 == file_sha256(folder / WEIGHTS_NAME)
     expected, got = network.state_dict(), loaded.network.state_dict()
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
@@ -96,7 +96,7 @@ def test_loading_never_unpickles(model, tmp_path):
     assert marker.exists()
     marker.unlink()
     (model / WEIGHTS_NAME).write_bytes(payload)
-    edit_card(model, weights_sha256=_sha256(model / WEIGHTS_NAME))
+    edit_card(model, weights_sha256=file_sha256(model / WEIGHTS_NAME))
     with pytest.raises(ModelCardError, match="not a readable safetensors file") as error:
         load_model(model)  # ... but loading the model does not run it
     assert str(model / WEIGHTS_NAME) in str(error.value)

@@ -126,7 +126,7 @@ JSON_BAD = ("missing file", "output exists")
 def runs(ws, cli_home):
     """Every independent run, started side by side."""
     s, out = ws["subject"], ws["out"]
-    t1, t2, flair = f"T1={s['T1']}", f"T2={s['T2']}", f"FLAIR={s['FLAIR']}"
+    t1, t2 = f"T1={s['T1']}", f"T2={s['T2']}"
     commands = {f"bad: {k}": v[0] for k, v in bad_cases(ws).items()}
     commands.update({f"bad json: {k}": bad_cases(ws)[k][0] + ["--progress", "json"] for k in JSON_BAD})
     commands.update({

@@ -27,13 +27,6 @@ from training.loop import train
 from training.train import main as train_main
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def extended(tmp_path_factory) -> tuple[list[str], Path, Path, Path]:
     """(sources, base model folder, extension config file, extended model folder)."""

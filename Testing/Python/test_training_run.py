@@ -51,14 +51,6 @@ def log_rows(out: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(handle)]
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    """The runs set torch's thread count (config 'threads'); give other tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[list[str], Path, Path]:
     root = tmp_path_factory.mktemp("data")

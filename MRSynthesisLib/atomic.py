@@ -1,0 +1,46 @@
+"""Writing files so that an interrupted run never leaves a half-written one under the final name.
+
+Every writer in MRSynthesis writes to a hidden temporary name in the destination folder,
+gives it the mode a plain ``open`` would, and renames it into place: a rename within one
+folder is atomic, so the final name holds either the old file, or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it becomes ``path``, on failure it is removed.
+
+    ``suffix`` ends the temporary name, for writers that choose the format by extension.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp made it private; give the usual mode
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: object) -> Path:
+    with replacing(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return Path(path)
