@@ -26,6 +26,7 @@ class SynthesisJob:
     device: str = "auto"
     lesion_mask: Optional[str] = None
     saliency_dir: Optional[str] = None
+    resample_to: Optional[str] = None  # an input modality: the others are resampled onto its grid
 
     def arguments(self) -> list[str]:
         args = ["synthesize"]
@@ -40,6 +41,8 @@ class SynthesisJob:
             args += ["--lesion-mask", self.lesion_mask]
         if self.saliency_dir:
             args += ["--saliency-out", self.saliency_dir]
+        if self.resample_to:
+            args += ["--resample-to", self.resample_to]
         return args
 
     def output_name(self, target: str) -> str:

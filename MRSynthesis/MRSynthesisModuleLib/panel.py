@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from MRSynthesisLib import modalities
+from MRSynthesisLib.errors import EXIT_BAD_INPUT
 
 from . import paths
 from .catalog import ModelCatalog, ModelInfo
@@ -73,6 +74,7 @@ class SynthesisPanel:
         self.ui.showOffPlaneButton.clicked.connect(lambda *_: self._show_off_plane())
         self.ui.modelComboBox.currentIndexChanged.connect(lambda *_: self._on_model_changed())
         self.ui.deviceComboBox.currentIndexChanged.connect(lambda *_: self._changed())
+        self.ui.resampleCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.saliencyCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.offPlaneTargetComboBox.currentIndexChanged.connect(lambda *_: self._changed())
         self.lesion_selector.currentNodeChanged.connect(lambda *_: self._changed())
@@ -108,6 +110,7 @@ class SynthesisPanel:
                 self.add_input_row(node, modality)
             self._select_model(*params.model)
             self.ui.deviceComboBox.setCurrentIndex(DEVICES.index(params.device) if params.device in DEVICES else 0)
+            self.ui.resampleCheckBox.setChecked(params.resample)
             self.ui.saliencyCheckBox.setChecked(params.saliency)
             segmentation, segment_id = params.lesion
             self.lesion_selector.setCurrentNode(segmentation)
@@ -128,6 +131,7 @@ class SynthesisPanel:
             params.model = (model.name, model.folder)
         params.targets = self.targets
         params.device = DEVICES[prop(self.ui.deviceComboBox, "currentIndex")]
+        params.resample = self.ui.resampleCheckBox.isChecked()
         params.saliency = self.ui.saliencyCheckBox.isChecked()
         params.lesion = (self.lesion_selector.currentNode(), self.lesion_selector.currentSegmentID())
         params.reference = (self.reference_selector.currentNode(), prop(self.ui.offPlaneTargetComboBox, "currentText"))
@@ -416,7 +420,8 @@ class SynthesisPanel:
                 device=DEVICES[prop(self.ui.deviceComboBox, "currentIndex")],
                 lesion=lesion if lesion[0] is not None and lesion[1] else None,
                 saliency=self.ui.saliencyCheckBox.isChecked() and model.spatial_dims == 2,
-                reference=(reference, target, model.plane) if reference is not None and target else None)
+                reference=(reference, target, model.plane) if reference is not None and target else None,
+                resample=self.ui.resampleCheckBox.isChecked())
         except (OSError, ValueError) as error:
             self.ui.errorLabel.setText(f"Could not write the inputs: {error}")
             return
@@ -487,7 +492,7 @@ class SynthesisPanel:
         if synthesis.status == "failed":
             self.ui.progressBar.setValue(0)
             self._set_status("Failed.")
-            self.ui.errorLabel.setText(synthesis.message)
+            self.ui.errorLabel.setText(self._failure_text(synthesis))
             return
         try:
             self.results = self._prepared.load(synthesis, evaluation)
@@ -496,6 +501,15 @@ class SynthesisPanel:
             return
         self.ui.progressBar.setValue(100)
         self._show_results()
+
+    def _failure_text(self, synthesis: Outcome) -> str:
+        """The command line's message; for inputs on different grids, where the panel's choice is."""
+        message = synthesis.message
+        if (synthesis.exit_code == EXIT_BAD_INPUT and "different grids" in message
+                and self._prepared.job.resample_to is None):
+            box = prop(self.ui.resampleCheckBox, "text")
+            message += f'\nIn this panel: register the inputs first, or tick "{box}" (under Inputs) to resample them.'
+        return message
 
     def _show_results(self) -> None:
         results = self.results

@@ -70,6 +70,15 @@ class SynthesisParameters:
         self.node.SetParameter("Device", device)
 
     @property
+    def resample(self) -> bool:
+        """Resample the other inputs onto the first input's grid (off unless the user chose it)."""
+        return self._text("Resample") == "true"
+
+    @resample.setter
+    def resample(self, enabled: bool) -> None:
+        self.node.SetParameter("Resample", "true" if enabled else "false")
+
+    @property
     def saliency(self) -> bool:
         return self._text("Saliency") == "true"
 

@@ -194,26 +194,58 @@ def test_cancel_stops_within_two_seconds_and_leaves_the_scene_as_it_was(app, lau
     assert panel.results is None and not os.path.exists(folder)
 
 
-def test_a_failure_shows_the_command_lines_message(app, launcher, listing):
+class RecordingLauncher:
+    """A launcher that passes every run on and keeps the arguments it was given."""
+
+    def __init__(self, real) -> None:
+        self.real, self.arguments = real, []
+
+    def run(self, arguments, model_folders=(), **callbacks):
+        self.arguments.append(list(arguments))
+        return self.real.run(arguments, model_folders, **callbacks)
+
+
+def test_inputs_on_different_grids_are_refused_unless_the_user_asks_to_resample_them(app, launcher, listing):
     scene, nodes, arrays = subject_scene()
     elsewhere = support.OBLIQUE.copy()
     elsewhere[:3, 3] += 7.0
     shifted = support.add_volume(scene, arrays["T2"], "shifted_T2", elsewhere)
-    panel = make_panel(app, scene, ListedLauncher(launcher, listing))
+    recording = RecordingLauncher(ListedLauncher(launcher, listing))
+    panel = make_panel(app, scene, recording)
     choose_model(panel, "tiny")
+    panel.add_input_row(shifted)  # the first input: its grid is the outputs' grid
     panel.add_input_row(nodes["T1"])
-    panel.add_input_row(shifted)
+    assert [m for _, m in panel.inputs] == ["T2", "T1"]
     panel.set_targets(["FLAIR"])
+    assert not panel.ui.resampleCheckBox.isChecked()  # resampling changes data: never by default
     ids_before = support.node_ids(scene)
 
     panel.ui.applyButton.click()
     support.wait_until(lambda: not panel.running, 120, app.processEvents)
 
+    assert "--resample-to" not in recording.arguments[-1]
     message = panel.ui.errorLabel.text()
     assert "different grids" in message and "Traceback" not in message
+    assert f'tick "{panel.ui.resampleCheckBox.text()}"' in message  # points at the checkbox
     assert panel.ui.statusLabel.text() == "Failed."
     assert support.node_ids(scene) == ids_before
     assert panel.ui.applyButton.isEnabled()
+
+    panel.ui.resampleCheckBox.setChecked(True)
+    assert panel.parameters.resample
+    panel.ui.applyButton.click()
+    assert not panel.ui.resampleCheckBox.isEnabled()  # (its group box) while running
+    support.wait_until(lambda: not panel.running, 120, app.processEvents)
+
+    arguments = recording.arguments[-1]
+    assert arguments[arguments.index("--resample-to") + 1] == "T2"  # the first row's modality
+    assert panel.ui.errorLabel.text() == "", panel.ui.errorLabel.text()
+    assert panel.ui.statusLabel.text().startswith("Done")
+    output = panel.results.outputs["FLAIR"]
+    assert output.GetName() == "FLAIR synthetic (T2+T1)"
+    np.testing.assert_allclose(support.ijk_to_ras(output), elsewhere, atol=1e-6)  # the first input's grid
+    assert slicer.util.arrayFromVolume(output).shape == arrays["T2"].shape
+    assert np.isfinite(slicer.util.arrayFromVolume(output)).all()
 
 
 def test_the_model_card_constrains_modalities_targets_and_the_lesion(app, listing):
@@ -248,6 +280,7 @@ def test_a_saved_scene_restores_the_panel(app, listing):
     panel.set_targets(["FLAIR", "T1c"])
     panel.ui.deviceComboBox.setCurrentIndex(3)
     panel.ui.saliencyCheckBox.setChecked(True)
+    panel.ui.resampleCheckBox.setChecked(True)
     segmentation, segment_id = panel.paint_lesion()
     panel.reference_selector.setCurrentNode(nodes["FLAIR"])
     panel.ui.offPlaneTargetComboBox.setCurrentIndex(1)  # T1c
@@ -271,6 +304,7 @@ def test_a_saved_scene_restores_the_panel(app, listing):
     assert [(n.GetName(), m) for n, m in restored.inputs] == [("sub-01_T2", "T2"), ("sub-01_T1", "T1")]
     assert restored.targets == ["T1c", "FLAIR"]  # in the card's order
     assert restored.ui.deviceComboBox.currentText() == "CPU" and restored.ui.saliencyCheckBox.isChecked()
+    assert restored.ui.resampleCheckBox.isChecked()
     assert restored.lesion_selector.currentNode().GetName() == segmentation.GetName()
     assert restored.lesion_selector.currentSegmentID() == segment_id
     assert restored.reference_selector.currentNode().GetName() == "sub-01_FLAIR"

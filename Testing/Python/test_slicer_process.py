@@ -134,6 +134,12 @@ def test_the_job_asks_the_command_line_for_json_progress_and_names_outputs_for_t
     assert SynthesisJob({"T1": "a"}, ["T2"], "o").output_name("T2") == "T2 synthetic (T1)"
 
 
+def test_the_job_asks_to_resample_onto_the_chosen_input_only_when_told():
+    assert "--resample-to" not in SynthesisJob({"T1": "a", "T2": "b"}, ["FLAIR"], "o").arguments()
+    args = SynthesisJob({"T2": "b", "T1": "a"}, ["FLAIR"], "o", resample_to="T2").arguments()
+    assert args[args.index("--resample-to") + 1] == "T2"
+
+
 def test_the_command_finds_mrsynthesislib_from_any_folder_without_pythonpath(tmp_path):
     """As PythonSlicer started by Slicer would: another working folder, no PYTHONPATH of ours."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

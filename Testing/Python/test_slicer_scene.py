@@ -134,11 +134,13 @@ def test_the_panel_state_survives_saving_and_loading_the_scene():
     flair = add_volume(scene, np.ones(SHAPE, np.float32), "FLAIR")
     segmentation, segment_id = SceneBridge(scene).create_lesion_segment(t1)
     params = SynthesisParameters(scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
+    assert not params.resample  # off until the user chooses it
     params.inputs = [(t1, "T1"), (None, "PD"), (t2, "T2")]
     params.model = ("tiny", "/models/tiny")
     params.targets = ["FLAIR", "T1c"]
     params.device = "cpu"
     params.saliency = True
+    params.resample = True
     params.lesion = (segmentation, segment_id)
     params.reference = (flair, "FLAIR")
 
@@ -153,7 +155,7 @@ def test_the_panel_state_survives_saving_and_loading_the_scene():
     assert [(n.GetName() if n else None, m) for n, m in restored.inputs] == [("T1", "T1"), (None, "PD"), ("T2", "T2")]
     assert restored.model == ("tiny", "/models/tiny")
     assert restored.targets == ["FLAIR", "T1c"]
-    assert (restored.device, restored.saliency) == ("cpu", True)
+    assert (restored.device, restored.saliency, restored.resample) == ("cpu", True, True)
     assert restored.lesion[0].GetName() == segmentation.GetName() and restored.lesion[1] == segment_id
     assert restored.reference[0].GetName() == "FLAIR" and restored.reference[1] == "FLAIR"
 
