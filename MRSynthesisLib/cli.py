@@ -42,7 +42,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="autocast precision; auto: fp16/bf16 on GPU, bf16 on CPUs with native bf16, else fp32")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices (2D) or windows (3D) per step")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices (2D) or tiles (3D) per step")
+    parser.add_argument("--tile", type=int, default=96,
+                        help="3D models: edge of each tile's output core in voxels; tiles overlap by the network's "
+                             "receptive field only, so the result equals one whole-volume pass (smaller: less memory)")
     parser.add_argument("--plane", choices=("axial", "coronal", "sagittal"),
                         help="2D models: slice in this plane instead of the card's (view transfer)")
     parser.add_argument("--resample-to", metavar="MODALITY",
@@ -67,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--saliency-out", help="folder for per-input P3S saliency maps and contributions.json")
     synth.add_argument("--saliency-reference", action="append", type=_pair, default=[], metavar="MODALITY=PATH",
                        help="a real image of a target: saliency then follows the paper's prediction-error gradient")
+    synth.add_argument("--saliency-region", metavar="PATH",
+                       help="binary mask where contributions are also summarised (default: the --lesion-mask)")
     _run_options(synth)
 
     batch = commands.add_parser("batch", help="synthesise for a cohort listed in a CSV manifest (resumable; "

@@ -23,9 +23,9 @@ from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
-from .report import Panel, orthogonal_views
+from .report import Panel, orthogonal_views, saliency_figure
 from .validation import check_mask, check_values
-from .volume import Volume, read_volume, suffix_of, write_volume
+from .volume import Volume, read_volume, resample_to, suffix_of, write_volume
 
 
 def _targets(values: Sequence[str]) -> list[str]:
@@ -85,8 +85,12 @@ def _read_optional(path: str | None) -> Volume | None:
 
 
 def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: Mapping[tuple[str, str], Path],
-                 overwrite: bool) -> dict[str, object]:
-    """Write outputs (and saliency maps, contributions.json); return the summary for the caller.
+                 overwrite: bool, inputs: Mapping[str, Volume] | None = None,
+                 region: Volume | None = None) -> dict[str, object]:
+    """Write outputs (and saliency maps, their Fig. 6 PNG per target, contributions.json); return the summary.
+
+    ``inputs`` (canonical modality -> volume) are drawn under the maps in the figure; ``region``
+    is the mask the region contributions were computed in (named in contributions.json).
 
     All or nothing: when writing fails or is cancelled (SIGTERM, Ctrl-C) part-way, the files this
     call had created are removed again, so that no run leaves some of its outputs behind (and a
@@ -109,12 +113,28 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
         summary: dict[str, object] = {"outputs": written, "device": result.device, "precision": result.precision,
                                       "notes": result.notes}
         if saliency:
-            summary.update(saliency=maps, contributions=result.contributions,
-                           saliency_objective=result.saliency_objective)
             folder = next(iter(saliency.values())).parent
+            figures = {}
+            for t, per in result.saliency.items():
+                figure = folder / f"P3S_{t}.png"
+                grid = next(iter(per.values())).geometry
+                shown = {n: v if v.geometry == grid else resample_to(v, grid) for n, v in (inputs or {}).items()}
+                focus = None if region is None else (
+                    region if region.geometry == grid else resample_to(region, grid, nearest=True))
+                existed = figure.exists()
+                figures[t] = str(saliency_figure(shown, per, figure, focus=focus,
+                                                 title=f"P3S maps, target {t}"))
+                if not existed:
+                    created.append(figure)
+            summary.update(saliency=maps, contributions=result.contributions,
+                           region_contributions=result.region_contributions,
+                           saliency_objective=result.saliency_objective, saliency_figures=figures)
             write_json(folder / "contributions.json",
-                                   {"objective": result.saliency_objective, "contributions": result.contributions,
-                                    "maps": maps})
+                       {"objective": result.saliency_objective,
+                        "contributions": result.contributions,  # shares of the mean saliency in the brain
+                        "contributions_in_region": result.region_contributions,
+                        "region": region.source if region is not None else None,
+                        "mean_saliency": result.saliency_means, "maps": maps, "figures": figures})
     except BaseException:
         for path in created:
             path.unlink(missing_ok=True)
@@ -129,17 +149,23 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
     paths = output_paths(args.out, targets, args.format)
     saliency = (saliency_paths(args.saliency_out, targets, [_canonical(n, "input") for n in inputs], args.format)
                 if args.saliency_out else {})
-    check_writable([*paths.values(), *saliency.values()], [Path(p) for _, p in args.input], args.overwrite)
+    extras = [Path(args.saliency_out) / f for f in ["contributions.json", *(f"P3S_{t}.png" for t in targets)]] \
+        if args.saliency_out else []
+    check_writable([*paths.values(), *saliency.values(), *extras], [Path(p) for _, p in args.input], args.overwrite)
     request = SynthesisRequest(
         inputs=inputs, targets=targets, lesion_mask=_read_optional(args.lesion_mask),
         brain_mask=_read_optional(args.brain_mask), reference=args.resample_to, resample=bool(args.resample_to),
         device=args.device, precision=args.precision, batch_size=args.batch_size, plane=args.plane,
         saliency=bool(args.saliency_out),
-        saliency_references={name: read_volume(path) for name, path in args.saliency_reference})
+        saliency_references={name: read_volume(path) for name, path in args.saliency_reference},
+        saliency_region=_read_optional(args.saliency_region), tile=args.tile)
     result = SynthesisLogic(model, reporter.progress).run(request)
     for note in result.notes:
         reporter.note(note)
-    summary = write_result(result, paths, saliency, args.overwrite)
+    region = request.saliency_region or request.lesion_mask
+    summary = write_result(result, paths, saliency, args.overwrite,
+                           inputs={_canonical(n, "input"): v for n, v in inputs.items()},
+                           region=region if result.region_contributions else None)
     reporter.close()
     reporter.event("done", model=model.card.name, **summary)
     if reporter.mode != "json":

@@ -2,8 +2,8 @@
 
 2D models run slice by slice along the plane's axis (any plane: the paper's view
 transfer), batched, cropped to the brain's bounding box and padded to the size the
-network needs; slices without brain are skipped. 3D models run in overlapping windows
-blended by MONAI's ``sliding_window_inference``.
+network needs; slices without brain are skipped. 3D models run in exact tiles
+(``tiling``), through the same batching and out-of-memory fallback.
 """
 
 from __future__ import annotations
@@ -48,15 +48,29 @@ def _is_oom(error: BaseException) -> bool:
 
 
 @dataclass
-class SliceResult:
+class SaliencyResult:
+    """Outputs and, when asked for, P3S maps of one run (2D slice-wise or 3D tiled).
+
+    ``saliency[target][input]`` is |d objective / d input|, the objective being the sum of
+    the prediction inside the brain (target-free) or, for targets in ``squared_error``, the
+    sum of squared errors to the real image inside the brain, whose total is kept so that
+    the caller can turn it into the paper's L2-norm gradient (``p3s_norm_scale``).
+    """
+
     outputs: dict[str, np.ndarray]
-    saliency: dict[str, dict[str, np.ndarray]]  # target -> input -> |d objective / d input|
+    saliency: dict[str, dict[str, np.ndarray]]
+    squared_error: dict[str, float] = field(default_factory=dict)
+
+
+def p3s_norm_scale(squared_error: float) -> float:
+    """d||e||/dx = (d sum(e^2)/dx) / (2 ||e||): Wei et al.'s eq. 3 from the squared-error gradient."""
+    return 0.5 / math.sqrt(squared_error) if squared_error > 0 else 0.0
 
 
 def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets: Sequence[str], *,
                   axis: int, mask: np.ndarray, settings: RunSettings, lesion: np.ndarray | None = None,
                   saliency: bool = False, saliency_references: Mapping[str, np.ndarray] | None = None,
-                  margin: int = 8) -> SliceResult:
+                  margin: int = 8) -> SaliencyResult:
     """Synthesise ``targets`` from normalised (z, y, x) ``inputs`` with a 2D network.
 
     Only slices that meet ``mask`` are run, each cropped to the mask's bounding box plus
@@ -82,6 +96,7 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
 
     outputs = {t: np.zeros(cropped_mask.shape, np.float32) for t in targets}
     maps = {t: {n: np.zeros(cropped_mask.shape, np.float32) for n in names} for t in targets} if saliency else {}
+    squared = {t: 0.0 for t in cropped_refs} if saliency else {}
 
     def tensor(array: np.ndarray, index: list[int]) -> torch.Tensor:
         batch = torch.from_numpy(np.ascontiguousarray(array[index][:, None]))
@@ -106,6 +121,7 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
             outputs[t][index] = prediction[:, 0].detach().cpu().numpy()
             if t in cropped_refs:
                 objective = ((prediction - tensor(cropped_refs[t], index)) ** 2 * brain).sum()
+                squared[t] += float(objective.detach())
             else:
                 objective = (prediction * brain).sum()
             # allow_unused: an input the prediction does not use at all has saliency 0, not an error
@@ -115,16 +131,33 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
                 if g is not None:
                     maps[t][n][index] = g[:, 0].abs().float().cpu().numpy()
 
-    _run_in_batches(network, active, run_batch, settings, "slices")
-    restore = lambda a: np.moveaxis(plan.invert(a), 0, axis)  # noqa: E731
-    return SliceResult({t: restore(a) for t, a in outputs.items()},
-                       {t: {n: restore(a) for n, a in per.items()} for t, per in maps.items()})
+    with input_gradients_only(network):
+        _run_in_batches(network, active, run_batch, settings, "slices")
+    restore = lambda a: np.moveaxis(plan.invert(a), 0, axis)
+    return SaliencyResult({t: restore(a) for t, a in outputs.items()},
+                          {t: {n: restore(a) for n, a in per.items()} for t, per in maps.items()}, squared)
+
+
+@contextlib.contextmanager
+def input_gradients_only(network: nn.Module):
+    """Weights stop requiring gradients for the duration: saliency differentiates with respect to the
+    inputs only, and autograd then neither computes nor keeps what weight gradients would need."""
+    previous = [p.requires_grad for p in network.parameters()]
+    network.requires_grad_(False)
+    try:
+        yield network
+    finally:
+        for parameter, flag in zip(network.parameters(), previous):
+            parameter.requires_grad_(flag)
 
 
 def _run_in_batches(network: nn.Module, items: list[int], run_batch: Callable[[list[int]], None],
-                    settings: RunSettings, unit: str) -> None:
+                    settings: RunSettings, unit: str, channels_last: bool = True) -> None:
     """Run ``items`` in batches, halving the batch on out-of-memory, then falling back to the CPU."""
-    network.to(settings.device, memory_format=torch.channels_last)
+    if channels_last:
+        network.to(settings.device, memory_format=torch.channels_last)
+    else:
+        network.to(settings.device)
     done, batch = 0, max(1, settings.batch_size)
     settings.progress(0.0, f"synthesising {len(items)} {unit} on {settings.device.type}")
     while done < len(items):
@@ -149,35 +182,3 @@ def _run_in_batches(network: nn.Module, items: list[int], run_batch: Callable[[l
             continue
         done += len(index)
         settings.progress(done / len(items), f"{done}/{len(items)} {unit}")
-
-
-def run_tiled(network: nn.Module, inputs: Mapping[str, np.ndarray], targets: Sequence[str], *,
-              settings: RunSettings, patch_size: Sequence[int], overlap: float = 0.25,
-              lesion: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Synthesise with a 3D network in overlapping windows blended with Gaussian weights (MONAI)."""
-    from monai.inferers import sliding_window_inference
-
-    names = list(inputs)
-    channels = [inputs[n] for n in names] + ([lesion.astype(np.float32)] if lesion is not None else [])
-    volume = torch.from_numpy(np.stack(channels)[None]).to(settings.device)
-    shape = volume.shape[2:]
-    roi = [min(p, s) for p, s in zip(patch_size, shape)]
-    windows = math.prod(math.ceil(max(s - r, 0) / max(1, int(r * (1 - overlap)))) + 1 for s, r in zip(shape, roi))
-    seen = [0]
-
-    def predictor(window: torch.Tensor) -> dict[str, torch.Tensor]:
-        settings.check_cancel()
-        x = {n: window[:, i:i + 1] for i, n in enumerate(names)}
-        les = window[:, len(names):] if lesion is not None else None
-        with settings.autocast():
-            result = network(x, lesion=les, targets=list(targets))
-        seen[0] += window.shape[0]
-        settings.progress(min(seen[0] / windows, 1.0), f"{min(seen[0], windows)}/{windows} windows")
-        return {t: result[t].float() for t in targets}
-
-    network.to(settings.device)
-    settings.progress(0.0, f"synthesising {windows} windows on {settings.device.type}")
-    with torch.inference_mode():
-        result = sliding_window_inference(volume, roi, settings.batch_size, predictor, overlap=overlap,
-                                          mode="gaussian", sw_device=settings.device, device="cpu")
-    return {t: result[t][0, 0].numpy() for t in targets}

@@ -16,10 +16,23 @@ import numpy as np
 
 from . import modalities
 from .cards import LoadedModel
-from .errors import InputError
 from .devices import choose_device, choose_precision
-from .inference import CancelCheck, ProgressCallback, RunSettings, run_slicewise, run_tiled
-from .preprocessing import IntensityStats, NormalisationSpec, denormalise, foreground_mask, normalise
+from .errors import InputError
+from .inference import (
+    CancelCheck,
+    ProgressCallback,
+    RunSettings,
+    p3s_norm_scale,
+    run_slicewise,
+)
+from .preprocessing import (
+    IntensityStats,
+    NormalisationSpec,
+    denormalise,
+    foreground_mask,
+    normalise,
+)
+from .tiling import run_tiled
 from .validation import align, check_mask, check_values
 from .volume import Volume
 
@@ -40,6 +53,9 @@ class SynthesisRequest:
     plane: str | None = None  # 2D models: slice in this plane instead of the card's (view transfer)
     saliency: bool = False
     saliency_references: Mapping[str, Volume] = field(default_factory=dict)  # target -> real image
+    # where to summarise each input's contribution besides the whole brain; default: the lesion mask
+    saliency_region: Volume | None = None
+    tile: int = 96  # 3D models: core edge of the exact tiles (memory vs halo overhead)
 
 
 @dataclass
@@ -51,6 +67,8 @@ class SynthesisResult:
     precision: str
     notes: list[str]
     saliency_objective: str | None = None
+    region_contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # same, in the region
+    saliency_means: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # t -> n -> where -> mean
 
 
 class SynthesisLogic:
@@ -67,7 +85,8 @@ class SynthesisLogic:
         inputs = self._canonical_inputs(request.inputs)
         targets = [self._canonical(t, "target") for t in request.targets]
         self._check_modalities(inputs, targets)
-        masks = {k: v for k, v in (("lesion", request.lesion_mask), ("brain", request.brain_mask)) if v is not None}
+        masks = {k: v for k, v in (("lesion", request.lesion_mask), ("brain", request.brain_mask),
+                                   ("region", request.saliency_region)) if v is not None}
         references = {self._canonical(t, "saliency reference"): v for t, v in request.saliency_references.items()}
         masks.update({f"reference:{t}": v for t, v in references.items()})
         reference = self._canonical(request.reference, "reference") if request.reference else next(iter(inputs))
@@ -98,19 +117,31 @@ class SynthesisLogic:
         notes = [reason] if reason else []
         settings = RunSettings(device, dtype, request.batch_size, self.progress, self.cancelled, notes)
 
+        region = None
+        if "region" in masks:
+            region = check_mask(masks["region"]) & brain
+            if not region.any():
+                raise InputError(f"{masks['region'].source}: the saliency region has no voxel inside the brain")
+        elif lesion is not None and lesion.any():
+            region = lesion
         saliency_refs = {t: normalise(masks[f"reference:{t}"].array, spec, brain)[0] for t in references}
-        maps: dict[str, dict[str, np.ndarray]] = {}
+        unused = sorted(set(saliency_refs) - set(targets))
+        if unused:
+            raise InputError(f"saliency reference given for {', '.join(unused)}, which is not a target")
         if card.spatial_dims == 2:
             axis = grid.geometry.axis_for(request.plane or card.plane)
             result = run_slicewise(self.model.network, normalised, targets, axis=axis, mask=brain,
                                    settings=settings, lesion=lesion, saliency=request.saliency,
                                    saliency_references=saliency_refs)
-            raw, maps = result.outputs, result.saliency
         else:
-            if request.saliency:
-                raise InputError(f"saliency maps are not available for 3D model {card.name!r} in this version")
-            raw = run_tiled(self.model.network, normalised, targets, settings=settings,
-                            patch_size=card.patch_size or (64, 64, 64), lesion=lesion)
+            if request.tile < 1:
+                raise InputError(f"tile size must be positive, not {request.tile}")
+            result = run_tiled(self.model.network, normalised, targets, settings=settings, mask=brain,
+                               tile=(request.tile,) * 3, lesion=lesion, saliency=request.saliency,
+                               saliency_references=saliency_refs)
+        raw, maps = result.outputs, result.saliency
+        for t, total in result.squared_error.items():  # the paper's eq. 3: gradient of the L2 norm
+            maps[t] = {n: m * p3s_norm_scale(total) for n, m in maps[t].items()}
 
         outputs = {}
         for t in targets:
@@ -121,14 +152,21 @@ class SynthesisLogic:
         saliency = {t: {n: grid.with_array(m * brain, source=f"P3S {t} <- {n}") for n, m in per.items()}
                     for t, per in maps.items()}
         contributions = {t: self._contributions(per, brain) for t, per in maps.items()}
+        region_contributions = ({t: self._contributions(per, region) for t, per in maps.items()}
+                                if region is not None else {})
+        means = {t: {n: {"brain": float(m[brain].mean()),
+                         **({"region": float(m[region].mean())} if region is not None else {})}
+                     for n, m in per.items()} for t, per in maps.items()}
         objective = None
         if request.saliency:
-            objective = ("|d sum((prediction - reference)^2 in brain) / d input| (P3S, Wei et al. 2019)" if saliency_refs
-                         else "|d sum(prediction in brain) / d input| (target-free P3S variant)")
+            objective = "; ".join(
+                f"{t}: " + ("|d ||prediction - reference||_2 in brain / d input| (P3S, Wei et al. 2019 eq. 3)"
+                            if t in saliency_refs else "|d sum(prediction in brain) / d input| (target-free P3S variant)")
+                for t in targets)
         self.progress(1.0, "done")
         return SynthesisResult(outputs, saliency, contributions, settings.device.type,
                                str(settings.dtype).replace("torch.", "") if settings.dtype else "float32",
-                               settings.notes, objective)
+                               settings.notes, objective, region_contributions, means)
 
     @staticmethod
     def _contributions(maps: Mapping[str, np.ndarray], brain: np.ndarray) -> dict[str, float]:

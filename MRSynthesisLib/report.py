@@ -8,7 +8,7 @@ left on the image's right, anterior (axial) and superior (coronal, sagittal) at 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +81,52 @@ def orthogonal_views(panels: Sequence[Panel], path: str | os.PathLike, *, focus:
     if title:
         figure.suptitle(title, color="white", fontsize=10)
     figure.tight_layout()
+    try:
+        with replacing(path, ".png") as partial:
+            figure.savefig(partial, dpi=110, facecolor="black")
+    finally:
+        plt.close(figure)
+    return Path(path)
+
+
+def saliency_figure(inputs: Mapping[str, Volume], maps: Mapping[str, Volume], path: str | os.PathLike, *,
+                    focus: Volume | None = None, title: str = "", view: str = "axial") -> Path:
+    """Wei et al.'s Fig. 6: P3S maps of each input on top, the inputs below, one slice.
+
+    The maps share one colour scale (0 to the 99.5th percentile of all of them inside their
+    support), so a brighter map means a larger contribution, as in the paper; each input
+    image is windowed on its own. The slice goes through the centre of ``focus`` (e.g. the
+    lesion) or of the first map's support. Written atomically.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(maps)
+    saliency = {n: _display_array(maps[n]) for n in names}
+    images = {n: _display_array(inputs[n]) for n in names}
+    support = np.any([a > 0 for a in saliency.values()], axis=0)
+    point = centre_of(_display_array(focus) > 0.5) if focus is not None else centre_of(support)
+    values = np.concatenate([a[support] for a in saliency.values()]) if support.any() else np.zeros(1)
+    top = max(float(np.percentile(values, 99.5)), 1e-12)
+    figure, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 5.4), squeeze=False, facecolor="black")
+    for column, name in enumerate(names):
+        image = images[name]
+        foreground = image[image != 0]
+        low, high = np.percentile(foreground, (1, 99.5)) if foreground.size else (0.0, 1.0)
+        shown = axes[0][column].imshow(_view(saliency[name], view, point), cmap="inferno", vmin=0, vmax=top,
+                                       interpolation="nearest")
+        axes[1][column].imshow(_view(image, view, point), cmap="gray", vmin=low, vmax=max(high, low + 1e-6),
+                               interpolation="nearest")
+        axes[0][column].set_title(f"P3S {name}", color="white", fontsize=9)
+        axes[1][column].set_title(name, color="white", fontsize=9)
+        for row in (0, 1):
+            axes[row][column].set_axis_off()
+    bar = figure.colorbar(shown, ax=list(axes[0]), fraction=0.03, pad=0.01)
+    bar.ax.tick_params(colors="white", labelsize=7)
+    if title:
+        figure.suptitle(title, color="white", fontsize=10)
     try:
         with replacing(path, ".png") as partial:
             figure.savefig(partial, dpi=110, facecolor="black")

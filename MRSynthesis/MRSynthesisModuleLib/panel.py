@@ -359,7 +359,7 @@ class SynthesisPanel:
         self._fill_off_plane_targets()
         slicewise = model is not None and model.spatial_dims == 2
         self.ui.lesionGroupBox.setEnabled(not running and model is not None and model.lesion_input)
-        self.ui.saliencyCheckBox.setEnabled(not running and slicewise)
+        self.ui.saliencyCheckBox.setEnabled(not running and model is not None)  # P3S for 2D and 3D models
         self.ui.offPlaneGroupBox.setEnabled(not running and slicewise)
         self.ui.showSaliencyButton.setEnabled(bool(self.results and self.results.saliency))
         self.ui.showOffPlaneButton.setEnabled(bool(self.results and self.results.off_plane))
@@ -419,7 +419,7 @@ class SynthesisPanel:
                 self.bridge, self.inputs, self.targets, model=model.folder,
                 device=DEVICES[prop(self.ui.deviceComboBox, "currentIndex")],
                 lesion=lesion if lesion[0] is not None and lesion[1] else None,
-                saliency=self.ui.saliencyCheckBox.isChecked() and model.spatial_dims == 2,
+                saliency=self.ui.saliencyCheckBox.isChecked(),
                 reference=(reference, target, model.plane) if reference is not None and target else None,
                 resample=self.ui.resampleCheckBox.isChecked())
         except (OSError, ValueError) as error:

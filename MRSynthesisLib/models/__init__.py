@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 ARCHITECTURES: dict[str, str] = {
     "chartsias2018": "MRSynthesisLib.models.chartsias:ChartsiasMIMO",
+    "klingelhoefer_ae3d": "MRSynthesisLib.models.klingelhoefer_ae3d:KlingelhoeferAE3D",
+    "wei2019_fcn3d": "MRSynthesisLib.models.wei_fcn3d:WeiFCN3D",
 }
 
 

@@ -200,9 +200,12 @@ def test_progress_json(runs, ws):
     for path in done["outputs"].values():
         assert read_volume(path).geometry.differences(read_volume(ws["subject"]["T1"]).geometry, 1e-5) == []
     saliency = ws["out"] / "json-saliency"
-    assert files_under(saliency) == sorted(["contributions.json"] + [f"P3S_{t}_from_{n}.nrrd"
-                                                                     for t in ("T1c", "T2") for n in ("T1", "FLAIR")])
+    assert files_under(saliency) == sorted(["contributions.json", "P3S_T1c.png", "P3S_T2.png"]
+                                           + [f"P3S_{t}_from_{n}.nrrd" for t in ("T1c", "T2") for n in ("T1", "FLAIR")])
+    for target in ("T1c", "T2"):  # Wei et al.'s Fig. 6 layout per target
+        assert (saliency / f"P3S_{target}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     contributions = json.loads((saliency / "contributions.json").read_text())
+    assert "target-free" in contributions["objective"] and contributions["figures"] == done["saliency_figures"]
     for target in ("T1c", "T2"):
         assert sum(contributions["contributions"][target].values()) == pytest.approx(1.0)
     assert done["contributions"] == contributions["contributions"]

@@ -454,9 +454,10 @@ def test_saliency_with_a_reference_uses_the_prediction_error(tmp_path):
     result = run(model, inputs, ["FLAIR"], saliency=True, saliency_references={"t2f": vols["FLAIR"]})
     assert "reference" in result.saliency_objective and "Wei" in result.saliency_objective
     norm = {k: np.where(brain, p[k] / p[k][brain].astype(np.float64).mean(), 0.0) for k in ("T1", "FLAIR")}
-    # d sum((T1n - FLAIRn)^2 in brain) / d T1n = 2 (T1n - FLAIRn) in the brain
-    np.testing.assert_allclose(result.saliency["FLAIR"]["T1"].array, np.abs(2 * (norm["T1"] - norm["FLAIR"])),
-                               rtol=1e-5, atol=1e-6)
+    # eq. 3: d ||T1n - FLAIRn||_2 (in brain) / d T1n = (T1n - FLAIRn) / ||T1n - FLAIRn|| in the brain
+    error = norm["T1"] - norm["FLAIR"]
+    np.testing.assert_allclose(result.saliency["FLAIR"]["T1"].array, np.abs(error) / np.sqrt((error ** 2).sum()),
+                               rtol=1e-4, atol=1e-7)
     assert not result.saliency["FLAIR"]["T2"].array.any()
     # when the reference equals the prediction the error gradient vanishes
     perfect = run(model, inputs, ["FLAIR"], saliency=True, saliency_references={"FLAIR": vols["T1"]})

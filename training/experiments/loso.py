@@ -8,10 +8,11 @@ Run by hand from the repository root::
 
 Every subject found in ``--data`` (default: the shared MS and BraTS folders) is held out in
 turn. The baselines (``training.baselines``: ``poly``, ``rf``) are fitted on the other
-subjects and predict the held-out one. A Chartsias model is not trained here (an hour per
-fold on CPU): ``chartsias:<template>`` names the model folder trained without the held-out
-subject, ``{subject}`` standing for its name (configs: ``training/configs/loso/``); a
-missing folder is reported as skipped, and a model whose card lists the held-out subject
+subjects and predict the held-out one. Networks are not trained here (up to an hour per
+fold on CPU): ``chartsias:<template>``, ``wei3d:<template>`` (Wei et al.'s 3D FCN) and
+``ae3d:<template>`` (Klingelhoefer's 3D autoencoder) name the model folder trained without
+the held-out subject, ``{subject}`` standing for its name (configs: ``training/configs/loso/``);
+a missing folder is reported as skipped, and a model whose card lists the held-out subject
 among its training or validation subjects is refused. ``chartsias+lesion:<template>`` also
 gives the model the subject's expert lesion mask as lesion channel (information the
 baselines do not get); plain ``chartsias`` runs with the channel empty, like the baselines.
@@ -84,19 +85,43 @@ def load_case(files: SubjectFiles, inputs: list[str], target: str) -> Case:
                 subject.brain, lesion, nawm)
 
 
+MODEL_KINDS = ("chartsias", "chartsias+lesion", "wei3d", "ae3d")
+
+
 def parse_method(spec: str) -> tuple[str, str | None]:
-    """``poly`` / ``rf`` -> (name, None); ``chartsias[+lesion]:<template>`` -> (name, template)."""
+    """``poly`` / ``rf`` -> (name, None); ``<kind>:<template>`` -> (kind, template), kind in MODEL_KINDS."""
     if spec in BASELINES:
         return spec, None
     kind, sep, template = spec.partition(":")
-    if kind in ("chartsias", "chartsias+lesion") and sep and template:
+    if kind in MODEL_KINDS and sep and template:
         return kind, template
-    raise ValueError(f"unknown method {spec!r}: use {', '.join(BASELINES)}, chartsias:<folder template> "
-                     "or chartsias+lesion:<folder template> ({subject} = held-out subject)")
+    raise ValueError(f"unknown method {spec!r}: use {', '.join(BASELINES)} or <kind>:<model folder template> with "
+                     f"kind one of {', '.join(MODEL_KINDS)} ({{subject}} = held-out subject)")
 
 
-def chartsias_predict(folder: Path, case: Case, inputs: list[str], target: str, use_lesion: bool) -> np.ndarray:
-    """The model's target from ``inputs`` on the held-out case, in normalised units, axial axis first."""
+def population_mean(card: Any, target: str) -> float:
+    """The training volumes' typical mean brain intensity of ``target``, from the card's output statistics.
+
+    The harness compares on the mean_in_brain scale (target / its mean in the brain). A model's
+    output, mapped to intensities by the card (``denormalise``), is put on that scale by
+    dividing by this population value, never by the held-out subject's own (unknown) mean:
+    ``offset`` for zscore (median of the means), ``scale / 3`` for three_mean_nonzero (median
+    of 3 x the non-zero mean, which is the brain mean for skull-stripped images), ``scale``
+    for mean_in_brain. So a Chartsias model's raw output is used exactly as before.
+    """
+    stats = card.output_intensity.get(target)
+    if not stats:
+        raise ValueError(f"model {card.name!r} has no output_intensity for {target}")
+    scheme = card.normalisation.get("scheme")
+    value = {"zscore": float(stats["offset"]), "three_mean_nonzero": float(stats["scale"]) / 3.0,
+             "mean_in_brain": float(stats["scale"])}.get(scheme)
+    if not value or value <= 0:
+        raise ValueError(f"model {card.name!r}: cannot put normalisation {scheme!r} on the mean_in_brain scale")
+    return value
+
+
+def model_predict(folder: Path, case: Case, inputs: list[str], target: str, use_lesion: bool) -> np.ndarray:
+    """A model's target from ``inputs`` on the held-out case, on the mean_in_brain scale, axial axis first."""
     import torch
 
     from MRSynthesisLib.cards import load_model
@@ -120,9 +145,7 @@ def chartsias_predict(folder: Path, case: Case, inputs: list[str], target: str, 
     request = SynthesisRequest(inputs=volumes, targets=[target], lesion_mask=lesion, device="cpu",
                                brain_mask=grid.with_array(brain.astype(np.float32), source="brain mask"))
     output = SynthesisLogic(loaded).run(request).outputs[target].array
-    stats = card.output_intensity.get(target)
-    if stats:  # undo denormalise: back to the network's (mean_in_brain) units
-        output = np.where(brain, (output - float(stats["offset"])) / float(stats["scale"]), 0.0)
+    output = np.where(brain, output / population_mean(card, target), 0.0)
     axis = grid.geometry.axis_for("axial")
     return np.ascontiguousarray(np.moveaxis(output.astype(np.float32), axis, 0))
 
@@ -183,7 +206,7 @@ def run_loso(data: list[str], inputs: list[str], target: str, methods: list[str]
                         log(f"[{held.name}] {name}: skipped, {entry['skipped']}")
                         fold["methods"][name] = entry
                         continue
-                    synthetic = chartsias_predict(folder, held, inputs, target, name.endswith("+lesion"))
+                    synthetic = model_predict(folder, held, inputs, target, name.endswith("+lesion"))
                 entry["metrics"] = evaluate(synthetic, held)
             except (ValueError, OSError) as error:
                 entry["error"] = str(error)
@@ -323,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", nargs="+", default=["T1", "T2"])
     parser.add_argument("--target", default="FLAIR")
     parser.add_argument("--methods", nargs="+", default=["poly", "rf"],
-                        help="poly, rf, chartsias:<folder template>, chartsias+lesion:<folder template>")
+                        help="poly, rf, or <kind>:<model folder template> with kind chartsias, chartsias+lesion, "
+                             "wei3d, ae3d ({subject} = held-out subject)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--poly-degree", type=int, default=2)
     parser.add_argument("--poly-alpha", type=float, default=0.0)

@@ -1,0 +1,236 @@
+"""The 3D training loop: epochs of fixed step counts on patches, validation, UP_p early stopping.
+
+The run folder (``config.out``) holds what ``training.loop``'s does: ``checkpoint.safetensors``
+(model, optimiser and RNG states, rewritten atomically after every epoch), ``best.safetensors``
+(the lowest-validation-error epoch's weights; the last epoch's without validation),
+``metrics.csv`` (one row per epoch, rewritten from the checkpoint's log), ``config.json``,
+and at the end the model folder ``<out>/<name>``. Samples and input subsets are pure
+functions of (seed, stream, step), so a seeded run is reproducible and a resumed run
+continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .batches import TRAIN_STREAM, VALIDATION_STREAM, step_subset
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from .config3d import RESUMABLE_CHANGES, Train3DConfig
+from .datasets import discover, split_subjects
+from .early_stopping import up_stops
+from .export import output_intensity
+from .export3d import write_model_folder
+from .loop import BEST, CHECKPOINT, METRICS, _write_csv, autocast_dtype
+from .patches3d import (
+    GridSampler,
+    Patch,
+    PatchBatch,
+    RandomCropSampler,
+    cut_batch,
+    grid_patches,
+)
+from .volumes3d import Volume3D, load_volumes
+
+DEVICE = torch.device("cpu")  # the 3D recipes are sized for CPU runs; data-parallel runs are 2D-only
+
+
+def make_sampler(config: Train3DConfig, volumes: Sequence[Volume3D], stream: int) -> GridSampler | RandomCropSampler:
+    """The paper's sampling: Klingelhoefer's brain-centred grid, or random brain-centred windows for Wei."""
+    if config.patch_step is not None:
+        patches = [p for i, v in enumerate(volumes)
+                   for p in grid_patches(v.brain, config.patch_size, config.margin, config.patch_step, i)]
+        return GridSampler(patches, config.seed, stream)
+    return RandomCropSampler([v.brain for v in volumes], config.patch_size, config.margin, config.seed, stream)
+
+
+def make_optimiser(config: Train3DConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # Wei: "standard SGD" (no momentum, no weight decay); Klingelhoefer: Adam, Keras' defaults
+    # (betas 0.9/0.999, eps as torch's 1e-8: Keras' 1e-7 changes nothing visible at these scales).
+    if config.optimiser == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+
+
+def patch_errors(model: nn.Module, batch: PatchBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared and absolute errors (float32, one map per output stacked on dim 1) over the target crops.
+
+    A same-padded network returns the whole window; only its central crop is compared, the
+    voxels whose receptive field the window holds (see ``training.patches3d``).
+    """
+    predictions = model(batch.inputs, lesion=batch.lesion)
+    differences = []
+    for name, target in batch.targets.items():
+        prediction = predictions[name].float()
+        crop = (prediction.shape[-1] - target.shape[-1]) // 2
+        if crop:
+            prediction = prediction[..., crop:-crop, crop:-crop, crop:-crop]
+        differences.append(prediction - target)
+    difference = torch.cat(differences, 1)
+    return difference.square(), difference.abs()
+
+
+def train_loss(model: nn.Module, batch: PatchBatch, loss: str) -> torch.Tensor:
+    squared, absolute = patch_errors(model, batch)
+    return (squared if loss == "mse" else absolute).mean()
+
+
+@torch.no_grad()
+def validate(model: nn.Module, volumes: Sequence[Volume3D], patches: Sequence[Patch], config: Train3DConfig,
+             dtype: torch.dtype | None) -> dict[str, float]:
+    """MSE and MAE (normalised scale) over the target crops of the fixed validation patches, all inputs given."""
+    model.eval()
+    squared = absolute = 0.0
+    count = 0
+    for first in range(0, len(patches), config.batch_size):
+        batch = cut_batch(volumes, patches[first:first + config.batch_size], size=config.patch_size,
+                          margin=config.margin, inputs=config.inputs, outputs=config.outputs,
+                          lesion_input=config.lesion_input)
+        with torch.autocast(DEVICE.type, dtype=dtype, enabled=dtype is not None):
+            sq, ab = patch_errors(model, batch)
+        squared, absolute, count = squared + float(sq.sum()), absolute + float(ab.sum()), count + sq.numel()
+    model.train()
+    return {"val_mse": squared / count, "val_mae": absolute / count}
+
+
+def _check_resumable(saved: dict[str, Any], config: Train3DConfig) -> None:
+    current = config.to_dict()
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(f"the config differs from the checkpoint's in {changed}; only {list(RESUMABLE_CHANGES)} "
+                         "may change on --resume (start a new run in another --out for anything else)")
+
+
+def _stop_reason(config: Train3DConfig, state: dict[str, Any], validating: bool) -> str | None:
+    """Why no further epoch should run, decided from the log and the current config (never stored,
+    so a run resumed with more epochs or minutes goes on as if it had had them from the start)."""
+    last = state["log"][-1]["epoch_seconds"] if state["log"] else 0.0
+    if config.max_minutes and state["seconds"] + last > 60 * config.max_minutes:
+        return f"time budget of {config.max_minutes} min reached: another epoch would not fit"
+    if validating and config.strips and up_stops([row["val_mse"] for row in state["log"]], config.strip_length,
+                                                 config.strips):
+        return (f"early stopping (UP_{config.strips}): the validation MSE rose in {config.strips} successive "
+                f"strips of {config.strip_length} epochs")
+    return None
+
+
+def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -> Path:
+    """Train as ``config`` says; returns the model folder."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    if (out / CHECKPOINT).exists() and not resume:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not (out / CHECKPOINT).exists():
+        raise ValueError(f"--resume: {out / CHECKPOINT} does not exist")
+    size, margin = config.patch_size, config.margin
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    files = {s.subject: s for s in discover(config.data)}
+    train_names, val_names = split_subjects(list(files), config.validation_subjects, 0.0, 0)
+    print(f"training subjects: {', '.join(train_names)}\nvalidation subjects: {', '.join(val_names) or 'none'}",
+          flush=True)
+    volumes, raws, brains = load_volumes(config, train_names, files, True)
+    intensity = output_intensity({m: [r[m] for r in raws] for m in config.outputs}, brains, config.normalisation)
+    del raws, brains
+    val_volumes = load_volumes(config, val_names, files, True)[0]
+    sampler = make_sampler(config, volumes, TRAIN_STREAM)
+    val_patches = make_sampler(config, val_volumes, VALIDATION_STREAM).fixed(config.validation_patches) \
+        if val_volumes else []
+    if isinstance(sampler, GridSampler):
+        print(f"{len(sampler.patches)} grid patches ({size}^3 in, {config.target_size}^3 target) in the training "
+              f"volumes; {config.steps_per_epoch * config.batch_size} per epoch", flush=True)
+
+    model = config.build_network().to(DEVICE)
+    optimiser = make_optimiser(config, model)
+    state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None, "seconds": 0.0, "log": [],
+                             "config": config.to_dict()}
+    if resume:
+        saved = load_checkpoint(out / CHECKPOINT, model, optimiser)
+        _check_resumable(saved["config"], config)
+        state = {**saved, "config": config.to_dict()}
+        print(f"resumed after epoch {state['epoch']} from {out / CHECKPOINT}", flush=True)
+    dtype = autocast_dtype(config.precision, DEVICE)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    print(f"{config.architecture}: precision {dtype or 'fp32'}, {torch.get_num_threads()} thread(s), "
+          f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
+
+    model.train()
+    reason = f"{config.epochs} epochs done"
+    # Input dropout: each step gives a uniformly drawn non-empty subset of the inputs (the
+    # others absent: zero channels, presence flags 0), one subset per step as in the 2D training.
+    subsets = "random" if config.input_dropout else "all"
+    for epoch in range(state["epoch"], config.epochs):
+        stop = _stop_reason(config, state, bool(val_volumes))
+        if stop:
+            reason = stop
+            break
+        started = time.perf_counter()
+        total = 0.0
+        steps = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", file=sys.stderr,
+                     mininterval=30, dynamic_ncols=True)
+        for i in steps:
+            step = epoch * config.steps_per_epoch + i
+            subset = step_subset(config.inputs, subsets, config.seed, step)
+            patches = [sampler(step * config.batch_size + j) for j in range(config.batch_size)]
+            batch = cut_batch(volumes, patches, size=size, margin=margin, inputs=subset, outputs=config.outputs,
+                              lesion_input=config.lesion_input)
+            optimiser.zero_grad(set_to_none=True)
+            with torch.autocast(DEVICE.type, dtype=dtype, enabled=dtype is not None):
+                loss = train_loss(model, batch, config.loss)
+            loss.backward()
+            optimiser.step()
+            value = float(loss.detach())
+            total += value
+            steps.set_postfix(loss=f"{value:.4f}", refresh=False)
+        steps.close()
+        row: dict[str, Any] = {"epoch": epoch + 1, "steps": (epoch + 1) * config.steps_per_epoch,
+                               f"train_{config.loss}": total / config.steps_per_epoch}
+        if val_volumes:
+            row.update(validate(model, val_volumes, val_patches, config, dtype))
+            if state["best"] is None or row["val_mse"] < state["best"]:
+                state.update(best=row["val_mse"], best_epoch=epoch + 1)
+                save_weights(model, out / BEST)
+        else:
+            state.update(best_epoch=epoch + 1)
+            save_weights(model, out / BEST)
+        row["epoch_seconds"] = time.perf_counter() - started
+        state["seconds"] += row["epoch_seconds"]
+        row["seconds"] = state["seconds"]
+        state["log"].append(row)
+        state["epoch"] = epoch + 1
+        save_checkpoint(out / CHECKPOINT, model, optimiser, state)
+        _write_csv(out / METRICS, state["log"])
+        summary = "  ".join(f"{k} {row[k]:.4g}" for k in (f"train_{config.loss}", "val_mse", "val_mae") if k in row)
+        print(f"epoch {epoch + 1}: {summary}  ({row['epoch_seconds']:.0f} s)", flush=True)
+    print(reason, flush=True)
+    # Prechelt (and loop.py): the model returned is the epoch of lowest validation error.
+    load_weights(out / BEST, model)
+    best_row = next(r for r in state["log"] if r["epoch"] == state["best_epoch"])
+    metrics = {"validation_subjects": val_names, "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+               "steps_run": state["epoch"] * config.steps_per_epoch, "training_seconds": round(state["seconds"]),
+               "stopped": reason,
+               "normalised_scale": f"MSE/MAE on {config.normalisation.scheme}-normalised images over the "
+                                   f"{config.target_size}^3 target crops of {len(val_patches)} fixed validation "
+                                   "patches, background included",
+               **{k: v for k, v in best_row.items() if k.startswith("val_")}}
+    subjects = {"training": [{"subject": v.name, "lesion_channel": v.lesion_source} for v in volumes],
+                "validation": [{"subject": v.name, "lesion_channel": v.lesion_source} for v in val_volumes]}
+    folder = write_model_folder(model, config, out / config.name, intensity=intensity, subjects=subjects,
+                                metrics=metrics, command=command)
+    print(f"model folder: {folder}", flush=True)
+    return folder

@@ -1,0 +1,57 @@
+"""Whole preprocessed volumes for the 3D models, in the order the 3D inference tiler uses.
+
+Loading goes through ``training.datasets.load_subject`` (the inference code's brain mask and
+normalisation, the lesion channel's fallbacks), with the architecture's normalisation
+instead of the 2D model's. That function puts the axial axis first for slice sampling; a 3D
+network is run by ``MRSynthesisLib.tiling`` on the array in the file's own (z, y, x) order,
+so the volumes are put back in that order: the network trains on the axis order it meets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from MRSynthesisLib.volume import read_volume
+
+from .config3d import Train3DConfig
+from .datasets import SubjectFiles, load_subject
+
+
+@dataclass
+class Volume3D:
+    """One subject: normalised images by modality, lesion channel (0/1) and brain mask, file order."""
+
+    name: str
+    images: dict[str, np.ndarray]
+    lesion: np.ndarray
+    brain: np.ndarray
+    lesion_source: str
+
+
+def _file_order(array: np.ndarray, axis: int) -> np.ndarray:
+    """Undo ``load_subject``'s move of the axial axis (``axis`` of the file) to the front."""
+    return np.ascontiguousarray(np.moveaxis(array, 0, axis))
+
+
+def load_volumes(config: Train3DConfig, names: Sequence[str], files: Mapping[str, SubjectFiles], verbose: bool
+                 ) -> tuple[list[Volume3D], list[dict[str, np.ndarray]], list[np.ndarray]]:
+    """The named subjects, plus their raw output images and brain masks (for the card's output intensity)."""
+    volumes, raws, brains = [], [], []
+    for name in names:
+        subject, raw, brain = load_subject(
+            files[name], config.inputs, config.outputs, lesion_input=config.lesion_input,
+            lesion_fallback=config.lesion_fallback, flair_z=config.lesion_flair_z, min_voxels=config.lesion_min_voxels,
+            min_slice_brain_fraction=0.0, normalisation=config.normalisation)
+        axis = read_volume(files[name].images[config.inputs[0]]).geometry.axis_for("axial")
+        volume = Volume3D(name, {m: _file_order(a, axis) for m, a in subject.images.items()},
+                          _file_order(subject.lesion, axis), brain, subject.lesion_source)
+        volumes.append(volume)
+        raws.append(raw)
+        brains.append(brain)
+        if verbose:
+            print(f"  {name}: {volume.brain.shape} voxels, {int(volume.brain.sum())} in the brain, "
+                  f"lesion channel from {volume.lesion_source}", flush=True)
+    return volumes, raws, brains
