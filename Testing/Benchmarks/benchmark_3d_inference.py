@@ -93,12 +93,14 @@ def worker(architecture: str, variant: str, tile: int, folder: str | None, out: 
 
     from MRSynthesisLib.devices import choose_precision
     from MRSynthesisLib.inference import RunSettings, run_slicewise
+    from MRSynthesisLib.logic import default_batch_size
     from MRSynthesisLib.tiling import run_tiled
 
     net, inputs, weights = network(architecture, folder)
     arrays, brain, source = load_case(architecture, inputs)
     dtype = None if variant.endswith("fp32") else choose_precision("auto", torch.device("cpu"))
-    settings = RunSettings(torch.device("cpu"), dtype, batch_size=16 if architecture == "chartsias2018" else 1)
+    spatial_dims = 2 if architecture == "chartsias2018" else 3
+    settings = RunSettings(torch.device("cpu"), dtype, batch_size=default_batch_size("cpu", spatial_dims))
     start = time.perf_counter()
     result = None
     if variant == "idle":

@@ -6,7 +6,8 @@ Run by hand, not by the test suite:
 
 In one command it measures, each in a fresh subprocess so that peak memory is its own:
 (a) the naive path: fp32, one full 182x218 slice at a time, every slice of the volume;
-(b) the production path (``inference.run_slicewise``): batches of 16 slices, channels_last,
+(b) the production path (``inference.run_slicewise``): the CPU's default batch
+    (``logic.default_batch_size``: 4 slices), channels_last,
     bf16 autocast on CPUs with native bf16, cropped to the brain's bounding box, slices
     without brain skipped;
 (c) the production path in fp32, to check that bf16 changes the result by less than 0.005 SSIM
@@ -83,6 +84,7 @@ def worker(mode: str, naive_slices: int | None, out: Path) -> None:
 
     from MRSynthesisLib.devices import choose_precision
     from MRSynthesisLib.inference import RunSettings, run_slicewise
+    from MRSynthesisLib.logic import default_batch_size
 
     inputs, brain, source = load_case()
     net, weights = network()
@@ -100,7 +102,7 @@ def worker(mode: str, naive_slices: int | None, out: Path) -> None:
         result = None
     else:
         dtype = choose_precision("auto", torch.device("cpu")) if mode == "production" else None
-        settings = RunSettings(torch.device("cpu"), dtype, batch_size=16)
+        settings = RunSettings(torch.device("cpu"), dtype, batch_size=default_batch_size("cpu", 2))
         result = run_slicewise(net, inputs, [TARGET], axis=0, mask=brain, settings=settings).outputs[TARGET]
         seconds = time.perf_counter() - start
         np.save(out.with_suffix(".npy"), result)
