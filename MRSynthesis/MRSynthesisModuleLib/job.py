@@ -68,12 +68,14 @@ class SynthesisResult:
     outputs: dict[str, str]  # target -> file
     saliency: dict[str, dict[str, str]] = field(default_factory=dict)  # target -> input -> file
     contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # target -> input -> share
+    region_contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # the same in the lesion
     device: str = ""
 
     @classmethod
     def from_event(cls, done: Mapping[str, object]) -> "SynthesisResult":
         return cls(outputs=dict(done.get("outputs", {})), saliency=dict(done.get("saliency", {})),
-                   contributions=dict(done.get("contributions", {})), device=str(done.get("device", "")))
+                   contributions=dict(done.get("contributions", {})),
+                   region_contributions=dict(done.get("region_contributions", {})), device=str(done.get("device", "")))
 
 
 def off_plane_figures(metrics: Mapping[str, float]) -> dict[str, float]:

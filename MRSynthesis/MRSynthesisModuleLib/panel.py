@@ -519,10 +519,12 @@ class SynthesisPanel:
         if results.off_plane_problem:
             self.ui.errorLabel.setText(f"Off-plane consistency not measured: {results.off_plane_problem}")
         modalities_used = list(results.inputs)
-        targets = list(results.contributions)
-        self._set_table(self.ui.contributionsTable, targets, modalities_used,
-                        [[f"{100 * results.contributions[t].get(m, 0.0):.1f} %" for t in targets]
-                         for m in modalities_used])
+        # one column per target, in the brain, and beside it in the painted lesion when there is one
+        columns = [(t, results.contributions[t], t) for t in results.contributions]
+        columns += [(t, results.region_contributions[t], f"{t} in lesion") for t in results.region_contributions]
+        columns.sort(key=lambda column: list(results.contributions).index(column[0]))
+        self._set_table(self.ui.contributionsTable, [label for _, _, label in columns], modalities_used,
+                        [[f"{100 * shares.get(m, 0.0):.1f} %" for _, shares, _ in columns] for m in modalities_used])
         figures = results.off_plane
         self._set_table(self.ui.offPlaneTable, ["value"], list(figures), [[f"{v:.4g}"] for v in figures.values()])
         self.actions.show_result(self._main_output(), results.lesion)

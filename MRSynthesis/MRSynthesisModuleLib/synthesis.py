@@ -27,7 +27,8 @@ class LoadedResults:
     inputs: dict[str, Any]  # modality -> the input volume node it came from
     outputs: dict[str, Any]  # target -> volume node
     saliency: dict[str, dict[str, Any]] = field(default_factory=dict)  # target -> input modality -> node
-    contributions: dict[str, dict[str, float]] = field(default_factory=dict)
+    contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # target -> input -> share in brain
+    region_contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # the same in the lesion
     lesion: Optional[Any] = None  # the segmentation whose segment was the lesion mask
     reference: Optional[tuple[Any, str]] = None  # the real volume and the target it was compared with
     off_plane: dict[str, float] = field(default_factory=dict)
@@ -90,7 +91,8 @@ class PreparedRun:
     def load(self, synthesis: Outcome, evaluation: Optional[Outcome] = None) -> LoadedResults:
         """New nodes for the outputs and saliency maps; nothing is added when a read fails."""
         result = SynthesisResult.from_event(synthesis.result)
-        loaded = LoadedResults(inputs=self.inputs, outputs={}, contributions=result.contributions, notes=synthesis.notes,
+        loaded = LoadedResults(inputs=self.inputs, outputs={}, contributions=result.contributions,
+                               region_contributions=result.region_contributions, notes=synthesis.notes,
                                device=result.device, lesion=self.lesion,
                                reference=self.reference[:2] if self.reference else None)
         try:

@@ -152,8 +152,10 @@ def test_apply_synthesises_a_lesioned_flair_with_saliency_and_off_plane_figures(
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), inputs_before[modality])
 
     table = panel.ui.contributionsTable
-    shares = [float(table.item(r, 0).text().rstrip(" %")) for r in range(table.rowCount())]
-    assert table.rowCount() == 2 and abs(sum(shares) - 100.0) < 0.2
+    assert [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())] == ["FLAIR", "FLAIR in lesion"]
+    for column in range(2):  # shares in the brain, then in the painted lesion
+        shares = [float(table.item(r, column).text().rstrip(" %")) for r in range(table.rowCount())]
+        assert table.rowCount() == 2 and abs(sum(shares) - 100.0) < 0.2
     figures = {panel.ui.offPlaneTable.verticalHeaderItem(r).text() for r in range(panel.ui.offPlaneTable.rowCount())}
     assert {"roughness_ratio", "profile_correlation", "ssim_sagittal", "ssim_coronal"} <= figures
     assert actions.called("show_result") == [(output, segmentation)]  # the painted lesion overlaid

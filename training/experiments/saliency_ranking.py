@@ -107,7 +107,8 @@ def markdown(results: dict[str, Any]) -> str:
               "gradient of the L2 error to the real target; target-free = gradient of the prediction's sum in "
               "the brain). MSE increase: MSE in the brain (mean_in_brain scale) without that input minus with "
               "all inputs (Table 4a). tau: Kendall's tau between shares and MSE increases."), "",
-             "| subject | seen in training | MSE all | MSE increase without | ranking by error | P3S (eq. 3) shares "
+             "| subject | seen (card lists it for training or validation) | MSE all | MSE increase without "
+             "| ranking by error | P3S (eq. 3) shares "
              "| tau / top agrees | target-free shares | tau / top agrees |", "|" + " --- |" * 9]
     for row in results["rows"]:
         if "error" in row:
