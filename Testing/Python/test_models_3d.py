@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
-from conftest import LAS, phantom
+from conftest import LAS, make_subject, phantom
 
 from MRSynthesisLib.cards import ModelCard, load_model, save_model
 from MRSynthesisLib.errors import InputError
@@ -15,7 +17,7 @@ from MRSynthesisLib.models import build
 from MRSynthesisLib.models.klingelhoefer_ae3d import KlingelhoeferAE3D
 from MRSynthesisLib.models.wei_fcn3d import WeiFCN3D
 from MRSynthesisLib.tiling import Receptive, plan_tiles, run_tiled
-from MRSynthesisLib.volume import Geometry, Volume
+from MRSynthesisLib.volume import Geometry, Volume, read_volume
 
 ARCHITECTURES = ("wei2019_fcn3d", "klingelhoefer_ae3d")
 SHAPE = (21, 26, 23)  # odd and unequal edges: tiles of every size, padding to the AE's pooling grid
@@ -202,3 +204,22 @@ def test_work_is_limited_to_the_mask_box_without_changing_masked_voxels(name):
     grads = torch.autograd.grad((y * torch.from_numpy(small.astype(np.float32))).sum(), [x["T1"], x["T2"]])
     for n, g in zip(("T1", "T2"), grads):
         np.testing.assert_allclose(cropped.saliency["FLAIR"][n], g[0, 0].abs().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_cli_synthesises_with_a_3d_model_and_writes_saliency(tmp_path, run_cli):
+    """The command line end to end with a 3D model: output on the input grid, maps, Fig. 6 PNG, region shares."""
+    subject = make_subject(tmp_path / "subject")
+    model = save_3d_model(tmp_path / "models", "klingelhoefer_ae3d")
+    out, maps = tmp_path / "out", tmp_path / "maps"
+    result = run_cli("synthesize", "--model", model.folder, "--input", f"T1={subject['T1']}",
+                     "--input", f"T2={subject['T2']}", "--target", "FLAIR", "--out", out, "--tile", "8",
+                     "--saliency-out", maps, "--saliency-region", subject["lesion_mask"])
+    assert result.returncode == 0, result.stderr
+    synthetic = read_volume(out / "FLAIR_synthetic.nii.gz")
+    assert synthetic.geometry.differences(read_volume(subject["T1"]).geometry, 1e-5) == []
+    summary = json.loads((maps / "contributions.json").read_text())
+    assert summary["region"] == str(subject["lesion_mask"])
+    assert sum(summary["contributions_in_region"]["FLAIR"].values()) == pytest.approx(1.0)
+    assert (maps / "P3S_FLAIR.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("T1", "T2"):
+        assert read_volume(maps / f"P3S_FLAIR_from_{name}.nii.gz").array.any()
