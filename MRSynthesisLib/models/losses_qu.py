@@ -1,0 +1,256 @@
+"""The training costs of Qu et al., Sec. 2.3 (structure maps) and 2.4-2.6 (multimodal generator).
+
+Every ``||a - b||_2^2`` of the paper is taken here as the *mean* of the squared differences
+over batch, channels and pixels (the paper's sum would tie the loss scale, and so every
+weight omega, to the image size). Modality classes ``i`` in ``||c - i||^2`` are one-hot
+vectors (see ``MRIDiscriminator``); lesion labels are compared as one-hot maps with the
+segmentors' softmax. Sums over modalities i and pairs j != i are written as in the paper.
+
+Algorithm 1 has a hard threshold, which passes no gradient; ``loss_sv,f`` (a generated MRI's
+structure map should be its input's) therefore uses ``structure_map_soft``, the same
+computation with each step function replaced by a sigmoid of width ``SOFT_TEMPERATURE``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from MRSynthesisLib.structure_maps import DEFAULT_BETA
+
+from .qu_discriminators import MRIDiscriminator
+from .qu_multimodal_generator import MultimodalGenerator, modality_vector, one_hot_label
+from .qu_segmentors import LesionComponents
+
+# Width of the soft step, in Sobel-response units (a unit intensity step gives 4): 0.1 turns
+# responses 0.3 below / above beta into 0.05 / 0.95, close to the hard map yet with gradient.
+SOFT_TEMPERATURE = 0.1
+_SOBEL = torch.tensor([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]])
+
+
+def sq(x: Tensor) -> Tensor:
+    """The paper's ||x||_2^2 as a mean over elements."""
+    return (x ** 2).mean()
+
+
+def sobel_torch(x: Tensor) -> Tensor:
+    """(N, 1, H, W) -> (N, 2, H, W): the vertical and horizontal Sobel responses (mirror borders)."""
+    kernels = torch.stack([_SOBEL, _SOBEL.t()])[:, None].to(x)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernels)
+
+
+def structure_map_soft(x: Tensor, beta: float = DEFAULT_BETA, temperature: float | None = SOFT_TEMPERATURE) -> Tensor:
+    """Algorithm 1 on a batch (N, 1, H, W); ``temperature=None`` is the exact, binary version.
+
+    The final "f1 + f2 > 0" becomes the soft OR 1 - (1 - f1)(1 - f2).
+    """
+    edges = sobel_torch(x)
+    f1 = edges.amin(dim=1, keepdim=True)
+    f2 = edges.amax(dim=1, keepdim=True)
+    f1 = f1.mean(dim=(2, 3), keepdim=True) - f1
+    f2 = f2 - f2.mean(dim=(2, 3), keepdim=True)
+    if temperature is None:
+        return ((f1 > beta) | (f2 > beta)).to(x.dtype)
+    s1, s2 = torch.sigmoid((f1 - beta) / temperature), torch.sigmoid((f2 - beta) / temperature)
+    return 1.0 - (1.0 - s1) * (1.0 - s2)
+
+
+# --- Sec. 2.3: random structure maps ----------------------------------------------------------
+
+def loss_code_discriminator(fd_noise: Tensor, fd_code: Tensor) -> Tensor:
+    """loss_FD_f = ||FD_f(code_f,g) - 1||^2 + ||FD_f(code_f)||^2 (noise is real, codes are fake)."""
+    return sq(fd_noise - 1) + sq(fd_code)
+
+
+def loss_structure_discriminator(d_real: Tensor, d_generated: Tensor) -> Tensor:
+    """loss_D_f = ||D_f(f) - 1||^2 + ||D_f(f_g)||^2."""
+    return sq(d_real - 1) + sq(d_generated)
+
+
+def loss_structure_adversarial(fd_code: Tensor, d_generated: Tensor) -> Tensor:
+    """loss_G_f = ||FD_f(code_f) - 1||^2 + ||D_f(f_g) - 1||^2."""
+    return sq(fd_code - 1) + sq(d_generated - 1)
+
+
+def loss_normal(code_mean: Tensor, code_logvar: Tensor) -> Tensor:
+    """loss_normal = ||mean(code_mean)||^2 + ||mean(exp(0.5 logvar)) - 1||^2 (the L2 distribution supervision)."""
+    return code_mean.mean() ** 2 + (torch.exp(0.5 * code_logvar).mean() - 1) ** 2
+
+
+def loss_structure_reconstruction(f: Tensor, f_r: Tensor, background: Tensor) -> Tensor:
+    """loss_sv = ||f - f_r||^2 + ||f_r * mask||^2 (no structure outside the real brain)."""
+    return sq(f - f_r) + sq(f_r * background)
+
+
+def loss_mask(background: Tensor, mask_r: Tensor, f: Tensor, f_r: Tensor, f_g: Tensor, mask_g: Tensor) -> Tensor:
+    """loss_mask = ||mask - mask_r||^2 + ||f * mask_r||^2 + ||f_r * mask_r||^2 + ||f_g * mask_g||^2.
+
+    ``mask_r`` = MASK(f) and ``mask_g`` = MASK(f_g). The caller passes f_r and f_g detached:
+    this cost trains MASK to put no brain-outside where there is structure; letting it also
+    reach DC_f would teach the decoder to erase structure under a wrong mask.
+    """
+    return sq(background - mask_r) + sq(f * mask_r) + sq(f_r * mask_r) + sq(f_g * mask_g)
+
+
+# --- Sec. 2.4: reconstruction and translation of real MRI -------------------------------------
+
+@dataclass
+class AssistPass:
+    """Everything Sec. 2.4 computes from one real batch per modality (index = modality i)."""
+
+    images: list[Tensor]  # x_i
+    codes: list[Tensor]  # code_i = EC(x_i)
+    reconstructions: list[Tensor]  # x_r,i = DC(code_i, i)
+    translations: dict[tuple[int, int], Tensor]  # (i, j): x_t,i,j = DC(code_i, j), x_i translated to j
+    translation_codes: dict[tuple[int, int], Tensor]  # (i, j): code_t,i,j = EC(x_t,i,j)
+    cycles: dict[tuple[int, int], Tensor]  # (j, i): x_cr,j,i = DC(code_t,i,j, i), i -> j -> i
+
+
+def assist_pass(generator: MultimodalGenerator, images: list[Tensor]) -> AssistPass:
+    n = len(images)
+    if n != generator.n_modalities:
+        raise ValueError(f"need one batch per modality ({generator.n_modalities}), got {n}")
+    codes = [generator.encode(x) for x in images]
+    reconstructions = [generator.decode(c, i) for i, c in enumerate(codes)]
+    translations, translation_codes, cycles = {}, {}, {}
+    for i in range(n):
+        for j in range(n):
+            if j != i:
+                translations[i, j] = generator.decode(codes[i], j)
+                translation_codes[i, j] = generator.encode(translations[i, j])
+                cycles[j, i] = generator.decode(translation_codes[i, j], i)
+    return AssistPass(images, codes, reconstructions, translations, translation_codes, cycles)
+
+
+def _class_target(discriminator: MRIDiscriminator, index: int, like: Tensor) -> Tensor:
+    return modality_vector(index, discriminator.modality.out_channels, like.shape[0]).to(like)
+
+
+def loss_assist_discriminator(discriminator: MRIDiscriminator, p: AssistPass) -> Tensor:
+    """loss_D,assist = sum_i sum_{j != i} ||d_t,j,i||^2 + ||c_t,j,i - i||^2 (translations to i are fake)."""
+    total = p.images[0].new_zeros(())
+    for (j, i), x in p.translations.items():
+        d, c = discriminator(x.detach())
+        total = total + sq(d) + sq(c - _class_target(discriminator, i, c))
+    return total
+
+
+def loss_assist_adversarial(discriminator: MRIDiscriminator, p: AssistPass) -> Tensor:
+    """loss_G,assist = sum_i sum_{j != i} ||d_t,j,i - 1||^2 + ||c_t,j,i - i||^2."""
+    total = p.images[0].new_zeros(())
+    for (j, i), x in p.translations.items():
+        d, c = discriminator(x)
+        total = total + sq(d - 1) + sq(c - _class_target(discriminator, i, c))
+    return total
+
+
+def loss_reconstruction(p: AssistPass) -> Tensor:
+    """loss_sv = sum_i ||x_i - x_r,i||^2."""
+    return sum(sq(x - r) for x, r in zip(p.images, p.reconstructions))
+
+
+def loss_cycle(p: AssistPass) -> Tensor:
+    """loss_cycle = sum_i sum_{j != i} ||x_i - x_cr,j,i||^2."""
+    return sum(sq(p.images[i] - x) for (j, i), x in p.cycles.items())
+
+
+def loss_cycle_consistency(p: AssistPass) -> Tensor:
+    """loss_cycle,consistency = sum_i sum_{j != i} sum_{k != i, j} ||x_cr,j,i - x_cr,k,i||^2 (0 with < 3 modalities)."""
+    total = p.images[0].new_zeros(())
+    for (j, i), x in p.cycles.items():
+        for (k, i2), y in p.cycles.items():
+            if i2 == i and k != j:
+                total = total + sq(x - y)
+    return total
+
+
+def loss_code_consistency(p: AssistPass) -> Tensor:
+    """loss_code,consistency = sum_i sum_{j != i} ||code_i - code_t,i,j||^2."""
+    return sum(sq(p.codes[i] - c) for (i, j), c in p.translation_codes.items())
+
+
+def loss_lesion(lesion: LesionComponents, images: list[Tensor], labels: list[Tensor], labelled: list[Tensor]) -> Tensor:
+    """loss_sv,l = sum_i ||label_i - label_r,i||^2 over the samples that have a lesion label.
+
+    ``labelled[i]`` is an (N,) bool tensor: slices from a scan without a lesion annotation
+    (e.g. BraTS here) must not teach the segmentors that their tumour is background.
+    """
+    total = images[0].new_zeros(())
+    for i, (x, label, keep) in enumerate(zip(images, labels, labelled)):
+        if keep.any():
+            probabilities = lesion(x[keep], i)
+            total = total + sq(one_hot_label(label[keep], probabilities.shape[1]) - probabilities)
+    return total
+
+
+# --- Sec. 2.6: generation from a structure map and a lesion label -----------------------------
+
+@dataclass
+class GenerationPass:
+    structure: Tensor  # f, the input structure map
+    label: Tensor  # the input lesion label (N, H, W)
+    code: Tensor  # code_g = EC_R(fuse(f, label))
+    generated: list[Tensor]  # x_g,i = DC(code_g, i)
+    codes: list[Tensor]  # code_g,i = EC(x_g,i)
+    translations: dict[tuple[int, int], Tensor]  # (j, i): x_gt,j,i = DC(code_g,j, i)
+
+
+def generation_pass(generator: MultimodalGenerator, structure: Tensor, label: Tensor) -> GenerationPass:
+    code = generator.encode_fused(structure, label)
+    n = generator.n_modalities
+    generated = [generator.decode(code, i) for i in range(n)]
+    codes = [generator.encode(x) for x in generated]
+    translations = {(j, i): generator.decode(codes[j], i) for i in range(n) for j in range(n) if j != i}
+    return GenerationPass(structure, label, code, generated, codes, translations)
+
+
+def loss_generation_discriminator(discriminator: MRIDiscriminator, real: list[Tensor],
+                                  g: GenerationPass) -> tuple[Tensor, Tensor]:
+    """(loss_D, loss_D,class): sum_i ||d_i - 1||^2 + ||d_g,i||^2 and sum_i ||c_i - i||^2 + ||c_g,i - i||^2."""
+    adversarial = class_loss = g.code.new_zeros(())
+    for i, (x, x_g) in enumerate(zip(real, g.generated)):
+        d, c = discriminator(x)
+        d_g, c_g = discriminator(x_g.detach())
+        target = _class_target(discriminator, i, c)
+        adversarial = adversarial + sq(d - 1) + sq(d_g)
+        class_loss = class_loss + sq(c - target) + sq(c_g - _class_target(discriminator, i, c_g))
+    return adversarial, class_loss
+
+
+def loss_generation_adversarial(discriminator: MRIDiscriminator, g: GenerationPass) -> tuple[Tensor, Tensor]:
+    """(loss_G, loss_G,class): sum_i ||d_g,i - 1||^2 and sum_i ||c_g,i - i||^2."""
+    adversarial = class_loss = g.code.new_zeros(())
+    for i, x_g in enumerate(g.generated):
+        d_g, c_g = discriminator(x_g)
+        adversarial = adversarial + sq(d_g - 1)
+        class_loss = class_loss + sq(c_g - _class_target(discriminator, i, c_g))
+    return adversarial, class_loss
+
+
+def loss_structure_consistency(g: GenerationPass, beta: float = DEFAULT_BETA) -> Tensor:
+    """loss_sv,f = sum_i ||f - f_g,i||^2, f_g,i = Algorithm 1 (soft) on x_g,i."""
+    return sum(sq(g.structure - structure_map_soft(x, beta)) for x in g.generated)
+
+
+def loss_generated_lesion(lesion: LesionComponents, g: GenerationPass) -> Tensor:
+    """loss_sv,l = sum_i ||label - label_g,i||^2; the lesion components only pass gradient here (Sec. 2.6)."""
+    total = g.code.new_zeros(())
+    for i, x in enumerate(g.generated):
+        probabilities = lesion(x, i)
+        total = total + sq(one_hot_label(g.label, probabilities.shape[1]) - probabilities)
+    return total
+
+
+def loss_registration(g: GenerationPass) -> Tensor:
+    """loss_trans = sum_i sum_{j != i} ||x_g,i - x_gt,j,i||^2."""
+    return sum(sq(g.generated[i] - x) for (j, i), x in g.translations.items())
+
+
+def loss_semantic_consistency(g: GenerationPass) -> Tensor:
+    """loss_trans,code = sum_i ||code_g - code_g,i||^2 + sum_i sum_{j != i} ||code_g,i - code_g,j||^2."""
+    n = len(g.codes)
+    total = sum(sq(g.code - c) for c in g.codes)
+    return total + sum(sq(g.codes[i] - g.codes[j]) for i in range(n) for j in range(n) if j != i)

@@ -1,0 +1,226 @@
+"""The Qu et al. networks and every cost in losses_qu, on tiny random tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from MRSynthesisLib import structure_maps as sm
+from MRSynthesisLib.models import losses_qu as L
+from MRSynthesisLib.models.qu_discriminators import (
+    CodeDiscriminator,
+    MRIDiscriminator,
+    PatchDiscriminator,
+)
+from MRSynthesisLib.models.qu_layers import (
+    DISCRIMINATOR_STD,
+    mean_filter_init_,
+    normal_init_,
+)
+from MRSynthesisLib.models.qu_mask_generator import MaskGenerator
+from MRSynthesisLib.models.qu_multimodal_generator import (
+    MultimodalGenerator,
+    fuse,
+    modality_vector,
+    one_hot_label,
+)
+from MRSynthesisLib.models.qu_segmentors import (
+    SCHEMES,
+    LesionComponents,
+    LesionSegmentor,
+)
+from MRSynthesisLib.models.qu_structure_vaegan import StructureVAE
+
+N, M, S = 2, 3, 16  # batch, modalities, image size
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # tiny tensors: extra threads only add contention (conftest restores the count)
+
+
+def binary(*shape) -> torch.Tensor:
+    return (torch.rand(*shape) > 0.7).float()
+
+
+def labels() -> torch.Tensor:
+    label = torch.zeros(N, S, S, dtype=torch.long)
+    label[:, 5:9, 6:10] = 1
+    return label
+
+
+def test_shapes_of_every_network():
+    vae = StructureVAE(width=4, code_channels=3)
+    f = binary(N, 1, S, S)
+    f_r, code, mean, logvar = vae(f)
+    assert f_r.shape == f.shape and code.shape == mean.shape == logvar.shape == (N, 3, S // 8, S // 8)
+    assert vae.code_shape(S, S) == (3, 2, 2)
+    assert MaskGenerator(4)(f).shape == f.shape
+    assert PatchDiscriminator(4)(f).shape == (N, 1, 2, 2)
+    assert CodeDiscriminator(3, 8)(code).shape == (N, 1, 2, 2)
+    d, c = MRIDiscriminator(M, 4)(f)
+    assert d.shape == (N, 1, 2, 2) and c.shape == (N, M)
+    gen = MultimodalGenerator(M, 2, width=4, code_channels=5)
+    code_g = gen.encode_fused(f, labels())
+    assert code_g.shape == (N, 5, S // 4, S // 4) == gen.encode(f).shape
+    assert gen.decode(code_g, 1).shape == (N, 1, S, S)
+    out = gen.eval().generate(f, labels())
+    assert out.shape == (N, M, S, S) and out.min() >= 0 and out.max() <= 1
+    assert LesionSegmentor(2, 4)(f).shape == (N, 2, S, S)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        vae.encode(torch.zeros(1, 1, 12, 12))
+
+
+def test_fusion_weights_make_every_structure_and_class_pair_distinct():
+    f = torch.tensor([[[[0.0, 1.0, 0.0, 1.0, 0.0, 1.0]]]])
+    label = torch.tensor([[[0, 0, 1, 1, 2, 2]]])
+    fused = fuse(f, label, 3)
+    assert fused.flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert one_hot_label(label, 3).shape == (1, 3, 1, 6)
+    with pytest.raises(ValueError, match="label values"):
+        one_hot_label(label, 2)
+
+
+def test_modality_vector():
+    assert modality_vector(1, 3, 2).tolist() == [[0, 1, 0], [0, 1, 0]]
+    assert modality_vector([0, 2], 3, 2).tolist() == [[1, 0, 0], [0, 0, 1]]
+    with pytest.raises(ValueError, match="modality index"):
+        modality_vector(3, 3, 1)
+
+
+def test_generation_decodes_every_modality_from_one_code():
+    """The modalities are registered by construction: one code, one decoder, only the condition differs."""
+    gen = MultimodalGenerator(M, 2, width=4, code_channels=4).eval()
+    f = binary(1, 1, S, S)
+    empty = torch.zeros(1, S, S, dtype=torch.long)
+    with_lesion = empty.clone()
+    with_lesion[0, 0:4, 0:4] = 1
+    a = gen.generate(f, with_lesion)
+    code = gen.encode_fused(f, with_lesion)
+    for i in range(M):
+        torch.testing.assert_close(a[:, i:i + 1], gen.decode(code, i).clamp(0, 1))
+    changed = ((a - gen.generate(f, empty)).abs() > 1e-6).flatten(2).any(-1)
+    assert changed.all()  # the label reaches every modality
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_lesion_schemes_route_modalities_to_their_components(scheme):
+    lesion = LesionComponents(scheme, M, 2, width=4)
+    x = torch.rand(N, 1, S, S)
+    outputs = [lesion(x, i) for i in range(M)]
+    for out in outputs:
+        assert out.shape == (N, 2, S, S)
+        torch.testing.assert_close(out.sum(1), torch.ones(N, S, S))
+    lesion.eval()
+    outputs = [lesion(x, i) for i in range(M)]
+    same = [torch.equal(outputs[0], o) for o in outputs[1:]]
+    assert all(same) == (scheme == "single")
+    if scheme == "shared_encoder":
+        assert len(lesion.decoders) == M and not hasattr(lesion, "segmentors")
+    if scheme == "per_modality":
+        assert len(lesion.segmentors) == M
+    with pytest.raises(ValueError, match="modality index"):
+        lesion(x, M)
+    with pytest.raises(ValueError, match="unknown lesion scheme"):
+        LesionComponents("two", M)
+
+
+def test_paper_initialisations():
+    gen = mean_filter_init_(MultimodalGenerator(M, 2, width=4, code_channels=4), torch.Generator().manual_seed(0))
+    conv = gen.decoder.out
+    value = 1.0 / (3 * 3 * conv.in_channels)
+    assert torch.allclose(conv.weight, torch.full_like(conv.weight, value), rtol=0.05)
+    assert not torch.equal(conv.weight[0, 0], conv.weight[0, 1])  # the jitter breaks the symmetry
+    assert not conv.bias.any()
+    disc = normal_init_(MRIDiscriminator(M, 8), torch.Generator().manual_seed(0))
+    weights = torch.cat([p.flatten() for n, p in disc.named_parameters() if n.endswith("weight")])
+    assert weights.std().item() == pytest.approx(DISCRIMINATOR_STD, rel=0.1)
+    assert abs(weights.mean().item()) < 0.02
+
+
+def test_soft_structure_map_matches_algorithm_1_and_has_gradient():
+    x = torch.zeros(1, 1, S, S)
+    x[..., 4:12, 3:10] = 0.8
+    x[..., 6:8, 5:7] = 0.3
+    hard = L.structure_map_soft(x, 0.5, temperature=None)[0, 0].numpy()
+    np.testing.assert_array_equal(hard, sm.structure_map(x[0, 0].numpy(), 0.5))
+    soft = L.structure_map_soft(x.requires_grad_(), 0.5, temperature=0.01)
+    np.testing.assert_allclose(soft[0, 0].detach().numpy(), hard, atol=1e-3)
+    L.structure_map_soft(x, 0.5).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_structure_stage_losses_as_written():
+    ones, zeros = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    assert L.loss_code_discriminator(ones, zeros).item() == 0.0  # noise judged real, codes fake
+    assert L.loss_code_discriminator(zeros, ones).item() == 2.0
+    assert L.loss_structure_discriminator(ones, zeros).item() == 0.0
+    assert L.loss_structure_adversarial(ones, ones).item() == 0.0
+    assert L.loss_structure_adversarial(zeros, zeros).item() == 2.0
+    assert L.loss_normal(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3, 3)).item() == 0.0
+    assert L.loss_normal(torch.ones(1, 2, 3, 3), torch.zeros(1, 2, 3, 3)).item() == pytest.approx(1.0)
+    f = binary(2, 1, 4, 4)
+    background = torch.zeros_like(f)
+    background[..., 0] = 1
+    f_in = f * (1 - background)
+    assert L.loss_structure_reconstruction(f_in, f_in, background).item() == 0.0
+    assert L.loss_structure_reconstruction(f_in, f_in + background, background).item() > 0
+    assert L.loss_mask(background, background, f_in, f_in, f_in, background).item() == 0.0
+    assert L.loss_mask(background, 1 - background, f_in, f_in, f_in, background).item() > 0
+
+
+def _stage_two(scheme: str):
+    gen = MultimodalGenerator(M, 2, width=4, code_channels=4)
+    disc = MRIDiscriminator(M, 4)
+    lesion = LesionComponents(scheme, M, 2, width=4)
+    real = [torch.rand(N, 1, S, S) for _ in range(M)]
+    return gen, disc, lesion, real
+
+
+def test_assist_pass_naming_and_losses():
+    gen, disc, _, real = _stage_two("single")
+    p = L.assist_pass(gen, real)
+    assert set(p.translations) == {(i, j) for i in range(M) for j in range(M) if i != j}
+    assert set(p.cycles) == set(p.translations)
+    for value in (L.loss_assist_discriminator(disc, p), L.loss_assist_adversarial(disc, p), L.loss_reconstruction(p),
+                  L.loss_cycle(p), L.loss_cycle_consistency(p), L.loss_code_consistency(p)):
+        assert value.dim() == 0 and torch.isfinite(value) and value.item() > 0
+    # a perfect autoencoder has no reconstruction cost
+    p.reconstructions = list(p.images)
+    assert L.loss_reconstruction(p).item() == 0.0
+    with pytest.raises(ValueError, match="one batch per modality"):
+        L.assist_pass(gen, real[:2])
+
+
+def test_cycle_consistency_needs_three_modalities():
+    gen = MultimodalGenerator(2, 2, width=4, code_channels=4)
+    assert L.loss_cycle_consistency(L.assist_pass(gen, [torch.rand(1, 1, S, S)] * 2)).item() == 0.0
+
+
+def test_lesion_loss_ignores_unlabelled_samples():
+    _, _, lesion, real = _stage_two("per_modality")
+    label = [labels() for _ in range(M)]
+    none = [torch.zeros(N, dtype=torch.bool) for _ in range(M)]
+    assert L.loss_lesion(lesion, real, label, none).item() == 0.0
+    some = [torch.tensor([True, False]) for _ in range(M)]
+    assert L.loss_lesion(lesion, real, label, some).item() > 0
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_generation_loss_reaches_the_generator(scheme):
+    gen, disc, lesion, real = _stage_two(scheme)
+    g = L.generation_pass(gen, binary(N, 1, S, S), labels())
+    assert len(g.generated) == M and set(g.translations) == {(j, i) for i in range(M) for j in range(M) if i != j}
+    d_adv, d_class = L.loss_generation_discriminator(disc, real, g)
+    (d_adv + d_class).backward()
+    assert all(p.grad is None for p in gen.parameters())  # the discriminator's cost does not train G
+    g_adv, g_class = L.loss_generation_adversarial(disc, g)
+    for value in (g_adv, g_class, L.loss_structure_consistency(g), L.loss_generated_lesion(lesion, g),
+                  L.loss_registration(g), L.loss_semantic_consistency(g)):
+        gen.zero_grad()
+        assert torch.isfinite(value) and value.item() > 0
+        value.backward(retain_graph=True)
+        grads = [p.grad.abs().sum().item() for p in gen.parameters() if p.grad is not None]
+        assert grads and sum(grads) > 0

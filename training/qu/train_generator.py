@@ -1,0 +1,144 @@
+"""Stage 2 of Qu et al. (Sec. 2.4-2.7): the conditional multimodal generator, its discriminator
+and the lesion label generation components.
+
+``python -m training.qu.train_generator CONFIG.json [--out DIR] [--steps N] [--scheme S] [--overwrite]``
+writes ``<out>/generator``. Each step, on a batch of real slices per modality (drawn
+independently: the method does not need registered training data) and a batch of structure
+maps from real slices (their own lesion removed) fused with random real lesion labels:
+
+1. the MRI discriminator D: loss_D,assist + loss_D + loss_D,class;
+2. the lesion components, on real slices only: loss_sv,l of Sec. 2.4 (Sec. 2.6/2.7: "only
+   trained ... in reconstruction and translation training");
+3. EC_R, EC and DC with one optimiser: the Sec. 2.4 costs (loss_G,assist, loss_sv,
+   loss_cycle, loss_cycle,consistency, loss_code,consistency) plus the Sec. 2.6 costs (loss_G,
+   loss_G,class, loss_sv,f, loss_sv,l through the frozen lesion components, loss_trans,
+   loss_trans,code), weighted by ``generator_weights``.
+
+The paper also names an "MRI code discriminator" for the consistency of the two passes but
+gives it no cost; it is left out (the semantic-consistency costs tie the codes directly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from MRSynthesisLib.errors import InputError
+from MRSynthesisLib.models import losses_qu as L
+from MRSynthesisLib.models.qu_layers import mean_filter_init_, normal_init_
+
+from .config import QuConfig, adam, load_config
+from .data import LabelTransform, SliceSet, draw_label, label_bank
+from .folders import GENERATOR, generator_networks, save_folder
+from .train_structure import load_sources, prepare_out, structure_pool
+
+
+def _requires_grad(module: torch.nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def train_generator(config: QuConfig, slices: SliceSet, log=print) -> tuple[dict, list[dict], np.ndarray]:
+    """Train the generator stage; return its networks, the loss log and the lesion-label bank used."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    init = torch.Generator().manual_seed(config.seed)
+    nets = generator_networks(config)
+    gen, lesion, disc = nets["generator"], nets["lesion"], nets["discriminator"]
+    mean_filter_init_(gen, init), mean_filter_init_(lesion, init), normal_init_(disc, init)
+    device = torch.device(config.device)
+    for net in nets.values():
+        net.to(device)
+    opt_g, opt_l, opt_d = adam(config, gen), adam(config, lesion), adam(config, disc)
+    maps, masks = structure_pool(config, slices)
+    bank = label_bank(slices)
+    transform = LabelTransform()
+    n_mod, size, w = len(config.modalities), config.size, config.generator_weights
+    images = torch.from_numpy(slices.images)
+    labels, labelled = torch.from_numpy(slices.labels.astype(np.int64)), torch.from_numpy(slices.labelled)
+    history, started = [], time.time()
+    for step in range(1, config.generator_steps + 1):
+        indices = [rng.integers(len(slices), size=config.batch_size) for _ in range(n_mod)]
+        real = [images[i, idx].unsqueeze(1).to(device) for i, idx in enumerate(indices)]
+        real_labels = [labels[idx].to(device) for idx in indices]
+        real_labelled = [labelled[idx].to(device) for idx in indices]
+        pick = rng.integers(len(maps), size=config.batch_size)
+        drawn = [draw_label(bank, masks[p], rng, transform, config.label_attempts) if len(bank) else None for p in pick]
+        structure = torch.from_numpy(maps[pick]).unsqueeze(1).to(device)
+        label = torch.from_numpy(np.stack([d if d is not None else np.zeros((size, size), np.uint8)
+                                           for d in drawn]).astype(np.int64)).to(device)
+
+        assist = L.assist_pass(gen, real)
+        generation = L.generation_pass(gen, structure, label)
+
+        d_adv, d_class = L.loss_generation_discriminator(disc, real, generation)
+        loss_d = L.loss_assist_discriminator(disc, assist) + d_adv + d_class
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+
+        loss_l = L.loss_lesion(lesion, real, real_labels, real_labelled)
+        opt_l.zero_grad()
+        if loss_l.requires_grad:
+            loss_l.backward()
+            opt_l.step()
+
+        _requires_grad(disc, False), _requires_grad(lesion, False)
+        g_adv, g_class = L.loss_generation_adversarial(disc, generation)
+        terms = {
+            "assist_adversarial": L.loss_assist_adversarial(disc, assist),
+            "reconstruction": L.loss_reconstruction(assist),
+            "cycle": L.loss_cycle(assist) if n_mod > 1 else None,
+            "cycle_consistency": L.loss_cycle_consistency(assist) if n_mod > 2 else None,
+            "code_consistency": L.loss_code_consistency(assist) if n_mod > 1 else None,
+            "adversarial": g_adv, "class": g_class,
+            "structure": L.loss_structure_consistency(generation, config.beta),
+            "lesion": L.loss_generated_lesion(lesion, generation),
+            "registration": L.loss_registration(generation) if n_mod > 1 else None,
+            "semantic_consistency": L.loss_semantic_consistency(generation),
+        }
+        terms = {k: v for k, v in terms.items() if v is not None}
+        loss_g = sum(w[k] * v for k, v in terms.items())
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        _requires_grad(disc, True), _requires_grad(lesion, True)
+
+        if step % config.log_every == 0 or step == config.generator_steps:
+            row = {"step": step, "seconds": round(time.time() - started, 1), "loss_D_total": loss_d.item(),
+                   "loss_lesion_real": loss_l.item(), **{k: v.item() for k, v in terms.items()}}
+            history.append(row)
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return {name: net.cpu() for name, net in nets.items()}, history, bank
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.qu.train_generator", description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("--out", help="run folder (default: the config's 'out'); the model goes to <out>/generator")
+    parser.add_argument("--steps", type=int, help="override generator_steps")
+    parser.add_argument("--scheme", help="override the lesion scheme (single, shared_encoder, per_modality)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing <out>/generator")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, {"out": args.out, "generator_steps": args.steps, "scheme": args.scheme})
+        folder = Path(config.out) / "generator"
+        prepare_out(folder, args.overwrite)
+        nets, history, bank = train_generator(config, load_sources(config))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    save_folder(folder, GENERATOR, config, nets, {"log": history, "label_bank_size": len(bank)})
+    print(f"wrote {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
