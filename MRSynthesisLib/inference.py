@@ -136,7 +136,8 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
 
     with input_gradients_only(network):
         # With saliency autograd keeps every activation of a batch for the backward pass: 16
-        # slices of the full Chartsias network held ~4 GB on patient07; 4 slices run as fast.
+        # slices of the full Chartsias network peaked at 4.7 GB RSS on patient07 (24.4 s), 4
+        # slices at 1.7 GB (13.8 s; Testing/Benchmarks/benchmark_3d_inference.py).
         _run_in_batches(network, active, run_batch, settings, "slices",
                         largest_batch=SALIENCY_BATCH if saliency else None)
     restore = lambda a: np.moveaxis(plan.invert(a), 0, axis)
