@@ -89,7 +89,7 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
                  region: Volume | None = None) -> dict[str, object]:
     """Write outputs (and saliency maps, their Fig. 6 PNG per target, contributions.json); return the summary.
 
-    ``inputs`` (canonical modality -> volume) are drawn under the maps in the figure; ``region``
+    ``inputs`` (canonical modality -> volume; needed with ``saliency``) are drawn under the maps; ``region``
     is the mask the region contributions were computed in (named in contributions.json).
 
     All or nothing: when writing fails or is cancelled (SIGTERM, Ctrl-C) part-way, the files this
@@ -118,7 +118,7 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
             for t, per in result.saliency.items():
                 figure = folder / f"P3S_{t}.png"
                 grid = next(iter(per.values())).geometry
-                shown = {n: v if v.geometry == grid else resample_to(v, grid) for n, v in (inputs or {}).items()}
+                shown = {n: v if v.geometry == grid else resample_to(v, grid) for n, v in inputs.items()}
                 focus = None if region is None else (
                     region if region.geometry == grid else resample_to(region, grid, nearest=True))
                 existed = figure.exists()
