@@ -81,12 +81,7 @@ def orthogonal_views(panels: Sequence[Panel], path: str | os.PathLike, *, focus:
     if title:
         figure.suptitle(title, color="white", fontsize=10)
     figure.tight_layout()
-    try:
-        with replacing(path, ".png") as partial:
-            figure.savefig(partial, dpi=110, facecolor="black")
-    finally:
-        plt.close(figure)
-    return Path(path)
+    return _save(figure, path)
 
 
 def saliency_figure(inputs: Mapping[str, Volume], maps: Mapping[str, Volume], path: str | os.PathLike, *,
@@ -127,6 +122,13 @@ def saliency_figure(inputs: Mapping[str, Volume], maps: Mapping[str, Volume], pa
     bar.ax.tick_params(colors="white", labelsize=7)
     if title:
         figure.suptitle(title, color="white", fontsize=10)
+    return _save(figure, path)
+
+
+def _save(figure, path: str | os.PathLike) -> Path:
+    """Write ``figure`` as PNG atomically (temporary name, then rename) and release it."""
+    import matplotlib.pyplot as plt
+
     try:
         with replacing(path, ".png") as partial:
             figure.savefig(partial, dpi=110, facecolor="black")

@@ -164,9 +164,16 @@ class TrainConfig:
         return config
 
 
-def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a JSON config; ``overrides`` (from the command line) replace top-level keys."""
+def read_config_json(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
+    """A JSON config's keys with ``overrides`` (from the command line, None = not given) applied,
+    and the folder its relative paths are relative to."""
     path = Path(path)
     data = json.loads(path.read_text(encoding="utf-8"))
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return TrainConfig.from_dict(data, base=path.parent)
+    return data, path.parent
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a JSON config; ``overrides`` (from the command line) replace top-level keys."""
+    data, base = read_config_json(path, overrides)
+    return TrainConfig.from_dict(data, base=base)

@@ -7,7 +7,6 @@ asked for. The papers' settings are not defaults here; the bundled configs spell
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,7 +18,7 @@ from MRSynthesisLib import modalities
 from MRSynthesisLib.models import architecture_class
 from MRSynthesisLib.preprocessing import NormalisationSpec
 
-from .config import LESION_FALLBACKS, PRECISIONS
+from .config import LESION_FALLBACKS, PRECISIONS, read_config_json
 
 # The normalisation is the architecture's, as its paper describes it (see preprocessing.py):
 # Wei et al. z-score every sequence, Klingelhoefer & Rousseau divide by 3x the mean of the
@@ -177,7 +176,5 @@ class Train3DConfig:
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Train3DConfig:
     """Read a JSON config; ``overrides`` (from the command line) replace top-level keys."""
-    path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return Train3DConfig.from_dict(data, base=path.parent)
+    data, base = read_config_json(path, overrides)
+    return Train3DConfig.from_dict(data, base=base)
