@@ -122,8 +122,6 @@ def population_mean(card: Any, target: str) -> float:
 
 def model_predict(folder: Path, case: Case, inputs: list[str], target: str, use_lesion: bool) -> np.ndarray:
     """A model's target from ``inputs`` on the held-out case, on the mean_in_brain scale, axial axis first."""
-    import torch
-
     from MRSynthesisLib.cards import load_model
     from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
 
@@ -141,7 +139,6 @@ def model_predict(folder: Path, case: Case, inputs: list[str], target: str, use_
         if case.files.lesion is None:
             raise ValueError(f"{case.name} has no lesion mask for chartsias+lesion")
         lesion = read_volume(case.files.lesion)
-    torch.set_num_threads(2)
     request = SynthesisRequest(inputs=volumes, targets=[target], lesion_mask=lesion, device="cpu",
                                brain_mask=grid.with_array(brain.astype(np.float32), source="brain mask"))
     output = SynthesisLogic(loaded).run(request).outputs[target].array
@@ -358,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     command = "python -m training.experiments.loso " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    import torch
+
+    torch.set_num_threads(args.jobs)  # the networks' inference too, not only the random forest
     run_loso(args.data, args.inputs, args.target, args.methods, Path(args.out),
              poly={"degree": args.poly_degree, "alpha": args.poly_alpha, "seed": args.seed},
              rf={"trees": args.rf_trees, "max_voxels": args.rf_voxels, "min_samples_leaf": args.rf_min_leaf,
