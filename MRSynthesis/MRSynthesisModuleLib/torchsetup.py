@@ -1,8 +1,10 @@
-"""PyTorch (and safetensors, nibabel) for the command line, installed only with the user's consent.
+"""PyTorch and the other packages the command line imports, installed only with the user's consent.
 
 The subprocess runs in Slicer's own Python, so what it imports must be installed there.
 Slicer bundles numpy, scipy and SimpleITK (its SuperBuild/External_python-*.cmake), not
-nibabel, which ``MRSynthesisLib.volume`` imports for every command. PyTorch comes through
+nibabel, which ``MRSynthesisLib.volume`` imports for every command, nor matplotlib, which
+writes the P3S and off-plane figures (saliency and off-plane runs from the panel), nor tqdm
+(the progress bar of a command run in a terminal with PythonSlicer). PyTorch comes through
 the PyTorch extension's ``PyTorchUtils`` when that extension is installed (it picks the
 build for the machine's GPU), otherwise with pip.
 """
@@ -13,7 +15,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 
-REQUIRED = ("torch", "safetensors", "nibabel")  # import names, which are also the pip names
+REQUIRED = ("torch", "safetensors", "nibabel", "matplotlib", "tqdm")  # import names, which are also the pip names
 
 
 def missing_packages() -> list[str]:

@@ -51,14 +51,15 @@ SLICER_BUNDLED = {"numpy", "scipy", "SimpleITK"}
 
 
 def test_the_command_lines_imports_are_in_slicers_python_or_installed_by_torchsetup():
-    """Module-level imports of MRSynthesisLib run on every command (`models --json` too)."""
+    """Every import of MRSynthesisLib, those inside functions too (matplotlib writes the saliency
+    figure of a panel run with saliency on): a missing one would fail a run half-way."""
     import sys
 
     from MRSynthesisModuleLib.torchsetup import REQUIRED
 
     third_party = set()
     for path in (REPO / "MRSynthesisLib").rglob("*.py"):
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:  # module level only
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 third_party |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
