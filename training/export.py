@@ -74,9 +74,7 @@ def write_model_folder(network: nn.Module, config: TrainConfig, folder: Path, *,
         params=network_params(config),
         lesion_input=config.lesion_input,
         plane="axial",
-        # Only a model trained on random input subsets has learnt to work with inputs missing;
-        # one trained with all inputs every step says so, and inference then refuses a subset.
-        missing_inputs="any_subset" if config.input_subsets == "random" else "all_required",
+        missing_inputs="any_subset",
         output_intensity=intensity,
         version=config.version,
         description=config.description,

@@ -84,12 +84,6 @@ def test_run_writes_a_model_folder_that_the_cli_runs(reference, tmp_path):
     assert np.isfinite(array).all() and array.max() > 0
 
 
-def test_a_model_trained_with_all_inputs_says_it_needs_them(reference, tmp_path):
-    sources, _, _ = reference
-    folder = run(sources, tmp_path / "all", input_subsets="all", epochs=1, steps_per_epoch=1)
-    assert load_model(folder).card.missing_inputs == "all_required"
-
-
 def test_same_seed_gives_identical_runs(reference, tmp_path):
     sources, out, _ = reference
     run(sources, tmp_path / "again")

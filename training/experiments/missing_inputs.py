@@ -1,9 +1,14 @@
-"""Table IV and Table V of Chartsias et al. 2018 on the shared MS data (issue 3).
+"""Tables IV and V of Chartsias et al. 2018 on the shared MS data, and what augmentation buys (issue 3).
 
-Table IV: is one model trained on random input subsets ("Experiment B") as good, for every
-subset of the inputs, as a model trained for that subset alone ("Experiment A")? Table V: what
-each part of the cost (c1 individual latents, c2 latent variance, c3 fused latent) buys, by
-training the Experiment B model with one part removed.
+Table IV: is one model, given a subset of the inputs it was trained with, as good as a model
+trained for that subset alone? As in the paper, Experiment A trains one model per subset of
+{T1, T1c, T2} (7 models, all their inputs every step) and Experiment B gives the subsets to the
+tri-modal model of Experiment A at test time. A third column, B', does the same with the
+product's recipe: one model trained on a random subset each step (``input_subsets: random``,
+training/README.md). Table V: the tri-modal model trained with one cost part removed (c1 each
+input's latent decoded alone, c2 latent variance, c3 fused latent), evaluated on every subset.
+Augmentation: the B' model trained again without augmentation, with geometric transforms
+only and with intensity transforms only.
 
 Three steps, run by hand from the repository root::
 
@@ -15,14 +20,14 @@ The folds are leave-one-subject-out over the MS subjects (they have expert lesio
 all of T1, T1c, T2, FLAIR): each held-out MS subject is never read by its fold's runs, which
 train on the other MS subject and the BraTS case. Every run of a fold uses the same recipe,
 seed, crops (the batch sampler depends on seed and step only) and a fixed number of steps
-without early stopping, so the only differences are the ones the tables are about: the input
-subsets seen in training and the cost weights. Inputs T1, T1c, T2 (the issue's {T1, T1c, T2},
-the paper's {T1, T2, DWI}), output FLAIR only, as in the paper's Tables IV-V. No lesion channel:
-these tables measure what the images alone carry (Section VI-H is ``lesion_painting``).
+without early stopping, so the only differences are the ones the tables are about. Inputs T1,
+T1c, T2 (the issue's {T1, T1c, T2}, the paper's {T1, T2, DWI}), output FLAIR only, as in the
+paper's Tables IV-V. No lesion channel: these tables measure what the images alone carry
+(Section VI-H is ``lesion_painting``).
 
-Evaluation uses the LOSO harness's preprocessing and scale (``loso.load_case`` /
-``loso.model_predict``: mean_in_brain, metrics in the brain) on the whole held-out volume.
-Writes results.md and results.json; no image volumes.
+Every model is evaluated on every non-empty subset of its own inputs, with the LOSO harness's
+preprocessing and scale (``loso.load_case`` / ``loso.model_predict``: mean_in_brain, metrics in
+the brain) on the whole held-out volume. Writes results.md and results.json; no image volumes.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ CONFIG_DIR = Path("training/configs/missing_inputs")
 RUNS = "runs/missing-inputs"
 MS_FOLDS = ["patient07", "patient19"]
 OTHER_TRAINING = "BraTS-GLI-00001-000"
-# The cost variants of Table V: name -> (w1, w2, w3); "all-costs" is the Experiment B model.
+# The cost variants of Table V: name -> (w1, w2, w3); "all-costs" is the tri-modal model itself.
 COSTS = {"all-costs": [1.0, 1.0, 1.0], "no-c1": [0.0, 1.0, 1.0], "no-c2": [1.0, 0.0, 1.0], "no-c3": [1.0, 1.0, 0.0]}
 # Schedule: 8 x 60 steps of batch 16 per run. Chosen by the CPU budget (28 runs on a 2-core machine
 # in about two hours, measured 0.35-1.1 s per step with one thread), not by convergence: every run
@@ -55,8 +60,8 @@ COSTS = {"all-costs": [1.0, 1.0, 1.0], "no-c1": [0.0, 1.0, 1.0], "no-c2": [1.0, 
 # convergence with early stopping, which would favour neither side here.
 EPOCHS = 8
 STEPS_PER_EPOCH = 60
-# "Say what helped" (issue 3): the Experiment B run again with parts of the augmentation off.
-# name -> AugmentConfig changes; "all-augment" (None) is the Experiment B run itself.
+# "Say what helped" (issue 3): the any-subset run again with parts of the augmentation off.
+# name -> AugmentConfig changes; "all-augment" (None) is the any-subset run itself.
 _GEOMETRIC_OFF = {"flip": False, "rotate_degrees": 0.0, "scale": 0.0}
 _INTENSITY_OFF = {"gamma": 0.0, "intensity_scale": 0.0, "bias_field": 0.0}
 AUGMENTATIONS: dict[str, dict[str, Any] | None] = {
@@ -94,12 +99,16 @@ class Run(NamedTuple):
     augment: dict[str, Any] | None = None  # None: AugmentConfig's defaults (all transforms on)
 
 
+TRI_MODAL = "only-" + "+".join(INPUTS)  # Experiment A's tri-modal model = the paper's Experiment B model
+ANY_SUBSET = "any-subset"  # B': the product's recipe, a random subset each step
+
+
 def run_names() -> list[Run]:
     """The runs of one fold, most important first: Table IV, Table V, then the augmentation variants."""
-    runs = [Run("any-subset", tuple(INPUTS), "random", COSTS["all-costs"])]
+    runs = [Run(ANY_SUBSET, tuple(INPUTS), "random", COSTS["all-costs"])]
     runs += [Run(f"only-{subset_name(s)}", s, "all", COSTS["all-costs"]) for s in reversed(subsets(INPUTS))]
-    runs += [Run(f"any-subset-{cost}", tuple(INPUTS), "random", w) for cost, w in COSTS.items() if cost != "all-costs"]
-    runs += [Run(f"any-subset-{name}", tuple(INPUTS), "random", COSTS["all-costs"], changes)
+    runs += [Run(f"{TRI_MODAL}-{cost}", tuple(INPUTS), "all", w) for cost, w in COSTS.items() if cost != "all-costs"]
+    runs += [Run(f"{ANY_SUBSET}-{name}", tuple(INPUTS), "random", COSTS["all-costs"], changes)
              for name, changes in AUGMENTATIONS.items() if changes is not None]
     return runs
 
@@ -171,7 +180,7 @@ def evaluate_fold(runs: Path, case: Any, log=print) -> dict[str, Any]:
         if not (folder / "card.json").is_file():
             log(f"[{case.name}] {run}: no model folder {folder}")
             continue
-        tested = subsets(INPUTS) if spec.mode == "random" else [spec.inputs]
+        tested = subsets(list(spec.inputs))
         for subset in tested:
             synthetic = model_predict(folder, case, list(subset), TARGET, use_lesion=False)
             metrics = evaluate(synthetic, case)
@@ -185,34 +194,46 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+SIDES = {"A": None, "B": TRI_MODAL, "B'": ANY_SUBSET}  # Table IV columns: None = the subset's own model
+
+
 def summarise(folds: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Table IV (A: per-subset models, B: one model) and Table V (cost variants), mean over folds."""
+    """Table IV, Table V and the augmentation table, each cell the mean over the folds that have it."""
     def cell(run: str, subset: str, metric: str) -> float | None:
         return _mean([f[run][subset][metric] for f in folds.values() if subset in f.get(run, {})])
 
+    def average(table: dict[str, dict[str, Any]], *keys: str) -> float | None:
+        values = []
+        for row in table.values():
+            for key in keys:
+                row = row[key]
+            values.append(row)
+        return _mean([v for v in values if v is not None])
+
     rows = [subset_name(s) for s in subsets(INPUTS)]
-    table4 = {row: {metric: {"A": cell(f"only-{row}", row, metric), "B": cell("any-subset", row, metric)}
+    table4 = {row: {metric: {side: cell(run or f"only-{row}", row, metric) for side, run in SIDES.items()}
                     for metric in METRICS} for row in rows}
-    table5 = {row: {cost: cell("any-subset" if cost == "all-costs" else f"any-subset-{cost}", row, "mse_brain")
+    table5 = {row: {cost: cell(TRI_MODAL if cost == "all-costs" else f"{TRI_MODAL}-{cost}", row, "mse_brain")
                     for cost in COSTS} for row in rows}
-    augmentation = {row: {name: {metric: cell("any-subset" if name == "all-augment" else f"any-subset-{name}",
+    augmentation = {row: {name: {metric: cell(ANY_SUBSET if name == "all-augment" else f"{ANY_SUBSET}-{name}",
                                               row, metric) for metric in ("mse_brain", "ssim_brain")}
                           for name in AUGMENTATIONS} for row in rows}
-    # "B not worse than A": MSE of B <= MSE of A in each fold (the paper's Table IV claim, per subset)
-    verdict = {}
+    # The paper's Table IV claim, per subset and fold: the shared model's MSE <= the subset's own model's.
+    verdict: dict[str, dict[str, Any]] = {}
     for row in rows:
-        per_fold = [f["any-subset"][row]["mse_brain"] <= f[f"only-{row}"][row]["mse_brain"]
-                    for f in folds.values() if row in f.get("any-subset", {}) and row in f.get(f"only-{row}", {})]
-        verdict[row] = {"folds": len(per_fold), "B_not_worse_mse": sum(per_fold)}
-    return {"table4": table4, "table5": table5, "b_not_worse": verdict,
-            "table4_average": {metric: {side: _mean([table4[r][metric][side] for r in rows
-                                                      if table4[r][metric][side] is not None])
-                                        for side in ("A", "B")} for metric in METRICS},
-            "table5_average": {cost: _mean([table5[r][cost] for r in rows if table5[r][cost] is not None])
-                               for cost in COSTS},
+        own = f"only-{row}"
+        verdict[row] = {}
+        for side, run in SIDES.items():
+            if run is None:
+                continue
+            per_fold = [f[run][row]["mse_brain"] <= f[own][row]["mse_brain"]
+                        for f in folds.values() if row in f.get(run, {}) and row in f.get(own, {})]
+            verdict[row][side] = {"folds": len(per_fold), "not_worse": sum(per_fold)}
+    return {"table4": table4, "table5": table5, "not_worse_than_A": verdict,
+            "table4_average": {metric: {side: average(table4, metric, side) for side in SIDES} for metric in METRICS},
+            "table5_average": {cost: average(table5, cost) for cost in COSTS},
             "augmentation": augmentation,
-            "augmentation_average": {name: {metric: _mean([augmentation[r][name][metric] for r in rows
-                                                           if augmentation[r][name][metric] is not None])
+            "augmentation_average": {name: {metric: average(augmentation, name, metric)
                                             for metric in ("mse_brain", "ssim_brain")} for name in AUGMENTATIONS}}
 
 
@@ -231,26 +252,27 @@ def markdown(results: dict[str, Any]) -> str:
               "run, same seed and crops for every run. Scale: mean_in_brain-normalised FLAIR (brain mean 1), "
               "metrics in the brain (foreground of the inputs), whole held-out volume. Means over the held-out "
               "subjects."), "",
-             "## Table IV: per-subset models (A) vs one model for any subset (B)", "",
-             "| inputs | MSE A | MSE B | SSIM A | SSIM B | PSNR A | PSNR B | B not worse (MSE), folds |",
-             "|" + " --- |" * 8]
+             "## Table IV: a model per subset (A) vs the tri-modal model given the subset (B, the paper's) "
+             "vs one model trained on random subsets (B')", "",
+             "| inputs | MSE A | MSE B | MSE B' | SSIM A | SSIM B | SSIM B' | PSNR A | PSNR B | PSNR B' "
+             "| B not worse (MSE), folds | B' not worse (MSE), folds |",
+             "|" + " --- |" * 12]
     for row in rows:
         t = summary["table4"][row]
-        v = summary["b_not_worse"][row]
-        lines.append(f"| {row} | {_fmt(t['mse_brain']['A'])} | {_fmt(t['mse_brain']['B'])} | "
-                     f"{_fmt(t['ssim_brain']['A'])} | {_fmt(t['ssim_brain']['B'])} | "
-                     f"{_fmt(t['psnr_brain']['A'], 2)} | {_fmt(t['psnr_brain']['B'], 2)} | "
-                     f"{v['B_not_worse_mse']}/{v['folds']} |")
+        v = summary["not_worse_than_A"][row]
+        lines.append(f"| {row} | " + " | ".join(_fmt(t[m][side], 2 if m == "psnr_brain" else 4)
+                                               for m in METRICS for side in SIDES) + " | "
+                     + " | ".join(f"{v[side]['not_worse']}/{v[side]['folds']}" for side in ("B", "B'")) + " |")
     avg = summary["table4_average"]
-    lines.append(f"| average | {_fmt(avg['mse_brain']['A'])} | {_fmt(avg['mse_brain']['B'])} | "
-                 f"{_fmt(avg['ssim_brain']['A'])} | {_fmt(avg['ssim_brain']['B'])} | "
-                 f"{_fmt(avg['psnr_brain']['A'], 2)} | {_fmt(avg['psnr_brain']['B'], 2)} | |")
-    lines += ["", "## Table V: MSE of the one-model variant with a cost part removed", "",
+    lines.append("| average | " + " | ".join(_fmt(avg[m][side], 2 if m == "psnr_brain" else 4)
+                                           for m in METRICS for side in SIDES) + " | | |")
+    lines += ["", "## Table V: MSE of the tri-modal model trained with a cost part removed", "",
               "| inputs | " + " | ".join(COSTS) + " |", "|" + " --- |" * (len(COSTS) + 1)]
     for row in rows:
         lines.append(f"| {row} | " + " | ".join(_fmt(summary["table5"][row][c]) for c in COSTS) + " |")
     lines.append("| average | " + " | ".join(_fmt(summary["table5_average"][c]) for c in COSTS) + " |")
-    lines += ["", "## Augmentation: the one-model run with parts of the augmentation off (MSE / SSIM)", "",
+    lines += ["", "## Augmentation: the random-subset model (B') trained with parts of the augmentation off "
+              "(MSE / SSIM)", "",
               "Geometric: flips, rotation, zoom; intensity: gamma, scaling, bias field (training/augment.py).", "",
               "| inputs | " + " | ".join(AUGMENTATIONS) + " |", "|" + " --- |" * (len(AUGMENTATIONS) + 1)]
     for row in rows:
