@@ -34,6 +34,28 @@ def test_ranking_experiment_on_tiny_subjects(tmp_path):
     assert "| s0 | no |" in (out / "results.md").read_text()
 
 
+def test_ranking_with_models_retrained_without_each_input(tmp_path):
+    """Wei et al.'s protocol: a model that needs all its inputs, and one retrained model per left-out input."""
+    make_subject(tmp_path / "data" / "s0", seed=0)
+    make_tiny_model(tmp_path / "models" / "all", inputs=["T1", "T2"], missing_inputs="all_required")
+    make_tiny_model(tmp_path / "models" / "no-T1", seed=1, inputs=["T2"], missing_inputs="all_required")
+    make_tiny_model(tmp_path / "models" / "no-T2", seed=2, inputs=["T1"], missing_inputs="all_required")
+    out = tmp_path / "out"
+    args = ["--model", str(tmp_path / "models" / "all"), "--data", str(tmp_path / "data"), "--inputs", "T1", "T2",
+            "--out", str(out), "--without-model", f"T1={tmp_path / 'models' / 'no-T1'}"]
+    with pytest.raises(SystemExit):  # one retrained model per input, or none
+        main(args)
+    assert main([*args, f"T2={tmp_path / 'models' / 'no-T2'}"]) == 0
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert row["left_out_by"] == "retrained models" and set(row["retrained_models"]) == {"T1", "T2"}
+    assert set(row["mse_increase_without"]) == {"T1", "T2"}
+    assert "Inputs left out by: retrained models." in (out / "results.md").read_text()
+    # a retrained model with the wrong inputs is named, not used
+    assert main([*args[:-1], f"T1={tmp_path / 'models' / 'no-T2'}", f"T2={tmp_path / 'models' / 'no-T1'}"]) == 0
+    (row,) = json.loads((out / "results.json").read_text())["rows"]
+    assert "the model without T1 must take T2" in row["error"]
+
+
 def test_rank_orders_by_decreasing_value():
     assert rank({"T1": 0.2, "T2": 0.5, "FLAIR": 0.3}) == ["T2", "FLAIR", "T1"]
 

@@ -18,8 +18,10 @@ training subjects are marked "seen"):
    the brain over the all-input MSE ranks the inputs by how much the prediction needs them;
 3. compare the rankings: Kendall's tau and whether the top input agrees.
 
-The model must accept missing inputs (card ``missing_inputs`` "any_subset": the Chartsias
-model, or a 3D model trained with input dropout). Errors are on the mean_in_brain scale of the
+Leaving an input out needs a model that accepts missing inputs (card ``missing_inputs``
+"any_subset": the Chartsias model, or a 3D model trained with input dropout), or, as Wei et al.
+did for Table 4a, one model retrained without each input: ``--without-model T1=<folder>
+T1c=<folder> T2=<folder>`` (templates with ``{subject}``), each with the same recipe. Errors are on the mean_in_brain scale of the
 LOSO harness (``loso.population_mean``). Writes results.md, results.json and one Fig. 6-style
 PNG per subject (``P3S_<subject>.png``) to ``--out``; no image volumes.
 """
@@ -54,11 +56,21 @@ def rank(values: dict[str, float]) -> list[str]:
 
 
 def subject_row(folder: Path, files: Any, inputs: list[str], target: str, figure: Path | None,
-                log=print) -> dict[str, Any]:
+                without: dict[str, Path] | None = None, log=print) -> dict[str, Any]:
+    """``without``: {input: model folder retrained without it} (Wei et al.'s protocol); when None,
+    the input is left out at inference, which the model must accept."""
     loaded = load_model(folder)
     card = loaded.card
-    if card.missing_inputs != "any_subset":
-        raise ValueError(f"{folder}: model {card.name!r} needs all its inputs; leaving one out is not possible")
+    if without is None and card.missing_inputs != "any_subset":
+        raise ValueError(f"{folder}: model {card.name!r} needs all its inputs; leaving one out is not possible "
+                         "(give --without-model: models retrained without each input)")
+    retrained = {m: load_model(path) for m, path in (without or {}).items()}
+    for left_out, model in retrained.items():
+        expected = sorted(m for m in inputs if m != left_out)
+        if sorted(model.card.inputs) != expected or target not in model.card.outputs:
+            raise ValueError(f"{without[left_out]}: the model without {left_out} must take {', '.join(expected)} and "
+                             f"give {target}; its card says {', '.join(model.card.inputs)} -> "
+                             f"{', '.join(model.card.outputs)}")
     seen = {s.get("subject") for group in (card.training.get("subjects") or {}).values() for s in group}
     volumes = {m: read_volume(files.images[m]) for m in inputs}
     real = read_volume(files.images[target])
@@ -66,25 +78,26 @@ def subject_row(folder: Path, files: Any, inputs: list[str], target: str, figure
     brain = foreground_mask([v.array for v in volumes.values()])
     brain_volume = grid.with_array(brain.astype(np.float32), source="brain mask")
     truth = np.where(brain, real.array / real.array[brain].mean(), 0.0)
-    mean = population_mean(card, target)
 
-    def run(given: list[str], **saliency: Any) -> tuple[float, Any]:
+    def run(given: list[str], model: Any = loaded, **saliency: Any) -> tuple[float, Any]:
         request = SynthesisRequest({m: volumes[m] for m in given}, [target], brain_mask=brain_volume, device="cpu",
                                    **saliency)
-        result = SynthesisLogic(loaded).run(request)
-        synthetic = result.outputs[target].array / mean
+        result = SynthesisLogic(model).run(request)
+        synthetic = result.outputs[target].array / population_mean(model.card, target)
         return float(((synthetic - truth)[brain] ** 2).mean()), result
 
     full_mse, paper = run(inputs, saliency=True, saliency_references={target: real})
     _, free = run(inputs, saliency=True)
     increase = {}
     for left_out in inputs:
-        mse, _ = run([m for m in inputs if m != left_out])
+        mse, _ = run([m for m in inputs if m != left_out], retrained.get(left_out, loaded))
         increase[left_out] = mse - full_mse
         log(f"[{files.subject}] without {left_out}: MSE {mse:.4f} (all inputs {full_mse:.4f})")
     row: dict[str, Any] = {"subject": files.subject, "model": str(folder), "seen_in_training": files.subject in seen,
                            "mse_all_inputs": full_mse, "mse_increase_without": increase,
-                           "objective_paper": paper.saliency_objective, "objective_target_free": free.saliency_objective}
+                           "objective_paper": paper.saliency_objective, "objective_target_free": free.saliency_objective,
+                           "left_out_by": "retrained models" if retrained else "leaving the input out at inference",
+                           "retrained_models": {m: str(p) for m, p in (without or {}).items()}}
     by_error = rank(increase)
     for label, result in (("paper", paper), ("target_free", free)):
         shares = result.contributions[target]
@@ -124,7 +137,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {row['subject']} | {'yes' if row['seen_in_training'] else 'no'} | "
                      f"{row['mse_all_inputs']:.4f} | {inc} | {' > '.join(row['ranking_by_error_increase'])} | "
                      + " | ".join(cells) + " |")
-    lines += ["", "Figures (Fig. 6 layout: P3S maps on one shared colour scale above the inputs): "
+    lines += ["", "Inputs left out by: " + "; ".join(sorted({r["left_out_by"] for r in results["rows"]
+                                                           if "left_out_by" in r})) + ".",
+              "", "Figures (Fig. 6 layout: P3S maps on one shared colour scale above the inputs): "
               + ", ".join(f"`{Path(r['figure']).name}`" for r in results["rows"] if "figure" in r), ""]
     return "\n".join(lines)
 
@@ -137,9 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", nargs="+", default=["T1", "T1c", "T2"])
     parser.add_argument("--target", default="FLAIR")
     parser.add_argument("--out", default="docs/results/saliency_ranking")
+    parser.add_argument("--without-model", nargs="+", default=[], metavar="INPUT=FOLDER",
+                        help="a model retrained without INPUT, per input (templates with {subject}); Wei et al.'s "
+                             "protocol, for models that cannot leave an input out at inference")
     args = parser.parse_args(argv)
     inputs = [modalities.canonical(m) for m in args.inputs]
     target = modalities.canonical(args.target)
+    without_templates = {}
+    for item in args.without_model:
+        name, sep, template = item.partition("=")
+        if not sep or not template:
+            parser.error(f"--without-model takes INPUT=FOLDER, got {item!r}")
+        without_templates[modalities.canonical(name)] = template
+    if without_templates and sorted(without_templates) != sorted(inputs):
+        parser.error(f"--without-model needs one model per input ({', '.join(inputs)}), got "
+                     f"{', '.join(without_templates)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -147,11 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         if not all(m in files.images for m in [*inputs, target]):
             continue
         folder = Path(args.model.format(subject=files.subject))
-        if not (folder / "card.json").is_file():
-            rows.append({"subject": files.subject, "error": f"no model folder {folder}"})
+        without = {m: Path(t.format(subject=files.subject)) for m, t in without_templates.items()} or None
+        absent = [p for p in [folder, *(without or {}).values()] if not (p / "card.json").is_file()]
+        if absent:
+            rows.append({"subject": files.subject, "error": f"no model folder {', '.join(map(str, absent))}"})
             continue
         try:
-            rows.append(subject_row(folder, files, inputs, target, out / f"P3S_{files.subject}.png",
+            rows.append(subject_row(folder, files, inputs, target, out / f"P3S_{files.subject}.png", without,
                                     log=lambda m: print(m, flush=True)))
         except ValueError as error:
             rows.append({"subject": files.subject, "error": str(error)})
