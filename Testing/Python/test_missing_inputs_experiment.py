@@ -4,6 +4,7 @@ and the evaluation fills the tables from tiny models on phantoms (including a ru
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,19 @@ def test_evaluation_fills_the_tables_and_counts_where_a_shared_model_is_not_wors
     text = (out / "results.md").read_text()
     assert "## Table IV" in text and "## Table V" in text and "## Augmentation" in text
     assert "| T1c | " in text and "/1 |" in text
+
+    # metrics are reused while the weights are the same, recomputed when a run is trained again
+    cache = mi.model_folder(runs, "patient07", "only-T2").parent / mi.CACHE
+    stored = json.loads(cache.read_text())
+    stored["metrics"]["T2"]["mse_brain"] = 123.0
+    cache.write_text(json.dumps(stored))
+    again = mi.run_evaluation([str(tmp_path / "data")], runs, None, log=lambda _: None)
+    assert again["folds"]["patient07"]["only-T2"]["T2"]["mse_brain"] == 123.0
+    shutil.rmtree(mi.model_folder(runs, "patient07", "only-T2"))
+    make_tiny_model(mi.model_folder(runs, "patient07", "only-T2"), seed=99, inputs=["T2"], outputs=["FLAIR"],
+                    lesion_input=False, output_intensity={"FLAIR": {"offset": 0.0, "scale": 400.0}})
+    again = mi.run_evaluation([str(tmp_path / "data")], runs, None, log=lambda _: None)
+    assert again["folds"]["patient07"]["only-T2"]["T2"]["mse_brain"] != 123.0
 
 
 def test_evaluation_names_a_missing_held_out_subject(tmp_path):

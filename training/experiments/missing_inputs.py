@@ -170,8 +170,17 @@ def model_folder(runs: Path, held_out: str, run: str) -> Path:
 METRICS = ("mse_brain", "ssim_brain", "psnr_brain")
 
 
+CACHE = "evaluation.json"  # per run folder: metrics already computed for these weights
+
+
 def evaluate_fold(runs: Path, case: Any, log=print) -> dict[str, Any]:
-    """Every model of the fold on every subset it accepts: {run: {subset: metrics or why not}}."""
+    """Every model of the fold on every subset of its inputs: {run: {subset: metrics}} ({} = not trained).
+
+    Metrics are kept in ``<run folder>/evaluation.json`` with the weights' SHA-256 and reused
+    while the weights are the same, so the evaluation can follow the trainings as they finish.
+    """
+    from MRSynthesisLib.cards import file_sha256, read_card
+
     table: dict[str, dict[str, Any]] = {}
     for spec in run_names():
         run = spec.name
@@ -180,13 +189,22 @@ def evaluate_fold(runs: Path, case: Any, log=print) -> dict[str, Any]:
         if not (folder / "card.json").is_file():
             log(f"[{case.name}] {run}: no model folder {folder}")
             continue
-        tested = subsets(list(spec.inputs))
-        for subset in tested:
-            synthetic = model_predict(folder, case, list(subset), TARGET, use_lesion=False)
-            metrics = evaluate(synthetic, case)
-            table[run][subset_name(subset)] = {k: metrics[k] for k in METRICS}
-            log(f"[{case.name}] {run} <- {subset_name(subset)}: " +
-                "  ".join(f"{k} {metrics[k]:.4f}" for k in METRICS))
+        card = read_card(folder)
+        sha = card.weights_sha256 or file_sha256(folder / card.weights)
+        cache_path = folder.parent / CACHE
+        cache = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.is_file() else {}
+        if cache.get("weights_sha256") != sha or cache.get("held_out") != case.name:
+            cache = {"weights_sha256": sha, "held_out": case.name, "metrics": {}}
+        for subset in subsets(list(spec.inputs)):
+            name = subset_name(subset)
+            if name not in cache["metrics"]:
+                synthetic = model_predict(folder, case, list(subset), TARGET, use_lesion=False)
+                metrics = evaluate(synthetic, case)
+                cache["metrics"][name] = {k: metrics[k] for k in METRICS}
+                cache_path.write_text(json.dumps(cache, indent=2) + "\n", encoding="utf-8")
+            table[run][name] = cache["metrics"][name]
+            log(f"[{case.name}] {run} <- {name}: " +
+                "  ".join(f"{k} {table[run][name][k]:.4f}" for k in METRICS))
     return table
 
 
