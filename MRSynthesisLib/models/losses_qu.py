@@ -21,7 +21,7 @@ from torch import Tensor
 
 from MRSynthesisLib.structure_maps import DEFAULT_BETA
 
-from .qu_discriminators import MRIDiscriminator
+from .qu_discriminators import MRICodeDiscriminator, MRIDiscriminator
 from .qu_multimodal_generator import MultimodalGenerator, modality_vector, one_hot_label
 from .qu_segmentors import LesionComponents
 
@@ -254,3 +254,23 @@ def loss_semantic_consistency(g: GenerationPass) -> Tensor:
     n = len(g.codes)
     total = sum(sq(g.code - c) for c in g.codes)
     return total + sum(sq(g.codes[i] - g.codes[j]) for i in range(n) for j in range(n) if j != i)
+
+
+# --- Sec. 2.4 / Fig. 5: the MRI code discriminator ties the two passes together --------------
+
+def loss_mri_code_discriminator(code_discriminator: MRICodeDiscriminator, a: AssistPass,
+                                g: GenerationPass) -> Tensor:
+    """loss_CD = ||CD(code_real) - 1||^2 + ||CD(code_g)||^2, both codes detached.
+
+    ``code_real`` are the MRI encoder's codes of the real MRIs of every modality (EC(x_i), the
+    codes DC learns to decode in Sec. 2.4), taken together as one batch; ``code_g`` =
+    EC_R(fuse(f, label)) of Sec. 2.6. The paper gives the discriminator (Fig. 5), not its
+    cost; this is the least-squares form of every other discriminator here.
+    """
+    real = torch.cat([c.detach() for c in a.codes])
+    return sq(code_discriminator(real) - 1) + sq(code_discriminator(g.code.detach()))
+
+
+def loss_mri_code_adversarial(code_discriminator: MRICodeDiscriminator, g: GenerationPass) -> Tensor:
+    """||CD(code_g) - 1||^2: EC_R's codes should pass for EC's codes of real MRIs."""
+    return sq(code_discriminator(g.code) - 1)

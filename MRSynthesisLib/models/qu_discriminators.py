@@ -1,4 +1,5 @@
-"""The three discriminators of Qu et al.: D_f and FD_f (Sec. 2.3) and the MRI discriminator D (2.4-2.6).
+"""The four discriminators of Qu et al.: D_f and FD_f (Sec. 2.3), the MRI discriminator D and
+the MRI code discriminator CD (2.4-2.6).
 
 All are least-squares critics (the paper's losses are ||D(.) - 1||^2 and ||D(.)||^2) with
 linear outputs. D_f and D judge patches: a stack of stride-2 convolutions ending in a map
@@ -8,6 +9,12 @@ neighbourhoods of the code matrix: N(0, 1) noise has independent cells, and a cr
 one cell at a time (1x1 convolutions, our first version) could only match each cell's
 marginal, leaving the encoder's codes spatially correlated; DC_f then decoded true noise to
 near-empty maps (measured at 64 pixels after 4000 steps).
+
+CD ("MRI code discriminator", Sec. 2.1/2.4 and Fig. 5) guides "the consistency of the two
+training processes": it learns the MRI encoder's codes EC(x) of real MRIs as real and the
+fusion encoder's codes EC_R(fuse(f, label)) as fake, so that EC_R must produce codes that DC
+has learnt to decode from real MRIs. The paper gives no design; it has FD_f's form (3x3
+convolutions over code neighbourhoods, a score per code cell), one layer deeper.
 """
 
 from __future__ import annotations
@@ -67,3 +74,22 @@ class MRIDiscriminator(nn.Module):
         check_size(x, self.SIZE_MULTIPLE, "MRI discriminator input")
         h = self.down(x)[-1]
         return self.real(h), self.modality(h).mean(dim=(2, 3))
+
+
+class MRICodeDiscriminator(nn.Module):
+    """CD: (N, C, H/4, W/4) semantic feature map -> (N, 1, H/4, W/4) scores, "is this EC's code of a real MRI?".
+
+    Three 3x3 convolutions (receptive field 7x7 code cells = 28x28 pixels) and a 1x1 output.
+    """
+
+    def __init__(self, code_channels: int, width: int = 32) -> None:
+        super().__init__()
+        self.hidden1 = conv(code_channels, width)
+        self.hidden2 = conv(width, width)
+        self.hidden3 = conv(width, width)
+        self.out = conv(width, 1, kernel_size=1)
+
+    def forward(self, code: Tensor) -> Tensor:
+        if code.dim() != 4:
+            raise ValueError(f"MRI code discriminator input: expected (N, C, h, w), got shape {tuple(code.shape)}")
+        return self.out(act(self.hidden3(act(self.hidden2(act(self.hidden1(code)))))))

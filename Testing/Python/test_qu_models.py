@@ -10,6 +10,7 @@ from MRSynthesisLib import structure_maps as sm
 from MRSynthesisLib.models import losses_qu as L
 from MRSynthesisLib.models.qu_discriminators import (
     CodeDiscriminator,
+    MRICodeDiscriminator,
     MRIDiscriminator,
     PatchDiscriminator,
 )
@@ -65,6 +66,9 @@ def test_shapes_of_every_network():
     gen = MultimodalGenerator(M, 2, width=4, code_channels=5)
     code_g = gen.encode_fused(f, labels())
     assert code_g.shape == (N, 5, S // 4, S // 4) == gen.encode(f).shape
+    assert MRICodeDiscriminator(5, 8)(code_g).shape == (N, 1, S // 4, S // 4)
+    with pytest.raises(ValueError, match="MRI code discriminator"):
+        MRICodeDiscriminator(5, 8)(code_g[0])
     assert gen.decode(code_g, 1).shape == (N, 1, S, S)
     out = gen.eval().generate(f, labels())
     assert out.shape == (N, M, S, S) and out.min() >= 0 and out.max() <= 1
@@ -224,3 +228,39 @@ def test_every_generation_loss_reaches_the_generator(scheme):
         value.backward(retain_graph=True)
         grads = [p.grad.abs().sum().item() for p in gen.parameters() if p.grad is not None]
         assert grads and sum(grads) > 0
+
+
+class _Constant(torch.nn.Module):
+    """A critic that scores every code cell ``value``, whatever the code."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return torch.full((code.shape[0], 1, *code.shape[-2:]), self.value)
+
+
+def test_mri_code_discriminator_losses():
+    """Sec. 2.4 / Fig. 5: CD learns EC(x_real) as real and EC_R(fuse(f, label)) as fake (least squares)."""
+    gen, _, _, real = _stage_two("single")
+    cd = normal_init_(MRICodeDiscriminator(4, 8), torch.Generator().manual_seed(0))
+    a, g = L.assist_pass(gen, real), L.generation_pass(gen, binary(N, 1, S, S), labels())
+    # ||CD(code_real) - 1||^2 + ||CD(code_g)||^2 and ||CD(code_g) - 1||^2, as written
+    assert L.loss_mri_code_discriminator(_Constant(1.0), a, g).item() == pytest.approx(1.0)  # fake judged real
+    assert L.loss_mri_code_discriminator(_Constant(0.0), a, g).item() == pytest.approx(1.0)  # real judged fake
+    assert L.loss_mri_code_discriminator(_Constant(0.5), a, g).item() == pytest.approx(0.5)
+    assert L.loss_mri_code_adversarial(_Constant(1.0), g).item() == 0.0
+    assert L.loss_mri_code_adversarial(_Constant(0.0), g).item() == pytest.approx(1.0)
+    expected = L.sq(cd(torch.cat(a.codes)) - 1) + L.sq(cd(g.code))
+    loss_cd = L.loss_mri_code_discriminator(cd, a, g)
+    torch.testing.assert_close(loss_cd, expected)
+    # the discriminator's cost trains CD only (both codes detached)
+    loss_cd.backward()
+    assert all(p.grad is None for p in gen.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cd.parameters())
+    # the generator term reaches EC_R (the fusion encoder), whose codes it judges, and nothing else
+    cd.zero_grad()
+    L.loss_mri_code_adversarial(cd, g).backward()
+    assert sum(p.grad.abs().sum().item() for p in gen.fusion_encoder.parameters()) > 0
+    assert all(p.grad is None for p in [*gen.mri_encoder.parameters(), *gen.decoder.parameters()])

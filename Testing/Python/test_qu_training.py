@@ -11,6 +11,7 @@ import torch
 from conftest import make_subject
 
 from MRSynthesisLib.errors import InputError
+from MRSynthesisLib.models.qu_layers import DISCRIMINATOR_STD
 from MRSynthesisLib.models.qu_segmentors import SCHEMES
 from training.qu import train_generator as tg
 from training.qu import train_structure as ts
@@ -115,9 +116,9 @@ def test_generator_stage_runs_every_loss_for_every_scheme(tmp_path, scheme):
     config = tiny_config(tmp_path, scheme=scheme)
     slices = ts.load_sources(config)
     nets, history, bank = tg.train_generator(config, slices, log=lambda _: None)
-    assert set(nets) == {"generator", "lesion", "discriminator"} and len(bank) > 0
+    assert set(nets) == {"generator", "lesion", "discriminator", "code_discriminator"} and len(bank) > 0
     last = history[-1]
-    for key in [*GENERATOR_WEIGHTS, "loss_D_total", "loss_lesion_real"]:
+    for key in [*GENERATOR_WEIGHTS, "loss_D_total", "loss_CD_total", "loss_lesion_real"]:
         assert math.isfinite(last[key]), key
     assert last["loss_lesion_real"] > 0 and last["cycle_consistency"] > 0  # three modalities: every term is live
     # one more run from the same seed changes nothing: training is reproducible
@@ -166,3 +167,59 @@ def test_command_lines_write_model_folders_and_refuse_to_overwrite(tmp_path, cap
     (tmp_path / "run" / "structure" / "mask_generator.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match="mask_generator.safetensors"):
         load_folder(tmp_path / "run" / "structure", STRUCTURE)
+
+
+def test_generator_step_trains_the_code_discriminator_and_initialises_as_sec_3_4(tmp_path, monkeypatch):
+    """One smoke step: CD (Sec. 2.4, Fig. 5) is updated by its own optimiser; Sec. 3.4's mean
+    filter initialises the generator components only, the lesion components get N(0, 0.2)."""
+    config = tiny_config(tmp_path, generator_steps=1)
+    initial = {}
+    original = tg.adam
+
+    def spy(config, module):  # the optimisers are built right after the initialisation
+        initial[id(module)] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        return original(config, module)
+
+    monkeypatch.setattr(tg, "adam", spy)
+    nets, history, _ = tg.train_generator(config, ts.load_sources(config), log=lambda _: None)
+    assert {id(net) for net in nets.values()} == set(initial)  # one optimiser per network, CD's included
+    assert math.isfinite(history[-1]["loss_CD_total"]) and history[-1]["loss_CD_total"] > 0
+    assert history[-1]["code_adversarial"] > 0
+    cd = nets["code_discriminator"]
+    start = initial[id(cd)]
+    assert all(not torch.equal(start[k], v) for k, v in cd.state_dict().items() if k.endswith("weight"))
+
+    def conv_weights(net):
+        state = initial[id(net)]
+        return torch.cat([v.flatten() for k, v in state.items() if k.endswith("weight")])
+
+    lesion = conv_weights(nets["lesion"])
+    assert lesion.std().item() == pytest.approx(DISCRIMINATOR_STD, rel=0.15)
+    assert (lesion < 0).any()  # a mean-filter kernel is all positive
+    assert all(not v.any() for k, v in initial[id(nets["lesion"])].items() if k.endswith("bias"))
+    assert (conv_weights(nets["generator"]) > 0).all()  # the generator components are mean filters
+    assert conv_weights(cd).std().item() == pytest.approx(DISCRIMINATOR_STD, rel=0.15)
+
+
+def test_generator_folder_round_trips_with_the_code_discriminator(tmp_path):
+    config = tiny_config(tmp_path, generator_steps=1)
+    nets, history, bank = tg.train_generator(config, ts.load_sources(config), log=lambda _: None)
+    folder = tmp_path / "run" / "generator"
+    save_folder(folder, GENERATOR, config, nets, {"log": history, "label_bank_size": len(bank)})
+    assert (folder / "code_discriminator.safetensors").is_file()
+    loaded_config, loaded, manifest = load_folder(folder, GENERATOR)
+    assert loaded_config.to_dict() == config.to_dict() and set(loaded) == set(nets)
+    for name, net in nets.items():
+        for key, value in net.state_dict().items():
+            torch.testing.assert_close(loaded[name].state_dict()[key], value)
+    # a folder that lists CD must have its weights
+    (folder / "code_discriminator.safetensors").unlink()
+    with pytest.raises(InputError, match="code_discriminator.safetensors: no such file"):
+        load_folder(folder, GENERATOR)
+    # a folder written before CD existed (not listed, old config without its weight) still loads, without it
+    manifest["weights"].pop("code_discriminator")
+    manifest["config"]["generator_weights"].pop("code_adversarial")
+    (folder / "qu_model.json").write_text(json.dumps(manifest))
+    old_config, old, _ = load_folder(folder, GENERATOR)
+    assert set(old) == {"generator", "lesion", "discriminator"}
+    assert old_config.generator_weights["code_adversarial"] == GENERATOR_WEIGHTS["code_adversarial"]

@@ -30,6 +30,8 @@ GENERATOR_WEIGHTS = {
     "assist_adversarial": 1.0, "reconstruction": 10.0, "cycle": 1.0, "cycle_consistency": 1.0,
     "code_consistency": 1.0, "adversarial": 1.0, "class": 1.0, "structure": 1.0, "lesion": 1.0,
     "registration": 1.0, "semantic_consistency": 1.0,
+    # ||CD(code_g) - 1||^2, the MRI code discriminator's adversarial cost (Sec. 2.4, Fig. 5)
+    "code_adversarial": 1.0,
 }
 
 

@@ -3,6 +3,10 @@
 A folder is what ``train_structure`` / ``train_generator`` write and ``build_dataset`` reads:
 the JSON holds the kind, the config the networks were built from and their file names;
 weights go through ``training.checkpoint`` (safetensors only, never a pickle).
+
+Generator folders written before the MRI code discriminator was added have no
+``code_discriminator`` weights; they still load (``OPTIONAL``), without that network, which
+only training uses.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from torch import nn
 
 from MRSynthesisLib.atomic import write_json
 from MRSynthesisLib.errors import InputError
-from MRSynthesisLib.models.qu_discriminators import MRIDiscriminator
+from MRSynthesisLib.models.qu_discriminators import (
+    MRICodeDiscriminator,
+    MRIDiscriminator,
+)
 from MRSynthesisLib.models.qu_mask_generator import MaskGenerator
 from MRSynthesisLib.models.qu_multimodal_generator import MultimodalGenerator
 from MRSynthesisLib.models.qu_segmentors import LesionComponents
@@ -30,6 +37,9 @@ from .config import QuConfig
 MANIFEST = "qu_model.json"
 STRUCTURE = "qu-structure"
 GENERATOR = "qu-generator"
+# Networks a folder may lack (older generator folders): left out of ``load_folder``'s result
+# when the manifest does not list them, required when it does.
+OPTIONAL = {"code_discriminator"}
 
 
 def structure_networks(config: QuConfig) -> dict[str, nn.Module]:
@@ -41,7 +51,8 @@ def generator_networks(config: QuConfig) -> dict[str, nn.Module]:
     n = len(config.modalities)
     return {"generator": MultimodalGenerator(n, config.n_classes, config.generator_width, config.generator_code_channels),
             "lesion": LesionComponents(config.scheme, n, config.n_classes, config.segmentor_width),
-            "discriminator": MRIDiscriminator(n, config.discriminator_width)}
+            "discriminator": MRIDiscriminator(n, config.discriminator_width),
+            "code_discriminator": MRICodeDiscriminator(config.generator_code_channels, config.discriminator_width)}
 
 
 def save_folder(folder: Path, kind: str, config: QuConfig, networks: dict[str, nn.Module],
@@ -82,6 +93,8 @@ def load_folder(folder: str | Path, kind: str) -> tuple[QuConfig, dict[str, nn.M
     except (KeyError, ValueError, TypeError) as error:
         raise InputError(f"{path}: bad config ({error})") from None
     networks = structure_networks(config) if kind == STRUCTURE else generator_networks(config)
+    listed = manifest.get("weights", {})
+    networks = {name: net for name, net in networks.items() if name not in OPTIONAL or name in listed}
     for name, network in networks.items():
         weights = Path(folder) / f"{name}.safetensors"
         if not weights.is_file():

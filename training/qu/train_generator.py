@@ -1,21 +1,31 @@
-"""Stage 2 of Qu et al. (Sec. 2.4-2.7): the conditional multimodal generator, its discriminator
-and the lesion label generation components.
+"""Stage 2 of Qu et al. (Sec. 2.4-2.7): the conditional multimodal generator, its two
+discriminators and the lesion label generation components.
 
 ``python -m training.qu.train_generator CONFIG.json [--out DIR] [--steps N] [--scheme S] [--overwrite]``
 writes ``<out>/generator``. Each step, on a batch of real slices per modality (drawn
 independently: the method does not need registered training data) and a batch of structure
 maps from real slices (their own lesion removed) fused with random real lesion labels:
 
-1. the MRI discriminator D: loss_D,assist + loss_D + loss_D,class;
+1. the MRI discriminator D: loss_D,assist + loss_D + loss_D,class; in the same step, with
+   its own Adam, the MRI code discriminator CD (Sec. 2.4, Fig. 5): ||CD(code_real) - 1||^2 +
+   ||CD(code_g)||^2, real = EC(x_i) of the real slices, fake = EC_R(fuse(f, label));
 2. the lesion components, on real slices only: loss_sv,l of Sec. 2.4 (Sec. 2.6/2.7: "only
    trained ... in reconstruction and translation training");
 3. EC_R, EC and DC with one optimiser: the Sec. 2.4 costs (loss_G,assist, loss_sv,
    loss_cycle, loss_cycle,consistency, loss_code,consistency) plus the Sec. 2.6 costs (loss_G,
    loss_G,class, loss_sv,f, loss_sv,l through the frozen lesion components, loss_trans,
-   loss_trans,code), weighted by ``generator_weights``.
+   loss_trans,code) and CD's ||CD(code_g) - 1||^2 ("code_adversarial"), weighted by
+   ``generator_weights``.
 
-The paper also names an "MRI code discriminator" for the consistency of the two passes but
-gives it no cost; it is left out (the semantic-consistency costs tie the codes directly).
+CD is the paper's "MRI code discriminator", which "guide[s] the consistency of the two
+training processes" (Sec. 2.4). Without it nothing tied EC_R's codes to EC's codes of real
+MRIs, and a review of the 64-pixel run found EC_R giving EC's code of an all-zero image, which
+DC decodes to a blank image (loss_trans and loss_trans,code are exactly zero there). The
+paper shows CD (Fig. 5) but writes no cost for it; ours is the least-squares form of its
+other discriminators.
+
+Initialisation (Sec. 3.4): mean filter for EC_R, EC and DC; N(0, 0.2) for D, CD and the
+lesion components (segmentors, not generator components).
 """
 
 from __future__ import annotations
@@ -51,12 +61,16 @@ def train_generator(config: QuConfig, slices: SliceSet, log=print) -> tuple[dict
     rng = np.random.default_rng(config.seed)
     init = torch.Generator().manual_seed(config.seed)
     nets = generator_networks(config)
-    gen, lesion, disc = nets["generator"], nets["lesion"], nets["discriminator"]
-    mean_filter_init_(gen, init), mean_filter_init_(lesion, init), normal_init_(disc, init)
+    gen, lesion, disc, code_disc = nets["generator"], nets["lesion"], nets["discriminator"], nets["code_discriminator"]
+    # Sec. 3.4: "In generator components, the mean kernel filter parameter is used to initialize
+    # the convolution kernel parameter. [...] In discriminator, we use a random normal initializer
+    # with mean of 0 and standard deviation of 0.2, and the bias is 0." The lesion components are
+    # segmentors, not generator components, so they get the discriminators' initialisation.
+    mean_filter_init_(gen, init), normal_init_(lesion, init), normal_init_(disc, init), normal_init_(code_disc, init)
     device = torch.device(config.device)
     for net in nets.values():
         net.to(device)
-    opt_g, opt_l, opt_d = adam(config, gen), adam(config, lesion), adam(config, disc)
+    opt_g, opt_l, opt_d, opt_cd = adam(config, gen), adam(config, lesion), adam(config, disc), adam(config, code_disc)
     maps, masks = structure_pool(config, slices)
     bank = label_bank(slices)
     transform = LabelTransform()
@@ -83,6 +97,10 @@ def train_generator(config: QuConfig, slices: SliceSet, log=print) -> tuple[dict
         opt_d.zero_grad()
         loss_d.backward()
         opt_d.step()
+        loss_cd = L.loss_mri_code_discriminator(code_disc, assist, generation)
+        opt_cd.zero_grad()
+        loss_cd.backward()
+        opt_cd.step()
 
         loss_l = L.loss_lesion(lesion, real, real_labels, real_labelled)
         opt_l.zero_grad()
@@ -90,7 +108,7 @@ def train_generator(config: QuConfig, slices: SliceSet, log=print) -> tuple[dict
             loss_l.backward()
             opt_l.step()
 
-        _requires_grad(disc, False), _requires_grad(lesion, False)
+        _requires_grad(disc, False), _requires_grad(code_disc, False), _requires_grad(lesion, False)
         g_adv, g_class = L.loss_generation_adversarial(disc, generation)
         terms = {
             "assist_adversarial": L.loss_assist_adversarial(disc, assist),
@@ -103,16 +121,18 @@ def train_generator(config: QuConfig, slices: SliceSet, log=print) -> tuple[dict
             "lesion": L.loss_generated_lesion(lesion, generation),
             "registration": L.loss_registration(generation) if n_mod > 1 else None,
             "semantic_consistency": L.loss_semantic_consistency(generation),
+            "code_adversarial": L.loss_mri_code_adversarial(code_disc, generation),
         }
         terms = {k: v for k, v in terms.items() if v is not None}
         loss_g = sum(w[k] * v for k, v in terms.items())
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()
-        _requires_grad(disc, True), _requires_grad(lesion, True)
+        _requires_grad(disc, True), _requires_grad(code_disc, True), _requires_grad(lesion, True)
 
         if step % config.log_every == 0 or step == config.generator_steps:
             row = {"step": step, "seconds": round(time.time() - started, 1), "loss_D_total": loss_d.item(),
+                   "loss_CD_total": loss_cd.item(),
                    "loss_lesion_real": loss_l.item(), **{k: v.item() for k, v in terms.items()}}
             history.append(row)
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
