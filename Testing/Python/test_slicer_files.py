@@ -7,6 +7,8 @@ import re
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+import slicer_paths  # noqa: F401  (puts MRSynthesis/ on sys.path)
+
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "MRSynthesis"
 PYTHON_FILES = sorted(p.relative_to(MODULE_DIR).as_posix() for p in MODULE_DIR.rglob("*.py")

@@ -287,7 +287,7 @@ def markdown(results: dict[str, Any]) -> str:
     for row in rows:
         lines.append(f"| {row} | " + " | ".join(_fmt(summary["table5"][row][c]) for c in COSTS) + " |")
     lines.append("| average | " + " | ".join(_fmt(summary["table5_average"][c]) for c in COSTS) + " |")
-    lines += ["", "## Augmentation: the random-subset model (B') trained with parts of the augmentation off "
+    lines += ["", "## Augmentation: the random-subset model (B') trained with and without augmentation "
               "(MSE / SSIM)", "",
               "All: flips, rotation, zoom, gamma, scaling, bias field (training/augment.py); none: all off.", "",
               "| inputs | " + " | ".join(AUGMENTATIONS) + " |", "|" + " --- |" * (len(AUGMENTATIONS) + 1)]
