@@ -177,6 +177,7 @@ def evaluate_fold(runs: Path, case: Any, log=print) -> dict[str, Any]:
     Metrics are kept in ``<run folder>/evaluation.json`` with the weights' SHA-256 and reused
     while the weights are the same, so the evaluation can follow the trainings as they finish.
     """
+    from MRSynthesisLib.atomic import write_json
     from MRSynthesisLib.cards import file_sha256, read_card
 
     table: dict[str, dict[str, Any]] = {}
@@ -199,7 +200,7 @@ def evaluate_fold(runs: Path, case: Any, log=print) -> dict[str, Any]:
                 synthetic = model_predict(folder, case, list(subset), TARGET, use_lesion=False)
                 metrics = evaluate(synthetic, case)
                 cache["metrics"][name] = {k: metrics[k] for k in METRICS}
-                cache_path.write_text(json.dumps(cache, indent=2) + "\n", encoding="utf-8")
+                write_json(cache_path, cache)  # atomic: an interrupted run leaves the previous cache
             table[run][name] = cache["metrics"][name]
             log(f"[{case.name}] {run} <- {name}: " +
                 "  ".join(f"{k} {table[run][name][k]:.4f}" for k in METRICS))
