@@ -47,7 +47,7 @@ def _is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
-SALIENCY_BATCH = 4  # slices per backward pass: bounds the memory autograd keeps (see run_slicewise)
+SALIENCY_BATCH = 4  # slices per backward pass on the CPU: bounds the memory autograd keeps (see run_slicewise)
 
 
 @dataclass
@@ -135,11 +135,13 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
                     maps[t][n][index] = g[:, 0].abs().float().cpu().numpy()
 
     with input_gradients_only(network):
-        # With saliency autograd keeps every activation of a batch for the backward pass: 16
-        # slices of the full Chartsias network peaked at 4.7 GB RSS on patient07 (24.4 s), 4
-        # slices at 1.7 GB (13.8 s; Testing/Benchmarks/benchmark_3d_inference.py).
+        # With saliency autograd keeps every activation of a batch for the backward pass: on the
+        # CPU 16 slices of the full Chartsias network peaked at 4.7 GB RSS on patient07 (24.4 s),
+        # 4 slices at 1.7 GB (13.8 s; Testing/Benchmarks/benchmark_3d_inference.py). A GPU keeps
+        # its full batch (4 slices left an H100 idle: saliency took 5.5x the plain pass) and
+        # halves it on out-of-memory like any other batch.
         _run_in_batches(network, active, run_batch, settings, "slices",
-                        largest_batch=SALIENCY_BATCH if saliency else None)
+                        largest_batch=SALIENCY_BATCH if saliency and settings.device.type == "cpu" else None)
     restore = lambda a: np.moveaxis(plan.invert(a), 0, axis)
     return SaliencyResult({t: restore(a) for t, a in outputs.items()},
                           {t: {n: restore(a) for n, a in per.items()} for t, per in maps.items()}, squared)

@@ -81,7 +81,7 @@ def orthogonal_views(panels: Sequence[Panel], path: str | os.PathLike, *, focus:
     if title:
         figure.suptitle(title, color="white", fontsize=10)
     figure.tight_layout()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def saliency_figure(inputs: Mapping[str, Volume], maps: Mapping[str, Volume], path: str | os.PathLike, *,
@@ -122,10 +122,10 @@ def saliency_figure(inputs: Mapping[str, Volume], maps: Mapping[str, Volume], pa
     bar.ax.tick_params(colors="white", labelsize=7)
     if title:
         figure.suptitle(title, color="white", fontsize=10)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _save(figure, path: str | os.PathLike) -> Path:
+def save_figure(figure, path: str | os.PathLike) -> Path:
     """Write ``figure`` as PNG atomically (temporary name, then rename) and release it."""
     import matplotlib.pyplot as plt
 

@@ -42,7 +42,14 @@ from .patches3d import (
 )
 from .volumes3d import Volume3D, load_volumes
 
-DEVICE = torch.device("cpu")  # the 3D recipes are sized for CPU runs; data-parallel runs are 2D-only
+
+def training_device() -> torch.device:
+    """CUDA when present (as the 2D loop), else the CPU. One process: data-parallel runs are 2D-only.
+
+    Patches are cut on the CPU from the numpy volumes and moved per batch; the networks are
+    small enough that the copy is a fraction of a step on a GPU.
+    """
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def make_sampler(config: Train3DConfig, volumes: Sequence[Volume3D], stream: int) -> GridSampler | RandomCropSampler:
@@ -87,7 +94,7 @@ def train_loss(model: nn.Module, batch: PatchBatch, loss: str) -> torch.Tensor:
 
 @torch.no_grad()
 def validate(model: nn.Module, volumes: Sequence[Volume3D], patches: Sequence[Patch], config: Train3DConfig,
-             dtype: torch.dtype | None) -> dict[str, float]:
+             dtype: torch.dtype | None, device: torch.device) -> dict[str, float]:
     """MSE and MAE (normalised scale) over the target crops of the fixed validation patches, all inputs given."""
     model.eval()
     squared = absolute = 0.0
@@ -95,8 +102,8 @@ def validate(model: nn.Module, volumes: Sequence[Volume3D], patches: Sequence[Pa
     for first in range(0, len(patches), config.batch_size):
         batch = cut_batch(volumes, patches[first:first + config.batch_size], size=config.patch_size,
                           margin=config.margin, inputs=config.inputs, outputs=config.outputs,
-                          lesion_input=config.lesion_input)
-        with torch.autocast(DEVICE.type, dtype=dtype, enabled=dtype is not None):
+                          lesion_input=config.lesion_input).to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             sq, ab = patch_errors(model, batch)
         squared, absolute, count = squared + float(sq.sum()), absolute + float(ab.sum()), count + sq.numel()
     model.train()
@@ -154,7 +161,8 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
         print(f"{len(sampler.patches)} grid patches ({size}^3 in, {config.target_size}^3 target) in the training "
               f"volumes; {config.steps_per_epoch * config.batch_size} per epoch", flush=True)
 
-    model = config.build_network().to(DEVICE)
+    device = training_device()
+    model = config.build_network().to(device)
     optimiser = make_optimiser(config, model)
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None, "seconds": 0.0, "log": [],
                              "config": config.to_dict()}
@@ -163,10 +171,11 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
         _check_resumable(saved["config"], config)
         state = {**saved, "config": config.to_dict()}
         print(f"resumed after epoch {state['epoch']} from {out / CHECKPOINT}", flush=True)
-    dtype = autocast_dtype(config.precision, DEVICE)
+    dtype = autocast_dtype(config.precision, device)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    print(f"{config.architecture}: precision {dtype or 'fp32'}, {torch.get_num_threads()} thread(s), "
+    print(f"{config.architecture}: device {device.type}, precision {dtype or 'fp32'}, "
+          f"{torch.get_num_threads()} thread(s), "
           f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
 
     model.train()
@@ -188,9 +197,9 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
             subset = step_subset(config.inputs, subsets, config.seed, step)
             patches = [sampler(step * config.batch_size + j) for j in range(config.batch_size)]
             batch = cut_batch(volumes, patches, size=size, margin=margin, inputs=subset, outputs=config.outputs,
-                              lesion_input=config.lesion_input)
+                              lesion_input=config.lesion_input).to(device)
             optimiser.zero_grad(set_to_none=True)
-            with torch.autocast(DEVICE.type, dtype=dtype, enabled=dtype is not None):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = train_loss(model, batch, config.loss)
             loss.backward()
             optimiser.step()
@@ -201,7 +210,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
         row: dict[str, Any] = {"epoch": epoch + 1, "steps": (epoch + 1) * config.steps_per_epoch,
                                f"train_{config.loss}": total / config.steps_per_epoch}
         if val_volumes:
-            row.update(validate(model, val_volumes, val_patches, config, dtype))
+            row.update(validate(model, val_volumes, val_patches, config, dtype, device))
             if state["best"] is None or row["val_mse"] < state["best"]:
                 state.update(best=row["val_mse"], best_epoch=epoch + 1)
                 save_weights(model, out / BEST)

@@ -138,6 +138,13 @@ class PatchBatch:
     targets: dict[str, torch.Tensor]
     lesion: torch.Tensor | None
 
+    def to(self, device: torch.device) -> PatchBatch:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        return PatchBatch({k: move(v) for k, v in self.inputs.items()}, {k: move(v) for k, v in self.targets.items()},
+                          None if self.lesion is None else move(self.lesion))
+
 
 def cut_batch(volumes: Sequence[Volume3D], patches: Sequence[Patch], *, size: int, margin: int,
               inputs: Sequence[str], outputs: Sequence[str], lesion_input: bool) -> PatchBatch:

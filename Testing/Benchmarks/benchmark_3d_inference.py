@@ -51,7 +51,7 @@ VARIANTS_3D = ("idle", "whole", "whole_fp32", "tiled", "tiled_fp32", "saliency",
 VARIANTS_2D = ("idle", "tiled", "saliency")
 
 
-def load_case(architecture: str, inputs: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
+def load_case(architecture: str, inputs: tuple[str, ...], folder: Path = DATA) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
     from MRSynthesisLib.preprocessing import (
         NormalisationSpec,
         foreground_mask,
@@ -59,9 +59,9 @@ def load_case(architecture: str, inputs: tuple[str, ...]) -> tuple[dict[str, np.
     )
     from MRSynthesisLib.volume import read_volume
 
-    if DATA.is_dir():
-        arrays = {m: read_volume(DATA / FILES[m]).array for m in inputs}
-        source = str(DATA)
+    if folder.is_dir():
+        arrays = {m: read_volume(folder / FILES[m]).array for m in inputs}
+        source = str(folder)
     else:
         rng = np.random.default_rng(0)
         grid = np.indices((182, 218, 182)).astype(np.float32)

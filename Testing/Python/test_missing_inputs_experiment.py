@@ -19,11 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_configs_hold_the_subject_out_and_vary_only_subsets_and_costs(tmp_path):
     paths = mi.write_configs(tmp_path, log=lambda _: None)
-    assert len(paths) == 2 * (1 + 7 + 3 + 1)
+    assert len(paths) == 2 * (1 + 7 + 3 + 3)
     configs = {p.stem: load_config(p) for p in paths}
     for held_out in mi.MS_FOLDS:
         fold = {name: c for name, c in configs.items() if name.startswith(f"mi-{held_out}-")}
-        assert len(fold) == 12
+        assert len(fold) == 14
         for config in fold.values():
             assert not any(held_out in source for source in config.data), config.name
             assert config.outputs == ["FLAIR"] and not config.lesion_input and config.validation_subjects == []
@@ -44,12 +44,19 @@ def test_configs_hold_the_subject_out_and_vary_only_subsets_and_costs(tmp_path):
             f"mi-{held_out}-any-subset"]
         augmented = {c.name.removeprefix(f"mi-{held_out}-any-subset-"): c.augment for c in fold.values()
                      if c.augment != default}
-        assert set(augmented) == {"no-augment"}
+        assert set(augmented) == {"no-augment", "geometric-only", "intensity-only"}
         assert all(c.loss_weights == [1.0, 1.0, 1.0] and c.input_subsets == "random"
                    for c in fold.values() if c.augment != default)
-        off = augmented["no-augment"]
+        off, geometric, intensity = (augmented[n] for n in ("no-augment", "geometric-only", "intensity-only"))
         assert not off.flip and off.rotate_degrees == off.scale == off.gamma == off.intensity_scale == 0
         assert off.bias_field == 0
+        # each half switches exactly the other half off and keeps its own transforms at the defaults
+        assert (geometric.flip, geometric.rotate_degrees, geometric.scale) == (default.flip, default.rotate_degrees,
+                                                                              default.scale)
+        assert geometric.gamma == geometric.intensity_scale == geometric.bias_field == 0
+        assert (intensity.gamma, intensity.intensity_scale, intensity.bias_field) == (
+            default.gamma, default.intensity_scale, default.bias_field)
+        assert not intensity.flip and intensity.rotate_degrees == intensity.scale == 0
 
 
 def test_committed_configs_are_what_the_generator_writes(tmp_path):

@@ -197,13 +197,3 @@ def test_structure_maps_can_come_from_real_scans(models, tmp_path):
         assert label.any() and not np.any((label > 0) & (brain == 0))
     with pytest.raises(SystemExit):
         bd.parser().parse_args([*argv, "--structure-model", str(structure)])
-
-
-def test_soft_dice_loss():
-    from training.qu.usefulness import soft_dice_loss
-
-    onehot = torch.zeros(1, 2, 4, 4)
-    onehot[:, 1, :2] = 1
-    onehot[:, 0, 2:] = 1
-    assert soft_dice_loss(onehot, onehot).item() == pytest.approx(0.0)
-    assert soft_dice_loss(onehot.flip(1), onehot).item() == pytest.approx(1 - 1 / 17)

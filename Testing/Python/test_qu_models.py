@@ -264,3 +264,22 @@ def test_mri_code_discriminator_losses():
     L.loss_mri_code_adversarial(cd, g).backward()
     assert sum(p.grad.abs().sum().item() for p in gen.fusion_encoder.parameters()) > 0
     assert all(p.grad is None for p in [*gen.mri_encoder.parameters(), *gen.decoder.parameters()])
+
+
+def test_label_costs():
+    label = torch.zeros(1, 4, 4, dtype=torch.int64)
+    label[:, :2] = 1
+    exact = L.one_hot_label(label, 2)
+    assert L.label_cost(exact, label, "soft_dice").item() == pytest.approx(0.0)
+    assert L.label_cost(exact.flip(1), label, "soft_dice").item() == pytest.approx(1 - 1 / 17)
+    assert L.label_cost(exact, label, "l2").item() == 0.0
+    assert L.label_cost(exact.flip(1), label, "l2").item() == pytest.approx(1.0)
+    # the rare-class case that defeats L2: predicting "no lesion" everywhere costs L2 almost
+    # nothing when 4 of 256 pixels are lesion, and costs soft Dice almost everything
+    rare = torch.zeros(1, 16, 16, dtype=torch.int64)
+    rare[0, 3:5, 3:5] = 1
+    nothing = L.one_hot_label(torch.zeros_like(rare), 2)
+    assert L.label_cost(nothing, rare, "l2").item() == pytest.approx(4 / 256)
+    assert L.label_cost(nothing, rare, "soft_dice").item() == pytest.approx(1 - 1 / 5)
+    with pytest.raises(ValueError, match="unknown lesion loss"):
+        L.label_cost(exact, label, "focal")

@@ -13,11 +13,18 @@ from conftest import make_subject
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.models.qu_layers import DISCRIMINATOR_STD
 from MRSynthesisLib.models.qu_segmentors import SCHEMES
+from training.qu import generation_check
 from training.qu import train_generator as tg
 from training.qu import train_structure as ts
 from training.qu.config import GENERATOR_WEIGHTS, QuConfig, load_config
 from training.qu.data import LabelTransform, draw_label, label_bank, load_subject_slices
-from training.qu.folders import GENERATOR, STRUCTURE, load_folder, save_folder
+from training.qu.folders import (
+    GENERATOR,
+    STRUCTURE,
+    generator_networks,
+    load_folder,
+    save_folder,
+)
 
 TINY = {"size": 16, "slice_range": [0.0, 1.0], "min_brain_fraction": 0.05, "batch_size": 2, "log_every": 1,
         "structure_width": 4, "structure_code_channels": 2, "mask_width": 4, "generator_width": 4,
@@ -129,18 +136,24 @@ def test_generator_stage_runs_every_loss_for_every_scheme(tmp_path, scheme):
 
 def test_generator_step_leaves_the_lesion_components_to_real_data(tmp_path, monkeypatch):
     """Sec. 2.6: the lesion components guide generation but learn from real slices only."""
-    config = tiny_config(tmp_path, generator_steps=1)
+    config = tiny_config(tmp_path, generator_steps=1, lesion_loss="soft_dice")
     slices = ts.load_sources(config)
-    calls = []
-    original = tg.L.loss_lesion
+    calls, kinds = [], []
+    original, original_generated = tg.L.loss_lesion, tg.L.loss_generated_lesion
 
-    def spy(lesion, images, labels, labelled):
+    def spy(lesion, images, labels, labelled, kind):
         calls.append([x.detach().clone() for x in images])
-        return original(lesion, images, labels, labelled)
+        kinds.append(kind)
+        return original(lesion, images, labels, labelled, kind)
+
+    def spy_generated(lesion, generation, kind):
+        kinds.append(kind)
+        return original_generated(lesion, generation, kind)
 
     monkeypatch.setattr(tg.L, "loss_lesion", spy)
+    monkeypatch.setattr(tg.L, "loss_generated_lesion", spy_generated)
     tg.train_generator(config, slices, log=lambda _: None)
-    assert len(calls) == 1
+    assert len(calls) == 1 and kinds == ["soft_dice", "soft_dice"]  # the config's cost, both places
     real = torch.from_numpy(slices.images)
     for batch in calls[0]:  # every image the lesion components learnt from is a real slice
         for image in batch:
@@ -153,7 +166,13 @@ def test_command_lines_write_model_folders_and_refuse_to_overwrite(tmp_path, cap
     path.write_text(json.dumps({**config.to_dict(), "sources": [s.__dict__ for s in config.sources]}))
     assert ts.main([str(path)]) == 0
     assert tg.main([str(path), "--scheme", "shared_encoder"]) == 0
-    assert load_folder(tmp_path / "run" / "generator", GENERATOR)[0].scheme == "shared_encoder"
+    _, _, manifest = load_folder(tmp_path / "run" / "generator", GENERATOR)
+    assert manifest["config"]["scheme"] == "shared_encoder"
+    assert set(manifest["generation_check"]) == {"T1", "T2", "FLAIR"}
+    assert (tmp_path / "run" / "generator" / "samples.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert generation_check.main([str(tmp_path / "run" / "generator"), "--config", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == manifest["generation_check"]  # same slices, same networks
     assert ts.main([str(path)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert ts.main([str(path), "--overwrite", "--steps", "1"]) == 0
@@ -223,3 +242,19 @@ def test_generator_folder_round_trips_with_the_code_discriminator(tmp_path):
     old_config, old, _ = load_folder(folder, GENERATOR)
     assert set(old) == {"generator", "lesion", "discriminator"}
     assert old_config.generator_weights["code_adversarial"] == GENERATOR_WEIGHTS["code_adversarial"]
+
+
+def test_generation_check_tells_a_blank_generator(tmp_path):
+    """The failure the check exists for: a generator that decodes every code to 0 scores 0 / 0 / 1."""
+    config = tiny_config(tmp_path)
+    slices = ts.load_sources(config)
+    generator = generator_networks(config)["generator"]
+    for parameter in generator.decoder.parameters():
+        torch.nn.init.zeros_(parameter)
+    figure = tmp_path / "samples.png"
+    result = generation_check.generation_check(generator, slices, config, count=4, figure=figure)
+    assert result == {m: {"brain_mean_ratio": 0.0, "correlation": 0.0, "mae_over_blank": 1.0} for m in config.modalities}
+    assert figure.stat().st_size > 1000
+    picked = generation_check.pick_slices(slices, 4, 0)
+    has_lesion = slices.labels.reshape(len(slices), -1).max(axis=1) > 0
+    assert has_lesion[picked].sum() == min(4, (has_lesion & slices.labelled).sum())  # lesion slices first

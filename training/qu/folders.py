@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +57,20 @@ def generator_networks(config: QuConfig) -> dict[str, nn.Module]:
 
 
 def save_folder(folder: Path, kind: str, config: QuConfig, networks: dict[str, nn.Module],
-                extra: dict[str, Any] | None = None) -> None:
+                extra: dict[str, Any] | None = None, files: Sequence[Path] = ()) -> None:
     """Write into a hidden temporary folder beside ``folder``, then rename it into place.
 
     An interrupted save leaves no half model under the final name; an existing ``folder``
     (the caller checked ``--overwrite``) is replaced only once the new one is complete.
+    ``files`` (e.g. a samples figure) are copied in beside the weights.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:
         for name, network in networks.items():
             save_weights(network, temporary / f"{name}.safetensors")
+        for extra_file in files:
+            shutil.copy2(extra_file, temporary / Path(extra_file).name)
         write_json(temporary / MANIFEST, {"kind": kind, "config": config.to_dict(),
                                           "weights": {n: f"{n}.safetensors" for n in networks}, **(extra or {})})
         if folder.exists():

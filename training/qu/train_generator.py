@@ -31,7 +31,9 @@ lesion components (segmentors, not generator components).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from MRSynthesisLib.models.qu_layers import mean_filter_init_, normal_init_
 from .config import QuConfig, adam, load_config
 from .data import LabelTransform, SliceSet, draw_label, label_bank
 from .folders import GENERATOR, generator_networks, save_folder
+from .generation_check import CHECK_KEYS, SAMPLES, generation_check
 from .train_structure import load_sources, prepare_out, structure_pool
 
 
@@ -53,8 +56,13 @@ def _requires_grad(module: torch.nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def train_generator(config: QuConfig, slices: SliceSet, log=print) -> tuple[dict, list[dict], np.ndarray]:
-    """Train the generator stage; return its networks, the loss log and the lesion-label bank used."""
+def train_generator(config: QuConfig, slices: SliceSet, log=print,
+                    max_minutes: float | None = None) -> tuple[dict, list[dict], np.ndarray]:
+    """Train the generator stage; return its networks, the loss log and the lesion-label bank used.
+
+    ``max_minutes`` ends training after the first step past that budget (logged as the last
+    row): a lent GPU or a shared machine gives a time, not a step count.
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -102,7 +110,7 @@ def train_generator(config: QuConfig, slices: SliceSet, log=print) -> tuple[dict
         loss_cd.backward()
         opt_cd.step()
 
-        loss_l = L.loss_lesion(lesion, real, real_labels, real_labelled)
+        loss_l = L.loss_lesion(lesion, real, real_labels, real_labelled, config.lesion_loss)
         opt_l.zero_grad()
         if loss_l.requires_grad:
             loss_l.backward()
@@ -118,7 +126,7 @@ def train_generator(config: QuConfig, slices: SliceSet, log=print) -> tuple[dict
             "code_consistency": L.loss_code_consistency(assist) if n_mod > 1 else None,
             "adversarial": g_adv, "class": g_class,
             "structure": L.loss_structure_consistency(generation, config.beta),
-            "lesion": L.loss_generated_lesion(lesion, generation),
+            "lesion": L.loss_generated_lesion(lesion, generation, config.lesion_loss),
             "registration": L.loss_registration(generation) if n_mod > 1 else None,
             "semantic_consistency": L.loss_semantic_consistency(generation),
             "code_adversarial": L.loss_mri_code_adversarial(code_disc, generation),
@@ -130,12 +138,18 @@ def train_generator(config: QuConfig, slices: SliceSet, log=print) -> tuple[dict
         opt_g.step()
         _requires_grad(disc, True), _requires_grad(code_disc, True), _requires_grad(lesion, True)
 
-        if step % config.log_every == 0 or step == config.generator_steps:
+        out_of_time = max_minutes is not None and time.time() - started > 60 * max_minutes
+        if step % config.log_every == 0 or step == config.generator_steps or out_of_time:
+            check = generation_check(gen, slices, config, count=8)
             row = {"step": step, "seconds": round(time.time() - started, 1), "loss_D_total": loss_d.item(),
                    "loss_CD_total": loss_cd.item(),
-                   "loss_lesion_real": loss_l.item(), **{k: v.item() for k, v in terms.items()}}
+                   "loss_lesion_real": loss_l.item(), **{k: v.item() for k, v in terms.items()},
+                   **{f"generated_{k}": float(np.mean([c[k] for c in check.values()])) for k in CHECK_KEYS}}
             history.append(row)
             log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if out_of_time:
+            log(f"time budget of {max_minutes} min reached after step {step}")
+            break
     return {name: net.cpu() for name, net in nets.items()}, history, bank
 
 
@@ -145,17 +159,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="run folder (default: the config's 'out'); the model goes to <out>/generator")
     parser.add_argument("--steps", type=int, help="override generator_steps")
     parser.add_argument("--scheme", help="override the lesion scheme (single, shared_encoder, per_modality)")
+    parser.add_argument("--max-minutes", type=float, help="stop after the first step past this wall-clock budget")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing <out>/generator")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, {"out": args.out, "generator_steps": args.steps, "scheme": args.scheme})
         folder = Path(config.out) / "generator"
         prepare_out(folder, args.overwrite)
-        nets, history, bank = train_generator(config, load_sources(config))
+        nets, history, bank = train_generator(config, load_sources(config), max_minutes=args.max_minutes)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    save_folder(folder, GENERATOR, config, nets, {"log": history, "label_bank_size": len(bank)})
+    slices = load_sources(config)
+    with tempfile.TemporaryDirectory() as scratch:
+        samples = Path(scratch) / SAMPLES
+        check = generation_check(nets["generator"], slices, config, figure=samples)
+        save_folder(folder, GENERATOR, config, nets, {"log": history, "label_bank_size": len(bank),
+                                                      "generation_check": check}, files=[samples])
+    print("generation check (generated vs real, in the brain): " + json.dumps(check))
     print(f"wrote {folder}")
     return 0
 
