@@ -78,6 +78,10 @@ class QuConfig:
     # optimisation (Sec. 3.4: Adam, lr 1e-4, beta1 0.5, no weight decay; batch 1)
     learning_rate: float = 1e-4
     beta1: float = 0.5
+    # Not in the paper: clip the global gradient norm of EC_R, EC and DC (None = off). The
+    # 64-pixel GPU runs collapsed to a constant output after a few hundred steps at lr 1e-4
+    # to 2e-4 (docs/results/qu_generator_gpu); clipping is the usual guard for such a jump.
+    grad_clip: float | None = None
     batch_size: int = 1
     structure_steps: int = 1000
     generator_steps: int = 1000
@@ -123,6 +127,8 @@ class QuConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError("grad_clip must be > 0 (or null for no clipping)")
         if self.mask_expand < 0:
             raise ValueError("mask_expand must be >= 0")
 

@@ -135,6 +135,8 @@ def train_generator(config: QuConfig, slices: SliceSet, log=print,
         loss_g = sum(w[k] * v for k, v in terms.items())
         opt_g.zero_grad()
         loss_g.backward()
+        # the norm before clipping is logged either way: a spike in it precedes a collapse
+        grad_norm = torch.nn.utils.clip_grad_norm_(gen.parameters(), config.grad_clip or float("inf"))
         opt_g.step()
         _requires_grad(disc, True), _requires_grad(code_disc, True), _requires_grad(lesion, True)
 
@@ -142,7 +144,7 @@ def train_generator(config: QuConfig, slices: SliceSet, log=print,
         if step % config.log_every == 0 or step == config.generator_steps or out_of_time:
             check = generation_check(gen, slices, config, count=8)
             row = {"step": step, "seconds": round(time.time() - started, 1), "loss_D_total": loss_d.item(),
-                   "loss_CD_total": loss_cd.item(),
+                   "loss_CD_total": loss_cd.item(), "grad_norm_generator": grad_norm.item(),
                    "loss_lesion_real": loss_l.item(), **{k: v.item() for k, v in terms.items()},
                    **{f"generated_{k}": float(np.mean([c[k] for c in check.values()])) for k in CHECK_KEYS}}
             history.append(row)
