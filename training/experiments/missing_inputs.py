@@ -7,7 +7,7 @@ tri-modal model of Experiment A at test time. A third column, B', does the same 
 product's recipe: one model trained on a random subset each step (``input_subsets: random``,
 training/README.md). Table V: the tri-modal model trained with one cost part removed (c1 each
 input's latent decoded alone, c2 latent variance, c3 fused latent), evaluated on every subset.
-Augmentation: the B' model trained again without augmentation.
+Augmentation: the B' model trained again with none, only the geometric or only the intensity transforms.
 
 Three steps, run by hand from the repository root::
 
