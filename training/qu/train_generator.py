@@ -1,8 +1,9 @@
 """Stage 2 of Qu et al. (Sec. 2.4-2.7): the conditional multimodal generator, its two
 discriminators and the lesion label generation components.
 
-``python -m training.qu.train_generator CONFIG.json [--out DIR] [--steps N] [--scheme S] [--overwrite]``
-writes ``<out>/generator``. Each step, on a batch of real slices per modality (drawn
+``python -m training.qu.train_generator CONFIG.json [--out DIR] [--steps N] [--scheme S] [--max-minutes M]
+[--overwrite]`` writes ``<out>/generator`` (networks, loss log, ``generation_check`` figures and
+``samples.png``). Each step, on a batch of real slices per modality (drawn
 independently: the method does not need registered training data) and a batch of structure
 maps from real slices (their own lesion removed) fused with random real lesion labels:
 
@@ -168,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, {"out": args.out, "generator_steps": args.steps, "scheme": args.scheme})
         folder = Path(config.out) / "generator"
         prepare_out(folder, args.overwrite)
-        nets, history, bank = train_generator(config, load_sources(config), max_minutes=args.max_minutes)
+        slices = load_sources(config)
+        nets, history, bank = train_generator(config, slices, max_minutes=args.max_minutes)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    slices = load_sources(config)
     with tempfile.TemporaryDirectory() as scratch:
         samples = Path(scratch) / SAMPLES
         check = generation_check(nets["generator"], slices, config, figure=samples)
