@@ -36,11 +36,13 @@ class Geometry2D:
     zoom: float = 1.0  # > 1 magnifies
 
 
-def draw_geometry(rng: np.random.Generator, brain_slice: np.ndarray, config: AugmentConfig | None) -> Geometry2D:
-    """A random crop centre on a brain pixel and, with ``config``, random flips/rotation/zoom."""
-    rows, columns = np.nonzero(brain_slice)
-    pick = int(rng.integers(len(rows)))
-    centre = (int(rows[pick]), int(columns[pick]))
+def draw_geometry(rng: np.random.Generator, brain_slice: np.ndarray, config: AugmentConfig | None,
+                  centre: tuple[int, int] | None = None) -> Geometry2D:
+    """A crop centred on ``centre`` or on a random brain pixel and, with ``config``, random flips/rotation/zoom."""
+    if centre is None:
+        rows, columns = np.nonzero(brain_slice)
+        pick = int(rng.integers(len(rows)))
+        centre = (int(rows[pick]), int(columns[pick]))
     if config is None:
         return Geometry2D(centre)
     flips = rng.random(2) < 0.5 if config.flip else (False, False)
@@ -82,22 +84,26 @@ def _window(stack: np.ndarray, geometry: Geometry2D, size: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def crop(images: Mapping[str, np.ndarray], lesion: np.ndarray, geometry: Geometry2D,
+def crop(images: Mapping[str, np.ndarray], masks: np.ndarray, geometry: Geometry2D,
          size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Resample every (H, W) image and the lesion mask on the same grid: (1, size, size) tensors.
+    """Resample every (H, W) image and the (H, W) or (k, H, W) masks on the same grid.
 
-    Outside the slice the crop is 0, the normalised background value.
+    Images come back as (1, size, size) tensors (bilinear), the masks as one (k, size, size)
+    tensor (nearest, so they stay binary). Outside the slice the crop is 0, the normalised
+    background value and "no mask".
     """
     names = list(images)
-    stack = np.stack([images[n] for n in names] + [lesion]).astype(np.float32, copy=False)
+    masks = masks[None] if masks.ndim == 2 else masks
+    stack = np.concatenate([np.stack([images[n] for n in names]), masks]).astype(np.float32, copy=False)
+    k = len(masks)
     if geometry.angle == 0 and geometry.zoom == 1:
         window = _window(stack, geometry, size)
-        out, mask = window[:-1], window[-1:]
+        out, mask = window[:-k], window[-k:]
     else:
         tensor = torch.from_numpy(stack)[None]
         grid = sampling_grid(geometry, size, stack.shape[-2:])
-        out = F.grid_sample(tensor[:, :-1], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-        mask = F.grid_sample(tensor[:, -1:], grid, mode="nearest", padding_mode="zeros", align_corners=True)[0]
+        out = F.grid_sample(tensor[:, :-k], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+        mask = F.grid_sample(tensor[:, -k:], grid, mode="nearest", padding_mode="zeros", align_corners=True)[0]
     return {n: out[i:i + 1] for i, n in enumerate(names)}, mask
 
 

@@ -27,12 +27,13 @@ class Batch:
     inputs: dict[str, torch.Tensor]  # (n, 1, S, S)
     references: dict[str, torch.Tensor]
     lesion: torch.Tensor | None
+    weight: torch.Tensor | None = None  # (n, 1, S, S) 0/1: which pixels the cost sees; None = all
 
     def to(self, device: torch.device, channels_last: bool) -> "Batch":
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        move = lambda t: t.to(device).contiguous(memory_format=fmt)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device).contiguous(memory_format=fmt)  # noqa: E731
         return Batch({k: move(v) for k, v in self.inputs.items()}, {k: move(v) for k, v in self.references.items()},
-                     None if self.lesion is None else move(self.lesion))
+                     move(self.lesion), move(self.weight))
 
 
 def all_subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
@@ -54,24 +55,41 @@ def step_subset(inputs: Sequence[str], mode: str, seed: int, step: int) -> tuple
 
 def build_batch(subjects: Sequence[Subject], indices: Sequence[int], *, seed: int, stream: int, step: int,
                 subset: Sequence[str], outputs: Sequence[str], crop_size: int, lesion_input: bool,
-                augment: AugmentConfig | None) -> Batch:
+                augment: AugmentConfig | None, lesion_crop_fraction: float = 0.0) -> Batch:
     """Samples ``indices`` of the batch of ``step``: a random subject (uniform, so a large
     scan does not outweigh a small one), a random brain slice of it, a crop centred on a
-    brain pixel; augmented when ``augment`` is given."""
+    brain pixel; augmented when ``augment`` is given.
+
+    With ``lesion_crop_fraction`` that fraction of the crops of a subject with an expert
+    lesion mask is centred on one of its lesion voxels instead (uniform over the voxels), so
+    a light lesion load (1,300 voxels in the shared patient07) is seen often enough to learn
+    its contrast from. The batch carries cost weights when a subject has an ``ignore`` region.
+    """
     inputs: dict[str, list[torch.Tensor]] = {m: [] for m in subset}
     references: dict[str, list[torch.Tensor]] = {m: [] for m in outputs}
-    lesions = []
+    lesions, weights = [], []
     needed = list(dict.fromkeys([*subset, *outputs]))
+    weighted = any(s.ignore is not None for s in subjects)
     for index in indices:
         rng = np.random.default_rng([seed, stream, step, index])
         subject = subjects[int(rng.integers(len(subjects)))]
-        z = int(subject.slices[int(rng.integers(len(subject.slices)))])
-        geometry = draw_geometry(rng, subject.brain[z], augment)
-        images, lesion = crop({m: subject.images[m][z] for m in needed}, subject.lesion[z], geometry, crop_size)
+        centre = None
+        points = subject.lesion_points if lesion_crop_fraction else ()
+        if len(points) and rng.random() < lesion_crop_fraction:
+            z, *centre = (int(v) for v in points[int(rng.integers(len(points)))])
+        else:
+            z = int(subject.slices[int(rng.integers(len(subject.slices)))])
+        geometry = draw_geometry(rng, subject.brain[z], augment, None if centre is None else tuple(centre))
+        masks = [subject.lesion[z]]
+        if weighted:
+            masks.append(np.zeros_like(subject.lesion[z]) if subject.ignore is None else subject.ignore[z])
+        images, cropped = crop({m: subject.images[m][z] for m in needed}, np.stack(masks), geometry, crop_size)
         for m in subset:
             inputs[m].append(jitter_intensity(images[m], rng, augment) if augment is not None else images[m])
         for m in outputs:
             references[m].append(images[m])
-        lesions.append(lesion)
+        lesions.append(cropped[:1])
+        if weighted:
+            weights.append(1 - cropped[1:])
     return Batch({m: torch.stack(v) for m, v in inputs.items()}, {m: torch.stack(v) for m, v in references.items()},
-                 torch.stack(lesions) if lesion_input else None)
+                 torch.stack(lesions) if lesion_input else None, torch.stack(weights) if weighted else None)

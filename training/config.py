@@ -16,7 +16,7 @@ from typing import Any
 from MRSynthesisLib import modalities
 from MRSynthesisLib.models.chartsias import FUSIONS, ChartsiasMIMO
 
-LESION_FALLBACKS = ("flair", "zeros")
+LESION_FALLBACKS = ("flair", "zeros", "ignore")
 INPUT_SUBSETS = ("random", "all")
 PRECISIONS = ("auto", "fp32", "bf16")
 MONITORS = ("val_mse", "val_loss")
@@ -74,9 +74,11 @@ class TrainConfig:
     split_seed: int = 0
     # lesion channel
     lesion_input: bool = True
-    lesion_fallback: str = "flair"  # for subjects without a lesion mask
+    lesion_fallback: str = "flair"  # for subjects without a lesion mask (training/lesions.py says which to pick)
     lesion_flair_z: float = 3.0
     lesion_min_voxels: int = 20
+    # fraction of crops centred on an expert-labelled lesion voxel (nnU-Net oversamples foreground 33 %)
+    lesion_crop_fraction: float = 0.0
     # network (paper: 16 latent channels, 32/64/128 filters, max fusion)
     latent_channels: int = 16
     filters: list[int] = field(default_factory=lambda: [32, 64, 128])
@@ -117,8 +119,12 @@ class TrainConfig:
             setattr(self, label, names)
         if self.lesion_fallback not in LESION_FALLBACKS:
             raise ValueError(f"lesion_fallback must be one of {LESION_FALLBACKS}")
-        if self.lesion_input and self.lesion_fallback == "flair" and "FLAIR" not in self.inputs + self.outputs:
-            raise ValueError("lesion_fallback 'flair' needs FLAIR among the inputs or outputs")
+        if self.lesion_input and self.lesion_fallback != "zeros" and "FLAIR" not in self.inputs + self.outputs:
+            raise ValueError(f"lesion_fallback '{self.lesion_fallback}' needs FLAIR among the inputs or outputs")
+        if not 0 <= self.lesion_crop_fraction < 1:
+            raise ValueError("lesion_crop_fraction must be in [0, 1)")
+        if self.lesion_crop_fraction and not self.lesion_input:
+            raise ValueError("lesion_crop_fraction needs lesion_input (the lesion masks are read only with it)")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}")
         if len(self.loss_weights) != 3:

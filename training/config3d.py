@@ -18,7 +18,7 @@ from MRSynthesisLib import modalities
 from MRSynthesisLib.models import architecture_class
 from MRSynthesisLib.preprocessing import NormalisationSpec
 
-from .config import LESION_FALLBACKS, PRECISIONS, read_config_json
+from .config import PRECISIONS, read_config_json
 
 # The normalisation is the architecture's, as its paper describes it (see preprocessing.py):
 # Wei et al. z-score every sequence, Klingelhoefer & Rousseau divide by 3x the mean of the
@@ -34,6 +34,8 @@ RESERVED_PARAMS = ("inputs", "outputs", "lesion_input", "input_dropout")
 # Keys that may change on --resume: they bound how long the run goes on, how fast it computes
 # or where its folder is, not what a step computes.
 RESUMABLE_CHANGES = ("epochs", "max_minutes", "threads", "out")
+# The 2D trainer's "ignore" needs per-pixel cost weights, which the 3D losses do not take.
+LESION_FALLBACKS = ("flair", "zeros")
 
 
 @dataclass

@@ -18,9 +18,11 @@ import csv
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from MRSynthesisLib import modalities
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
@@ -28,6 +30,9 @@ from MRSynthesisLib.volume import read_volume
 
 from .lesions import flair_hyperintensity_mask
 
+# "ignore" leaves the cost blind to a subject's derived FLAIR-hyperintense region grown by this many
+# voxels: the derived mask stops at z > 3, and the fainter rim of an oedema is lesion as well.
+IGNORE_MARGIN = 3
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 LESION_COLUMN = "lesion_mask"
 _LESION_STEM = re.compile(r"(^|.*[_\-.])(lesion_mask|lesion|lesions)$", re.IGNORECASE)
@@ -153,7 +158,8 @@ class Subject:
     """One preprocessed subject: modality -> (slices, H, W) float32, axial axis first.
 
     ``lesion_source`` says where the lesion channel came from: "mask", "flair" (derived),
-    "zeros" (taken as lesion-free) or "none" (no lesion channel).
+    "zeros" (taken as lesion-free), "ignored" (all zeros, and ``ignore`` marks the derived
+    lesion region that no cost may see) or "none" (no lesion channel).
     """
 
     name: str
@@ -162,6 +168,21 @@ class Subject:
     brain: np.ndarray  # (slices, H, W) bool
     slices: np.ndarray  # indices of the slices with enough brain to train on
     lesion_source: str
+    ignore: np.ndarray | None = None  # (slices, H, W) bool: pixels left out of every cost
+
+    def supervised(self, index) -> np.ndarray:
+        """The brain pixels of slices ``index`` that the cost and validation may look at."""
+        brain = self.brain[index]
+        return brain if self.ignore is None else brain & ~self.ignore[index]
+
+    @cached_property
+    def lesion_points(self) -> np.ndarray:
+        """(n, 3) slice/row/column of the expert-labelled lesion voxels in the training slices."""
+        if self.lesion_source != "mask":
+            return np.zeros((0, 3), np.int64)
+        points = np.argwhere(self.lesion[self.slices] > 0.5)
+        points[:, 0] = self.slices[points[:, 0]]
+        return points
 
 
 def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[str], *, lesion_input: bool,
@@ -190,6 +211,7 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     brain = foreground_mask([volumes[m].array for m in inputs])
     normalised = {m: normalise(volumes[m].array, normalisation, brain)[0] for m in needed}
     lesion = np.zeros(brain.shape, np.float32)
+    ignore = None
     source = "none"
     if lesion_input:
         if files.lesion is not None:
@@ -200,6 +222,10 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
         elif lesion_fallback == "flair":
             lesion = flair_hyperintensity_mask(volumes["FLAIR"].array, brain, flair_z, min_voxels).astype(np.float32)
             source = "flair"
+        elif lesion_fallback == "ignore":
+            derived = flair_hyperintensity_mask(volumes["FLAIR"].array, brain, flair_z, min_voxels)
+            ignore = ndi.binary_dilation(derived, np.ones((3, 3, 3), bool), iterations=IGNORE_MARGIN) & brain
+            source = "ignored"
         else:
             source = "zeros"
         lesion *= brain
@@ -209,5 +235,5 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     area = brain_first.reshape(len(brain_first), -1).sum(1)
     slices = np.flatnonzero(area >= min_slice_brain_fraction * area.max())
     subject = Subject(files.subject, {m: first(a) for m, a in normalised.items()}, first(lesion), brain_first,
-                      slices, source)
+                      slices, source, None if ignore is None else first(ignore))
     return subject, {m: volumes[m].array for m in outputs}, brain

@@ -74,8 +74,8 @@ def load_base(config: TrainConfig) -> Base:
     if not new:
         raise ValueError(f"extend: every config output {config.outputs} is already an output of {folder} "
                          f"({card.outputs}); list at least one new output")
-    if config.lesion_input and config.lesion_fallback == "flair" and "FLAIR" not in [*config.inputs, *new]:
-        raise ValueError("extend: lesion_fallback 'flair' needs FLAIR among the inputs or the new outputs "
+    if config.lesion_input and config.lesion_fallback != "zeros" and "FLAIR" not in [*config.inputs, *new]:
+        raise ValueError(f"extend: lesion_fallback '{config.lesion_fallback}' needs FLAIR among the inputs or the new outputs "
                          "(the base's outputs are not loaded); use 'zeros' or give FLAIR")
     network = loaded.network
     for m in new:

@@ -81,6 +81,8 @@ def _tensorboard(folder: Path) -> Any:
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
     current = config.to_dict()
+    # a key the saved config lacks was added to TrainConfig since: it ran with the default
+    saved = {**TrainConfig(name="defaults", data=["-"], inputs=["T1"], outputs=["T2"]).to_dict(), **saved}
     changed = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
@@ -199,10 +201,12 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
             subset = step_subset(config.inputs, config.input_subsets, config.seed, step)
             batch = build_batch(train_subjects, share, seed=config.seed, stream=TRAIN_STREAM, step=step, subset=subset,
                                 outputs=work.outputs, crop_size=config.crop_size, lesion_input=config.lesion_input,
-                                augment=config.augment).to(device, config.channels_last)
+                                augment=config.augment, lesion_crop_fraction=config.lesion_crop_fraction
+                                ).to(device, config.channels_last)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss, parts = chartsias_loss(model, batch.inputs, batch.references, batch.lesion, weights)
+                loss, parts = chartsias_loss(model, batch.inputs, batch.references, batch.lesion, weights,
+                                             mask=batch.weight)
             loss.backward()
             distributed.average_gradients(model, context)
             optimizer.step()

@@ -57,7 +57,7 @@ def validate(model: nn.Module, subjects: Sequence[Subject], config: TrainConfig,
                             lesion_input=config.lesion_input, augment=None).to(device, config.channels_last)
         with torch.no_grad(), settings.autocast():
             _, values = chartsias_loss(model, batch.inputs, batch.references, batch.lesion,
-                                       tuple(config.loss_weights))
+                                       tuple(config.loss_weights), mask=batch.weight)
         for k, v in values.items():
             parts.setdefault(k, []).append(v)
     result = {f"val_{k}": float(np.mean(v)) for k, v in parts.items()}
@@ -66,14 +66,15 @@ def validate(model: nn.Module, subjects: Sequence[Subject], config: TrainConfig,
     for subject in subjects:
         index = subject.slices[::config.val_slice_stride]
         brain = subject.brain[index]
+        scored = subject.supervised(index)
         lesion = subject.lesion[index] > 0.5 if config.lesion_input else None
         for given, targets in validation_tasks(config.inputs, config.outputs):
             out = run_slicewise(model, {m: subject.images[m][index] for m in given}, targets, axis=0, mask=brain,
                                 settings=settings, lesion=lesion).outputs
             for t in targets:
                 task = f"{'+'.join(given)}->{t}"
-                scores.setdefault(f"mse[{task}]", []).append(metrics.mse(out[t], subject.images[t][index], brain))
-                scores.setdefault(f"ssim[{task}]", []).append(_slice_ssim(out[t], subject.images[t][index], brain))
+                scores.setdefault(f"mse[{task}]", []).append(metrics.mse(out[t], subject.images[t][index], scored))
+                scores.setdefault(f"ssim[{task}]", []).append(_slice_ssim(out[t], subject.images[t][index], scored))
     per_task = {k: float(np.mean(v)) for k, v in scores.items()}
     result["val_mse"] = float(np.mean([v for k, v in per_task.items() if k.startswith("mse[")]))
     result["val_ssim"] = float(np.mean([v for k, v in per_task.items() if k.startswith("ssim[")]))

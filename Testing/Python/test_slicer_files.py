@@ -68,3 +68,14 @@ def test_the_command_lines_imports_are_in_slicers_python_or_installed_by_torchse
                 third_party.add(node.module.split(".")[0])
     third_party -= set(sys.stdlib_module_names) | {"MRSynthesisLib"}
     assert third_party <= SLICER_BUNDLED | set(REQUIRED), third_party - SLICER_BUNDLED - set(REQUIRED)
+
+
+def test_the_extension_icon_and_screenshot_urls_name_files_of_this_repository():
+    """The extension catalogue shows these; a URL into the repository must name a file it has."""
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    urls = dict(re.findall(r'set\((EXTENSION_(?:ICONURL|SCREENSHOTURLS)) "([^"]+)"\)', cmake))
+    assert set(urls) == {"EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"}
+    for key, url in urls.items():
+        path = re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(.+)", url).group(1)
+        assert (REPO / path).is_file(), (key, url)
+    assert urls["EXTENSION_SCREENSHOTURLS"].endswith(".png") and "Icons" not in urls["EXTENSION_SCREENSHOTURLS"]

@@ -16,6 +16,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from MRSynthesisLib.models.chartsias import ChartsiasMIMO
+from MRSynthesisLib.models.losses_chartsias import chartsias_loss
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
 from training.augment import Geometry2D, crop
 from training.batches import TRAIN_STREAM, all_subsets, build_batch, step_subset
@@ -256,6 +258,59 @@ def test_step_subsets_cover_every_combination():
     assert step_subset(names, "all", 0, 5) == names
 
 
+def test_ignore_fallback_hides_an_unlabelled_lesion_from_the_cost(tmp_path):
+    """A label-free subject teaches the lesion channel nothing: channel 0, lesion region out of the cost."""
+    roots = write_dataset(tmp_path)
+    files = {s.subject: s for s in discover(roots)}
+    kwargs = dict(lesion_input=True, lesion_fallback="ignore", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
+    unlabelled = load_subject(files["BraTS-X-0003"], ["T1", "T2"], ["FLAIR"], **kwargs)[0]
+    labelled = load_subject(files["patient01"], ["T1", "T2"], ["FLAIR"], **kwargs)[0]
+    truth = tissue_map(3) == 4
+    assert unlabelled.lesion_source == "ignored" and not unlabelled.lesion.any()
+    assert unlabelled.ignore[truth].all() and not unlabelled.ignore[~unlabelled.brain].any()
+    assert labelled.lesion_source == "mask" and labelled.ignore is None
+
+    batch = build_batch([unlabelled, labelled], range(8), seed=1, stream=TRAIN_STREAM, step=0, subset=("T1", "T2"),
+                        outputs=("FLAIR",), crop_size=16, lesion_input=True, augment=None)
+    hidden = batch.weight == 0
+    assert hidden.any() and set(batch.weight.unique().tolist()) == {0.0, 1.0}
+    assert (batch.inputs["T1"][hidden] > 0).all()  # hidden pixels are brain, not padding
+    model = ChartsiasMIMO(("T1", "T2"), ("FLAIR",), lesion_input=True, latent_channels=2, filters=(4, 4, 4))
+    changed = {"FLAIR": torch.where(hidden, 100.0, batch.references["FLAIR"])}
+    loss = lambda refs, mask: chartsias_loss(model, batch.inputs, refs, batch.lesion, mask=mask)[0]  # noqa: E731
+    assert torch.equal(loss(changed, batch.weight), loss(batch.references, batch.weight))
+    assert loss(changed, None) > loss(batch.references, None)
+
+
+def test_lesion_crops_centre_on_expert_lesions_only(tmp_path):
+    roots = write_dataset(tmp_path)
+    files = {s.subject: s for s in discover(roots)}
+    kwargs = dict(lesion_input=True, lesion_fallback="flair", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
+    labelled = load_subject(files["patient01"], ["T1", "T2"], ["FLAIR"], **kwargs)[0]
+    derived = load_subject(files["BraTS-X-0003"], ["T1", "T2"], ["FLAIR"], **kwargs)[0]
+    draw = dict(seed=2, stream=TRAIN_STREAM, step=4, subset=("T1",), outputs=("FLAIR",), crop_size=16,
+                lesion_input=True, augment=None)
+    centre = (slice(None), 0, 8, 8)  # crop offsets run from -size // 2: index 8 of 16 is the centre pixel
+    often = build_batch([labelled], range(64), lesion_crop_fraction=0.9, **draw)
+    never = build_batch([labelled], range(64), **draw)
+    assert often.lesion[centre].mean() > 0.7 > never.lesion[centre].mean()
+    # a subject without an expert mask (here a FLAIR-derived one) draws exactly the crops it drew before
+    plain = build_batch([derived], range(16), **draw)
+    assert torch.equal(build_batch([derived], range(16), lesion_crop_fraction=0.5, **draw).inputs["T1"],
+                       plain.inputs["T1"])
+
+
+def test_lesion_options_are_checked():
+    base = {"name": "m", "data": ["d"], "inputs": ["T1", "T2"], "outputs": ["FLAIR"]}
+    assert TrainConfig.from_dict({**base, "lesion_fallback": "ignore", "lesion_crop_fraction": 0.33}).lesion_crop_fraction == 0.33
+    with pytest.raises(ValueError, match="lesion_crop_fraction must be in"):
+        TrainConfig.from_dict({**base, "lesion_crop_fraction": 1.0})
+    with pytest.raises(ValueError, match="needs lesion_input"):
+        TrainConfig.from_dict({**base, "lesion_input": False, "lesion_crop_fraction": 0.2})
+    with pytest.raises(ValueError, match="'ignore' needs FLAIR"):
+        TrainConfig.from_dict({**base, "outputs": ["T1c"], "lesion_fallback": "ignore"})
+
+
 def test_config_rejects_unknown_keys_and_canonicalises_names(tmp_path):
     base = {"name": "m", "data": ["d"], "inputs": ["t1n", "t2f"], "outputs": ["T2w"]}
     config = TrainConfig.from_dict(base, base=tmp_path)
@@ -304,3 +359,14 @@ def test_checkpoint_round_trip_and_pickles_are_refused(tmp_path):
     (tmp_path / "j.safetensors").write_text(json.dumps({"epoch": 1}))
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "j.safetensors", other, other_optimizer)
+
+
+def test_resume_accepts_a_checkpoint_written_before_a_config_key_existed():
+    from training.loop import _check_resumable
+
+    config = TrainConfig.from_dict({"name": "m", "data": ["d"], "inputs": ["T1"], "outputs": ["FLAIR"]})
+    saved = config.to_dict()
+    del saved["lesion_crop_fraction"]  # as in a checkpoint from before the key was added
+    _check_resumable(saved, config)
+    with pytest.raises(ValueError, match="lesion_crop_fraction"):
+        _check_resumable({**saved, "lesion_crop_fraction": 0.5}, config)
