@@ -11,7 +11,14 @@ same anatomy. Per modality:
   the intensity level is right);
 - ``correlation``: Pearson correlation of generated and real pixels (0 when unrelated);
 - ``mae_over_blank``: the generated image's MAE over a blank image's (below 1 = better than
-  blank; the paper's Algorithm 3 and Dice filters sit on top of this).
+  blank; the paper's Algorithm 3 and Dice filters sit on top of this);
+- ``structure_cost``: the training's structure-consistency cost (loss_sv,f of one modality:
+  mean squared difference of the map and the soft map of the generated image, clipped to
+  [0, 1] as generated data are), with three levels to read it against, computed on the same
+  maps: ``structure_cost_real`` (the real slice itself: what following the map reaches),
+  ``structure_cost_other_anatomy`` (a real slice of other anatomy from the same set: a
+  plausible brain that ignores the map) and ``structure_cost_blank`` (a blank image). A
+  generator whose cost sits near the other-anatomy level draws brains, not the given one.
 
 ``train_generator`` logs the means over modalities at every log row (``generated_*``: a
 collapse shows as the ratio falling to 0), runs it at the end and writes the figures into the
@@ -32,6 +39,7 @@ import numpy as np
 import torch
 
 from MRSynthesisLib.errors import InputError
+from MRSynthesisLib.models.losses_qu import sq, structure_map_soft
 from MRSynthesisLib.report import save_figure
 
 from .config import QuConfig, load_config
@@ -40,7 +48,7 @@ from .folders import GENERATOR, load_folder
 from .train_structure import load_sources
 
 SAMPLES = "samples.png"
-CHECK_KEYS = ("brain_mean_ratio", "correlation", "mae_over_blank")
+CHECK_KEYS = ("brain_mean_ratio", "correlation", "mae_over_blank", "structure_cost")
 
 
 def pick_slices(slices: SliceSet, count: int, seed: int) -> np.ndarray:
@@ -76,17 +84,29 @@ def generation_check(generator: torch.nn.Module, slices: SliceSet, config: QuCon
     maps, generated = generate_from_real(generator, slices, config, index)
     generator.train(was_training)
     brain = slices.brain[index] > 0
+    other = np.roll(index, len(index) // 2)  # the same slices paired with other anatomy
     results = {}
     for i, name in enumerate(config.modalities):
         real, fake = slices.images[i, index][brain], generated[i][brain]
         blank = float(np.abs(real).mean())
         correlation = float(np.corrcoef(real, fake)[0, 1]) if fake.std() > 0 and real.std() > 0 else 0.0
+        cost = lambda images: round(structure_cost(maps[i], images, config.beta), 4)  # noqa: E731
         results[name] = {"brain_mean_ratio": round(float(fake.mean() / max(real.mean(), 1e-12)), 4),
                          "correlation": round(correlation, 4),
-                         "mae_over_blank": round(float(np.abs(real - fake).mean() / max(blank, 1e-12)), 4)}
+                         "mae_over_blank": round(float(np.abs(real - fake).mean() / max(blank, 1e-12)), 4),
+                         "structure_cost": cost(generated[i]), "structure_cost_real": cost(slices.images[i, index]),
+                         "structure_cost_other_anatomy": cost(slices.images[i, other]),
+                         "structure_cost_blank": cost(np.zeros_like(generated[i]))}
     if figure is not None:
         _samples_figure(slices, config, index, maps, generated, figure)
     return results
+
+
+def structure_cost(maps: np.ndarray, images: np.ndarray, beta: float) -> float:
+    """loss_sv,f of one modality for (K, H, W) structure maps and images, as training computes it."""
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    return float(sq(torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+                    - structure_map_soft(x, beta)))
 
 
 def _samples_figure(slices: SliceSet, config: QuConfig, index: np.ndarray, maps: np.ndarray, generated: np.ndarray,
