@@ -154,12 +154,16 @@ def test_subject_is_preprocessed_as_inference_does(tmp_path):
     assert set(subject.slices) <= set(np.flatnonzero(expected_brain.any((1, 2))))
 
 
+def labelled_and_unlabelled(root: Path, fallback: str, inputs=("T1", "T2"), outputs=("FLAIR",)) -> tuple:
+    """(patient01 with its expert mask, BraTS-X-0003 without one) of ``write_dataset``, loaded with ``fallback``."""
+    files = {s.subject: s for s in discover(write_dataset(root))}
+    kwargs = dict(lesion_input=True, lesion_fallback=fallback, flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
+    return tuple(load_subject(files[name], list(inputs), list(outputs), **kwargs)[0]
+                 for name in ("patient01", "BraTS-X-0003"))
+
+
 def test_lesion_channel_from_mask_or_flair(tmp_path):
-    roots = write_dataset(tmp_path)
-    files = {s.subject: s for s in discover(roots)}
-    kwargs = dict(lesion_input=True, lesion_fallback="flair", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
-    given = load_subject(files["patient01"], ["T1", "FLAIR"], ["T2"], **kwargs)[0]
-    derived = load_subject(files["BraTS-X-0003"], ["T1", "FLAIR"], ["T2"], **kwargs)[0]
+    given, derived = labelled_and_unlabelled(tmp_path, "flair", ("T1", "FLAIR"), ("T2",))
     truth = tissue_map(3) == 4  # axial is numpy axis 0 in both orientations written here
     assert given.lesion_source == "mask" and np.array_equal(given.lesion > 0, tissue_map(1) == 4)
     assert derived.lesion_source == "flair"
@@ -260,11 +264,7 @@ def test_step_subsets_cover_every_combination():
 
 def test_ignore_fallback_hides_an_unlabelled_lesion_from_the_cost(tmp_path):
     """A label-free subject teaches the lesion channel nothing: channel 0, lesion region out of the cost."""
-    roots = write_dataset(tmp_path)
-    files = {s.subject: s for s in discover(roots)}
-    kwargs = dict(lesion_input=True, lesion_fallback="ignore", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
-    unlabelled = load_subject(files["BraTS-X-0003"], ["T1", "T2"], ["FLAIR"], **kwargs)[0]
-    labelled = load_subject(files["patient01"], ["T1", "T2"], ["FLAIR"], **kwargs)[0]
+    labelled, unlabelled = labelled_and_unlabelled(tmp_path, "ignore")
     truth = tissue_map(3) == 4
     assert unlabelled.lesion_source == "ignored" and not unlabelled.lesion.any()
     assert unlabelled.ignore[truth].all() and not unlabelled.ignore[~unlabelled.brain].any()
@@ -283,11 +283,7 @@ def test_ignore_fallback_hides_an_unlabelled_lesion_from_the_cost(tmp_path):
 
 
 def test_lesion_crops_centre_on_expert_lesions_only(tmp_path):
-    roots = write_dataset(tmp_path)
-    files = {s.subject: s for s in discover(roots)}
-    kwargs = dict(lesion_input=True, lesion_fallback="flair", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
-    labelled = load_subject(files["patient01"], ["T1", "T2"], ["FLAIR"], **kwargs)[0]
-    derived = load_subject(files["BraTS-X-0003"], ["T1", "T2"], ["FLAIR"], **kwargs)[0]
+    labelled, derived = labelled_and_unlabelled(tmp_path, "flair")
     draw = dict(seed=2, stream=TRAIN_STREAM, step=4, subset=("T1",), outputs=("FLAIR",), crop_size=16,
                 lesion_input=True, augment=None)
     centre = (slice(None), 0, 8, 8)  # crop offsets run from -size // 2: index 8 of 16 is the centre pixel
