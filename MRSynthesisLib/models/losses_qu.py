@@ -8,7 +8,7 @@ segmentors' softmax. Sums over modalities i and pairs j != i are written as in t
 
 Algorithm 1 has a hard threshold, which passes no gradient; ``loss_sv,f`` (a generated MRI's
 structure map should be its input's) therefore uses ``structure_map_soft``, the same
-computation with each step function replaced by a sigmoid of width ``SOFT_TEMPERATURE``.
+computation with each step function replaced by a sigmoid of width ``SOFT_WIDTH`` x beta.
 """
 
 from __future__ import annotations
@@ -25,9 +25,13 @@ from .qu_discriminators import MRICodeDiscriminator, MRIDiscriminator
 from .qu_multimodal_generator import MultimodalGenerator, modality_vector, one_hot_label
 from .qu_segmentors import LesionComponents
 
-# Width of the soft step, in Sobel-response units (a unit intensity step gives 4): 0.1 turns
-# responses 0.3 below / above beta into 0.05 / 0.95, close to the hard map yet with gradient.
-SOFT_TEMPERATURE = 0.1
+# Width of the soft step as a fraction of beta: 0.1 in Sobel-response units at the default
+# beta 0.5 (a unit intensity step gives 4), which turns responses 0.3 below / above beta into
+# 0.05 / 0.95, close to the hard map yet with gradient. Relative, so that a higher beta (a
+# sparser map, e.g. at low resolution) keeps both the closeness and the reach of the gradient:
+# a fixed 0.1 at beta 1.5 would leave a blank image's responses 15 widths below the step,
+# where the sigmoid's slope is ~3e-7.
+SOFT_WIDTH = 0.2
 _SOBEL = torch.tensor([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]])
 
 
@@ -66,8 +70,10 @@ def sobel_torch(x: Tensor) -> Tensor:
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernels)
 
 
-def structure_map_soft(x: Tensor, beta: float = DEFAULT_BETA, temperature: float | None = SOFT_TEMPERATURE) -> Tensor:
-    """Algorithm 1 on a batch (N, 1, H, W); ``temperature=None`` is the exact, binary version.
+def structure_map_soft(x: Tensor, beta: float = DEFAULT_BETA, temperature: float | None = None, *,
+                       exact: bool = False) -> Tensor:
+    """Algorithm 1 on a batch (N, 1, H, W): soft steps of width ``temperature`` (default
+    ``SOFT_WIDTH`` x beta), or with ``exact`` the binary map itself.
 
     The final "f1 + f2 > 0" becomes the soft OR 1 - (1 - f1)(1 - f2).
     """
@@ -76,8 +82,9 @@ def structure_map_soft(x: Tensor, beta: float = DEFAULT_BETA, temperature: float
     f2 = edges.amax(dim=1, keepdim=True)
     f1 = f1.mean(dim=(2, 3), keepdim=True) - f1
     f2 = f2 - f2.mean(dim=(2, 3), keepdim=True)
-    if temperature is None:
+    if exact:
         return ((f1 > beta) | (f2 > beta)).to(x.dtype)
+    temperature = SOFT_WIDTH * beta if temperature is None else temperature
     s1, s2 = torch.sigmoid((f1 - beta) / temperature), torch.sigmoid((f2 - beta) / temperature)
     return 1.0 - (1.0 - s1) * (1.0 - s2)
 

@@ -148,12 +148,15 @@ def test_soft_structure_map_matches_algorithm_1_and_has_gradient():
     x = torch.zeros(1, 1, S, S)
     x[..., 4:12, 3:10] = 0.8
     x[..., 6:8, 5:7] = 0.3
-    hard = L.structure_map_soft(x, 0.5, temperature=None)[0, 0].numpy()
+    hard = L.structure_map_soft(x, 0.5, exact=True)[0, 0].numpy()
     np.testing.assert_array_equal(hard, sm.structure_map(x[0, 0].numpy(), 0.5))
     soft = L.structure_map_soft(x.requires_grad_(), 0.5, temperature=0.01)
     np.testing.assert_allclose(soft[0, 0].detach().numpy(), hard, atol=1e-3)
     L.structure_map_soft(x, 0.5).sum().backward()
     assert x.grad.abs().sum() > 0
+    # the default width scales with beta: the same image, responses and beta scaled together, same map
+    np.testing.assert_allclose(L.structure_map_soft(3 * x.detach(), 1.5).numpy(),
+                               L.structure_map_soft(x.detach(), 0.5).numpy(), atol=1e-6)
 
 
 def test_structure_stage_losses_as_written():
