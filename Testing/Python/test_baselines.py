@@ -119,3 +119,13 @@ def test_loso_runs_end_to_end_on_three_tiny_subjects(tmp_path):
     assert results["mean"]["rf"]["ssim_brain"] == pytest.approx(written["mean"]["rf"]["ssim_brain"])
     text = (out / "results.md").read_text()
     assert "| s0 | rf |" in text and "no model folder" in text
+
+
+def test_loso_methods_of_one_kind_are_told_apart_by_a_label():
+    from training.experiments.loso import parse_method
+
+    assert parse_method("chartsias+lesion.ignore:runs/{subject}") == ("chartsias+lesion.ignore", "runs/{subject}")
+    assert parse_method("wei3d:m/{subject}") == ("wei3d", "m/{subject}")
+    for bad in ("chartsias+lesion.:m", "unet.x:m", "chartsias"):
+        with pytest.raises(ValueError, match="unknown method"):
+            parse_method(bad)

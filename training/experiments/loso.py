@@ -89,14 +89,16 @@ MODEL_KINDS = ("chartsias", "chartsias+lesion", "wei3d", "ae3d")
 
 
 def parse_method(spec: str) -> tuple[str, str | None]:
-    """``poly`` / ``rf`` -> (name, None); ``<kind>:<template>`` -> (kind, template), kind in MODEL_KINDS."""
+    """``poly`` / ``rf`` -> (name, None); ``<kind>[.<label>]:<template>`` -> (name, template), kind in
+    MODEL_KINDS; the label tells two models of one kind apart (``chartsias+lesion.ignore``)."""
     if spec in BASELINES:
         return spec, None
-    kind, sep, template = spec.partition(":")
-    if kind in MODEL_KINDS and sep and template:
-        return kind, template
-    raise ValueError(f"unknown method {spec!r}: use {', '.join(BASELINES)} or <kind>:<model folder template> with "
-                     f"kind one of {', '.join(MODEL_KINDS)} ({{subject}} = held-out subject)")
+    name, sep, template = spec.partition(":")
+    kind, dot, label = name.partition(".")
+    if kind in MODEL_KINDS and sep and template and (label or not dot):
+        return name, template
+    raise ValueError(f"unknown method {spec!r}: use {', '.join(BASELINES)} or <kind>[.<label>]:<model folder template> "
+                     f"with kind one of {', '.join(MODEL_KINDS)} ({{subject}} = held-out subject)")
 
 
 def population_mean(card: Any, target: str) -> float:
@@ -203,7 +205,7 @@ def run_loso(data: list[str], inputs: list[str], target: str, methods: list[str]
                         log(f"[{held.name}] {name}: skipped, {entry['skipped']}")
                         fold["methods"][name] = entry
                         continue
-                    synthetic = model_predict(folder, held, inputs, target, name.endswith("+lesion"))
+                    synthetic = model_predict(folder, held, inputs, target, name.partition(".")[0].endswith("+lesion"))
                 entry["metrics"] = evaluate(synthetic, held)
             except (ValueError, OSError) as error:
                 entry["error"] = str(error)
@@ -343,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", nargs="+", default=["T1", "T2"])
     parser.add_argument("--target", default="FLAIR")
     parser.add_argument("--methods", nargs="+", default=["poly", "rf"],
-                        help="poly, rf, or <kind>:<model folder template> with kind chartsias, chartsias+lesion, "
+                        help="poly, rf, or <kind>[.<label>]:<model folder template> with kind chartsias, chartsias+lesion, "
                              "wei3d, ae3d ({subject} = held-out subject)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--poly-degree", type=int, default=2)
