@@ -74,7 +74,8 @@ class TrainConfig:
     split_seed: int = 0
     # lesion channel
     lesion_input: bool = True
-    lesion_fallback: str = "flair"  # for subjects without a lesion mask; training/README.md "The lesion channel" compares them
+    # for subjects without a lesion mask; training/README.md "The lesion channel" compares the choices
+    lesion_fallback: str = "flair"
     lesion_flair_z: float = 3.0
     lesion_min_voxels: int = 20
     # fraction of crops centred on an expert-labelled lesion voxel (nnU-Net oversamples foreground 33 %)
