@@ -159,6 +159,28 @@ def test_soft_structure_map_matches_algorithm_1_and_has_gradient():
                                L.structure_map_soft(x.detach(), 0.5).numpy(), atol=1e-6)
 
 
+def test_balanced_structure_cost_does_not_reward_an_image_without_edges():
+    x = torch.zeros(1, 1, S, S)
+    x[..., 4:12, 3:10] = 0.8
+    target = L.structure_map_soft(x, 0.5, exact=True)
+    blank, everywhere = torch.zeros_like(target), torch.ones_like(target)
+    # the paper's L2: a blank image costs the map's density, below "edges everywhere"
+    assert L.structure_map_cost(target, blank).item() == pytest.approx(target.mean().item())
+    assert L.structure_map_cost(target, blank).item() < L.structure_map_cost(target, everywhere).item()
+    # balanced: no edges and edges everywhere cost 0.5 whatever the density; following the map 0
+    assert L.structure_map_cost(target, blank, "balanced").item() == pytest.approx(0.5)
+    assert L.structure_map_cost(target, everywhere, "balanced").item() == pytest.approx(0.5)
+    assert L.structure_map_cost(target, target, "balanced").item() == 0.0
+    half = target.clone()
+    half[..., : S // 2, :] = 0  # half the structure missed
+    assert 0 < L.structure_map_cost(target, half, "balanced").item() < 0.5
+    image = (0.9 * x).requires_grad_()
+    L.structure_map_cost(target, L.structure_map_soft(image, 0.5), "balanced").backward()
+    assert image.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="structure loss"):
+        L.structure_map_cost(target, blank, "dice")
+
+
 def test_structure_stage_losses_as_written():
     ones, zeros = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
     assert L.loss_code_discriminator(ones, zeros).item() == 0.0  # noise judged real, codes fake

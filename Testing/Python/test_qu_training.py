@@ -286,3 +286,25 @@ def test_gradient_clipping_bounds_the_generator_update(tmp_path):
     assert moved > 0.5 * config.learning_rate and held < 1e-3 * config.learning_rate
     with pytest.raises(ValueError, match="grad_clip must be > 0"):
         tiny_config(tmp_path, grad_clip=0.0)
+
+
+def test_balanced_structure_cost_reaches_training_and_the_check(tmp_path, monkeypatch):
+    """structure_loss "balanced" is what the generator step optimises and what the check reports."""
+    config = tiny_config(tmp_path, generator_steps=1, structure_loss="balanced")
+    slices = ts.load_sources(config)
+    kinds = []
+    original = tg.L.loss_structure_consistency
+
+    def spy(generation, beta, kind):
+        kinds.append(kind)
+        return original(generation, beta, kind)
+
+    monkeypatch.setattr(tg.L, "loss_structure_consistency", spy)
+    nets, history, _ = tg.train_generator(config, slices, log=lambda _: None)
+    assert kinds == ["balanced"] and math.isfinite(history[-1]["structure"])
+    figures = generation_check.generation_check(nets["generator"], slices, config, count=4)
+    for f in figures.values():  # a blank image costs half on the balanced scale, whatever the map's density
+        assert f["structure_cost_blank"] == pytest.approx(0.5, abs=0.02)
+        assert f["structure_cost_real"] < 0.5 * f["structure_cost_blank"]
+    with pytest.raises(ValueError, match="structure_loss must be one of"):
+        tiny_config(tmp_path, structure_loss="dice")

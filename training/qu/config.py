@@ -17,7 +17,7 @@ import torch
 
 from MRSynthesisLib import modalities
 from MRSynthesisLib.errors import InputError
-from MRSynthesisLib.models.losses_qu import LESION_LOSSES
+from MRSynthesisLib.models.losses_qu import LESION_LOSSES, STRUCTURE_LOSSES
 from MRSynthesisLib.models.qu_segmentors import SCHEMES
 from MRSynthesisLib.models.qu_structure_vaegan import StructureVAE
 from MRSynthesisLib.structure_maps import DEFAULT_BETA
@@ -75,6 +75,7 @@ class QuConfig:
     segmentor_width: int = 16
     scheme: str = "per_modality"  # Sec. 2.7; the paper's best (Table 1)
     lesion_loss: str = "l2"  # the paper's; "soft_dice" for rare lesions (see losses_qu.LESION_LOSSES)
+    structure_loss: str = "l2"  # the paper's; "balanced" for sparse maps (see losses_qu.STRUCTURE_LOSSES)
     # optimisation (Sec. 3.4: Adam, lr 1e-4, beta1 0.5, no weight decay; batch 1)
     learning_rate: float = 1e-4
     beta1: float = 0.5
@@ -114,6 +115,8 @@ class QuConfig:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {self.scheme!r}")
         if self.lesion_loss not in LESION_LOSSES:
             raise ValueError(f"lesion_loss must be one of {LESION_LOSSES}, got {self.lesion_loss!r}")
+        if self.structure_loss not in STRUCTURE_LOSSES:
+            raise ValueError(f"structure_loss must be one of {STRUCTURE_LOSSES}, got {self.structure_loss!r}")
         if self.n_classes < 2:
             raise ValueError("n_classes counts the background too and must be >= 2")
         for label, given, known in (("structure_weights", self.structure_weights, STRUCTURE_WEIGHTS),

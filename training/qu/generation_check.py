@@ -14,7 +14,8 @@ same anatomy. Per modality:
   blank; the paper's Algorithm 3 and Dice filters sit on top of this);
 - ``structure_cost``: the training's structure-consistency cost (loss_sv,f of one modality:
   mean squared difference of the map and the soft map of the generated image, clipped to
-  [0, 1] as generated data are), with three levels to read it against, computed on the same
+  [0, 1] as generated data are, or its class-balanced form when the config's
+  ``structure_loss`` is "balanced"), with three levels to read it against, computed on the same
   maps: ``structure_cost_real`` (the real slice itself: what following the map reaches),
   ``structure_cost_other_anatomy`` (a real slice of other anatomy from the same set: a
   plausible brain that ignores the map) and ``structure_cost_blank`` (a blank image). A
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from MRSynthesisLib.errors import InputError
-from MRSynthesisLib.models.losses_qu import sq, structure_map_soft
+from MRSynthesisLib.models.losses_qu import structure_map_cost, structure_map_soft
 from MRSynthesisLib.report import save_figure
 
 from .config import QuConfig, load_config
@@ -90,7 +91,7 @@ def generation_check(generator: torch.nn.Module, slices: SliceSet, config: QuCon
         real, fake = slices.images[i, index][brain], generated[i][brain]
         blank = float(np.abs(real).mean())
         correlation = float(np.corrcoef(real, fake)[0, 1]) if fake.std() > 0 and real.std() > 0 else 0.0
-        cost = lambda images: round(structure_cost(maps[i], images, config.beta), 4)  # noqa: E731
+        cost = lambda images: round(structure_cost(maps[i], images, config.beta, config.structure_loss), 4)  # noqa: E731
         results[name] = {"brain_mean_ratio": round(float(fake.mean() / max(real.mean(), 1e-12)), 4),
                          "correlation": round(correlation, 4),
                          "mae_over_blank": round(float(np.abs(real - fake).mean() / max(blank, 1e-12)), 4),
@@ -102,11 +103,11 @@ def generation_check(generator: torch.nn.Module, slices: SliceSet, config: QuCon
     return results
 
 
-def structure_cost(maps: np.ndarray, images: np.ndarray, beta: float) -> float:
+def structure_cost(maps: np.ndarray, images: np.ndarray, beta: float, kind: str = "l2") -> float:
     """loss_sv,f of one modality for (K, H, W) structure maps and images, as training computes it."""
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-    return float(sq(torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-                    - structure_map_soft(x, beta)))
+    target = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    return float(structure_map_cost(target, structure_map_soft(x, beta), kind))
 
 
 def _samples_figure(slices: SliceSet, config: QuConfig, index: np.ndarray, maps: np.ndarray, generated: np.ndarray,
