@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from MRSynthesisLib import modalities
-from MRSynthesisLib.models.chartsias import FUSIONS, ChartsiasMIMO
+from MRSynthesisLib.models.chartsias import FUSIONS, OUTPUT_GRADIENTS, ChartsiasMIMO
 
 LESION_FALLBACKS = ("flair", "zeros", "ignore")
 INPUT_SUBSETS = ("random", "all")
@@ -84,6 +84,9 @@ class TrainConfig:
     latent_channels: int = 16
     filters: list[int] = field(default_factory=lambda: [32, 64, 128])
     fusion: str = "max"
+    # how the decoders' output ReLU passes gradients in training: "relu" (ref) or "pass_through"
+    # (straight-through, so an output cannot die; same forward values): training/README.md "Dead outputs"
+    output_gradient: str = "relu"
     # cost and optimiser (paper: c1 + c2 + c3, Adam with Keras' defaults, batch 16)
     loss_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     input_subsets: str = "random"
@@ -128,6 +131,8 @@ class TrainConfig:
             raise ValueError("lesion_crop_fraction needs lesion_input (the lesion masks are read only with it)")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}")
+        if self.output_gradient not in OUTPUT_GRADIENTS:
+            raise ValueError(f"output_gradient must be one of {OUTPUT_GRADIENTS}")
         if len(self.loss_weights) != 3:
             raise ValueError("loss_weights must be [w1, w2, w3]")
         if self.extend is not None and not (self.loss_weights[0] or self.loss_weights[2]):

@@ -31,8 +31,7 @@ from . import distributed
 from .batches import TRAIN_STREAM, build_batch, step_subset
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import RESUMABLE_CHANGES, TrainConfig
-from .datasets import Subject, discover, load_subject, split_subjects
-from .datasets import NORMALISATION
+from .datasets import NORMALISATION, Subject, discover, load_subject, split_subjects
 from .export import output_intensity, write_model_folder
 from .extend import load_base, working_config
 from .validate import validate
@@ -54,9 +53,42 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
+class DeadOutputError(RuntimeError):
+    """An output was 0 at every pixel of a whole epoch while its ReLU passes no gradient there."""
+
+
 def build_network(config: TrainConfig) -> ChartsiasMIMO:
     return ChartsiasMIMO(config.inputs, config.outputs, lesion_input=config.lesion_input,
-                         latent_channels=config.latent_channels, filters=config.filters, fusion=config.fusion)
+                         latent_channels=config.latent_channels, filters=config.filters, fusion=config.fusion,
+                         output_gradient=config.output_gradient)
+
+
+def dead_outputs(row: dict[str, Any]) -> list[str]:
+    """Outputs whose ``train_active[...]`` (fraction of decoded pixels above 0) was 0 over an epoch."""
+    return [k[len("train_active["):-1] for k, v in row.items() if k.startswith("train_active[") and v == 0.0]
+
+
+def check_outputs_alive(row: dict[str, Any], config: TrainConfig, out: Path, main: bool) -> None:
+    """Stop a run whose output ReLU died: it can no longer learn that output.
+
+    With ``output_gradient`` "relu" an output that is 0 on every pixel of an epoch's batches
+    gets no gradient (one LOSO run's T2 stayed so for 20 epochs, loss 0.70 against 0.29), so
+    the remaining epochs would be spent on a model with a blank output. The checkpoint of the
+    epoch is kept; the error says how to go on. With "pass_through" the gradient still flows
+    and the output can recover: a warning only.
+    """
+    dead = dead_outputs(row)
+    if not dead:
+        return
+    what = (f"epoch {row['epoch']}: output(s) {', '.join(dead)} were 0 at every pixel of every training batch "
+            "(the decoder's output ReLU is negative everywhere)")
+    if config.output_gradient == "pass_through":
+        if main:
+            print(f"warning: {what}; output_gradient 'pass_through' still trains them", file=sys.stderr, flush=True)
+        return
+    raise DeadOutputError(f"{what}; with output_gradient 'relu' no gradient reaches those decoders, so the run is "
+                          f"stopped (checkpoint of epoch {row['epoch']} kept in {out}). Start again in another --out "
+                          "with \"output_gradient\": \"pass_through\" in the config, or with another --seed.")
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -155,6 +187,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
 
     device = context.device
     model = (base.network if base else build_network(config)).to(device)
+    model.output_gradient = config.output_gradient  # a base model's card does not carry it (no forward effect)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     distributed.broadcast_parameters(model, context)
@@ -246,6 +279,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
             summary = "  ".join(f"{k} {row[k]:.4g}" for k in ("train_total", "val_total", "val_mse", "val_ssim")
                                 if k in row)
             print(f"epoch {epoch + 1}: {summary}  ({row['epoch_seconds']:.0f} s)", flush=True)
+        check_outputs_alive(row, config, out, main)  # every rank: the means are the same on all of them
     if not main:
         return None
     print(reason, flush=True)

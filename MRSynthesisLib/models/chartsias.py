@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 FUSIONS: tuple[str, ...] = ("max", "mean", "hemis", "output_mean")
+OUTPUT_GRADIENTS: tuple[str, ...] = ("relu", "pass_through")
 
 
 class _Conv(nn.Conv2d):
@@ -97,18 +98,34 @@ class _Decoder(nn.Module):
     followed by ReLU (ref ``dec_*_conv5``): the paper's targets are volumes divided by their
     mean intensity (Sec. V), so they are non-negative with a background of exactly 0, which
     ReLU can represent and a linear output could only approach.
+
+    That ReLU can die: once the 1x1 convolution is negative at every pixel, the output is 0
+    everywhere and no gradient reaches the decoder again (seen here: one LOSO run's T2
+    decoder stayed all-zero for all 20 epochs; training/README.md "Dead outputs").
+    ``output_gradient="pass_through"`` keeps the forward pass exactly ReLU's (so inference,
+    saliency and every saved model are unchanged) but, in training mode only, passes the
+    gradient through the ReLU as if it were the identity (a straight-through estimator).
+    Against these targets that is safe: where the output is clamped to 0 and the target is 0
+    (background), the L1 terms' gradient is 0 (d|x|/dx = 0 at 0 in torch), so nothing pushes
+    the pre-activation further down; where the target is above 0 the gradient pushes it up,
+    which is what revives a dead output.
     """
 
-    def __init__(self, in_channels: int, width: int) -> None:
+    def __init__(self, in_channels: int, width: int, output_gradient: str = "relu") -> None:
         super().__init__()
         self.conv1, self.conv2 = _Conv(in_channels, width), _Conv(width, width)
         self.conv3, self.conv4 = _Conv(in_channels + width, width), _Conv(width, width)
         self.out = _Conv(in_channels + 2 * width, 1, kernel_size=1)
+        self.output_gradient = output_gradient
 
     def forward(self, z: Tensor) -> Tensor:
         h = torch.cat([z, F.relu(self.conv2(F.relu(self.conv1(z))))], 1)
         h = torch.cat([h, F.relu(self.conv4(F.relu(self.conv3(h))))], 1)
-        return F.relu(self.out(h))
+        y = self.out(h)
+        if self.training and self.output_gradient == "pass_through":
+            # exactly relu(y) in value (y + -y == 0 and y + 0 == y in floating point); gradient 1
+            return y + (F.relu(y) - y).detach()
+        return F.relu(y)
 
 
 def _names(names: Sequence[str], what: str) -> tuple[str, ...]:
@@ -139,6 +156,11 @@ class ChartsiasMIMO(nn.Module):
       ``latent_channels`` must be even. With one input the variance half is zero;
     - ``"output_mean"``: each latent is decoded on its own and the outputs averaged.
 
+    ``output_gradient`` (one of ``OUTPUT_GRADIENTS``) is how the decoders' output ReLU passes
+    gradients in training mode: ``"relu"`` as ref, or ``"pass_through"`` so that an output
+    cannot die (see ``_Decoder``). It changes no forward value, so it is a training setting
+    that the model card does not need; it can be changed on a built model.
+
     With ``lesion_input`` a binary lesion mask is appended as a second channel of every
     encoder's input (Sec. VI-H: "We provide the segmentation mask as an additional input
     channel"; ref feeds each encoder a ``channels``-deep image). Images are (N, 1, H, W) with
@@ -158,6 +180,7 @@ class ChartsiasMIMO(nn.Module):
         filters: Sequence[int] = (32, 64, 128),
         fusion: str = "max",
         negative_slope: float = 0.3,  # Keras' LeakyReLU() default alpha, used throughout ref
+        output_gradient: str = "relu",
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -174,13 +197,31 @@ class ChartsiasMIMO(nn.Module):
         self.filters: tuple[int, int, int] = filters  # type: ignore[assignment]
         self.fusion = fusion
         self.negative_slope = float(negative_slope)
+        self._check_output_gradient(output_gradient)
+        self._output_gradient = output_gradient
         encoded = self.latent_channels // 2 if fusion == "hemis" else self.latent_channels
         self.encoders = nn.ModuleDict(
             {m: _Encoder(1 + self.lesion_input, self.filters, encoded, self.negative_slope) for m in self.inputs})
         self.decoders = nn.ModuleDict({m: self._new_decoder() for m in self.outputs})
 
+    @property
+    def output_gradient(self) -> str:
+        return self._output_gradient
+
+    @output_gradient.setter
+    def output_gradient(self, kind: str) -> None:
+        self._check_output_gradient(kind)
+        self._output_gradient = kind
+        for decoder in self.decoders.values():
+            decoder.output_gradient = kind
+
+    @staticmethod
+    def _check_output_gradient(kind: str) -> None:
+        if kind not in OUTPUT_GRADIENTS:
+            raise ValueError(f"unknown output_gradient {kind!r}; choose one of: {', '.join(OUTPUT_GRADIENTS)}")
+
     def _new_decoder(self) -> _Decoder:
-        return _Decoder(self.latent_channels, self.filters[0])
+        return _Decoder(self.latent_channels, self.filters[0], self._output_gradient)
 
     def _targets(self, targets: Optional[Sequence[str]]) -> tuple[str, ...]:
         if targets is None:

@@ -17,6 +17,9 @@ MAE is the mean absolute error over all pixels of an image (eq. 2), then average
 batch (eq. 7 sums over the minibatch; ref's Keras losses average, which keeps the scale
 independent of the batch size). A ``mask`` (N, 1, H, W) of pixel weights turns every mean
 over pixels (c1, c2 and c3) into a weighted mean pooled over the batch.
+Besides the terms, the parts hold ``active[<output>]``: the fraction of that output's
+decoded pixels above 0. It is a health check, not a cost: a decoder whose output ReLU has
+died gives exactly 0 there (``training/loop.py`` stops such a run).
 The paper's total (eq. 7) is the unweighted sum c1 + c2 + c3: ``PAPER_WEIGHTS``. The Table V
 ablations ("no c1", "no c2", "no c3") are the weights with that term set to 0; a term with
 zero weight is not computed and is left out of the returned parts.
@@ -50,7 +53,8 @@ def chartsias_loss(
     weights: tuple[float, float, float] = PAPER_WEIGHTS,
     mask: Optional[Tensor] = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Total w1*c1 + w2*c2 + w3*c3 (float32 scalar) and the parts {"c1", "c2", "c3", "total"}.
+    """Total w1*c1 + w2*c2 + w3*c3 (float32 scalar) and the parts {"c1", "c2", "c3", "total",
+    "active[<output>]" per decoded output}.
 
     ``references`` maps model outputs to their ground truth (N, 1, H, W); only those
     outputs are decoded (e.g. just a new decoder's modality in Sec. VI-E training).
@@ -71,6 +75,7 @@ def chartsias_loss(
         raise ValueError(f"references {bad} and mask must have the inputs' shape {tuple(shape)}")
     n = len(latents)
     terms: dict[str, Tensor] = {}
+    active: dict[str, Tensor] = {}
     if w1 or w3:
         # Batch every latent to decode through one call per decoder: the per-input latents
         # (c1, and c3 for 'output_mean' or a single input), then the fused one when it differs.
@@ -85,6 +90,7 @@ def chartsias_loss(
         for t in targets:
             ref = references[t].float()
             pred = outs[t].float().unflatten(0, (len(zs), -1))
+            active[f"active[{t}]"] = (pred.detach() > 0).float().mean()
             if w1:
                 c1.append(_masked_mean((pred[:n] - ref).abs(), mask, (1, 2, 3, 4)).sum())
             if w3:
@@ -101,5 +107,5 @@ def chartsias_loss(
     weight = {"c1": w1, "c2": w2, "c3": w3}
     names = [k for k in weight if k in terms]
     total = torch.stack([weight[k] * terms[k] for k in names]).sum()
-    values = torch.stack([*(terms[k] for k in names), total]).detach().tolist()  # one device sync
-    return total, dict(zip([*names, "total"], values))
+    values = torch.stack([*(terms[k] for k in names), total, *active.values()]).detach().tolist()  # one device sync
+    return total, dict(zip([*names, "total", *active], values))

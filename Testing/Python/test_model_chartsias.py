@@ -109,8 +109,8 @@ def test_loss_parts_and_gradients(fusion):
     x = images(["T1", "DWI"])
     refs = images(["FLAIR"], seed=2)
     total, parts = chartsias_loss(model, x, refs)
-    assert set(parts) == {"c1", "c2", "c3", "total"}
-    assert all(math.isfinite(v) for v in parts.values())
+    assert set(parts) == {"c1", "c2", "c3", "total", "active[FLAIR]"}  # T2 has no reference: not decoded
+    assert all(math.isfinite(v) for v in parts.values()) and 0 < parts["active[FLAIR]"] <= 1
     assert parts["total"] == pytest.approx(parts["c1"] + parts["c2"] + parts["c3"], rel=1e-5)
     total.backward()
     for m, encoder in model.encoders.items():
@@ -144,7 +144,7 @@ def test_c2_is_zero_with_one_input_and_weights_ablate_terms():
     _, parts = chartsias_loss(model, images(["T1"]), refs)
     assert parts["c2"] == 0.0
     total, parts = chartsias_loss(model, images(), refs, weights=(0.0, 1.0, 2.0))
-    assert set(parts) == {"c2", "c3", "total"}
+    assert set(parts) == {"c2", "c3", "total", "active[FLAIR]"}
     assert total.item() == pytest.approx(parts["c2"] + 2 * parts["c3"], rel=1e-5)
     with pytest.raises(ValueError, match="PD"):
         chartsias_loss(model, images(), {"PD": refs["FLAIR"]})
@@ -161,6 +161,55 @@ def test_mask_restricts_the_loss():
         _, a = chartsias_loss(model, x, refs, mask=mask)
         _, b = chartsias_loss(model, x, changed, mask=mask)
     assert a == pytest.approx(b)
+
+
+def kill(model: ChartsiasMIMO, output: str) -> None:
+    """Make ``output``'s final 1x1 convolution negative everywhere: a dead ReLU output."""
+    with torch.no_grad():
+        model.decoders[output].out.bias.fill_(-1e3)
+
+
+def test_pass_through_changes_gradients_not_values():
+    relu, through = make(), make()
+    through.output_gradient = "pass_through"
+    x = images()
+    for mode in (True, False):
+        relu.train(mode), through.train(mode)
+        a, b = relu(x), through(x)
+        assert all(torch.equal(a[t], b[t]) for t in OUTPUTS)  # bit-identical, in training mode too
+    assert relu.state_dict().keys() == through.state_dict().keys()
+    with pytest.raises(ValueError, match="leaky"):
+        ChartsiasMIMO(INPUTS, OUTPUTS, output_gradient="leaky", **TINY)
+    with pytest.raises(ValueError, match="leaky"):
+        relu.output_gradient = "leaky"
+    assert through.add_output("DWI").output_gradient == "pass_through"
+
+
+@pytest.mark.parametrize("kind", ["relu", "pass_through"])
+def test_a_dead_output_is_reported_and_only_pass_through_revives_it(kind):
+    model = make(outputs=["FLAIR"])
+    model.output_gradient = kind
+    kill(model, "FLAIR")
+    x, refs = images(["T1", "T2"]), images(["FLAIR"], seed=2)
+    total, parts = chartsias_loss(model, x, refs)
+    assert parts["active[FLAIR]"] == 0.0
+    total.backward()
+    grad = model.decoders["FLAIR"].out.bias.grad
+    assert (grad.abs().item() > 0) == (kind == "pass_through")
+    optimiser = torch.optim.SGD(model.decoders.parameters(), lr=1e3 / abs(grad.item()) if grad.item() else 1.0)
+    optimiser.step()
+    assert (chartsias_loss(model, x, refs)[1]["active[FLAIR]"] > 0) == (kind == "pass_through")
+
+
+def test_pass_through_does_not_push_a_zero_background_further_down():
+    """Where the output is clamped to 0 and the target is 0, the L1 terms give no gradient."""
+    model = make(outputs=["FLAIR"])
+    model.output_gradient = "pass_through"
+    kill(model, "FLAIR")
+    x = images(["T1", "T2"])
+    total, _ = chartsias_loss(model, x, {"FLAIR": torch.zeros_like(x["T1"])})
+    total.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.decoders.parameters())
 
 
 def test_added_output_trains_alone_against_a_frozen_model():

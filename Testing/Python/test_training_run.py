@@ -25,7 +25,7 @@ from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.cli import main as cli_main
 from test_training_data import write_dataset
 from training.config import TrainConfig
-from training.loop import BEST, CHECKPOINT, METRICS, train
+from training.loop import BEST, CHECKPOINT, METRICS, DeadOutputError, train
 
 REPO = Path(__file__).resolve().parents[2]
 TIMING_COLUMNS = ("epoch_seconds", "seconds")
@@ -119,6 +119,34 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(reference, tmp
     whole, resumed = tensors(out), tensors(tmp_path / "cut")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert log_rows(out) == log_rows(tmp_path / "cut")
+
+
+@pytest.mark.parametrize("kind", ["relu", "pass_through"])
+def test_a_run_whose_output_dies_stops_unless_gradients_pass_through(reference, tmp_path, monkeypatch, capsys, kind):
+    """An all-zero output over a whole epoch stops a 'relu' run after that epoch (checkpoint kept);
+    with 'pass_through' the run goes on, warns, and the output comes back to life."""
+    sources, _, _ = reference
+    build = training.loop.build_network
+
+    def dead_flair(config):
+        model = build(config)
+        with torch.no_grad():
+            model.decoders["FLAIR"].out.bias.fill_(-3.0)
+        return model
+
+    monkeypatch.setattr(training.loop, "build_network", dead_flair)
+    out = tmp_path / kind
+    if kind == "relu":
+        with pytest.raises(DeadOutputError, match=r"FLAIR.*epoch 1.*pass_through"):
+            run(sources, out, output_gradient=kind, learning_rate=0.01)
+        rows = log_rows(out)
+        assert len(rows) == 1 and float(rows[0]["train_active[FLAIR]"]) == 0.0 and (out / CHECKPOINT).is_file()
+        assert float(rows[0]["train_active[T2]"]) > 0
+    else:
+        run(sources, out, output_gradient=kind, learning_rate=0.01, epochs=3)
+        rows = log_rows(out)
+        assert float(rows[0]["train_active[FLAIR]"]) == 0.0 and float(rows[-1]["train_active[FLAIR]"]) > 0
+        assert "FLAIR were 0 at every pixel" in capsys.readouterr().err
 
 
 def test_torchrun_two_processes_equal_one(reference, tmp_path):
