@@ -78,6 +78,7 @@ def load_base(config: TrainConfig) -> Base:
         raise ValueError(f"extend: lesion_fallback '{config.lesion_fallback}' needs FLAIR among the inputs or the new outputs "
                          "(the base's outputs are not loaded); use 'zeros' or give FLAIR")
     network = loaded.network
+    network.output_gradient = config.output_gradient  # a training setting the card does not carry; new decoders inherit it
     for m in new:
         network.add_output(m)
     network.freeze_all_but(new)

@@ -187,7 +187,6 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
 
     device = context.device
     model = (base.network if base else build_network(config)).to(device)
-    model.output_gradient = config.output_gradient  # a base model's card does not carry it (no forward effect)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     distributed.broadcast_parameters(model, context)

@@ -56,6 +56,13 @@ def test_extension_keeps_the_base_weights_and_trains_the_new_decoder(extended):
     assert all(not torch.equal(initial[k], new[f"decoders.FLAIR.{k}"]) for k in initial if k.endswith("weight"))
 
 
+def test_extension_takes_the_config_output_gradient(extended):
+    _, _, config, _ = extended
+    network = load_base(load_config(config, {"output_gradient": "pass_through"})).network
+    assert network.output_gradient == "pass_through"
+    assert {d.output_gradient for d in network.decoders.values()} == {"pass_through"}  # the new FLAIR one too
+
+
 def test_extended_card_lists_all_outputs_with_provenance(extended):
     _, base, _, folder = extended
     old, card = load_model(base).card, load_model(folder).card
