@@ -27,7 +27,7 @@ class Batch:
     inputs: dict[str, torch.Tensor]  # (n, 1, S, S)
     references: dict[str, torch.Tensor]
     lesion: torch.Tensor | None
-    weight: torch.Tensor | None = None  # (n, 1, S, S) 0/1: which pixels the cost sees; None = all
+    weight: torch.Tensor | None = None  # (n, 1, S, S) each pixel's weight in the cost (0 = unseen); None = all 1
 
     def to(self, device: torch.device, channels_last: bool) -> "Batch":
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -55,7 +55,7 @@ def step_subset(inputs: Sequence[str], mode: str, seed: int, step: int) -> tuple
 
 def build_batch(subjects: Sequence[Subject], indices: Sequence[int], *, seed: int, stream: int, step: int,
                 subset: Sequence[str], outputs: Sequence[str], crop_size: int, lesion_input: bool,
-                augment: AugmentConfig | None, lesion_crop_fraction: float = 0.0) -> Batch:
+                augment: AugmentConfig | None, lesion_crop_fraction: float = 0.0, lesion_weight: float = 1.0) -> Batch:
     """Samples ``indices`` of the batch of ``step``: a random subject (uniform, so a large
     scan does not outweigh a small one), a random brain slice of it, a crop centred on a
     brain pixel; augmented when ``augment`` is given.
@@ -63,13 +63,15 @@ def build_batch(subjects: Sequence[Subject], indices: Sequence[int], *, seed: in
     With ``lesion_crop_fraction`` that fraction of the crops of a subject with an expert
     lesion mask is centred on one of its lesion voxels instead (uniform over the voxels), so
     a light lesion load (1,300 voxels in the shared patient07) is seen often enough to learn
-    its contrast from. The batch carries cost weights when a subject has an ``ignore`` region.
+    its contrast from. The batch carries cost weights when a subject has an ``ignore`` region
+    (weight 0) or when ``lesion_weight`` is not 1 (the lesion channel's pixels weigh that
+    much; masks are resampled nearest-neighbour, so weights stay 0, 1 and ``lesion_weight``).
     """
     inputs: dict[str, list[torch.Tensor]] = {m: [] for m in subset}
     references: dict[str, list[torch.Tensor]] = {m: [] for m in outputs}
     lesions, weights = [], []
     needed = list(dict.fromkeys([*subset, *outputs]))
-    weighted = any(s.ignore is not None for s in subjects)
+    weighted = any(s.ignore is not None for s in subjects) or lesion_weight != 1
     for index in indices:
         rng = np.random.default_rng([seed, stream, step, index])
         subject = subjects[int(rng.integers(len(subjects)))]
@@ -90,6 +92,6 @@ def build_batch(subjects: Sequence[Subject], indices: Sequence[int], *, seed: in
             references[m].append(images[m])
         lesions.append(cropped[:1])
         if weighted:
-            weights.append(1 - cropped[1:])
+            weights.append((1 - cropped[1:]) * (1 + (lesion_weight - 1) * cropped[:1]))
     return Batch({m: torch.stack(v) for m, v in inputs.items()}, {m: torch.stack(v) for m, v in references.items()},
                  torch.stack(lesions) if lesion_input else None, torch.stack(weights) if weighted else None)

@@ -21,8 +21,11 @@ INPUT_SUBSETS = ("random", "all")
 PRECISIONS = ("auto", "fp32", "bf16")
 MONITORS = ("val_mse", "val_loss")
 # Keys that may change between a run and its --resume: they bound how long the run goes on,
-# how fast it computes or where its folder is, not what a step computes.
-RESUMABLE_CHANGES = ("epochs", "max_minutes", "threads", "patience", "out")
+# how fast it computes, where its folder is or how the model is described, not what a step
+# computes. The anneal keys may change too where the steps already taken keep their rates
+# (training/schedule.py; loop._check_resumable).
+RESUMABLE_CHANGES = ("epochs", "max_minutes", "threads", "patience", "out", "name", "description", "version", "credits")
+SCHEDULE_KEYS = ("lr_decay_epochs", "lr_final_fraction")
 
 
 @dataclass
@@ -80,6 +83,9 @@ class TrainConfig:
     lesion_min_voxels: int = 20
     # fraction of crops centred on an expert-labelled lesion voxel (nnU-Net oversamples foreground 33 %)
     lesion_crop_fraction: float = 0.0
+    # weight of the lesion channel's pixels in the cost, other pixels 1 (1 = the paper's cost):
+    # training/README.md "The lesion channel"
+    lesion_loss_weight: float = 1.0
     # network (paper: 16 latent channels, 32/64/128 filters, max fusion)
     latent_channels: int = 16
     filters: list[int] = field(default_factory=lambda: [32, 64, 128])
@@ -91,6 +97,10 @@ class TrainConfig:
     loss_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     input_subsets: str = "random"
     learning_rate: float = 1e-3
+    # anneal: Adam's rate constant, then a half cosine to learning_rate * lr_final_fraction over
+    # the last lr_decay_epochs epochs (0: constant throughout, the paper's); training/schedule.py
+    lr_decay_epochs: int = 0
+    lr_final_fraction: float = 0.01
     batch_size: int = 16
     # sampling
     crop_size: int = 64
@@ -127,6 +137,10 @@ class TrainConfig:
             raise ValueError(f"lesion_fallback '{self.lesion_fallback}' needs FLAIR among the inputs or outputs")
         if not 0 <= self.lesion_crop_fraction < 1:
             raise ValueError("lesion_crop_fraction must be in [0, 1)")
+        if not self.lesion_loss_weight >= 1:
+            raise ValueError("lesion_loss_weight must be >= 1 (1: every pixel weighs the same, the paper's cost)")
+        if self.lesion_loss_weight != 1 and not self.lesion_input:
+            raise ValueError("lesion_loss_weight needs lesion_input (the lesion masks are read only with it)")
         if self.lesion_crop_fraction and not self.lesion_input:
             raise ValueError("lesion_crop_fraction needs lesion_input (the lesion masks are read only with it)")
         if self.fusion not in FUSIONS:
@@ -150,6 +164,10 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "steps_per_epoch", "patience", "val_slice_stride"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.lr_decay_epochs <= self.epochs:
+            raise ValueError("lr_decay_epochs must be in [0, epochs]")
+        if not 0 <= self.lr_final_fraction <= 1:
+            raise ValueError("lr_final_fraction must be in [0, 1]")
         self.augment.validate()
 
     def to_dict(self) -> dict[str, Any]:

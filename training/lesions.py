@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-
 TISSUE_FRACTION = 0.8
 
 

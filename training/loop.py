@@ -30,10 +30,11 @@ from MRSynthesisLib.models.losses_chartsias import chartsias_loss
 from . import distributed
 from .batches import TRAIN_STREAM, build_batch, step_subset
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
-from .config import RESUMABLE_CHANGES, TrainConfig
+from .config import RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
 from .datasets import NORMALISATION, Subject, discover, load_subject, split_subjects
 from .export import output_intensity, write_model_folder
 from .extend import load_base, working_config
+from .schedule import Schedule
 from .validate import validate
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -111,15 +112,20 @@ def _tensorboard(folder: Path) -> Any:
     return SummaryWriter(str(folder / "tensorboard"))
 
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, steps_done: int) -> None:
     current = config.to_dict()
     # a key the saved config lacks was added to TrainConfig since: it ran with the default
     saved = {**TrainConfig(name="defaults", data=["-"], inputs=["T1"], outputs=["T2"]).to_dict(), **saved}
     changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES + SCHEDULE_KEYS)
     if changed:
         raise ValueError(f"the config differs from the checkpoint's in {changed}; only {list(RESUMABLE_CHANGES)} "
                          "may change on --resume (start a new run in another --out for anything else)")
+    # epochs and the anneal keys set the schedule: they may change only where the steps taken keep their rates
+    if not Schedule.of(current).same_until(Schedule.of(saved), steps_done):
+        raise ValueError(f"the new epochs/{'/'.join(SCHEDULE_KEYS)} would change the learning rate of steps the "
+                         f"checkpoint has already taken ({steps_done}); only the rate of later steps may change on "
+                         "--resume (start a new run in another --out for anything else)")
 
 
 def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool, normalisation=NORMALISATION
@@ -196,11 +202,12 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
                              "log": [], "config": config.to_dict()}
     if resume:
         saved = load_checkpoint(out / CHECKPOINT, model, optimizer)
-        _check_resumable(saved["config"], config)
+        _check_resumable(saved["config"], config, saved["epoch"] * config.steps_per_epoch)
         state = {**saved, "config": config.to_dict()}
         if main:
             print(f"resumed after epoch {state['epoch']} from {out / CHECKPOINT}", flush=True)
     dtype = autocast_dtype(config.precision, device)
+    schedule = Schedule.of(config.to_dict())
     weights = tuple(work.loss_weights)
     share = context.share(config.batch_size)
     writer = None
@@ -233,8 +240,10 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
             subset = step_subset(config.inputs, config.input_subsets, config.seed, step)
             batch = build_batch(train_subjects, share, seed=config.seed, stream=TRAIN_STREAM, step=step, subset=subset,
                                 outputs=work.outputs, crop_size=config.crop_size, lesion_input=config.lesion_input,
-                                augment=config.augment, lesion_crop_fraction=config.lesion_crop_fraction
-                                ).to(device, config.channels_last)
+                                augment=config.augment, lesion_crop_fraction=config.lesion_crop_fraction,
+                                lesion_weight=config.lesion_loss_weight).to(device, config.channels_last)
+            for group in optimizer.param_groups:
+                group["lr"] = schedule.at(step)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss, parts = chartsias_loss(model, batch.inputs, batch.references, batch.lesion, weights,
@@ -250,7 +259,8 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
         steps.close()
         names = sorted(sums)
         means = distributed.mean_over_ranks([sums[k] / config.steps_per_epoch for k in names], context)
-        row: dict[str, Any] = {"epoch": epoch + 1, "steps": (epoch + 1) * config.steps_per_epoch}
+        row: dict[str, Any] = {"epoch": epoch + 1, "steps": (epoch + 1) * config.steps_per_epoch,
+                               "learning_rate": schedule.at((epoch + 1) * config.steps_per_epoch - 1)}
         row.update({f"train_{k}": v for k, v in zip(names, means)})
         if main:
             if val_subjects:

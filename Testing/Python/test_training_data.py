@@ -296,6 +296,27 @@ def test_lesion_crops_centre_on_expert_lesions_only(tmp_path):
                        plain.inputs["T1"])
 
 
+def test_lesion_loss_weight_weighs_lesion_pixels_and_keeps_ignored_ones_out(tmp_path):
+    labelled, unlabelled = labelled_and_unlabelled(tmp_path, "ignore")
+    draw = dict(seed=1, stream=TRAIN_STREAM, step=0, subset=("T1", "T2"), outputs=("FLAIR",), crop_size=16,
+                lesion_input=True, augment=None)
+    plain = build_batch([unlabelled, labelled], range(8), **draw)
+    weighted = build_batch([unlabelled, labelled], range(8), lesion_weight=5.0, **draw)
+    lesion = weighted.lesion == 1
+    assert lesion.any() and (plain.weight == 0).any()
+    assert torch.equal(weighted.inputs["T1"], plain.inputs["T1"])  # the same crops, only the weights differ
+    assert (weighted.weight[lesion] == 5).all() and torch.equal(weighted.weight[~lesion], plain.weight[~lesion])
+    # without an ignore region the batch carries weights only when lesions are weighted
+    assert build_batch([labelled], range(4), **draw).weight is None
+    assert set(build_batch([labelled], range(4), lesion_weight=3.0, **draw).weight.unique().tolist()) <= {1.0, 3.0}
+    # in the cost: an error on lesion pixels counts 5 times an equal error elsewhere
+    model = ChartsiasMIMO(("T1", "T2"), ("FLAIR",), lesion_input=True, latent_channels=2, filters=(4, 4, 4))
+    refs = lambda where: {"FLAIR": torch.where(where, weighted.references["FLAIR"] + 100, weighted.references["FLAIR"])}  # noqa: E731
+    c1 = lambda r, w: chartsias_loss(model, weighted.inputs, r, weighted.lesion, (1, 0, 0), mask=w)[1]["c1"]  # noqa: E731
+    base = c1(weighted.references, weighted.weight)
+    assert c1(refs(lesion), weighted.weight) - base > c1(refs(lesion), plain.weight) - c1(weighted.references, plain.weight)
+
+
 def test_lesion_options_are_checked():
     base = {"name": "m", "data": ["d"], "inputs": ["T1", "T2"], "outputs": ["FLAIR"]}
     assert TrainConfig.from_dict({**base, "lesion_fallback": "ignore", "lesion_crop_fraction": 0.33}).lesion_crop_fraction == 0.33
@@ -303,6 +324,10 @@ def test_lesion_options_are_checked():
         TrainConfig.from_dict({**base, "lesion_crop_fraction": 1.0})
     with pytest.raises(ValueError, match="needs lesion_input"):
         TrainConfig.from_dict({**base, "lesion_input": False, "lesion_crop_fraction": 0.2})
+    with pytest.raises(ValueError, match="lesion_loss_weight needs lesion_input"):
+        TrainConfig.from_dict({**base, "lesion_input": False, "lesion_loss_weight": 5.0})
+    with pytest.raises(ValueError, match="lesion_loss_weight must be >= 1"):
+        TrainConfig.from_dict({**base, "lesion_loss_weight": 0.5})
     with pytest.raises(ValueError, match="'ignore' needs FLAIR"):
         TrainConfig.from_dict({**base, "outputs": ["T1c"], "lesion_fallback": "ignore"})
 
@@ -363,6 +388,6 @@ def test_resume_accepts_a_checkpoint_written_before_a_config_key_existed():
     config = TrainConfig.from_dict({"name": "m", "data": ["d"], "inputs": ["T1"], "outputs": ["FLAIR"]})
     saved = config.to_dict()
     del saved["lesion_crop_fraction"]  # as in a checkpoint from before the key was added
-    _check_resumable(saved, config)
+    _check_resumable(saved, config, steps_done=200)
     with pytest.raises(ValueError, match="lesion_crop_fraction"):
-        _check_resumable({**saved, "lesion_crop_fraction": 0.5}, config)
+        _check_resumable({**saved, "lesion_crop_fraction": 0.5}, config, steps_done=200)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,22 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(reference, tmp
     whole, resumed = tensors(out), tensors(tmp_path / "cut")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert log_rows(out) == log_rows(tmp_path / "cut")
+
+
+def test_an_anneal_resumed_from_a_constant_run_equals_the_annealed_run(reference, tmp_path):
+    """A run whose last epoch is annealed equals the constant-rate run resumed with the anneal
+    added (how the LOSO anneal runs were made), and differs from the same epochs at a constant rate."""
+    sources, out, _ = reference
+    run(sources, tmp_path / "annealed", epochs=3, lr_decay_epochs=1)
+    shutil.copytree(out, tmp_path / "resumed", ignore=shutil.ignore_patterns("tiny"))
+    run(sources, tmp_path / "resumed", resume=True, epochs=3, lr_decay_epochs=1, name="tiny-annealed")
+    annealed, resumed = tensors(tmp_path / "annealed"), tensors(tmp_path / "resumed")
+    assert all(torch.equal(annealed[k], resumed[k]) for k in annealed)
+    assert [float(r["learning_rate"]) for r in log_rows(tmp_path / "annealed")] == pytest.approx([1e-3, 1e-3, 1e-5])
+    assert (tmp_path / "resumed" / "tiny-annealed").is_dir()
+    run(sources, tmp_path / "constant", epochs=3)
+    key = "model.decoders.FLAIR.out.weight"
+    assert not torch.equal(annealed[key], tensors(tmp_path / "constant")[key])
 
 
 @pytest.mark.parametrize("kind", ["relu", "pass_through"])
