@@ -121,6 +121,29 @@ def test_loso_runs_end_to_end_on_three_tiny_subjects(tmp_path):
     assert "| s0 | rf |" in text and "no model folder" in text
 
 
+def test_loso_training_fit_scores_each_method_on_its_folds_training_subjects(tmp_path):
+    for seed in range(3):
+        make_subject(tmp_path / "data" / f"s{seed}", seed=seed)
+    trained_on = {"subjects": {"training": [{"subject": "s0"}, {"subject": "s2"}], "validation": []}}
+    make_tiny_model(tmp_path / "models" / "s1", training=trained_on)
+    make_tiny_model(tmp_path / "models" / "s0")  # its card names no training subject: refused as "trained on s1"
+    results = run_loso([str(tmp_path / "data")], ["T1", "T2"], "FLAIR",
+                       ["poly", "chartsias+lesion:" + str(tmp_path / "models" / "{subject}")], tmp_path / "out",
+                       command="test", log=lambda m: None, training_fit=True)
+    folds = {f["held_out"]: f["methods"] for f in results["folds"]}
+    for held, methods in folds.items():
+        fit = methods["poly"]["training_fit"]
+        assert sorted(fit) == [s for s in ("s0", "s1", "s2") if s != held]
+        assert all(math.isfinite(m["lesion_ratio1_synthetic"]) for m in fit.values())
+    model = folds["s1"]["chartsias+lesion"]
+    assert sorted(model["training_fit"]) == ["s0", "s2"] and "error" not in model
+    # the training subject's own figures, not the held-out one's
+    assert model["training_fit"]["s0"]["ssim_brain"] != model["metrics"]["ssim_brain"]
+    assert "does not list s1 among its training subjects" in folds["s0"]["chartsias+lesion"]["error"]
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "## Fit on the training subjects" in text and "| s1 | chartsias+lesion | s2 |" in text
+
+
 def test_loso_methods_of_one_kind_are_told_apart_by_a_label():
     from training.experiments.loso import parse_method
 

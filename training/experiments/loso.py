@@ -26,6 +26,12 @@ per-subject rescaling the others do not. PSNR/SSIM use the reference's data rang
 volume), the same for every method. Lesion Ratio 1/2 (Wei et al. 2019) are computed for
 subjects with an expert lesion mask, NAWM = ``white_matter_mask(T1)`` minus lesions.
 
+With ``--training-fit`` every method is also scored on each of its fold's *training*
+subjects that have an expert lesion mask: a model that misses the lesion contrast there
+under-fits it, one that meets it there and misses it on the held-out subject does not
+generalise, and the two call for different remedies. Those rows are a diagnostic, never a
+held-out figure.
+
 Writes ``results.md`` and ``results.json`` to ``--out``; no image volumes.
 """
 
@@ -122,15 +128,19 @@ def population_mean(card: Any, target: str) -> float:
     return value
 
 
-def model_predict(folder: Path, case: Case, inputs: list[str], target: str, use_lesion: bool) -> np.ndarray:
-    """A model's target from ``inputs`` on the held-out case, on the mean_in_brain scale, axial axis first."""
+def model_predict(folder: Path, case: Case, inputs: list[str], target: str, use_lesion: bool,
+                  trained_on: bool = False) -> np.ndarray:
+    """A model's target from ``inputs`` on the held-out case (or, with ``trained_on``, on one of
+    its training subjects), on the mean_in_brain scale, axial axis first."""
     from MRSynthesisLib.cards import load_model
     from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
 
     loaded = load_model(folder)
     card = loaded.card
     used = {s.get("subject") for group in (card.training.get("subjects") or {}).values() for s in group}
-    if case.name in used:
+    if (case.name in used) != trained_on:
+        if trained_on:
+            raise ValueError(f"{folder}: its card does not list {case.name} among its training subjects")
         raise ValueError(f"{folder}: its card lists the held-out subject {case.name} among its training/"
                          "validation subjects; it is not a leave-one-subject-out model")
     volumes = {m: read_volume(case.files.images[m]) for m in inputs}
@@ -169,7 +179,7 @@ def evaluate(synthetic: np.ndarray, case: Case) -> dict[str, Any]:
 
 def run_loso(data: list[str], inputs: list[str], target: str, methods: list[str], out: Path | None = None,
              poly: dict[str, Any] | None = None, rf: dict[str, Any] | None = None, command: str = "",
-             log=print) -> dict[str, Any]:
+             log=print, training_fit: bool = False) -> dict[str, Any]:
     """Hold out every subject in turn; returns (and with ``out`` writes) the results."""
     inputs = [modalities.canonical(m) for m in inputs]
     target = modalities.canonical(target)
@@ -197,6 +207,7 @@ def run_loso(data: list[str], inputs: list[str], target: str, methods: list[str]
                     entry["fit_seconds"] = round(time.perf_counter() - started, 1)
                     entry["training_voxels"] = model.training_voxels
                     synthetic = model.predict(held.inputs, held.brain)
+                    predict = lambda case: model.predict(case.inputs, case.brain)  # noqa: E731
                 else:
                     folder = Path(template.format(subject=held.name))
                     entry["model"] = str(folder)
@@ -205,8 +216,13 @@ def run_loso(data: list[str], inputs: list[str], target: str, methods: list[str]
                         log(f"[{held.name}] {name}: skipped, {entry['skipped']}")
                         fold["methods"][name] = entry
                         continue
-                    synthetic = model_predict(folder, held, inputs, target, name.partition(".")[0].endswith("+lesion"))
+                    use_lesion = name.partition(".")[0].endswith("+lesion")
+                    synthetic = model_predict(folder, held, inputs, target, use_lesion)
+                    predict = lambda case: model_predict(folder, case, inputs, target, use_lesion,  # noqa: E731
+                                                         trained_on=True)
                 entry["metrics"] = evaluate(synthetic, held)
+                if training_fit:
+                    entry["training_fit"] = {c.name: evaluate(predict(c), c) for c in train if c.nawm is not None}
             except (ValueError, OSError) as error:
                 entry["error"] = str(error)
                 log(f"[{held.name}] {name}: ERROR {error}")
@@ -231,6 +247,7 @@ def run_loso(data: list[str], inputs: list[str], target: str, methods: list[str]
         "settings": {name: make_baseline(name, **settings[name]).settings() for name, t in parsed if t is None},
         "scale": "mean_in_brain-normalised target (brain mean 1); metrics in the brain = foreground_mask of the inputs",
         "folds": folds,
+        "training_fit": training_fit,
         "mean": summarise(folds, [n for n, _ in parsed]),
     }
     if out is not None:
@@ -334,6 +351,17 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {m['folds']} | {_fmt(m['ssim_brain'])} | {_fmt(m['psnr_brain'], 2)} | "
                      f"{_fmt(m['mae_brain'])} | {_fmt(m['mse_brain'])} | {m['folds_with_lesion_metrics']} | {r1} | "
                      f"{_fmt(m.get('lesion_ratio1_abs_difference'), 3)} |")
+    if results.get("training_fit"):
+        lines += ["", "## Fit on the training subjects (diagnostic, not held out)", "",
+                  "| held out | method | scored on (trained on it) | SSIM brain | MSE brain | Ratio 1 syn / real | \\|dR1\\| |",
+                  "|" + " --- |" * 7]
+        for fold in results["folds"]:
+            for name in names:
+                for subject, m in fold["methods"].get(name, {}).get("training_fit", {}).items():
+                    r1 = (f"{m['lesion_ratio1_synthetic']:.3f} / {m['lesion_ratio1_reference']:.3f}"
+                          if "lesion_ratio1_synthetic" in m else "-")
+                    lines.append(f"| {fold['held_out']} | {name} | {subject} | {_fmt(m['ssim_brain'])} | "
+                                 f"{_fmt(m['mse_brain'])} | {r1} | {_fmt(m.get('lesion_ratio1_abs_difference'), 3)} |")
     lines += ["", "Training subjects per fold: " + "; ".join(
         f"{f['held_out']} held out <- {', '.join(f['training'])}" for f in results["folds"]), ""]
     return "\n".join(lines)
@@ -355,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rf-min-leaf", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--training-fit", action="store_true",
+                        help="also score every method on its fold's training subjects with lesion masks (diagnostic)")
     args = parser.parse_args(argv)
     command = "python -m training.experiments.loso " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     import torch
@@ -364,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
              poly={"degree": args.poly_degree, "alpha": args.poly_alpha, "seed": args.seed},
              rf={"trees": args.rf_trees, "max_voxels": args.rf_voxels, "min_samples_leaf": args.rf_min_leaf,
                  "n_jobs": args.jobs, "seed": args.seed},
-             command=command, log=lambda message: print(message, flush=True))
+             command=command, log=lambda message: print(message, flush=True), training_fit=args.training_fit)
     return 0
 
 
