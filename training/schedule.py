@@ -10,7 +10,9 @@ constant-rate run, so an anneal can be measured against that run itself.
 
 The rate is a pure function of the step and the config: ``--resume`` needs no scheduler
 state, and a schedule change on resume is safe exactly when it leaves every step already
-taken at the rate it was taken with (``same_until``).
+taken at the rate it was taken with (``same_until``). torch's ``SequentialLR(ConstantLR,
+CosineAnnealingLR)`` draws a similar curve, but as stateful objects stepped once per step:
+that state would have to be checkpointed, and comparing two schedules would mean replaying both.
 """
 
 from __future__ import annotations
