@@ -56,9 +56,13 @@ def _set_rng_states(state: dict[str, Any], torch_state: torch.Tensor) -> None:
     torch.set_rng_state(torch_state)
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Model, optimiser, RNG states and the JSON-able ``state`` (epoch, best, log...) in one file."""
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                    average: nn.Module | None = None) -> None:
+    """Model, optimiser, RNG states, the running weight average if any (``training.averaging``)
+    and the JSON-able ``state`` (epoch, best, log...) in one file."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors.update({f"average.{k}": v for k, v in average.state_dict().items()})
     optim = optimizer.state_dict()
     for index, values in optim["state"].items():
         for key, value in values.items():
@@ -87,17 +91,36 @@ def load_weights(path: Path, model: nn.Module) -> None:
     model.load_state_dict(tensors)
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimiser and RNG states in place; return the JSON ``state`` saved with them."""
+def _checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, metadata = _open(path)
     if metadata.get("format") != FORMAT or "json" not in metadata:
         raise CheckpointError(f"{path}: not an MRSynthesis training checkpoint (format {metadata.get('format')!r})")
-    meta = json.loads(metadata["json"])
+    return tensors, json.loads(metadata["json"])
+
+
+def _load_model(path: Path, tensors: dict[str, torch.Tensor], model: nn.Module) -> None:
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: the checkpoint's weights do not fit this config's network: {error}") from None
+
+
+def load_checkpoint_weights(path: Path, model: nn.Module) -> None:
+    """Only the model's weights (those of the last step checkpointed), e.g. to export them."""
+    _load_model(path, _checkpoint(path)[0], model)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    average: nn.Module | None = None) -> dict[str, Any]:
+    """Restore model, optimiser, RNG states and ``average`` (when given and saved: a run resumed
+    before its averaging window keeps the empty average it starts with) in place; return the
+    JSON ``state`` saved with them."""
+    tensors, meta = _checkpoint(path)
+    _load_model(path, tensors, model)
+    averaged = {k[len("average."):]: v for k, v in tensors.items() if k.startswith("average.")}
+    if average is not None and averaged:
+        average.load_state_dict(averaged)
     per_param: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):

@@ -23,9 +23,11 @@ MONITORS = ("val_mse", "val_loss")
 # Keys that may change between a run and its --resume: they bound how long the run goes on,
 # how fast it computes, where its folder is or how the model is described, not what a step
 # computes. The anneal keys may change too where the steps already taken keep their rates
-# (training/schedule.py; loop._check_resumable).
+# (training/schedule.py), and average_epochs where they keep their place in or out of the
+# average (training/averaging.py); loop._check_resumable.
 RESUMABLE_CHANGES = ("epochs", "max_minutes", "threads", "patience", "out", "name", "description", "version", "credits")
 SCHEDULE_KEYS = ("lr_decay_epochs", "lr_final_fraction")
+AVERAGE_KEYS = ("average_epochs",)
 
 
 @dataclass
@@ -101,6 +103,9 @@ class TrainConfig:
     # the last lr_decay_epochs epochs (0: constant throughout, the paper's); training/schedule.py
     lr_decay_epochs: int = 0
     lr_final_fraction: float = 0.01
+    # weight averaging: the model is the mean of the weights after every step of the last
+    # average_epochs epochs (0: the last step's weights, the paper's); training/averaging.py
+    average_epochs: int = 0
     batch_size: int = 16
     # sampling
     crop_size: int = 64
@@ -168,6 +173,8 @@ class TrainConfig:
             raise ValueError("lr_decay_epochs must be in [0, epochs]")
         if not 0 <= self.lr_final_fraction <= 1:
             raise ValueError("lr_final_fraction must be in [0, 1]")
+        if not 0 <= self.average_epochs <= self.epochs:
+            raise ValueError("average_epochs must be in [0, epochs]")
         self.augment.validate()
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The training loop: epochs of fixed step counts, validation, early stopping, checkpoints.
 
 A run folder (``config.out``) holds ``checkpoint.safetensors`` (rewritten atomically after
-every epoch), ``best.safetensors`` (the weights of the best validation epoch),
+every epoch), ``best.safetensors`` (the weights of the best validation epoch; with
+``average_epochs``, from the window's first epoch on, the weight average's),
 ``metrics.csv`` (one row per epoch, rewritten from the checkpoint's log so that it never
 holds an epoch the checkpoint lost), ``config.json``, TensorBoard events when
 ``tensorboard`` is installed, and at the end the model folder ``<out>/<name>``.
@@ -27,10 +28,10 @@ from MRSynthesisLib.devices import cpu_has_native_bf16
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from MRSynthesisLib.models.losses_chartsias import chartsias_loss
 
-from . import distributed
+from . import averaging, distributed
 from .batches import TRAIN_STREAM, build_batch, step_subset
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
-from .config import RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
+from .config import AVERAGE_KEYS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
 from .datasets import NORMALISATION, Subject, discover, load_subject, split_subjects
 from .export import output_intensity, write_model_folder
 from .extend import load_base, working_config
@@ -117,7 +118,7 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, steps_done: int
     # a key the saved config lacks was added to TrainConfig since: it ran with the default
     saved = {**TrainConfig(name="defaults", data=["-"], inputs=["T1"], outputs=["T2"]).to_dict(), **saved}
     changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES + SCHEDULE_KEYS)
+                     if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES + SCHEDULE_KEYS + AVERAGE_KEYS)
     if changed:
         raise ValueError(f"the config differs from the checkpoint's in {changed}; only {list(RESUMABLE_CHANGES)} "
                          "may change on --resume (start a new run in another --out for anything else)")
@@ -126,6 +127,10 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, steps_done: int
         raise ValueError(f"the new epochs/{'/'.join(SCHEDULE_KEYS)} would change the learning rate of steps the "
                          f"checkpoint has already taken ({steps_done}); only the rate of later steps may change on "
                          "--resume (start a new run in another --out for anything else)")
+    if not averaging.same_until(current, saved, steps_done):
+        raise ValueError(f"the new epochs/{'/'.join(AVERAGE_KEYS)} would move steps the checkpoint has already taken "
+                         f"({steps_done}) into or out of the weight average; only later steps may change on --resume "
+                         "(start a new run in another --out for anything else)")
 
 
 def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool, normalisation=NORMALISATION
@@ -198,16 +203,18 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     distributed.broadcast_parameters(model, context)
     # Only trainable parameters: when extending, the frozen ones never reach Adam at all.
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    average = averaging.averaged(model, config.to_dict())
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None, "stale": 0, "seconds": 0.0,
                              "log": [], "config": config.to_dict()}
     if resume:
-        saved = load_checkpoint(out / CHECKPOINT, model, optimizer)
+        saved = load_checkpoint(out / CHECKPOINT, model, optimizer, average)
         _check_resumable(saved["config"], config, saved["epoch"] * config.steps_per_epoch)
         state = {**saved, "config": config.to_dict()}
         if main:
             print(f"resumed after epoch {state['epoch']} from {out / CHECKPOINT}", flush=True)
     dtype = autocast_dtype(config.precision, device)
     schedule = Schedule.of(config.to_dict())
+    average_from = averaging.start(config.to_dict())
     weights = tuple(work.loss_weights)
     share = context.share(config.batch_size)
     writer = None
@@ -251,6 +258,8 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
             loss.backward()
             distributed.average_gradients(model, context)
             optimizer.step()
+            if average is not None and step >= average_from:
+                average.update_parameters(model)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps.set_postfix(loss=f"{parts['total']:.4f}", inputs="+".join(subset), refresh=False)
@@ -262,24 +271,30 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
         row: dict[str, Any] = {"epoch": epoch + 1, "steps": (epoch + 1) * config.steps_per_epoch,
                                "learning_rate": schedule.at((epoch + 1) * config.steps_per_epoch - 1)}
         row.update({f"train_{k}": v for k, v in zip(names, means)})
+        # Once the averaging window has begun, the average is the network this run would
+        # deliver: it is what validation scores and what best.safetensors keeps.
+        averaged_steps = int(average.n_averaged) if average is not None else 0
+        if average is not None:
+            row["averaged_steps"] = averaged_steps
+        network = average.module if averaged_steps else model
         if main:
             if val_subjects:
-                row.update(validate(model, val_subjects, work, device, dtype))
+                row.update(validate(network, val_subjects, work, device, dtype))
                 value = row[config.monitor]
                 if state["best"] is None or value < state["best"]:
                     state.update(best=value, best_epoch=epoch + 1, stale=0)
-                    save_weights(model, out / BEST)
+                    save_weights(network, out / BEST)
                 else:
                     state["stale"] += 1
             else:
                 state.update(best_epoch=epoch + 1)
-                save_weights(model, out / BEST)
+                save_weights(network, out / BEST)
             row["epoch_seconds"] = time.perf_counter() - started
             state["seconds"] += row["epoch_seconds"]
             row["seconds"] = state["seconds"]
             state["log"].append(row)
             state["epoch"] = epoch + 1
-            save_checkpoint(out / CHECKPOINT, model, optimizer, state)
+            save_checkpoint(out / CHECKPOINT, model, optimizer, state, average)
             _write_csv(out / METRICS, state["log"])
             if writer is not None:
                 for k, v in row.items():
@@ -287,7 +302,8 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
                 writer.flush()
             summary = "  ".join(f"{k} {row[k]:.4g}" for k in ("train_total", "val_total", "val_mse", "val_ssim")
                                 if k in row)
-            print(f"epoch {epoch + 1}: {summary}  ({row['epoch_seconds']:.0f} s)", flush=True)
+            note = f", weights averaged over {averaged_steps} steps" if averaged_steps else ""
+            print(f"epoch {epoch + 1}: {summary}  ({row['epoch_seconds']:.0f} s{note})", flush=True)
         check_outputs_alive(row, config, out, main)  # every rank: the means are the same on all of them
     if not main:
         return None

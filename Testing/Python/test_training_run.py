@@ -26,6 +26,7 @@ from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.cli import main as cli_main
 from test_training_data import write_dataset
 from training.config import TrainConfig
+from training.experiments.last_weights import write_last_weights
 from training.loop import BEST, CHECKPOINT, METRICS, DeadOutputError, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,6 +137,59 @@ def test_an_anneal_resumed_from_a_constant_run_equals_the_annealed_run(reference
     run(sources, tmp_path / "constant", epochs=3)
     key = "model.decoders.FLAIR.out.weight"
     assert not torch.equal(annealed[key], tensors(tmp_path / "constant")[key])
+
+
+def test_weight_averaging_delivers_the_mean_of_the_window_and_changes_no_step(reference, tmp_path):
+    """average_epochs 2 of 3 one-step epochs: the model folder is the mean of the weights after steps
+    1 and 2, the checkpoint's trained weights are the plain run's bit for bit, last_weights exports
+    those, and --resume adds averaging to a finished plain run (how the LOSO average runs were made)."""
+    sources, _, _ = reference
+    common = {"steps_per_epoch": 1, "validation_subjects": []}
+    run(sources, tmp_path / "plain2", epochs=2, **common)
+    run(sources, tmp_path / "plain3", epochs=3, **common)
+    folder = run(sources, tmp_path / "avg", epochs=3, average_epochs=2, **common)
+    plain2, plain3, avg = (tensors(tmp_path / n) for n in ("plain2", "plain3", "avg"))
+    trained = [k for k in plain3 if k.startswith("model.")]
+    assert all(torch.equal(plain3[k], avg[k]) for k in trained)
+    assert int(avg["average.n_averaged"]) == 2
+    assert [r["averaged_steps"] for r in log_rows(tmp_path / "avg")] == ["0", "1", "2"]
+    delivered = load_file(str(folder / "model.safetensors"))
+    key = "decoders.FLAIR.out.weight"
+    assert not torch.equal(delivered[key], plain3[f"model.{key}"])
+    for k, v in delivered.items():
+        torch.testing.assert_close(v, (plain2[f"model.{k}"] + plain3[f"model.{k}"]) / 2, rtol=1e-5, atol=1e-7)
+
+    last = write_last_weights(tmp_path / "avg")
+    assert last == tmp_path / "avg" / "tiny-last" and load_model(last).card.name == "tiny-last"
+    exported = load_file(str(last / "model.safetensors"))
+    assert all(torch.equal(exported[k], plain3[f"model.{k}"]) for k in exported)
+
+    shutil.copytree(tmp_path / "plain2", tmp_path / "added", ignore=shutil.ignore_patterns("tiny"))
+    added = run(sources, tmp_path / "added", resume=True, epochs=3, average_epochs=1, **common)
+    assert all(torch.equal(v, plain3[f"model.{k}"]) for k, v in load_file(str(added / "model.safetensors")).items())
+    with pytest.raises(ValueError, match="weight average"):
+        run(sources, tmp_path / "avg", resume=True, epochs=3, average_epochs=1, **common)
+
+
+def test_resume_inside_the_averaging_window_equals_an_uninterrupted_run(reference, tmp_path, monkeypatch):
+    sources, _, _ = reference
+    common = {"steps_per_epoch": 1, "epochs": 3, "average_epochs": 2, "validation_subjects": []}
+    run(sources, tmp_path / "whole", **common)
+    build = training.loop.build_batch
+
+    def crash_at_step_2(*args, **kwargs):
+        if kwargs["step"] == 2:  # the average holds step 1's weights only
+            raise KeyboardInterrupt("simulated kill")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(training.loop, "build_batch", crash_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(sources, tmp_path / "cut", **common)
+    monkeypatch.setattr(training.loop, "build_batch", build)
+    run(sources, tmp_path / "cut", resume=True, **common)
+    whole, resumed = tensors(tmp_path / "whole"), tensors(tmp_path / "cut")
+    assert any(k.startswith("average.") for k in whole)
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
 @pytest.mark.parametrize("kind", ["relu", "pass_through"])
