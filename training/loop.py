@@ -314,7 +314,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
                "steps_run": state["epoch"] * config.steps_per_epoch, "training_seconds": round(state["seconds"]),
                "normalised_scale": "MSE/SSIM on mean_in_brain-normalised images, in the brain, every "
                                    f"{config.val_slice_stride}th axial slice",
-               **{k: v for k, v in best_row.items() if k.startswith(("val_", "mse[", "ssim["))}}
+               **{k: v for k, v in best_row.items() if k.startswith(("val_", "mse[", "ssim[", "averaged_steps"))}}
     subjects = {"training": [{"subject": s.name, "lesion_channel": s.lesion_source} for s in train_subjects],
                 "validation": [{"subject": s.name, "lesion_channel": s.lesion_source} for s in val_subjects]}
     folder = write_model_folder(model.to(memory_format=torch.contiguous_format), config, out / config.name,

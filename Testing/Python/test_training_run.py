@@ -153,6 +153,7 @@ def test_weight_averaging_delivers_the_mean_of_the_window_and_changes_no_step(re
     assert all(torch.equal(plain3[k], avg[k]) for k in trained)
     assert int(avg["average.n_averaged"]) == 2
     assert [r["averaged_steps"] for r in log_rows(tmp_path / "avg")] == ["0", "1", "2"]
+    assert load_model(folder).card.metrics["averaged_steps"] == 2
     delivered = load_file(str(folder / "model.safetensors"))
     key = "decoders.FLAIR.out.weight"
     assert not torch.equal(delivered[key], plain3[f"model.{key}"])
