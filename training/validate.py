@@ -62,20 +62,8 @@ def validate(model: nn.Module, subjects: Sequence[Subject], config: TrainConfig,
             parts.setdefault(k, []).append(v)
     result = {f"val_{k}": float(np.mean(v)) for k, v in parts.items()}
 
-    scores: dict[str, list[float]] = {}
-    for subject in subjects:
-        index = subject.slices[::config.val_slice_stride]
-        brain = subject.brain[index]
-        scored = subject.supervised(index)
-        lesion = subject.lesion[index] > 0.5 if config.lesion_input else None
-        for given, targets in validation_tasks(config.inputs, config.outputs):
-            out = run_slicewise(model, {m: subject.images[m][index] for m in given}, targets, axis=0, mask=brain,
-                                settings=settings, lesion=lesion).outputs
-            for t in targets:
-                task = f"{'+'.join(given)}->{t}"
-                scores.setdefault(f"mse[{task}]", []).append(metrics.mse(out[t], subject.images[t][index], scored))
-                scores.setdefault(f"ssim[{task}]", []).append(_slice_ssim(out[t], subject.images[t][index], scored))
-    per_task = {k: float(np.mean(v)) for k, v in scores.items()}
+    per_task = task_scores(model, subjects, config.inputs, config.outputs, lesion_input=config.lesion_input,
+                           stride=config.val_slice_stride, settings=settings)
     result["val_mse"] = float(np.mean([v for k, v in per_task.items() if k.startswith("mse[")]))
     result["val_ssim"] = float(np.mean([v for k, v in per_task.items() if k.startswith("ssim[")]))
     result.update(per_task)
@@ -83,3 +71,27 @@ def validate(model: nn.Module, subjects: Sequence[Subject], config: TrainConfig,
         model.to(memory_format=torch.contiguous_format)
     model.train()
     return result
+
+
+def task_scores(model: nn.Module, subjects: Sequence[Subject], inputs: Sequence[str], outputs: Sequence[str], *,
+                lesion_input: bool, stride: int, settings: RunSettings) -> dict[str, float]:
+    """``mse[given->target]`` and ``ssim[given->target]`` for every ``validation_tasks`` task, means over subjects.
+
+    Every ``stride``-th training slice of each subject is synthesised whole through ``run_slicewise``
+    (the product's path) and scored in its supervised brain pixels on the normalised scale; the
+    subject's lesion channel is given when the model has one.
+    """
+    scores: dict[str, list[float]] = {}
+    for subject in subjects:
+        index = subject.slices[::stride]
+        brain = subject.brain[index]
+        scored = subject.supervised(index)
+        lesion = subject.lesion[index] > 0.5 if lesion_input else None
+        for given, targets in validation_tasks(inputs, outputs):
+            out = run_slicewise(model, {m: subject.images[m][index] for m in given}, targets, axis=0, mask=brain,
+                                settings=settings, lesion=lesion).outputs
+            for t in targets:
+                task = f"{'+'.join(given)}->{t}"
+                scores.setdefault(f"mse[{task}]", []).append(metrics.mse(out[t], subject.images[t][index], scored))
+                scores.setdefault(f"ssim[{task}]", []).append(_slice_ssim(out[t], subject.images[t][index], scored))
+    return {k: float(np.mean(v)) for k, v in scores.items()}

@@ -1,5 +1,6 @@
 """The Tables IV-V experiment: its configs hold the subject out and differ only where the tables say,
-and the evaluation fills the tables from tiny models on phantoms (including a run not trained yet)."""
+the training queue continues where it stopped, and the evaluation fills the tables from tiny models on
+phantoms (including a run not trained yet)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def test_configs_hold_the_subject_out_and_vary_only_subsets_and_costs(tmp_path):
         for config in fold.values():
             assert not any(held_out in source for source in config.data), config.name
             assert config.outputs == ["FLAIR"] and not config.lesion_input and config.validation_subjects == []
-            assert config.out == f"{mi.RUNS}/{held_out}/{config.name.removeprefix(f'mi-{held_out}-')}"
+            run = config.name.removeprefix(f"mi-{held_out}-")
+            assert config.out == f"{mi.SCHEDULES['short'].runs}/{held_out}/{run}"
         # everything but inputs, input_subsets, loss weights and augmentation is the same recipe (same seed, crops)
         varied = {"name", "description", "out", "inputs", "input_subsets", "loss_weights", "augment"}
         recipes = {json.dumps({k: v for k, v in c.to_dict().items() if k not in varied}, sort_keys=True)
@@ -59,9 +61,23 @@ def test_configs_hold_the_subject_out_and_vary_only_subsets_and_costs(tmp_path):
         assert not intensity.flip and intensity.rotate_degrees == intensity.scale == 0
 
 
-def test_committed_configs_are_what_the_generator_writes(tmp_path):
-    mi.write_configs(tmp_path, log=lambda _: None)
-    committed = REPO / mi.CONFIG_DIR
+def test_the_long_schedule_trains_table_iv_only_at_the_recipe_budget_with_averaging(tmp_path):
+    short = {p.name: load_config(p) for p in mi.write_configs(tmp_path / "short", log=lambda _: None)}
+    long = {p.name: load_config(p) for p in mi.write_configs(tmp_path / "long", log=lambda _: None,
+                                                           schedule=mi.SCHEDULES["long"])}
+    assert len(long) == 2 * 8 and set(long) < set(short)
+    for name, config in long.items():
+        assert (config.epochs, config.steps_per_epoch, config.average_epochs) == (25, 80, 5)
+        assert config.out == short[name].out.replace("runs/missing-inputs/", "runs/missing-inputs-long/")
+        same = {k: v for k, v in config.to_dict().items()
+                if k not in {"epochs", "steps_per_epoch", "average_epochs", "out", "description"}}
+        assert same == {k: v for k, v in short[name].to_dict().items() if k in same}
+
+
+@pytest.mark.parametrize("schedule", sorted(mi.SCHEDULES))
+def test_committed_configs_are_what_the_generator_writes(tmp_path, schedule):
+    mi.write_configs(tmp_path, log=lambda _: None, schedule=mi.SCHEDULES[schedule])
+    committed = REPO / mi.SCHEDULES[schedule].configs
     assert sorted(p.name for p in committed.glob("*.json")) == sorted(p.name for p in tmp_path.glob("*.json"))
     for path in tmp_path.glob("*.json"):
         assert (committed / path.name).read_text() == path.read_text(), path.name
@@ -134,3 +150,51 @@ def test_evaluation_names_a_missing_held_out_subject(tmp_path):
     _phantom_fold(tmp_path, 0, "patient07")
     with pytest.raises(ValueError, match="patient19"):
         mi.run_evaluation([str(tmp_path / "data")], tmp_path / "runs", None, log=lambda _: None)
+
+
+def test_the_long_schedule_evaluates_table_iv_only(tmp_path):
+    _phantom_fold(tmp_path, 0, "patient07")
+    _phantom_fold(tmp_path, 1, "patient19")
+    runs = tmp_path / "runs"
+    _tiny_models(runs, "patient07", skip=set())  # Table V's runs exist too, and are not read
+    _tiny_models(runs, "patient19", skip=set())
+    out = tmp_path / "out"
+    assert mi.main(["evaluate", "--schedule", "long", "--data", str(tmp_path / "data"), "--runs", str(runs),
+                    "--out", str(out), "--threads", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results["folds"]["patient07"]) == sorted(r.name for r in mi.run_names(("IV",)))
+    assert results["schedule"] == {"epochs": 25, "steps_per_epoch": 80, "batch_size": 16, "average_epochs": 5,
+                                   "tables": ["IV"]}
+    text = (out / "results.md").read_text()
+    assert "## Table IV" in text and "## Table V" not in text and "## Augmentation" not in text
+    assert "25 x 80 steps of batch 16 per run, the weights averaged over the last 5 epochs" in text
+
+
+def test_train_skips_finished_runs_resumes_interrupted_ones_and_counts_failures(tmp_path, monkeypatch):
+    """The queue with a stand-in for ``python``: it records its arguments and finishes (or fails) the run."""
+    monkeypatch.chdir(tmp_path)  # the configs' "out" is relative to the working directory
+    schedule = mi.SCHEDULES["long"]
+    configs = mi.write_configs(tmp_path / "configs", log=lambda _: None, schedule=schedule)
+    finished, interrupted, failing = (load_config(configs[i]) for i in (1, 2, 3))
+    (Path(finished.out) / finished.name).mkdir(parents=True)
+    (Path(finished.out) / finished.name / "card.json").write_text("{}")
+    Path(interrupted.out).mkdir(parents=True)
+    (Path(interrupted.out) / "checkpoint.safetensors").write_text("")
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f"""#!/bin/sh
+echo "$@" >> {tmp_path / 'calls.txt'}
+case "$*" in *{failing.name}.json*) echo boom; exit 3;; esac
+""")
+    stand_in.chmod(0o755)
+    logged = []
+    assert mi.train_all(schedule, jobs=2, folder=tmp_path / "configs", python=str(stand_in), log=logged.append) == 1
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == len(configs) - 1 and not any(f"{finished.name}.json" in c for c in calls)
+    assert [c.endswith("--resume") for c in calls if f"{interrupted.name}.json" in c] == [True]
+    assert sum(c.endswith("--resume") for c in calls) == 1
+    assert all(c.startswith("-m training.train --config ") for c in calls)
+    assert "boom" in (Path(failing.out) / "train.log").read_text()
+    assert f"{finished.name}: finished, skipped" in logged
+    assert any(m.startswith(f"{failing.name}: failed (exit 3)") for m in logged)
+    with pytest.raises(ValueError, match="no config"):
+        mi.train_all(schedule, folder=tmp_path / "nowhere", python=str(stand_in), log=logged.append)
