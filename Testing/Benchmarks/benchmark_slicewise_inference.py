@@ -12,6 +12,10 @@ In one command it measures, each in a fresh subprocess so that peak memory is it
     without brain skipped;
 (c) the production path in fp32, to check that bf16 changes the result by less than 0.005 SSIM
     (bf16 against fp32, and each against the real FLAIR when the shared data is present);
+(d) with ``--compiled``: the production path with the network put through ``torch.compile``
+    (Inductor, freezing on), which the product does not do: run twice in one process, the
+    first run paying the compilation into an empty cache (what a first use would cost), the
+    second the steady state a cohort run would reach;
 plus this machine's bf16 matrix-multiply throughput. Reported: seconds, peak RSS, the speed-up
 (a)/(b), and the FLOP/s of (b) both as executed and as "useful" (the reference network's
 nominal FLOP for the whole volume, 182 full slices) over the measured matmul peak.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -101,15 +106,24 @@ def worker(mode: str, naive_slices: int | None, out: Path) -> None:
         seconds = (time.perf_counter() - start) * (depth / len(slices))
         result = None
     else:
-        dtype = choose_precision("auto", torch.device("cpu")) if mode == "production" else None
+        dtype = None if mode == "fp32" else choose_precision("auto", torch.device("cpu"))
         settings = RunSettings(torch.device("cpu"), dtype, batch_size=default_batch_size("cpu", 2))
+        if mode == "compiled":
+            import torch._inductor.config as inductor
+
+            inductor.freezing = True  # weights become constants: folded and laid out for oneDNN once
+            net = torch.compile(net, dynamic=False)
+            run_slicewise(net, inputs, [TARGET], axis=0, mask=brain, settings=settings)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
         result = run_slicewise(net, inputs, [TARGET], axis=0, mask=brain, settings=settings).outputs[TARGET]
         seconds = time.perf_counter() - start
         np.save(out.with_suffix(".npy"), result)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps({"mode": mode, "seconds": seconds, "peak_rss_mb": peak_mb, "source": source,
                                "weights": weights, "dtype": str(dtype) if mode != "naive" else "float32",
-                               "extrapolated_from_slices": None if naive_slices is None else naive_slices}))
+                               "extrapolated_from_slices": None if naive_slices is None else naive_slices,
+                               "first_seconds": first if mode == "compiled" else None}))
 
 
 def flop_counts(brain: np.ndarray) -> tuple[float, float]:
@@ -155,7 +169,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--naive-slices", type=int, help="time only N evenly spaced slices of (a) and extrapolate")
     parser.add_argument("--json", help="write the figures here too")
-    parser.add_argument("--worker", choices=("naive", "production", "fp32"), help=argparse.SUPPRESS)
+    parser.add_argument("--compiled", action="store_true", help="also time (d), the production path compiled")
+    parser.add_argument("--worker", choices=("naive", "production", "fp32", "compiled"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -167,15 +182,17 @@ def main() -> None:
 
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("naive", "production", "fp32"):
+        for mode in ("naive", "production", "fp32", "compiled")[:4 if args.compiled else 3]:
             out = Path(tmp) / f"{mode}.json"
             command = [sys.executable, __file__, "--worker", mode, "--worker-out", str(out)]
             if args.naive_slices:
                 command += ["--naive-slices", str(args.naive_slices)]
-            subprocess.run(command, check=True)
+            # an empty compile cache of its own: the first compiled run pays what a first use pays
+            subprocess.run(command, check=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "cache")})
             runs[mode] = json.loads(out.read_text())
             print(f"{mode}: {runs[mode]['seconds']:.1f} s, peak RSS {runs[mode]['peak_rss_mb']:.0f} MB", flush=True)
         production, reference = np.load(Path(tmp) / "production.npy"), np.load(Path(tmp) / "fp32.npy")
+        compiled = np.load(Path(tmp) / "compiled.npy") if args.compiled else None
     inputs, brain, source = load_case()
     data_range = float(reference.max() - reference.min())
     ssim_bf16_vs_fp32 = ssim(production, reference, mask=brain, data_range=data_range)
@@ -203,6 +220,15 @@ def main() -> None:
         "useful_flops_fraction_of_matmul": nominal / seconds / peak,
         "executed_flops_fraction_of_matmul": executed / seconds / peak,
     }
+    if compiled is not None:
+        run = runs["compiled"]
+        figures.update({
+            "compiled_first_run_seconds": run["first_seconds"], "compiled_seconds": run["seconds"],
+            "compiled_peak_rss_mb": run["peak_rss_mb"],
+            "speedup_naive_over_compiled": runs["naive"]["seconds"] / run["seconds"],
+            "compiled_useful_flops_fraction_of_matmul": nominal / run["seconds"] / peak,
+            "ssim_compiled_vs_fp32_in_brain": ssim(compiled, reference, mask=brain, data_range=data_range),
+        })
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")

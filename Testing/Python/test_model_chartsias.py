@@ -268,3 +268,28 @@ def test_tiny_overfit():
         optimiser.step()
         first = first or parts["total"]
     assert parts["total"] < first / 8
+
+
+def test_padding_stays_in_the_activations_dtype_under_autocast(monkeypatch):
+    """Autocast would run replication_pad2d in fp32 (cast up, pad, cast down: 1.4-2x slower,
+    Testing/Benchmarks/benchmark_autocast_padding.py); padded in bf16 the output is the same."""
+    from MRSynthesisLib.models import chartsias
+
+    model = make().eval()
+    x = images()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = model(x)["FLAIR"]
+    padded: list[tuple[torch.dtype, torch.dtype]] = []
+    pad = chartsias.F.pad
+
+    def recording_pad(tensor, *args, **kwargs):
+        out = pad(tensor, *args, **kwargs)
+        padded.append((tensor.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(chartsias.F, "pad", recording_pad)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        result = model(x)["FLAIR"]
+    assert padded and all(before == after for before, after in padded)
+    assert sum(before == torch.bfloat16 for before, _ in padded) > len(padded) // 2  # all but the first layers
+    assert torch.equal(result, reference)
