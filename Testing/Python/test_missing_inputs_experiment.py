@@ -61,11 +61,12 @@ def test_configs_hold_the_subject_out_and_vary_only_subsets_and_costs(tmp_path):
         assert not intensity.flip and intensity.rotate_degrees == intensity.scale == 0
 
 
-def test_the_long_schedule_trains_table_iv_only_at_the_recipe_budget_with_averaging(tmp_path):
+def test_the_long_schedule_trains_table_iv_and_augmentation_at_the_recipe_budget_with_averaging(tmp_path):
     short = {p.name: load_config(p) for p in mi.write_configs(tmp_path / "short", log=lambda _: None)}
     long = {p.name: load_config(p) for p in mi.write_configs(tmp_path / "long", log=lambda _: None,
                                                            schedule=mi.SCHEDULES["long"])}
-    assert len(long) == 2 * 8 and set(long) < set(short)
+    assert len(long) == 2 * (1 + 7 + 3) and set(long) < set(short)
+    assert not any("-no-c" in name for name in long)  # Table V stays at the short schedule
     for name, config in long.items():
         assert (config.epochs, config.steps_per_epoch, config.average_epochs) == (25, 80, 5)
         assert config.out == short[name].out.replace("runs/missing-inputs/", "runs/missing-inputs-long/")
@@ -152,7 +153,7 @@ def test_evaluation_names_a_missing_held_out_subject(tmp_path):
         mi.run_evaluation([str(tmp_path / "data")], tmp_path / "runs", None, log=lambda _: None)
 
 
-def test_the_long_schedule_evaluates_table_iv_only(tmp_path):
+def test_the_long_schedule_evaluates_table_iv_and_augmentation_only(tmp_path):
     _phantom_fold(tmp_path, 0, "patient07")
     _phantom_fold(tmp_path, 1, "patient19")
     runs = tmp_path / "runs"
@@ -162,11 +163,11 @@ def test_the_long_schedule_evaluates_table_iv_only(tmp_path):
     assert mi.main(["evaluate", "--schedule", "long", "--data", str(tmp_path / "data"), "--runs", str(runs),
                     "--out", str(out), "--threads", "1"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert sorted(results["folds"]["patient07"]) == sorted(r.name for r in mi.run_names(("IV",)))
+    assert sorted(results["folds"]["patient07"]) == sorted(r.name for r in mi.run_names(("IV", "augmentation")))
     assert results["schedule"] == {"epochs": 25, "steps_per_epoch": 80, "batch_size": 16, "average_epochs": 5,
-                                   "tables": ["IV"]}
+                                   "tables": ["IV", "augmentation"]}
     text = (out / "results.md").read_text()
-    assert "## Table IV" in text and "## Table V" not in text and "## Augmentation" not in text
+    assert "## Table IV" in text and "## Table V" not in text and "## Augmentation" in text
     assert "25 x 80 steps of batch 16 per run, the weights averaged over the last 5 epochs" in text
 
 
