@@ -1,8 +1,8 @@
 """Running a network over a whole volume: device, precision, batching, progress, cancel.
 
 2D models run slice by slice along the plane's axis (any plane: the paper's view
-transfer), batched, cropped to the brain's bounding box and padded to the size the
-network needs; slices without brain are skipped. 3D models run in exact tiles
+transfer), batched, each batch cropped to its slices' brain bounding box and padded to
+the size the network needs; slices without brain are skipped. 3D models run in exact tiles
 (``tiling``), through the same batching and out-of-memory fallback.
 """
 
@@ -76,9 +76,9 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
                   margin: int = 8) -> SaliencyResult:
     """Synthesise ``targets`` from normalised (z, y, x) ``inputs`` with a 2D network.
 
-    Only slices that meet ``mask`` are run, each cropped to the mask's bounding box plus
-    ``margin`` voxels of (zero) background and padded to the network's size multiple;
-    the result is exact because normalised inputs are 0 outside the brain anyway.
+    Only slices that meet ``mask`` are run, each batch cropped to its own slices' brain plus
+    ``margin`` voxels of (zero) background (see ``_batch_window``); outputs and maps are
+    defined inside ``mask`` and are 0 outside the batch's window.
     With ``saliency``, also returns P3S maps: the absolute gradient, per input, of the
     sum of the prediction inside the brain (target-free), or of the squared error to
     ``saliency_references[target]`` inside the brain when one is given (Wei et al.).
@@ -101,29 +101,31 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
     maps = {t: {n: np.zeros(cropped_mask.shape, np.float32) for n in names} for t in targets} if saliency else {}
     squared = {t: 0.0 for t in cropped_refs} if saliency else {}
 
-    def tensor(array: np.ndarray, index: list[int]) -> torch.Tensor:
-        batch = torch.from_numpy(np.ascontiguousarray(array[index][:, None]))
-        return batch.to(settings.device).contiguous(memory_format=torch.channels_last)
-
     def run_batch(index: list[int]) -> None:
-        x = {n: tensor(cropped[n], index) for n in names}
-        les = None if cropped_lesion is None else tensor(cropped_lesion, index)
+        window = (index, *_batch_window(cropped_mask[index] > 0, margin, multiple))
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            batch = torch.from_numpy(np.ascontiguousarray(array[window][:, None]))
+            return batch.to(settings.device).contiguous(memory_format=torch.channels_last)
+
+        x = {n: tensor(cropped[n]) for n in names}
+        les = None if cropped_lesion is None else tensor(cropped_lesion)
         if not saliency:
             with torch.inference_mode(), settings.autocast():
                 result = network(x, lesion=les, targets=list(targets))
             for t in targets:
-                outputs[t][index] = result[t][:, 0].float().cpu().numpy()
+                outputs[t][window] = result[t][:, 0].float().cpu().numpy()
             return
         for tensor_ in x.values():
             tensor_.requires_grad_(True)
         with torch.enable_grad(), settings.autocast():
             result = network(x, lesion=les, targets=list(targets))
-        brain = tensor(cropped_mask, index)
+        brain = tensor(cropped_mask)
         for i, t in enumerate(targets):
             prediction = result[t].float()
-            outputs[t][index] = prediction[:, 0].detach().cpu().numpy()
+            outputs[t][window] = prediction[:, 0].detach().cpu().numpy()
             if t in cropped_refs:
-                objective = ((prediction - tensor(cropped_refs[t], index)) ** 2 * brain).sum()
+                objective = ((prediction - tensor(cropped_refs[t])) ** 2 * brain).sum()
                 squared[t] += float(objective.detach())
             else:
                 objective = (prediction * brain).sum()
@@ -132,7 +134,7 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
                                         allow_unused=True)
             for n, g in zip(names, grads):
                 if g is not None:
-                    maps[t][n][index] = g[:, 0].abs().float().cpu().numpy()
+                    maps[t][n][window] = g[:, 0].abs().float().cpu().numpy()
 
     with input_gradients_only(network):
         # With saliency autograd keeps every activation of a batch for the backward pass: on the
@@ -145,6 +147,20 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
     restore = lambda a: np.moveaxis(plan.invert(a), 0, axis)
     return SaliencyResult({t: restore(a) for t, a in outputs.items()},
                           {t: {n: restore(a) for n, a in per.items()} for t, per in maps.items()}, squared)
+
+
+def _batch_window(brain: np.ndarray, margin: int, multiple: int) -> tuple[slice, slice]:
+    """In-plane window of one batch of (already cropped) slices: their brain's box plus ``margin``.
+
+    Slices near the top of the head hold far less brain than the volume's box, so a batch's own
+    box cuts a third of the work of a whole volume (patient07, 4 slices per batch: 67 % of the
+    volume box's area; docs/results/benchmark_slicewise_inference.md). The window's edges snap
+    outwards to the network's size multiple on the volume crop's grid, so every batch pools on the
+    same grid and neighbouring slices from different batches see the same alignment.
+    """
+    box = bounding_box(brain, margin=margin)[1:]
+    return tuple(slice(b.start // multiple * multiple, min(-(-b.stop // multiple) * multiple, size))
+                 for b, size in zip(box, brain.shape[1:]))
 
 
 @contextlib.contextmanager

@@ -8,14 +8,12 @@ In one command it measures, each in a fresh subprocess so that peak memory is it
 (a) the naive path: fp32, one full 182x218 slice at a time, every slice of the volume;
 (b) the production path (``inference.run_slicewise``): the CPU's default batch
     (``logic.default_batch_size``: 4 slices), channels_last,
-    bf16 autocast on CPUs with native bf16, cropped to the brain's bounding box, slices
-    without brain skipped;
+    bf16 autocast on CPUs with native bf16, each batch cropped to its slices' brain (bounding
+    box plus 8 voxels), slices without brain skipped;
 (c) the production path in fp32, to check that bf16 changes the result by less than 0.005 SSIM
     (bf16 against fp32, and each against the real FLAIR when the shared data is present);
-(d) with ``--compiled``: the production path with the network put through ``torch.compile``
-    (Inductor, freezing on), which the product does not do: run twice in one process, the
-    first run paying the compilation into an empty cache (what a first use would cost), the
-    second the steady state a cohort run would reach;
+(d) the production path in fp32 on whole slices (no cropping), to show what cropping changes
+    (SSIM of (c) against (d) inside the brain);
 plus this machine's bf16 matrix-multiply throughput. Reported: seconds, peak RSS, the speed-up
 (a)/(b), and the FLOP/s of (b) both as executed and as "useful" (the reference network's
 nominal FLOP for the whole volume, 182 full slices) over the measured matmul peak.
@@ -29,8 +27,8 @@ precisions of the same random network, which still measures precision loss).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -106,24 +104,17 @@ def worker(mode: str, naive_slices: int | None, out: Path) -> None:
         seconds = (time.perf_counter() - start) * (depth / len(slices))
         result = None
     else:
-        dtype = None if mode == "fp32" else choose_precision("auto", torch.device("cpu"))
+        dtype = None if mode in ("fp32", "uncropped") else choose_precision("auto", torch.device("cpu"))
+        margin = max(brain.shape) if mode == "uncropped" else 8  # a margin past every edge keeps whole slices
         settings = RunSettings(torch.device("cpu"), dtype, batch_size=default_batch_size("cpu", 2))
-        if mode == "compiled":
-            import torch._inductor.config as inductor
-
-            inductor.freezing = True  # weights become constants: folded and laid out for oneDNN once
-            net = torch.compile(net, dynamic=False)
-            run_slicewise(net, inputs, [TARGET], axis=0, mask=brain, settings=settings)
-            first = time.perf_counter() - start
-            start = time.perf_counter()
-        result = run_slicewise(net, inputs, [TARGET], axis=0, mask=brain, settings=settings).outputs[TARGET]
+        result = run_slicewise(net, inputs, [TARGET], axis=0, mask=brain, settings=settings,
+                               margin=margin).outputs[TARGET]
         seconds = time.perf_counter() - start
         np.save(out.with_suffix(".npy"), result)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps({"mode": mode, "seconds": seconds, "peak_rss_mb": peak_mb, "source": source,
                                "weights": weights, "dtype": str(dtype) if mode != "naive" else "float32",
-                               "extrapolated_from_slices": None if naive_slices is None else naive_slices,
-                               "first_seconds": first if mode == "compiled" else None}))
+                               "extrapolated_from_slices": None if naive_slices is None else naive_slices}))
 
 
 def flop_counts(brain: np.ndarray) -> tuple[float, float]:
@@ -131,10 +122,13 @@ def flop_counts(brain: np.ndarray) -> tuple[float, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from MRSynthesisLib.inference import _batch_window
+    from MRSynthesisLib.logic import default_batch_size
     from MRSynthesisLib.preprocessing import bounding_box, plan_crop_pad
 
     net, _ = network()
 
+    @functools.cache
     def flops(height: int, width: int) -> float:
         x = {m: torch.zeros(1, 1, height, width) for m in INPUTS}
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
@@ -144,9 +138,14 @@ def flop_counts(brain: np.ndarray) -> tuple[float, float]:
     depth, height, width = brain.shape
     m = net.SIZE_MULTIPLE
     nominal = depth * flops(height + (-height % m), width + (-width % m))
-    plan = plan_crop_pad(brain.shape, (1, m, m), bbox=bounding_box(brain, margin=8))
-    active = int(sum(brain[k].any() for k in range(depth)))
-    executed = active * flops(*plan.shape[1:])
+    frame = plan_crop_pad(brain.shape, (1, m, m), bbox=bounding_box(brain, margin=8)).apply(brain)
+    active = [k for k in range(frame.shape[0]) if frame[k].any()]
+    batch = default_batch_size("cpu", 2)
+    executed = 0.0
+    for start in range(0, len(active), batch):  # the windows run_slicewise gives each batch
+        index = active[start:start + batch]
+        rows, cols = _batch_window(frame[index], 8, m)
+        executed += len(index) * flops(rows.stop - rows.start, cols.stop - cols.start)
     return nominal, executed
 
 
@@ -169,8 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--naive-slices", type=int, help="time only N evenly spaced slices of (a) and extrapolate")
     parser.add_argument("--json", help="write the figures here too")
-    parser.add_argument("--compiled", action="store_true", help="also time (d), the production path compiled")
-    parser.add_argument("--worker", choices=("naive", "production", "fp32", "compiled"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("naive", "production", "fp32", "uncropped"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -182,17 +180,16 @@ def main() -> None:
 
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("naive", "production", "fp32", "compiled")[:4 if args.compiled else 3]:
+        for mode in ("naive", "production", "fp32", "uncropped"):
             out = Path(tmp) / f"{mode}.json"
             command = [sys.executable, __file__, "--worker", mode, "--worker-out", str(out)]
             if args.naive_slices:
                 command += ["--naive-slices", str(args.naive_slices)]
-            # an empty compile cache of its own: the first compiled run pays what a first use pays
-            subprocess.run(command, check=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "cache")})
+            subprocess.run(command, check=True)
             runs[mode] = json.loads(out.read_text())
             print(f"{mode}: {runs[mode]['seconds']:.1f} s, peak RSS {runs[mode]['peak_rss_mb']:.0f} MB", flush=True)
         production, reference = np.load(Path(tmp) / "production.npy"), np.load(Path(tmp) / "fp32.npy")
-        compiled = np.load(Path(tmp) / "compiled.npy") if args.compiled else None
+        uncropped = np.load(Path(tmp) / "uncropped.npy")
     inputs, brain, source = load_case()
     data_range = float(reference.max() - reference.min())
     ssim_bf16_vs_fp32 = ssim(production, reference, mask=brain, data_range=data_range)
@@ -216,19 +213,12 @@ def main() -> None:
         "production_dtype": runs["production"]["dtype"], "fp32_production_seconds": runs["fp32"]["seconds"],
         "speedup_naive_over_production": runs["naive"]["seconds"] / seconds,
         "ssim_bf16_vs_fp32_in_brain": ssim_bf16_vs_fp32, **against_real,
+        "uncropped_fp32_seconds": runs["uncropped"]["seconds"],
+        "ssim_fp32_vs_uncropped_fp32_in_brain": ssim(reference, uncropped, mask=brain, data_range=data_range),
         "bf16_matmul_flops": peak, "nominal_flop_per_volume": nominal, "executed_flop_production": executed,
         "useful_flops_fraction_of_matmul": nominal / seconds / peak,
         "executed_flops_fraction_of_matmul": executed / seconds / peak,
     }
-    if compiled is not None:
-        run = runs["compiled"]
-        figures.update({
-            "compiled_first_run_seconds": run["first_seconds"], "compiled_seconds": run["seconds"],
-            "compiled_peak_rss_mb": run["peak_rss_mb"],
-            "speedup_naive_over_compiled": runs["naive"]["seconds"] / run["seconds"],
-            "compiled_useful_flops_fraction_of_matmul": nominal / run["seconds"] / peak,
-            "ssim_compiled_vs_fp32_in_brain": ssim(compiled, reference, mask=brain, data_range=data_range),
-        })
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")

@@ -235,6 +235,26 @@ def test_slicewise_runner_is_exact_in_every_plane(tmp_path, plane, direction):
         assert h <= in_plane[0] + 3 and w <= in_plane[1] + 3
 
 
+def test_each_batch_runs_on_its_own_slices_brain(tmp_path):
+    """Batches near the ends of the head run on smaller windows than the volume's box, on one grid."""
+    model = probe(tmp_path, "kernel", source="T1")
+    vols, p = volumes(shape=(40, 48, 44), pad=PAD)
+    brain = p["brain"] > 0
+    result = run(model, {"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"], plane="axial", batch_size=4)
+    normalised = np.where(brain, p["T1"] / p["T1"][brain].astype(np.float64).mean(), 0.0)
+    filtered = ndi.correlate(normalised, KERNEL.double().numpy()[None], mode="constant", cval=0.0)
+    np.testing.assert_allclose(result.outputs["FLAIR"].array, np.where(brain, filtered * 300.0, 0.0),
+                               rtol=1e-5, atol=1e-3)
+    active = [k for k in range(brain.shape[0]) if brain[k].any()]
+    areas = [h * w for _, _, h, w in model.network.calls]
+    for (n, _, h, w), start in zip(model.network.calls, range(0, len(active), 4)):
+        rows, cols = np.nonzero(brain[active[start:start + n]].any(axis=0))
+        # the batch's own brain plus the 8-voxel margin, snapped outwards to the multiple of 4
+        assert np.ptp(rows) + 1 + 16 <= h <= np.ptp(rows) + 1 + 16 + 6
+        assert np.ptp(cols) + 1 + 16 <= w <= np.ptp(cols) + 1 + 16 + 6
+    assert areas[0] < 0.75 * max(areas) and areas[-1] < 0.75 * max(areas)
+
+
 def test_card_plane_is_the_default(tmp_path):
     vols, p = volumes(shape=(17, 21, 19), pad=PAD)
     inputs = {"T1": vols["T1"]}

@@ -199,3 +199,17 @@ case "$*" in *{failing.name}.json*) echo boom; exit 3;; esac
     assert any(m.startswith(f"{failing.name}: failed (exit 3)") for m in logged)
     with pytest.raises(ValueError, match="no config"):
         mi.train_all(schedule, folder=tmp_path / "nowhere", python=str(stand_in), log=logged.append)
+
+
+def test_train_queue_goes_run_by_run_across_the_folds(tmp_path, monkeypatch):
+    """An interrupted queue leaves whole rows (both folds of a run), most important run first."""
+    monkeypatch.chdir(tmp_path)
+    schedule = mi.SCHEDULES["long"]
+    mi.write_configs(tmp_path / "configs", log=lambda _: None, schedule=schedule)
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'calls.txt'}\n")
+    stand_in.chmod(0o755)
+    assert mi.train_all(schedule, jobs=1, folder=tmp_path / "configs", python=str(stand_in), log=lambda _: None) == 0
+    names = [Path(c.split("--config ")[1]).stem for c in (tmp_path / "calls.txt").read_text().splitlines()]
+    expected = [f"mi-{fold}-{run.name}" for run in mi.run_names(schedule.tables) for fold in mi.MS_FOLDS]
+    assert names == expected and names[:2] == ["mi-patient07-any-subset", "mi-patient19-any-subset"]

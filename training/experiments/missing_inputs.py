@@ -198,7 +198,11 @@ def write_configs(folder: Path | None = None, log=print, schedule: Schedule = SC
 
 def train_all(schedule: Schedule, jobs: int = 1, folder: Path | None = None, python: str = sys.executable,
               log=print) -> int:
-    """Train the schedule's runs that have not finished, ``jobs`` at a time, in ``write_configs``' order.
+    """Train the schedule's runs that have not finished, ``jobs`` at a time, most important run first.
+
+    The queue goes run by run across the folds (both folds' any-subset model, then both folds'
+    tri-modal model, ...), so an interrupted experiment has whole Table IV rows rather than one whole
+    fold and nothing of the other.
 
     A run whose model folder exists is skipped and one with a checkpoint is resumed, so the same
     command continues the experiment after an interruption (losing at most an epoch per run).
@@ -217,7 +221,7 @@ def train_all(schedule: Schedule, jobs: int = 1, folder: Path | None = None, pyt
             log(message)
 
     folder = schedule.configs if folder is None else folder
-    paths = [folder / f"mi-{held_out}-{run.name}.json" for held_out in MS_FOLDS for run in run_names(schedule.tables)]
+    paths = [folder / f"mi-{held_out}-{run.name}.json" for run in run_names(schedule.tables) for held_out in MS_FOLDS]
     absent = [p for p in paths if not p.is_file()]
     if absent:
         raise ValueError(f"{folder}: no config {absent[0].name} (write them with: configs --schedule ...)")
