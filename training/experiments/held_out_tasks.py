@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from MRSynthesisLib import metrics
-from MRSynthesisLib.atomic import replacing, write_json
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.devices import DEVICES, PRECISIONS, choose_device, choose_precision
 from MRSynthesisLib.inference import RunSettings
@@ -39,7 +38,7 @@ from MRSynthesisLib.preprocessing import NormalisationSpec
 
 from ..datasets import Subject, discover, load_subject
 from ..validate import task_scores, validation_tasks
-from .loso import versions
+from .loso import versions, write_results
 
 
 def subject_role(card_training: dict[str, Any], subject: str) -> str:
@@ -147,10 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                                         else list(argv)),
                "versions": versions(), "stride": args.stride, "device": str(device),
                "precision": str(dtype or "fp32"), "models": models}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", results)
-    with replacing(args.out / "results.md") as tmp:
-        tmp.write_text(markdown(results), encoding="utf-8")
+    write_results(args.out, results, markdown(results))
     print(args.out / "results.md")
     return 0
 

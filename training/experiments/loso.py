@@ -304,6 +304,17 @@ def versions() -> dict[str, str]:
     return found
 
 
+def write_results(out: Path, results: dict[str, Any], text: str) -> None:
+    """``results.json`` and ``results.md`` (``text``) in ``out``, each replaced whole: a run stopped
+    half-way leaves the previous file, never half of one."""
+    from MRSynthesisLib.atomic import replacing, write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    with replacing(out / "results.md") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 

@@ -38,7 +38,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from MRSynthesisLib import registry
-from MRSynthesisLib.atomic import replacing, write_json
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.demo import TEMPLATE, WHITE_MATTER, nilearn_file
 from MRSynthesisLib.devices import DEVICES, PRECISIONS
@@ -48,7 +47,7 @@ from MRSynthesisLib.volume import Volume, read_volume
 
 from ..datasets import discover
 from .held_out_tasks import subject_role
-from .loso import versions
+from .loso import versions, write_results
 
 
 def tissue_masks(t1: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,10 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    sys.argv[1:] if argv is None else list(argv)),
                "versions": versions(), "model": loaded.card.name, "version": loaded.card.version,
                "folder": str(loaded.folder), "inputs": args.inputs, "precision": args.precision, "cases": cases}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "results.json", results)
-    with replacing(args.out / "results.md") as tmp:
-        tmp.write_text(markdown(results), encoding="utf-8")
+    write_results(args.out, results, markdown(results))
     print(args.out / "results.md")
     return 0
 
