@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CONTRASTS, make_subject, make_tiny_model, phantom
+from conftest import CONTRASTS, make_subject, make_tiny_model, phantom, write_image
 
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
@@ -59,6 +59,10 @@ def test_bad_requests_are_refused(tmp_path, capsys):
     assert main(["--model", str(model), "--inputs", "T1c", "--subjects", str(subject.folder),
                  "--out", str(tmp_path / "o")]) == 2
     assert "s0: no T1c image" in capsys.readouterr().err
+    write_image(np.zeros((24, 28, 20), np.float32), subject.folder / "FLAIR.nii.gz")
+    assert main(["--model", str(model), "--inputs", "T1", "--subjects", str(subject.folder),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "FLAIR.nii.gz: (24, 28, 20) voxels" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--model", str(model), "--inputs", "T2", "--template", "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit):

@@ -49,6 +49,9 @@ from ..datasets import discover
 from .held_out_tasks import subject_role
 from .loso import versions, write_results
 
+GREY_MATTER = "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"  # the template's tissue maps, beside it
+OTSU = "Otsu of the T1"
+
 
 def tissue_masks(t1: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(grey matter, white matter): the middle and brightest of three Otsu classes of ``t1`` in ``brain``."""
@@ -66,10 +69,6 @@ def grey_white_ratio(image: np.ndarray, grey: np.ndarray, white: np.ndarray) -> 
     return float(np.mean(image[grey], dtype=np.float64) / np.mean(image[white], dtype=np.float64))
 
 
-GREY_MATTER = "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"  # the template's tissue maps, beside it
-OTSU = "Otsu of the T1"
-
-
 def score_case(logic: SynthesisLogic, name: str, volumes: Mapping[str, Volume], inputs: Sequence[str],
                lesion: Volume | None, role: str, *, device: str, precision: str,
                tissue_maps: tuple[Volume, Volume] | None = None) -> list[dict[str, Any]]:
@@ -81,6 +80,10 @@ def score_case(logic: SynthesisLogic, name: str, volumes: Mapping[str, Volume], 
     missing = [m for m in ("T1", *inputs) if m not in volumes]
     if missing:
         raise ValueError(f"{name}: no {', '.join(dict.fromkeys(missing))} image (T1 defines the tissue classes)")
+    for volume in [*volumes.values(), *([lesion] if lesion is not None else [])]:
+        if volume.array.shape != volumes["T1"].array.shape:  # the real images are scored on the T1's masks
+            raise ValueError(f"{volume.source}: {volume.array.shape} voxels, the T1 {volumes['T1'].source} has "
+                             f"{volumes['T1'].array.shape}; register and resample the case first")
     targets = [t for t in logic.model.card.outputs if t not in inputs]
     result = logic.run(SynthesisRequest(inputs={m: volumes[m] for m in inputs}, targets=targets,
                                         device=device, precision=precision))
