@@ -65,14 +65,23 @@ def test_the_long_schedule_trains_table_iv_and_augmentation_at_the_recipe_budget
     short = {p.name: load_config(p) for p in mi.write_configs(tmp_path / "short", log=lambda _: None)}
     long = {p.name: load_config(p) for p in mi.write_configs(tmp_path / "long", log=lambda _: None,
                                                            schedule=mi.SCHEDULES["long"])}
-    assert len(long) == 2 * (1 + 7 + 3) and set(long) < set(short)
+    seeded = {name for name in long if "-seed" in name}
+    assert len(long) == 2 * (1 + 7 + 3 + 3 * len(mi.SEEDS)) and set(long) - seeded < set(short)
     assert not any("-no-c" in name for name in long)  # Table V stays at the short schedule
     for name, config in long.items():
         assert (config.epochs, config.steps_per_epoch, config.average_epochs) == (25, 80, 5)
-        assert config.out == short[name].out.replace("runs/missing-inputs/", "runs/missing-inputs-long/")
+        seed = int(name.split("-seed")[1].removesuffix(".json")) if name in seeded else 0
+        base = short[name.replace(f"-seed{seed}", "")] if seed else short[name]
+        assert config.seed == seed and config.name == base.name + (f"-seed{seed}" if seed else "")
+        assert config.out == (base.out.replace("runs/missing-inputs/", "runs/missing-inputs-long/")
+                              + (f"-seed{seed}" if seed else ""))
+        # a seeded run is its seed-0 run but for the seed: what the seeds table compares
         same = {k: v for k, v in config.to_dict().items()
-                if k not in {"epochs", "steps_per_epoch", "average_epochs", "out", "description"}}
-        assert same == {k: v for k, v in short[name].to_dict().items() if k in same}
+                if k not in {"epochs", "steps_per_epoch", "average_epochs", "out", "description", "name", "seed"}}
+        assert same == {k: v for k, v in base.to_dict().items() if k in same}
+    # the seeds are trained for A's worst cells (T1, T1c alone) and for B, the tri-modal model
+    assert sorted(n.removeprefix("mi-patient07-").removesuffix(".json") for n in seeded if "patient07" in n) == sorted(
+        f"only-{row}-seed{s}" for s in mi.SEEDS for row in ("T1", "T1c", "T1+T1c+T2"))
 
 
 @pytest.mark.parametrize("schedule", sorted(mi.SCHEDULES))
@@ -89,9 +98,10 @@ def _phantom_fold(root: Path, seed: int, name: str) -> None:
     write_image(subject.arrays["T1"] * 1.2 + 30.0 * subject.arrays["brain"], root / "data" / name / "T1c.nii.gz")
 
 
-def _tiny_models(runs: Path, held_out: str, skip: set[str]) -> None:
+def _tiny_models(runs: Path, held_out: str, skip: set[str],
+                 tables: tuple[str, ...] = ("IV", "V", "augmentation")) -> None:
     intensity = {"FLAIR": {"offset": 0.0, "scale": 400.0}}
-    for seed, run in enumerate(mi.run_names()):
+    for seed, run in enumerate(mi.run_names(tables)):
         if run.name in skip:
             continue
         make_tiny_model(mi.model_folder(runs, held_out, run.name), seed=seed, inputs=list(run.inputs),
@@ -157,18 +167,48 @@ def test_the_long_schedule_evaluates_table_iv_and_augmentation_only(tmp_path):
     _phantom_fold(tmp_path, 0, "patient07")
     _phantom_fold(tmp_path, 1, "patient19")
     runs = tmp_path / "runs"
-    _tiny_models(runs, "patient07", skip=set())  # Table V's runs exist too, and are not read
-    _tiny_models(runs, "patient19", skip=set())
+    every = ("IV", "V", "augmentation", "seeds")  # Table V's runs exist too, and are not read
+    _tiny_models(runs, "patient07", skip=set(), tables=every)
+    _tiny_models(runs, "patient19", skip={"only-T1c-seed2", "only-T1+T1c+T2-seed1", "only-T1+T1c+T2-seed2"},
+                 tables=every)
     out = tmp_path / "out"
     assert mi.main(["evaluate", "--schedule", "long", "--data", str(tmp_path / "data"), "--runs", str(runs),
                     "--out", str(out), "--threads", "1"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert sorted(results["folds"]["patient07"]) == sorted(r.name for r in mi.run_names(("IV", "augmentation")))
+    assert sorted(results["folds"]["patient07"]) == sorted(
+        r.name for r in mi.run_names(("IV", "augmentation", "seeds")))
     assert results["schedule"] == {"epochs": 25, "steps_per_epoch": 80, "batch_size": 16, "average_epochs": 5,
-                                   "tables": ["IV", "augmentation"]}
+                                   "tables": ["IV", "augmentation", "seeds"]}
+    seeds = results["summary"]["seeds"]
+    # patient19 has one tri-modal seed: no spread for B, so no row; patient07 has three a side for T1, T1c
+    assert list(seeds) == ["patient07"] and sorted(seeds["patient07"]) == sorted(
+        mi.subset_name(s) for s in mi.subsets(mi.INPUTS))
+    p07 = results["folds"]["patient07"]
+    t1c = seeds["patient07"]["T1c"]
+    assert t1c["A"] == [p07[n]["T1c"]["mse_brain"] for n in ("only-T1c", "only-T1c-seed1", "only-T1c-seed2")]
+    assert t1c["B"] == [p07[mi.seeded(mi.TRI_MODAL, s)]["T1c"]["mse_brain"] for s in (0, 1, 2)]
+    assert t1c["welch_p"] is not None and seeds["patient07"]["T2"]["welch_p"] is None  # one A seed for T2
     text = (out / "results.md").read_text()
     assert "## Table IV" in text and "## Table V" not in text and "## Augmentation" in text
+    assert "## Seeds" in text and "| patient07 | T1c | " in text
     assert "25 x 80 steps of batch 16 per run, the weights averaged over the last 5 epochs" in text
+
+
+def test_seed_spread_compares_b_with_a_over_the_seeds_with_welch():
+    from scipy.stats import ttest_ind
+
+    def cell(mse):
+        return {"T1": {"mse_brain": mse}}
+
+    fold = {"only-T1": cell(0.060), "only-T1-seed1": cell(0.062), "only-T1-seed2": cell(0.061),
+            mi.TRI_MODAL: cell(0.066), f"{mi.TRI_MODAL}-seed1": cell(0.064), f"{mi.TRI_MODAL}-seed2": {}}
+    spread = mi.seed_spread({"patient07": fold, "patient19": {"only-T1": cell(0.05), mi.TRI_MODAL: cell(0.06)}})
+    assert list(spread) == ["patient07"]  # a single B seed has no spread to compare with
+    t1 = spread["patient07"]["T1"]
+    assert t1["A"] == [0.060, 0.062, 0.061] and t1["B"] == [0.066, 0.064]  # a seed not trained is left out
+    assert t1["gap"] == pytest.approx(0.065 - 0.061) and t1["gap_percent"] == pytest.approx(100 * 0.004 / 0.061)
+    assert t1["gap_over_spread"] == pytest.approx(0.004 / np.std([0.066, 0.064], ddof=1))
+    assert t1["welch_p"] == pytest.approx(ttest_ind([0.066, 0.064], [0.060, 0.062, 0.061], equal_var=False).pvalue)
 
 
 def test_train_skips_finished_runs_resumes_interrupted_ones_and_counts_failures(tmp_path, monkeypatch):

@@ -8,6 +8,8 @@ product's recipe: one model trained on a random subset each step (``input_subset
 training/README.md). Table V: the tri-modal model trained with one cost part removed (c1 each
 input's latent decoded alone, c2 latent variance, c3 fused latent), evaluated on every subset.
 Augmentation: the B' model trained again with none, only the geometric or only the intensity transforms.
+Seeds (long schedule): the runs of the cells where B lost most (T1 alone, T1c alone, and the tri-modal
+model) trained again with seeds 1 and 2, to tell a gap between A and B from run-to-run noise.
 
 Three steps, run by hand from the repository root::
 
@@ -66,7 +68,7 @@ class Schedule(NamedTuple):
     average_epochs: int  # the delivered weights average the last epochs' steps (training/averaging.py); 0: last step
     configs: Path
     runs: str
-    tables: tuple[str, ...]  # "IV", "V", "augmentation"
+    tables: tuple[str, ...]  # "IV", "V", "augmentation", "seeds"
 
 
 # "short": 8 x 60 steps of batch 16. Chosen by the CPU budget (24 runs on a 2-core machine in about
@@ -81,8 +83,15 @@ SCHEDULES = {
     "short": Schedule(8, 60, 0, Path("training/configs/missing_inputs"), "runs/missing-inputs",
                       ("IV", "V", "augmentation")),
     "long": Schedule(25, 80, 5, Path("training/configs/missing_inputs_long"), "runs/missing-inputs-long",
-                     ("IV", "augmentation")),
+                     ("IV", "augmentation", "seeds")),
 }
+# Whether B's per-cell losses are more than noise (issue 3): at the long budget B lost most with T1
+# alone and T1c alone (+3 % to +7 % MSE per fold, one seed). Those two A models and the tri-modal
+# model (B for every subset) again with other seeds; everything else (data, crops, steps) unchanged.
+# Two more seeds make three per cell, the fewest that give a spread; 6 runs per seed, about an
+# hour each with --jobs 2.
+SEEDS = (1, 2)
+SEEDED_SUBSETS = (("T1",), ("T1c",))
 # "Say what helped" (issue 3): the any-subset run again with all, none, only the geometric
 # (flips, rotation, zoom) or only the intensity (gamma, scaling, bias field) transforms. name ->
 # AugmentConfig changes; "all-augment" (None) is the any-subset run itself.
@@ -121,14 +130,20 @@ class Run(NamedTuple):
     mode: str  # input_subsets: "random" (any subset, Experiment B) or "all" (Experiment A)
     weights: list[float]  # c1, c2, c3
     augment: dict[str, Any] | None = None  # None: AugmentConfig's defaults (all transforms on)
+    seed: int = 0  # weights, subsets and augmentation draws; the batch crops follow it too
 
 
 TRI_MODAL = "only-" + "+".join(INPUTS)  # Experiment A's tri-modal model = the paper's Experiment B model
 ANY_SUBSET = "any-subset"  # B': the product's recipe, a random subset each step
 
 
+def seeded(name: str, seed: int) -> str:
+    """The run name of ``name`` trained with ``seed`` (seed 0 is the run itself)."""
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
 def run_names(tables: tuple[str, ...] = ("IV", "V", "augmentation")) -> list[Run]:
-    """The runs of one fold that ``tables`` need, most important first: Table IV, Table V, then augmentation."""
+    """The runs of one fold that ``tables`` need, most important first: Table IV, Table V, augmentation, seeds."""
     runs = [Run(ANY_SUBSET, tuple(INPUTS), "random", COSTS["all-costs"])]
     runs += [Run(f"only-{subset_name(s)}", s, "all", COSTS["all-costs"]) for s in reversed(subsets(INPUTS))]
     if "V" in tables:
@@ -137,6 +152,9 @@ def run_names(tables: tuple[str, ...] = ("IV", "V", "augmentation")) -> list[Run
     if "augmentation" in tables:
         runs += [Run(f"{ANY_SUBSET}-{name}", tuple(INPUTS), "random", COSTS["all-costs"], changes)
                  for name, changes in AUGMENTATIONS.items() if changes is not None]
+    if "seeds" in tables:  # the tri-modal run first: the longest, and B for every row
+        runs += [Run(seeded(f"only-{subset_name(s)}", seed), s, "all", COSTS["all-costs"], seed=seed)
+                 for seed in SEEDS for s in (tuple(INPUTS), *SEEDED_SUBSETS)]
     return runs
 
 
@@ -152,7 +170,7 @@ def fold_config(held_out: str, run: Run, schedule: Schedule = SCHEDULES["short"]
                         f"fold holding out {held_out} (never read by this run). Run '{run.name}': inputs "
                         f"{', '.join(run.inputs)} -> FLAIR, input subsets '{run.mode}', cost weights c1/c2/c3 = "
                         f"{'/'.join(str(w) for w in run.weights)}. Fixed schedule"
-                        f"{averaged}, no early stopping."),
+                        f"{averaged}, no early stopping{f', seed {run.seed}' if run.seed else ''}."),
         "credits": CREDITS,
         "data": training,
         "inputs": list(run.inputs),
@@ -171,7 +189,7 @@ def fold_config(held_out: str, run: Run, schedule: Schedule = SCHEDULES["short"]
         "epochs": schedule.epochs,
         "steps_per_epoch": schedule.steps_per_epoch,
         "max_minutes": None,
-        "seed": 0,
+        "seed": run.seed,
         "threads": 1,
     }
     if schedule.average_epochs:
@@ -332,12 +350,41 @@ def summarise(folds: dict[str, dict[str, Any]]) -> dict[str, Any]:
             per_fold = [f[run][row]["mse_brain"] <= f[own][row]["mse_brain"]
                         for f in folds.values() if row in f.get(run, {}) and row in f.get(own, {})]
             verdict[row][side] = {"folds": len(per_fold), "not_worse": sum(per_fold)}
-    return {"table4": table4, "table5": table5, "not_worse_than_A": verdict,
+    return {"table4": table4, "table5": table5, "not_worse_than_A": verdict, "seeds": seed_spread(folds),
             "table4_average": {metric: {side: average(table4, metric, side) for side in SIDES} for metric in METRICS},
             "table5_average": {cost: average(table5, cost) for cost in COSTS},
             "augmentation": augmentation,
             "augmentation_average": {name: {metric: average(augmentation, name, metric)
                                             for metric in ("mse_brain", "ssim_brain")} for name in AUGMENTATIONS}}
+
+
+def seed_spread(folds: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per fold and Table IV row: A's and B's MSE over the seeds trained, and whether B's loss exceeds the noise.
+
+    A row is listed where B has more than one seed. ``welch_p``: two-sided Welch t-test of B's MSE
+    against A's (needs two seeds on each side; with three a side it only detects gaps several times
+    the spread, so a large p means "not shown", not "equal"). ``gap_over_spread``: B's mean minus
+    A's over the larger of the two sides' standard deviations (A's single seed has none: B's alone).
+    """
+    from scipy.stats import ttest_ind
+
+    def values(fold: dict[str, Any], run: str, row: str) -> list[float]:
+        return [fold[name][row]["mse_brain"] for name in [seeded(run, seed) for seed in (0, *SEEDS)]
+                if row in fold.get(name, {})]
+
+    spread: dict[str, dict[str, Any]] = {}
+    for held_out, fold in folds.items():
+        for row in (subset_name(s) for s in subsets(INPUTS)):
+            a, b = values(fold, f"only-{row}", row), values(fold, TRI_MODAL, row)
+            if len(b) < 2 or not a:
+                continue
+            sd = max(float(np.std(a, ddof=1)) if len(a) > 1 else 0.0, float(np.std(b, ddof=1)))
+            gap = float(np.mean(b) - np.mean(a))
+            p = float(ttest_ind(b, a, equal_var=False).pvalue) if len(a) > 1 else None
+            spread.setdefault(held_out, {})[row] = {
+                "A": a, "B": b, "gap": gap, "gap_percent": 100 * gap / float(np.mean(a)),
+                "gap_over_spread": gap / sd if sd > 0 else None, "welch_p": p}
+    return spread
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -355,7 +402,8 @@ def markdown(results: dict[str, Any]) -> str:
              "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()), "",
              (f"Inputs {', '.join(INPUTS)} -> {TARGET}; held out: {', '.join(results['folds'])}; each fold trains "
               f"on the other MS subject and {OTHER_TRAINING}. {schedule['epochs']} x {schedule['steps_per_epoch']} "
-              f"steps of batch 16 per run{averaged}, same seed and crops for every run. Scale: mean_in_brain-"
+              f"steps of batch 16 per run{averaged}, same seed and crops for every run (but the seeds table's). "
+              "Scale: mean_in_brain-"
               "normalised FLAIR (brain mean 1), "
               "metrics in the brain (foreground of the inputs), whole held-out volume. Means over the held-out "
               "subjects."), "",
@@ -393,6 +441,18 @@ def markdown(results: dict[str, Any]) -> str:
         average = summary["augmentation_average"]
         lines.append("| average | " + " | ".join(f"{_fmt(average[n]['mse_brain'])} / "
                                                  f"{_fmt(average[n]['ssim_brain'])}" for n in AUGMENTATIONS) + " |")
+    if "seeds" in tables and summary.get("seeds"):
+        lines += ["", "## Seeds: is B's loss more than run-to-run noise? (MSE per seed: 0, 1, 2)", "",
+                  "A and the tri-modal model trained again with other seeds (weights, subsets, augmentation and "
+                  "crops follow the seed). Gap: mean B - mean A; spread: the larger standard deviation over seeds; "
+                  "Welch p: two-sided, B vs A (three seeds a side detect only gaps several times the spread).", "",
+                  "| held out | inputs | A (per seed) | B (per seed) | gap (% of A) | gap / spread | Welch p |",
+                  "|" + " --- |" * 7]
+        for held_out, rows_ in summary["seeds"].items():
+            for row, c in rows_.items():
+                lines.append(f"| {held_out} | {row} | {', '.join(_fmt(v) for v in c['A'])} | "
+                             f"{', '.join(_fmt(v) for v in c['B'])} | {c['gap']:+.4f} ({c['gap_percent']:+.1f} %) | "
+                             f"{_fmt(c['gap_over_spread'], 2)} | {_fmt(c['welch_p'], 3)} |")
     lines += ["", "## Per held-out subject", "", "| held out | run | inputs | MSE | SSIM | PSNR |",
               "|" + " --- |" * 6]
     for held_out, fold in results["folds"].items():
@@ -449,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     for command in (configs, training, evaluation):
         command.add_argument("--schedule", choices=sorted(SCHEDULES), default="short",
                              help="short: 8 x 60 steps, Tables IV, V and augmentation; long: 25 x 80 steps "
-                                  "averaged over the last 5 epochs, Table IV and augmentation")
+                                  "averaged over the last 5 epochs, Table IV, augmentation and seeds")
     args = parser.parse_args(argv)
     schedule = SCHEDULES[args.schedule]
     if args.command == "configs":
