@@ -361,10 +361,11 @@ def summarise(folds: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def seed_spread(folds: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per fold and Table IV row: A's and B's MSE over the seeds trained, and whether B's loss exceeds the noise.
 
-    A row is listed where B has more than one seed, but the tri-modal row (there A is B). ``welch_p``: two-sided Welch t-test of B's MSE
-    against A's (needs two seeds on each side; with three a side it only detects gaps several times
-    the spread, so a large p means "not shown", not "equal"). ``gap_over_spread``: B's mean minus
-    A's over the larger of the two sides' standard deviations (A's single seed has none: B's alone).
+    A row is listed where B has more than one seed, but the tri-modal row (there A is B).
+    ``welch_p``: two-sided Welch t-test of B's MSE against A's (needs two seeds on each side; with
+    three a side it only detects gaps several times the spread, so a large p means "not shown",
+    not "equal"). ``gap_over_spread``: B's mean minus A's over the larger of the two sides'
+    standard deviations (A's single seed has none: B's alone).
     """
     from scipy.stats import ttest_ind
 
