@@ -66,9 +66,20 @@ def test_the_long_schedule_trains_table_iv_and_augmentation_at_the_recipe_budget
     long = {p.name: load_config(p) for p in mi.write_configs(tmp_path / "long", log=lambda _: None,
                                                            schedule=mi.SCHEDULES["long"])}
     seeded = {name for name in long if "-seed" in name}
-    assert len(long) == 2 * (1 + 7 + 3 + 3 * len(mi.SEEDS)) and set(long) - seeded < set(short)
-    assert not any("-no-c" in name for name in long)  # Table V stays at the short schedule
-    for name, config in long.items():
+    weighted = {f"mi-{held_out}-{mi.TRI_MODAL}-{variant}.json" for held_out in mi.MS_FOLDS
+                for variant in mi.WEIGHT_VARIANTS}
+    assert len(long) == 2 * (1 + 7 + 3 + 3 * len(mi.SEEDS) + len(mi.WEIGHT_VARIANTS))
+    assert weighted < set(long) and set(long) - seeded - weighted < set(short)
+    # of Table V only the runs the weights table asks for are trained at the long schedule
+    assert {name for name in long if "-no-c" in name} == {n for n in weighted if "-no-c" in n}
+    for held_out, variant in ((h, v) for h in mi.MS_FOLDS for v in mi.WEIGHT_VARIANTS):
+        # the tri-modal run but for the cost weights
+        config, base = long[f"mi-{held_out}-{mi.TRI_MODAL}-{variant}.json"], long[f"mi-{held_out}-{mi.TRI_MODAL}.json"]
+        assert config.loss_weights == mi.WEIGHT_VARIANTS[variant] != base.loss_weights
+        assert config.out == f"{base.out}-{variant}"
+        same = {k: v for k, v in config.to_dict().items() if k not in {"out", "description", "name", "loss_weights"}}
+        assert same == {k: v for k, v in base.to_dict().items() if k in same}
+    for name, config in ((n, c) for n, c in long.items() if n not in weighted):
         assert (config.epochs, config.steps_per_epoch, config.average_epochs) == (25, 80, 5)
         seed = int(name.split("-seed")[1].removesuffix(".json")) if name in seeded else 0
         base = short[name.replace(f"-seed{seed}", "")] if seed else short[name]
@@ -167,7 +178,7 @@ def test_the_long_schedule_evaluates_table_iv_and_augmentation_only(tmp_path):
     _phantom_fold(tmp_path, 0, "patient07")
     _phantom_fold(tmp_path, 1, "patient19")
     runs = tmp_path / "runs"
-    every = ("IV", "V", "augmentation", "seeds")  # Table V's runs exist too, and are not read
+    every = ("IV", "V", "augmentation", "seeds", "weights")  # Table V's other runs exist too, and are not read
     _tiny_models(runs, "patient07", skip=set(), tables=every)
     _tiny_models(runs, "patient19", skip={"only-T1c-seed2", "only-T1+T1c+T2-seed1", "only-T1+T1c+T2-seed2"},
                  tables=every)
@@ -176,9 +187,10 @@ def test_the_long_schedule_evaluates_table_iv_and_augmentation_only(tmp_path):
                     "--out", str(out), "--threads", "1"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert sorted(results["folds"]["patient07"]) == sorted(
-        r.name for r in mi.run_names(("IV", "augmentation", "seeds")))
+        r.name for r in mi.run_names(("IV", "augmentation", "seeds", "weights")))
+    assert f"{mi.TRI_MODAL}-no-c1" not in results["folds"]["patient07"]
     assert results["schedule"] == {"epochs": 25, "steps_per_epoch": 80, "batch_size": 16, "average_epochs": 5,
-                                   "tables": ["IV", "augmentation", "seeds"]}
+                                   "tables": ["IV", "augmentation", "seeds", "weights"]}
     seeds = results["summary"]["seeds"]
     # patient19 has one tri-modal seed: no spread for B, so no row; patient07 has three a side for T1, T1c
     # the tri-modal row is left out: there A is B
@@ -192,6 +204,12 @@ def test_the_long_schedule_evaluates_table_iv_and_augmentation_only(tmp_path):
     text = (out / "results.md").read_text()
     assert "## Table IV" in text and "## Table V" not in text and "## Augmentation" in text
     assert "## Seeds" in text and "| patient07 | T1c | " in text
+    weights = results["summary"]["weights"]
+    assert sorted(weights["cells"]) == ["patient07", "patient19"] and len(weights["cells"]["patient19"]) == 7
+    c = weights["cells"]["patient19"]["T1c"]  # one A seed there (seed 2 not trained), one B seed
+    assert (c["A_seeds"], c["B_seeds"]) == (2, 1)
+    assert c["c1x2"]["mse_brain"] == results["folds"]["patient19"][f"{mi.TRI_MODAL}-c1x2"]["T1c"]["mse_brain"]
+    assert "## Cost weights" in text and "c1x2 = 2/1/1, no-c2 = 1/0/1" in text
     assert "25 x 80 steps of batch 16 per run, the weights averaged over the last 5 epochs" in text
 
 
@@ -210,6 +228,27 @@ def test_seed_spread_compares_b_with_a_over_the_seeds_with_welch():
     assert t1["gap"] == pytest.approx(0.065 - 0.061) and t1["gap_percent"] == pytest.approx(100 * 0.004 / 0.061)
     assert t1["gap_over_spread"] == pytest.approx(0.004 / np.std([0.066, 0.064], ddof=1))
     assert t1["welch_p"] == pytest.approx(ttest_ind([0.066, 0.064], [0.060, 0.062, 0.061], equal_var=False).pvalue)
+
+
+def test_weight_variants_compare_with_the_seed_means_and_count_cells_short_of_all_inputs():
+    def cells(**mse):
+        return {row.replace("_", "+"): {"mse_brain": v} for row, v in mse.items()}
+
+    tri = mi.TRI_MODAL
+    fold = {"only-T1": cells(T1=0.060), "only-T1-seed1": cells(T1=0.064),
+            tri: cells(T1=0.066, T1_T1c_T2=0.050), f"{tri}-seed1": cells(T1=0.064, T1_T1c_T2=0.052),
+            f"{tri}-c1x2": cells(T1=0.061, T1_T1c_T2=0.049), f"{tri}-no-c2": cells(T1=0.062, T1_T1c_T2=0.055)}
+    result = mi.weight_variants({"patient07": fold, "patient19": {"only-T1": cells(T1=0.05)}})
+    assert list(result["cells"]) == ["patient07"]  # no variant trained on patient19
+    t1 = result["cells"]["patient07"]["T1"]
+    assert t1["A"] == pytest.approx(0.062) and (t1["A_seeds"], t1["B_seeds"]) == (2, 2)
+    assert t1["B"]["mse_brain"] == pytest.approx(0.065) and t1["B"]["gap_percent"] == pytest.approx(100 * 3 / 62)
+    assert t1["c1x2"]["gap_percent"] == pytest.approx(-100 / 62) and t1["no-c2"]["gap_percent"] == pytest.approx(0)
+    # all inputs: A is the tri-modal model itself; listed (what a variant pays there) but not counted
+    every = result["cells"]["patient07"]["T1+T1c+T2"]
+    assert every["A"] == pytest.approx(0.051) and every["no-c2"]["mse_brain"] == 0.055
+    assert result["not_worse_than_A"] == {"B": {"cells": 1, "not_worse": 0}, "c1x2": {"cells": 1, "not_worse": 1},
+                                          "no-c2": {"cells": 1, "not_worse": 1}}
 
 
 def test_train_skips_finished_runs_resumes_interrupted_ones_and_counts_failures(tmp_path, monkeypatch):

@@ -10,6 +10,8 @@ input's latent decoded alone, c2 latent variance, c3 fused latent), evaluated on
 Augmentation: the B' model trained again with none, only the geometric or only the intensity transforms.
 Seeds (long schedule): the runs of the cells where B lost most (T1 alone, T1c alone, and the tri-modal
 model) trained again with seeds 1 and 2, to tell a gap between A and B from run-to-run noise.
+Cost weights (long schedule): the tri-modal model trained with c1 counted twice, and without c2, to see
+whether a change of its cost closes B's loss on single inputs.
 
 Three steps, run by hand from the repository root::
 
@@ -68,7 +70,7 @@ class Schedule(NamedTuple):
     average_epochs: int  # the delivered weights average the last epochs' steps (training/averaging.py); 0: last step
     configs: Path
     runs: str
-    tables: tuple[str, ...]  # "IV", "V", "augmentation", "seeds"
+    tables: tuple[str, ...]  # "IV", "V", "augmentation", "seeds", "weights"
 
 
 # "short": 8 x 60 steps of batch 16. Chosen by the CPU budget (24 runs on a 2-core machine in about
@@ -83,7 +85,7 @@ SCHEDULES = {
     "short": Schedule(8, 60, 0, Path("training/configs/missing_inputs"), "runs/missing-inputs",
                       ("IV", "V", "augmentation")),
     "long": Schedule(25, 80, 5, Path("training/configs/missing_inputs_long"), "runs/missing-inputs-long",
-                     ("IV", "augmentation", "seeds")),
+                     ("IV", "augmentation", "seeds", "weights")),
 }
 # Whether B's per-cell losses are more than noise (issue 3): at the long budget B lost most with T1
 # alone and T1c alone (+3 % to +7 % MSE per fold, one seed). Those two A models and the tri-modal
@@ -92,6 +94,14 @@ SCHEDULES = {
 # hour each with --jobs 2.
 SEEDS = (1, 2)
 SEEDED_SUBSETS = (("T1",), ("T1c",))
+# Can the tri-modal model's training close that gap (issue 3's open decision)? Over three seeds B pays 2-4 %
+# MSE with T1 or T1c alone. A single input is decoded from its own latent, trained by c1 alone; c2 pulls the
+# latents of the three inputs together and c3 trains the fused one. Two changes of the cost weights
+# (c1, c2, c3), each the tri-modal run with only its weights changed: c1 counted twice (the single-input
+# paths get more of the gradient; in Experiment A c1 and c3 are the same term, so the single-input model
+# counts it twice too) and c2 removed (the short Table V's "no c2" brought T1 alone level with A, which
+# suggests the invariance term is what costs the single inputs). Set before any run, not tuned.
+WEIGHT_VARIANTS = {"c1x2": [2.0, 1.0, 1.0], "no-c2": COSTS["no-c2"]}
 # "Say what helped" (issue 3): the any-subset run again with all, none, only the geometric
 # (flips, rotation, zoom) or only the intensity (gamma, scaling, bias field) transforms. name ->
 # AugmentConfig changes; "all-augment" (None) is the any-subset run itself.
@@ -155,6 +165,10 @@ def run_names(tables: tuple[str, ...] = ("IV", "V", "augmentation")) -> list[Run
     if "seeds" in tables:  # the single-input runs first: a third of the tri-modal run's time each
         runs += [Run(seeded(f"only-{subset_name(s)}", seed), s, "all", COSTS["all-costs"], seed=seed)
                  for s in (*SEEDED_SUBSETS, tuple(INPUTS)) for seed in SEEDS]
+    if "weights" in tables:
+        known = {run.name for run in runs}  # "no-c2" is also Table V's run
+        runs += [Run(f"{TRI_MODAL}-{name}", tuple(INPUTS), "all", w) for name, w in WEIGHT_VARIANTS.items()
+                 if f"{TRI_MODAL}-{name}" not in known]
     return runs
 
 
@@ -351,11 +365,18 @@ def summarise(folds: dict[str, dict[str, Any]]) -> dict[str, Any]:
                         for f in folds.values() if row in f.get(run, {}) and row in f.get(own, {})]
             verdict[row][side] = {"folds": len(per_fold), "not_worse": sum(per_fold)}
     return {"table4": table4, "table5": table5, "not_worse_than_A": verdict, "seeds": seed_spread(folds),
+            "weights": weight_variants(folds),
             "table4_average": {metric: {side: average(table4, metric, side) for side in SIDES} for metric in METRICS},
             "table5_average": {cost: average(table5, cost) for cost in COSTS},
             "augmentation": augmentation,
             "augmentation_average": {name: {metric: average(augmentation, name, metric)
                                             for metric in ("mse_brain", "ssim_brain")} for name in AUGMENTATIONS}}
+
+
+def _seed_values(fold: dict[str, Any], run: str, row: str) -> list[float]:
+    """MSE of ``run`` and its seeded twins on subset ``row``, for the seeds trained."""
+    return [fold[name][row]["mse_brain"] for name in [seeded(run, seed) for seed in (0, *SEEDS)]
+            if row in fold.get(name, {})]
 
 
 def seed_spread(folds: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -369,14 +390,10 @@ def seed_spread(folds: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """
     from scipy.stats import ttest_ind
 
-    def values(fold: dict[str, Any], run: str, row: str) -> list[float]:
-        return [fold[name][row]["mse_brain"] for name in [seeded(run, seed) for seed in (0, *SEEDS)]
-                if row in fold.get(name, {})]
-
     spread: dict[str, dict[str, Any]] = {}
     for held_out, fold in folds.items():
         for row in (subset_name(s) for s in subsets(INPUTS)[:-1]):  # the last subset is all inputs
-            a, b = values(fold, f"only-{row}", row), values(fold, TRI_MODAL, row)
+            a, b = _seed_values(fold, f"only-{row}", row), _seed_values(fold, TRI_MODAL, row)
             if len(b) < 2 or not a:
                 continue
             sd = max(float(np.std(a, ddof=1)) if len(a) > 1 else 0.0, float(np.std(b, ddof=1)))
@@ -386,6 +403,35 @@ def seed_spread(folds: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "A": a, "B": b, "gap": gap, "gap_percent": 100 * gap / float(np.mean(a)),
                 "gap_over_spread": gap / sd if sd > 0 else None, "welch_p": p}
     return spread
+
+
+def weight_variants(folds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per fold and Table IV row: A's and B's MSE (means over their trained seeds) and each
+    ``WEIGHT_VARIANTS`` model's, with its gap to A in %; and per side, in how many (fold, subset) cells
+    short of all inputs it is not worse than A (the all-input row is where a variant could pay for it).
+    """
+    cells: dict[str, dict[str, Any]] = {}
+    count = {side: {"cells": 0, "not_worse": 0} for side in ("B", *WEIGHT_VARIANTS)}
+    for held_out, fold in folds.items():
+        for subset in subsets(INPUTS):
+            row = subset_name(subset)
+            a, b = _seed_values(fold, f"only-{row}", row), _seed_values(fold, TRI_MODAL, row)
+            variants = {name: fold[f"{TRI_MODAL}-{name}"][row]["mse_brain"] for name in WEIGHT_VARIANTS
+                        if row in fold.get(f"{TRI_MODAL}-{name}", {})}
+            if not a or not variants:
+                continue
+            mean_a = float(np.mean(a))
+            sides = {"B": float(np.mean(b)) if b else None, **variants}
+            cells.setdefault(held_out, {})[row] = {
+                "A": mean_a, "A_seeds": len(a), "B_seeds": len(b),
+                **{side: {"mse_brain": v, "gap_percent": None if v is None else 100 * (v - mean_a) / mean_a}
+                   for side, v in sides.items()}}
+            if len(subset) < len(INPUTS):
+                for side, v in sides.items():
+                    if v is not None:
+                        count[side]["cells"] += 1
+                        count[side]["not_worse"] += int(v <= mean_a)
+    return {"cells": cells, "not_worse_than_A": count}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -454,6 +500,23 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {held_out} | {row} | {', '.join(_fmt(v) for v in c['A'])} | "
                              f"{', '.join(_fmt(v) for v in c['B'])} | {c['gap']:+.4f} ({c['gap_percent']:+.1f} %) | "
                              f"{_fmt(c['gap_over_spread'], 2)} | {_fmt(c['welch_p'], 3)} |")
+    if "weights" in tables and summary.get("weights", {}).get("cells"):
+        variants = list(WEIGHT_VARIANTS)
+        lines += ["", "## Cost weights: can the tri-modal model's training close B's gap? (MSE)", "",
+                  "The tri-modal model trained with only its cost weights c1/c2/c3 changed: "
+                  + ", ".join(f"{n} = {'/'.join(f'{w:g}' for w in WEIGHT_VARIANTS[n])}" for n in variants)
+                  + " (seed 0). A and B: means over their trained seeds. In brackets: the gap to A.", "",
+                  "| held out | inputs | A (seeds) | B (gap to A), seeds | " + " | ".join(variants) + " |",
+                  "|" + " --- |" * (4 + len(variants))]
+        for held_out, rows_ in summary["weights"]["cells"].items():
+            for row, c in rows_.items():
+                shown = [f"{_fmt(c[side]['mse_brain'])} ({c[side]['gap_percent']:+.1f} %)"
+                         if c[side]["mse_brain"] is not None else "-" for side in ("B", *variants)]
+                lines.append(f"| {held_out} | {row} | {_fmt(c['A'])} ({c['A_seeds']}) | {shown[0]}, "
+                             f"{c['B_seeds']} seeds | " + " | ".join(shown[1:]) + " |")
+        count = summary["weights"]["not_worse_than_A"]
+        lines += ["", "Not worse than A (MSE), (fold, subset) cells short of all inputs: "
+                  + ", ".join(f"{side} {c['not_worse']} of {c['cells']}" for side, c in count.items()) + "."]
     lines += ["", "## Per held-out subject", "", "| held out | run | inputs | MSE | SSIM | PSNR |",
               "|" + " --- |" * 6]
     for held_out, fold in results["folds"].items():
@@ -510,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     for command in (configs, training, evaluation):
         command.add_argument("--schedule", choices=sorted(SCHEDULES), default="short",
                              help="short: 8 x 60 steps, Tables IV, V and augmentation; long: 25 x 80 steps "
-                                  "averaged over the last 5 epochs, Table IV, augmentation and seeds")
+                                  "averaged over the last 5 epochs, Table IV, augmentation, seeds and cost weights")
     args = parser.parse_args(argv)
     schedule = SCHEDULES[args.schedule]
     if args.command == "configs":
