@@ -511,7 +511,7 @@ def markdown(results: dict[str, Any]) -> str:
         for held_out, rows_ in summary["weights"]["cells"].items():
             for row, c in rows_.items():
                 shown = [f"{_fmt(c[side]['mse_brain'])} ({c[side]['gap_percent']:+.1f} %)"
-                         if c[side]["mse_brain"] is not None else "-" for side in ("B", *variants)]
+                         if c.get(side, {}).get("mse_brain") is not None else "-" for side in ("B", *variants)]
                 lines.append(f"| {held_out} | {row} | {_fmt(c['A'])} ({c['A_seeds']}) | {shown[0]}, "
                              f"{c['B_seeds']} seeds | " + " | ".join(shown[1:]) + " |")
         count = summary["weights"]["not_worse_than_A"]
