@@ -68,8 +68,17 @@ def test_the_long_schedule_trains_table_iv_and_augmentation_at_the_recipe_budget
     seeded = {name for name in long if "-seed" in name}
     weighted = {f"mi-{held_out}-{mi.TRI_MODAL}-{variant}.json" for held_out in mi.MS_FOLDS
                 for variant in mi.WEIGHT_VARIANTS}
-    assert len(long) == 2 * (1 + 7 + 3 + 3 * len(mi.SEEDS) + len(mi.WEIGHT_VARIANTS))
-    assert weighted < set(long) and set(long) - seeded - weighted < set(short)
+    budgeted = {name for name in long if name.endswith(f"-x{mi.BUDGET}.json")}
+    assert len(long) == 2 * (1 + 7 + 3 + 3 * len(mi.SEEDS) + len(mi.WEIGHT_VARIANTS) + len(mi.BUDGET_RUNS))
+    assert weighted < set(long) and set(long) - seeded - weighted - budgeted < set(short)
+    for name in budgeted:  # the seed-0 run but for the number of epochs, the averaging window the same
+        config, base = long[name], long[name.replace(f"-x{mi.BUDGET}", "")]
+        assert (config.epochs, config.average_epochs) == (mi.BUDGET * base.epochs, base.average_epochs)
+        assert config.out == f"{base.out}-x{mi.BUDGET}" and config.seed == base.seed == 0
+        same = {k: v for k, v in config.to_dict().items() if k not in {"out", "description", "name", "epochs"}}
+        assert same == {k: v for k, v in base.to_dict().items() if k in same}
+    assert sorted(n.removeprefix("mi-patient19-").removesuffix(".json") for n in budgeted if "patient19" in n) == (
+        sorted(f"only-{row}-x2" for row in ("T1", "T1c", "T1+T1c+T2")))
     # of Table V only the runs the weights table asks for are trained at the long schedule
     assert {name for name in long if "-no-c" in name} == {n for n in weighted if "-no-c" in n}
     for held_out, variant in ((h, v) for h in mi.MS_FOLDS for v in mi.WEIGHT_VARIANTS):
@@ -79,7 +88,7 @@ def test_the_long_schedule_trains_table_iv_and_augmentation_at_the_recipe_budget
         assert config.out == f"{base.out}-{variant}"
         same = {k: v for k, v in config.to_dict().items() if k not in {"out", "description", "name", "loss_weights"}}
         assert same == {k: v for k, v in base.to_dict().items() if k in same}
-    for name, config in ((n, c) for n, c in long.items() if n not in weighted):
+    for name, config in ((n, c) for n, c in long.items() if n not in weighted | budgeted):
         assert (config.epochs, config.steps_per_epoch, config.average_epochs) == (25, 80, 5)
         seed = int(name.split("-seed")[1].removesuffix(".json")) if name in seeded else 0
         base = short[name.replace(f"-seed{seed}", "")] if seed else short[name]
@@ -178,19 +187,19 @@ def test_the_long_schedule_evaluates_table_iv_and_augmentation_only(tmp_path):
     _phantom_fold(tmp_path, 0, "patient07")
     _phantom_fold(tmp_path, 1, "patient19")
     runs = tmp_path / "runs"
-    every = ("IV", "V", "augmentation", "seeds", "weights")  # Table V's other runs exist too, and are not read
-    _tiny_models(runs, "patient07", skip=set(), tables=every)
+    every = ("IV", "V", "augmentation", "seeds", "weights", "budget")  # Table V's other runs exist, are not read
+    _tiny_models(runs, "patient07", skip={"only-T1c-x2"}, tables=every)
     _tiny_models(runs, "patient19", skip={"only-T1c-seed2", "only-T1+T1c+T2-seed1", "only-T1+T1c+T2-seed2",
-                                          "only-T1+T1c+T2-c1x2"}, tables=every)
+                                          "only-T1+T1c+T2-c1x2", "only-T1+T1c+T2-x2"}, tables=every)
     out = tmp_path / "out"
     assert mi.main(["evaluate", "--schedule", "long", "--data", str(tmp_path / "data"), "--runs", str(runs),
                     "--out", str(out), "--threads", "1"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert sorted(results["folds"]["patient07"]) == sorted(
-        r.name for r in mi.run_names(("IV", "augmentation", "seeds", "weights")))
+        r.name for r in mi.run_names(("IV", "augmentation", "seeds", "weights", "budget")))
     assert f"{mi.TRI_MODAL}-no-c1" not in results["folds"]["patient07"]
     assert results["schedule"] == {"epochs": 25, "steps_per_epoch": 80, "batch_size": 16, "average_epochs": 5,
-                                   "tables": ["IV", "augmentation", "seeds", "weights"]}
+                                   "tables": ["IV", "augmentation", "seeds", "weights", "budget"]}
     seeds = results["summary"]["seeds"]
     # patient19 has one tri-modal seed: no spread for B, so no row; patient07 has three a side for T1, T1c
     # the tri-modal row is left out: there A is B
@@ -215,6 +224,20 @@ def test_the_long_schedule_evaluates_table_iv_and_augmentation_only(tmp_path):
     assert "## Cost weights" in text and "c1x2 = 2/1/1, no-c2 = 1/0/1" in text
     assert "| patient19 | T1c | " in text.split("## Cost weights")[1]
     assert "25 x 80 steps of batch 16 per run, the weights averaged over the last 5 epochs" in text
+    budget = results["summary"]["budget"]
+    # patient19 has no long tri-modal run: no row; on patient07 the long T1c model is missing
+    assert budget["budget"] == 2 and list(budget["cells"]) == ["patient07"]
+    t1, t1c = budget["cells"]["patient07"]["T1"], budget["cells"]["patient07"]["T1c"]
+    assert t1["B_long"] == p07["only-T1+T1c+T2-x2"]["T1"]["mse_brain"] and t1["A_long"] == p07["only-T1-x2"]["T1"][
+        "mse_brain"]
+    assert t1["gap_long_percent"] == pytest.approx(100 * (t1["B_long"] - t1["A_long"]) / t1["A_long"])
+    assert t1c["A_long"] is None and t1c["gap_long_percent"] is None
+    assert t1c["A"] == pytest.approx(np.mean([p07[n]["T1c"]["mse_brain"] for n in ("only-T1c", "only-T1c-seed1",
+                                                                                     "only-T1c-seed2")]))
+    assert t1c["gap_to_A_percent"] == pytest.approx(100 * (t1c["B_long"] - t1c["A"]) / t1c["A"])
+    assert "## Budget: does training 2 x as long close B's gap?" in text
+    section = text.split("## Budget")[1].split("## Per held-out subject")[0]
+    assert "| patient07 | T1c | " in section and "| patient19 |" not in section
 
 
 def test_seed_spread_compares_b_with_a_over_the_seeds_with_welch():
