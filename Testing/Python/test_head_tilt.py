@@ -47,12 +47,12 @@ def test_a_quarter_turn_moves_the_head_within_its_plane_on_its_own_grid(tmp_path
     back = tilt(SubjectFiles("s", {"T1": source}, mask), ["T1"], rotation(plane, 90.0, centre), tmp_path / "back",
                 round_trip=True)
     np.testing.assert_allclose(centre_of_mass(sitk.GetArrayFromImage(sitk.ReadImage(str(back.images["T1"])))),
-                               offset, atol=1e-3)  # upright again
+                               offset, atol=1e-3)  # where it was
     with pytest.raises(ValueError, match="unknown plane 'oblique'"):
         rotation("oblique", 10.0, centre)
 
 
-def test_upright_rows_are_the_loso_figures_and_tilts_change_them(tmp_path):
+def test_rows_as_acquired_are_the_loso_figures_and_tilts_change_them(tmp_path):
     for seed in range(3):
         make_subject(tmp_path / "data" / f"s{seed}", seed=seed)
     make_tiny_model(tmp_path / "models" / "s1")
@@ -66,21 +66,21 @@ def test_upright_rows_are_the_loso_figures_and_tilts_change_them(tmp_path):
     backs = {(r["held_out"], r["plane"]): r["methods"] for r in results["rows"] if r["round_trip"]}
     assert sorted(backs) == sorted((s, p) for s in ("s0", "s1", "s2") for p in ("axial", "sagittal"))
     for fold in loso["folds"]:
-        upright = rows[(fold["held_out"], "none", 0.0)]
+        acquired = rows[(fold["held_out"], "none", 0.0)]
         for name in ("poly", "chartsias+lesion"):
             if "metrics" in fold["methods"][name]:
-                assert upright[name]["metrics"] == pytest.approx(fold["methods"][name]["metrics"])
+                assert acquired[name]["metrics"] == pytest.approx(fold["methods"][name]["metrics"])
             else:
-                assert "no model folder" in upright[name]["skipped"]
+                assert "no model folder" in acquired[name]["skipped"]
     for plane in ("axial", "sagittal"):
         tilted = rows[("s1", plane, 15.0)]["chartsias+lesion"]["metrics"]
-        upright = rows[("s1", "none", 0.0)]["chartsias+lesion"]["metrics"]
+        acquired = rows[("s1", "none", 0.0)]["chartsias+lesion"]["metrics"]
         back = backs[("s1", plane)]["chartsias+lesion"]["metrics"]
-        assert len({tilted["ssim_brain"], upright["ssim_brain"], back["ssim_brain"]}) == 3
+        assert len({tilted["ssim_brain"], acquired["ssim_brain"], back["ssim_brain"]}) == 3
         assert results["change"]["chartsias+lesion"][f"{plane} 15 there and back"] == pytest.approx(
-            back["ssim_brain"] - upright["ssim_brain"])
+            back["ssim_brain"] - acquired["ssim_brain"])
         assert results["change"]["chartsias+lesion"][f"{plane} 15"] == pytest.approx(
-            tilted["ssim_brain"] - upright["ssim_brain"])
+            tilted["ssim_brain"] - acquired["ssim_brain"])
         assert results["change"]["poly"][f"{plane} 15"] == pytest.approx(np.mean(
             [rows[(s, plane, 15.0)]["poly"]["metrics"]["ssim_brain"] - rows[(s, "none", 0.0)]["poly"]["metrics"]
              ["ssim_brain"] for s in ("s0", "s1", "s2")]))
@@ -89,7 +89,7 @@ def test_upright_rows_are_the_loso_figures_and_tilts_change_them(tmp_path):
         assert written["change"][name] == pytest.approx(results["change"][name])
     text = (tmp_path / "out" / "results.md").read_text()
     assert "| s1 | sagittal 15 |" in text and "| s1 | axial 15 there and back |" in text
-    assert "| s0 | upright |" in text and "| chartsias+lesion |" in text
+    assert "| s0 | as acquired |" in text and "| chartsias+lesion |" in text
 
 
 def test_bad_requests_are_refused(tmp_path, capsys):

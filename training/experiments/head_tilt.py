@@ -23,7 +23,7 @@ anterior-posterior axis). Images are resampled linearly, the lesion mask by near
 neighbour; the same resampling smooths the target too, so methods are compared at the same
 angle, and ``poly`` (a voxel-wise regression fitted on the fold's training subjects, blind
 to pose up to that smoothing) measures what the resampling alone costs; ``--round-trip`` adds
-each tilt rotated back again (upright, interpolated twice), which tells a model's answer to
+each tilt rotated back again (the pose as acquired, interpolated twice), which tells a model's answer to
 the pose from its answer to interpolated images. Metrics and their
 scale are the LOSO harness's (``loso.evaluate``). Writes ``results.md`` and ``results.json``.
 """
@@ -77,7 +77,7 @@ def tilt(files: SubjectFiles, modalities_: Sequence[str], transform: sitk.Transf
          round_trip: bool = False) -> SubjectFiles:
     """The subject's ``modalities_`` and lesion mask rotated by ``transform`` on their own grids, written to
     ``folder``; returns where they are. ``round_trip`` rotates them back again (a second resampling): the head
-    upright, its images interpolated twice, the control that tells interpolation from pose."""
+    in its pose as acquired, its images interpolated twice: the control that tells interpolation from pose."""
     folder.mkdir(parents=True, exist_ok=True)
     steps = [transform, transform.GetInverse()] if round_trip else [transform]
 
@@ -169,21 +169,21 @@ def run_head_tilt(data: list[str], inputs: list[str], target: str, methods: list
 
 def pose_name(row: dict[str, Any]) -> str:
     if row["degrees"] == 0:
-        return "upright"
+        return "as acquired"
     return f"{row['plane']} {row['degrees']:g}" + (" there and back" if row.get("round_trip") else "")
 
 
 def ssim_change(rows: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float]]:
-    """Per method and tilted pose ("plane angle"): SSIM in the brain minus the upright SSIM, mean over the subjects
-    scored in both."""
-    upright = {(r["held_out"], n): r["methods"][n]["metrics"]["ssim_brain"] for r in rows if r["degrees"] == 0
+    """Per method and tilted pose ("plane angle"): SSIM in the brain minus that of the images as acquired, mean
+    over the subjects scored in both."""
+    acquired = {(r["held_out"], n): r["methods"][n]["metrics"]["ssim_brain"] for r in rows if r["degrees"] == 0
                for n in names if "metrics" in r["methods"].get(n, {})}
     change: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     for r in rows:
         for n in names:
-            if r["degrees"] != 0 and "metrics" in r["methods"].get(n, {}) and (r["held_out"], n) in upright:
+            if r["degrees"] != 0 and "metrics" in r["methods"].get(n, {}) and (r["held_out"], n) in acquired:
                 change[n].setdefault(pose_name(r), []).append(r["methods"][n]["metrics"]["ssim_brain"]
-                                                      - upright[(r["held_out"], n)])
+                                                      - acquired[(r["held_out"], n)])
     return {n: {pose: float(np.mean(v)) for pose, v in poses.items()} for n, poses in change.items()}
 
 
@@ -193,8 +193,8 @@ def markdown(results: dict[str, Any]) -> str:
              "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()), "",
              "Each held-out subject rotated about its brain's centre on its own voxel grid (axial: in the axial "
              "plane; sagittal: a nod; coronal: a roll), images resampled linearly, lesion mask by nearest "
-             "neighbour; 'there and back' rotates back again (upright, interpolated twice: the interpolation "
-             "without the pose). Metrics on the LOSO harness's scale. Cell: SSIM in the brain / |dR1| "
+             "neighbour; 'there and back' rotates back again (the pose as acquired, interpolated twice: the "
+             "interpolation without the pose). Metrics on the LOSO harness's scale. Cell: SSIM in the brain / |dR1| "
              "(MSE in the brain).", "", "## Per subject and pose", "",
              "| held out | pose | " + " | ".join(names) + " |", "|" + " --- |" * (2 + len(names))]
     for row in results["rows"]:
@@ -206,7 +206,7 @@ def markdown(results: dict[str, Any]) -> str:
                          f"({_fmt(m['mse_brain'])})" if m else entry.get("skipped") or entry.get("error") or "-")
         lines.append(f"| {row['held_out']} | {pose_name(row)} | " + " | ".join(cells) + " |")
     poses = list(dict.fromkeys(p for v in results["change"].values() for p in v))
-    lines += ["", "## SSIM change from upright, mean over the held-out subjects", "",
+    lines += ["", "## SSIM change from the images as acquired, mean over the held-out subjects", "",
               "| method | " + " | ".join(poses) + " |", "|" + " --- |" * (1 + len(poses))]
     for n in names:
         lines.append(f"| {n} | " + " | ".join(f"{results['change'][n][p]:+.3f}" if p in results["change"][n] else "-"
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", required=True,
                         help="as for training.experiments.loso: poly, rf, <kind>[.<label>]:<model folder template>")
     parser.add_argument("--planes", nargs="+", default=["axial", "sagittal"], choices=sorted(PLANES))
-    parser.add_argument("--angles", nargs="+", type=float, default=[0.0, 10.0, 20.0], help="degrees; 0 = upright")
+    parser.add_argument("--angles", nargs="+", type=float, default=[0.0, 10.0, 20.0], help="degrees; 0 = as acquired")
     parser.add_argument("--round-trip", action="store_true",
                         help="also rotate each tilted case back (interpolation without the pose, a control)")
     parser.add_argument("--threads", type=int, default=2)
