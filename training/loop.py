@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import random
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from MRSynthesisLib.atomic import write_json
 from MRSynthesisLib.devices import cpu_has_native_bf16
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from MRSynthesisLib.models.losses_chartsias import chartsias_loss
@@ -220,7 +220,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     writer = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_json(out / "config.json", config.to_dict())
         writer = _tensorboard(out)
         print(f"device {device.type} x {context.world} process(es), precision {dtype or 'fp32'}, "
               f"channels_last {config.channels_last}, {torch.get_num_threads()} thread(s)", flush=True)

@@ -11,7 +11,6 @@ continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from MRSynthesisLib.atomic import write_json
 
 from .batches import TRAIN_STREAM, VALIDATION_STREAM, step_subset
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
@@ -173,7 +174,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
         print(f"resumed after epoch {state['epoch']} from {out / CHECKPOINT}", flush=True)
     dtype = autocast_dtype(config.precision, device)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_json(out / "config.json", config.to_dict())
     print(f"{config.architecture}: device {device.type}, precision {dtype or 'fp32'}, "
           f"{torch.get_num_threads()} thread(s), "
           f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)

@@ -48,7 +48,7 @@ from MRSynthesisLib.preprocessing import foreground_mask
 
 from ..baselines import make_baseline
 from ..datasets import SubjectFiles, discover
-from .loso import _fmt, evaluate, load_case, model_predict, parse_method, versions, write_results
+from .loso import _finite, _fmt, evaluate, load_case, model_predict, parse_method, versions, write_results
 
 # Rotation axes in ITK's physical (LPS) frame; the plane a rotation stays in is the one it is named after.
 PLANES = {"axial": (0.0, 0.0, 1.0), "sagittal": (1.0, 0.0, 0.0), "coronal": (0.0, 1.0, 0.0)}
@@ -162,7 +162,7 @@ def run_head_tilt(data: list[str], inputs: list[str], target: str, methods: list
         "change": ssim_change(rows, [n for n, _ in parsed]),
     }
     if out is not None:
-        write_results(Path(out), results, markdown(results))
+        write_results(Path(out), _finite(results), markdown(results))
         log(f"wrote {Path(out) / 'results.md'} and {Path(out) / 'results.json'}")
     return results
 

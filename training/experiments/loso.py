@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import math
 import platform
 import shlex
@@ -252,9 +251,7 @@ def run_loso(data: list[str], inputs: list[str], target: str, methods: list[str]
     }
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(_finite(results), indent=2) + "\n", encoding="utf-8")
-        (out / "results.md").write_text(markdown(results), encoding="utf-8")
+        write_results(out, _finite(results), markdown(results))
         log(f"wrote {out / 'results.md'} and {out / 'results.json'}")
     return results
 
@@ -364,7 +361,8 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{_fmt(m.get('lesion_ratio1_abs_difference'), 3)} |")
     if results.get("training_fit"):
         lines += ["", "## Fit on the training subjects (diagnostic, not held out)", "",
-                  "| held out | method | scored on (trained on it) | SSIM brain | MSE brain | Ratio 1 syn / real | \\|dR1\\| |",
+                  ("| held out | method | scored on (trained on it) | SSIM brain | MSE brain | Ratio 1 syn / real "
+                   "| \\|dR1\\| |"),
                   "|" + " --- |" * 7]
         for fold in results["folds"]:
             for name in names:
@@ -384,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", nargs="+", default=["T1", "T2"])
     parser.add_argument("--target", default="FLAIR")
     parser.add_argument("--methods", nargs="+", default=["poly", "rf"],
-                        help="poly, rf, or <kind>[.<label>]:<model folder template> with kind chartsias, chartsias+lesion, "
-                             "wei3d, ae3d ({subject} = held-out subject)")
+                        help="poly, rf, or <kind>[.<label>]:<model folder template> with kind chartsias, "
+                             "chartsias+lesion, wei3d, ae3d ({subject} = held-out subject)")
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--poly-degree", type=int, default=2)
     parser.add_argument("--poly-alpha", type=float, default=0.0)

@@ -52,8 +52,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from MRSynthesisLib.atomic import write_json
+
 from ..datasets import discover
-from .loso import DEFAULT_DATA, _finite, evaluate, load_case, model_predict, versions
+from .loso import DEFAULT_DATA, _finite, evaluate, load_case, model_predict, versions, write_results
 
 INPUTS = ["T1", "T1c", "T2"]
 TARGET = "FLAIR"
@@ -240,8 +242,7 @@ def write_configs(folder: Path | None = None, log=print, schedule: Schedule = SC
     for held_out in MS_FOLDS:
         for run in run_names(schedule.tables):
             path = folder / f"mi-{held_out}-{run.name}.json"
-            path.write_text(json.dumps(fold_config(held_out, run, schedule), indent=2) + "\n",
-                            encoding="utf-8")
+            write_json(path, fold_config(held_out, run, schedule))
             written.append(path)
     log(f"wrote {len(written)} configs to {folder}")
     return written
@@ -314,7 +315,6 @@ def evaluate_fold(runs: Path, case: Any, log=print, tables: tuple[str, ...] = ("
     Metrics are kept in ``<run folder>/evaluation.json`` with the weights' SHA-256 and reused
     while the weights are the same, so the evaluation can follow the trainings as they finish.
     """
-    from MRSynthesisLib.atomic import write_json
     from MRSynthesisLib.cards import file_sha256, read_card
 
     table: dict[str, dict[str, Any]] = {}
@@ -602,9 +602,7 @@ def run_evaluation(data: list[str], runs: Path | None, out: Path | None, command
                             "average_epochs": schedule.average_epochs, "tables": list(schedule.tables)},
                "folds": folds, "summary": summarise(folds)}
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(_finite(results), indent=2) + "\n", encoding="utf-8")
-        (out / "results.md").write_text(markdown(results), encoding="utf-8")
+        write_results(out, _finite(results), markdown(results))
         log(f"wrote {out / 'results.md'} and {out / 'results.json'}")
     return results
 

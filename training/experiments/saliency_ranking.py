@@ -21,9 +21,10 @@ training subjects are marked "seen"):
 Leaving an input out needs a model that accepts missing inputs (card ``missing_inputs``
 "any_subset": the Chartsias model, or a 3D model trained with input dropout), or, as Wei et al.
 did for Table 4a, one model retrained without each input: ``--without-model T1=<folder>
-T1c=<folder> T2=<folder>`` (templates with ``{subject}``), each with the same recipe. Errors are on the mean_in_brain scale of the
-LOSO harness (``loso.population_mean``). Writes results.md, results.json and one Fig. 6-style
-PNG per subject (``P3S_<subject>.png``) to ``--out``; no image volumes.
+T1c=<folder> T2=<folder>`` (templates with ``{subject}``), each with the same recipe. Errors are on
+the mean_in_brain scale of the LOSO harness (``loso.population_mean``). Writes results.md,
+results.json and one Fig. 6-style PNG per subject (``P3S_<subject>.png``) to ``--out``; no image
+volumes.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from MRSynthesisLib.report import saliency_figure
 from MRSynthesisLib.volume import read_volume
 
 from ..datasets import discover
-from .loso import DEFAULT_DATA, population_mean, versions
+from .loso import DEFAULT_DATA, _finite, population_mean, versions, write_results
 
 
 def rank(values: dict[str, float]) -> list[str]:
@@ -95,7 +96,8 @@ def subject_row(folder: Path, files: Any, inputs: list[str], target: str, figure
         log(f"[{files.subject}] without {left_out}: MSE {mse:.4f} (all inputs {full_mse:.4f})")
     row: dict[str, Any] = {"subject": files.subject, "model": str(folder), "seen_in_training": files.subject in seen,
                            "mse_all_inputs": full_mse, "mse_increase_without": increase,
-                           "objective_paper": paper.saliency_objective, "objective_target_free": free.saliency_objective,
+                           "objective_paper": paper.saliency_objective,
+                           "objective_target_free": free.saliency_objective,
                            "left_out_by": "retrained models" if retrained else "leaving the input out at inference",
                            "retrained_models": {m: str(p) for m, p in (without or {}).items()}}
     by_error = rank(increase)
@@ -189,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                            (argv or sys.argv[1:]))
     results = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "command": command,
                "versions": versions(), "inputs": inputs, "target": target, "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+    write_results(out, _finite(results), markdown(results))
     print(f"wrote {out / 'results.md'}")
     return 0
 
