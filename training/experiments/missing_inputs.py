@@ -109,7 +109,8 @@ WEIGHT_VARIANTS = {"c1x2": [2.0, 1.0, 1.0], "no-c2": COSTS["no-c2"]}
 # trained to convergence. The tri-modal model and the two single-input models where B loses (seed 0) trained
 # for BUDGET times the epochs, the weights still averaged over the last ``average_epochs`` (the same damping):
 # B at twice the steps against A at twice the steps, and against A at the usual budget. Tri-modal runs first
-# (they decide whether more steps close the gap at all; 70 minutes each on one core).
+# (they decide whether more steps close the gap at all; 75 minutes each on one core, the single-input
+# runs 25).
 BUDGET = 2
 BUDGET_RUNS = (tuple(INPUTS), *SEEDED_SUBSETS)
 # "Say what helped" (issue 3): the any-subset run again with all, none, only the geometric
