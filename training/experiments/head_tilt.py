@@ -102,8 +102,9 @@ def run_head_tilt(data: list[str], inputs: list[str], target: str, methods: list
     inputs = [modalities.canonical(m) for m in inputs]
     target = modalities.canonical(target)
     parsed = [parse_method(m) for m in methods]
-    for plane in planes:
-        rotation(plane, 0.0, (0.0, 0.0, 0.0))  # refuses an unknown plane before any work
+    unknown = [p for p in planes if p not in PLANES]
+    if unknown:  # before any work
+        raise ValueError(f"unknown plane {unknown[0]!r}: use {', '.join(PLANES)}")
     subjects = [s for s in discover(data) if all(m in s.images for m in [*inputs, target])]
     if len(subjects) < 2:
         raise ValueError(f"head_tilt needs at least 2 subjects with {', '.join([*inputs, target])}; found "
