@@ -8,7 +8,6 @@ that no output would replace an existing file or an input.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from .atomic import write_json
 from .cards import LoadedModel, load_model
 from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult
+from .manifest import ManifestSubject, read_manifest
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
 from .report import Panel, orthogonal_views, saliency_figure
@@ -142,8 +142,18 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
     return summary
 
 
+def _read_pairs(pairs: Sequence[tuple[str, str]], option: str) -> dict[str, Volume]:
+    """The volumes of repeated ``MODALITY=PATH`` options; a name given twice is refused, where a dict
+    would silently keep the last (aliases of one modality are caught later, by ``SynthesisLogic``)."""
+    for name in dict(pairs):
+        paths = [p for n, p in pairs if n == name]
+        if len(paths) > 1:
+            raise InputError(f"{option} {name} is given {len(paths)} times ({', '.join(paths)}); give each once")
+    return {name: read_volume(path) for name, path in pairs}
+
+
 def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
-    inputs = {name: read_volume(path) for name, path in args.input}  # before the model: bad files fail fast
+    inputs = _read_pairs(args.input, "--input")  # before the model: bad files fail fast
     model = load_model(registry.resolve(args.model))
     targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)
     paths = output_paths(args.out, targets, args.format)
@@ -157,7 +167,7 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
         brain_mask=_read_optional(args.brain_mask), reference=args.resample_to, resample=bool(args.resample_to),
         device=args.device, precision=args.precision, batch_size=args.batch_size, plane=args.plane,
         saliency=bool(args.saliency_out),
-        saliency_references={name: read_volume(path) for name, path in args.saliency_reference},
+        saliency_references=_read_pairs(args.saliency_reference, "--saliency-reference"),
         saliency_region=_read_optional(args.saliency_region), tile=args.tile)
     result = SynthesisLogic(model, reporter.progress).run(request)
     for note in result.notes:
@@ -174,33 +184,10 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
     return EXIT_OK
 
 
-def read_manifest(path: str | os.PathLike) -> list[dict[str, object]]:
-    """Subjects of a CSV manifest: ``subject``, modality columns, optional ``lesion_mask``/``brain_mask``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such manifest")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "subject" not in rows[0]:
-        raise InputError(f"{path}: a manifest needs a header with a 'subject' column and at least one row")
-    columns = [c for c in rows[0] if c not in ("subject", "lesion_mask", "brain_mask")]
-    names = {c: _canonical(c, f"{path}: column {c!r}") for c in columns}
-    subjects, seen = [], set()
-    for line, row in enumerate(rows, start=2):
-        subject = (row.get("subject") or "").strip()
-        if not subject or subject in seen or Path(subject).name != subject:
-            raise InputError(f"{path}:{line}: subject {subject!r} is empty, repeated or not a plain name")
-        seen.add(subject)
-        resolve = lambda value: str((path.parent / value.strip()).resolve()) if value and value.strip() else None  # noqa: E731
-        inputs = {names[c]: resolve(row[c]) for c in columns if resolve(row[c])}
-        if not inputs:
-            raise InputError(f"{path}:{line}: subject {subject!r} has no input file")
-        subjects.append({"subject": subject, "inputs": inputs, "lesion_mask": resolve(row.get("lesion_mask")),
-                         "brain_mask": resolve(row.get("brain_mask"))})
-    return subjects
+MASK_COLUMNS = ("lesion_mask", "brain_mask")  # manifest columns of a batch that are masks, not inputs
 
 
-def shard(items: Sequence[dict[str, object]]) -> tuple[list[dict[str, object]], int, int]:
+def shard(items: Sequence[ManifestSubject]) -> tuple[list[ManifestSubject], int, int]:
     """This process's share of ``items`` under torchrun (RANK/WORLD_SIZE), else all of them."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if os.environ.get("LOCAL_RANK") is not None:
@@ -212,13 +199,14 @@ def shard(items: Sequence[dict[str, object]]) -> tuple[list[dict[str, object]], 
 
 
 def batch(args: argparse.Namespace, reporter: Reporter) -> int:
-    subjects, rank, world = shard(read_manifest(args.manifest))
+    subjects, rank, world = shard(read_manifest(args.manifest, MASK_COLUMNS))
     model = load_model(registry.resolve(args.model))
     logic = SynthesisLogic(model)
     failures: dict[str, str] = {}
     for index, subject in enumerate(subjects):
-        name = str(subject["subject"])
-        inputs: dict[str, str] = subject["inputs"]  # type: ignore[assignment]
+        name = subject.subject
+        inputs = {n: str(p.resolve()) for n, p in subject.images.items()}
+        masks = {c: str(p.resolve()) for c, p in subject.masks.items()}
         targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)
         paths = output_paths(Path(args.out) / name, targets, args.format)
         if not args.overwrite and all(p.exists() for p in paths.values()):
@@ -229,7 +217,8 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
             check_writable(list(paths.values()), [Path(p) for p in inputs.values()], args.overwrite)
             request = SynthesisRequest(
                 inputs={n: read_volume(p) for n, p in inputs.items()}, targets=targets,
-                lesion_mask=_read_optional(subject["lesion_mask"]), brain_mask=_read_optional(subject["brain_mask"]),
+                lesion_mask=_read_optional(masks.get("lesion_mask")),
+                brain_mask=_read_optional(masks.get("brain_mask")),
                 reference=args.resample_to, resample=bool(args.resample_to), device=args.device,
                 precision=args.precision, batch_size=args.batch_size, plane=args.plane)
             result = logic.run(request)

@@ -14,7 +14,6 @@ at inference.
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from MRSynthesisLib import modalities
+from MRSynthesisLib import manifest, modalities
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
 from MRSynthesisLib.volume import read_volume
 
@@ -88,35 +87,10 @@ def discover_folder(root: Path) -> list[SubjectFiles]:
 
 
 def read_manifest(path: Path) -> list[SubjectFiles]:
-    """A CSV with a ``subject`` column, one column per modality (any alias) and optional ``lesion_mask``.
-
-    Empty cells are missing files; relative paths are relative to the CSV's folder.
-    """
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "subject" not in rows[0]:
-        raise ValueError(f"{path}: a manifest needs a header with a 'subject' column and at least one row")
-    columns = {}
-    for column in rows[0]:
-        if column in ("subject", LESION_COLUMN):
-            continue
-        try:
-            columns[column] = modalities.canonical(column)
-        except ValueError as error:
-            raise ValueError(f"{path}: column {column!r}: {error}") from None
-    if len(set(columns.values())) != len(columns):
-        raise ValueError(f"{path}: two columns name the same modality: {columns}")
-
-    def resolve(cell: str) -> Path:
-        file = Path(cell)
-        return file if file.is_absolute() else path.parent / file
-
-    subjects = []
-    for row in rows:
-        images = {m: resolve(row[c]) for c, m in columns.items() if (row[c] or "").strip()}
-        lesion = (row.get(LESION_COLUMN) or "").strip()
-        subjects.append(SubjectFiles(row["subject"], images, resolve(lesion) if lesion else None))
-    return subjects
+    """The subjects of a CSV manifest (``MRSynthesisLib.manifest``, the reader ``mrsynthesis batch``
+    uses): a ``subject`` column, one column per modality (any alias), an optional ``lesion_mask``."""
+    return [SubjectFiles(row.subject, row.images, row.masks.get(LESION_COLUMN))
+            for row in manifest.read_manifest(path, [LESION_COLUMN])]
 
 
 def discover(sources: Sequence[str]) -> list[SubjectFiles]:
@@ -207,7 +181,8 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     for m, volume in volumes.items():
         differences = volume.geometry.differences(geometry)
         if differences:
-            raise ValueError(f"subject {files.subject}: {m} is not on the grid of {needed[0]}: {'; '.join(differences)}")
+            raise ValueError(f"subject {files.subject}: {m} is not on the grid of {needed[0]}: "
+                             f"{'; '.join(differences)}")
     brain = foreground_mask([volumes[m].array for m in inputs])
     normalised = {m: normalise(volumes[m].array, normalisation, brain)[0] for m in needed}
     lesion = np.zeros(brain.shape, np.float32)

@@ -75,6 +75,7 @@ def ws(tmp_path_factory):
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows[:1] + [{**rows[1], "subject": "broken", "t2w": "nowhere/T2.nii.gz"}])
+    (cohort / "repeated.csv").write_text("subject,t1n,t1n\ns1,s1/T1.nii.gz,s1/T2.nii.gz\n")
     return {"root": root, "subject": subject, "bad": bad, "model": models / "tiny", "models": models,
             "existing": existing, "cohort": cohort, "out": root / "out"}
 
@@ -116,6 +117,14 @@ def bad_cases(ws):
         "usage error": (["synthesize", "--model", ws["model"], "--out", ws["out"] / "usage"],
                         ["the following arguments are required: --input"]),
         "bad pair": (synth(ws, "pair", "T1", extra=[]), ["'T1' is not MODALITY=PATH"]),
+        # a dict of the options would keep the second file without a word
+        "modality given twice": (synth(ws, "twice", t1, f"T1={s['T2']}"),
+                                 [f"--input T1 is given 2 times ({s['T1']}, {s['T2']})"]),
+        "aliases of one modality": (synth(ws, "aliases", t1, f"t1n={s['T2']}"),
+                                    [str(s["T2"]), str(s["T1"]), "are both T1"]),
+        "manifest repeats a column": (["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "repeated.csv",
+                                       "--out", ws["out"] / "repeated"],
+                                      [f"{ws['cohort'] / 'repeated.csv'}: the header repeats 't1n'"]),
     }
 
 
@@ -232,7 +241,8 @@ def test_out_may_be_an_image_file_name(runs, ws):
 @pytest.mark.parametrize("case", [
     "missing file", "unreadable file", "2D image", "4D image", "empty volume", "constant volume", "NaN volume",
     "grids differ", "unknown modality", "modality not accepted", "output exists", "output is an input",
-    "malformed model", "usage error", "bad pair"])
+    "malformed model", "usage error", "bad pair", "modality given twice", "aliases of one modality",
+    "manifest repeats a column"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
@@ -247,7 +257,7 @@ def test_bad_input(runs, ws, case):
 def test_bad_inputs_leave_nothing_behind(runs, ws):
     assert all(runs[f"bad: {case}"].returncode == 2 for case in bad_cases(ws))
     for folder in ("missing", "unreadable", "2d", "4d", "empty", "constant", "nan", "grids", "unknown", "refused",
-                   "broken", "usage", "pair"):
+                   "broken", "usage", "pair", "twice", "aliases", "repeated"):
         assert files_under(ws["out"] / folder) == [], folder
     assert files_under(ws["existing"]) == ["FLAIR.nii.gz"]
     assert (ws["existing"] / "FLAIR.nii.gz").read_bytes() == b"the user's own file, not to be touched"
