@@ -7,14 +7,15 @@ key silently falling back to a default would train a different model than the on
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from MRSynthesisLib import modalities
 from MRSynthesisLib.models.chartsias import FUSIONS, OUTPUT_GRADIENTS, ChartsiasMIMO
+
+from .config_io import check_keys, load_config_file
 
 LESION_FALLBACKS = ("flair", "zeros", "ignore")
 INPUT_SUBSETS = ("random", "all")
@@ -45,7 +46,8 @@ class AugmentConfig:
     scale: float = 0.1  # zoom factor uniform in [1 - s, 1 + s]
     gamma: float = 0.3  # log(gamma) uniform in [-g, g], MONAI AdjustContrast
     intensity_scale: float = 0.1  # multiply by uniform [1 - s, 1 + s]
-    bias_field: float = 0.05  # MONAI RandBiasField coefficients in [0, b], degree 3 (0.05: field within ~0.85-1.3 on a 64-pixel crop)
+    # MONAI RandBiasField coefficients in [0, b], degree 3 (0.05: field within ~0.85-1.3 on a 64-pixel crop)
+    bias_field: float = 0.05
     probability: float = 0.5  # each transform but flips applies to a crop with this probability
 
     def validate(self) -> None:
@@ -155,7 +157,8 @@ class TrainConfig:
         if len(self.loss_weights) != 3:
             raise ValueError("loss_weights must be [w1, w2, w3]")
         if self.extend is not None and not (self.loss_weights[0] or self.loss_weights[2]):
-            raise ValueError("extend trains only new decoders, which c2 does not reach: loss_weights needs w1 or w3 > 0")
+            raise ValueError("extend trains only new decoders, which c2 does not reach: "
+                             "loss_weights needs w1 or w3 > 0")
         if self.input_subsets not in INPUT_SUBSETS:
             raise ValueError(f"input_subsets must be one of {INPUT_SUBSETS}")
         if self.precision not in PRECISIONS:
@@ -183,17 +186,14 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> "TrainConfig":
         """Parse a config; relative ``data`` paths are taken relative to ``base`` (the file's folder)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
         values = dict(data)
         augment = values.pop("augment", {})
-        unknown = sorted(set(augment) - {f.name for f in fields(AugmentConfig)})
-        if unknown:
-            raise ValueError(f"unknown augment keys {unknown}")
+        check_keys(cls, values)
+        if not isinstance(augment, dict):
+            raise ValueError(f"augment must be an object of keys, got {augment!r}")
+        check_keys(AugmentConfig, augment, "augment")
         if base is not None:
-            values["data"] = [str(p) if os.path.isabs(p) else str((base / p).resolve()) for p in values.get("data", [])]
+            values["data"] = [p if os.path.isabs(p) else str((base / p).resolve()) for p in values["data"]]
             if values.get("extend") and not os.path.isabs(values["extend"]):
                 values["extend"] = str((base / values["extend"]).resolve())
         config = cls(**values, augment=AugmentConfig(**augment))
@@ -201,16 +201,7 @@ class TrainConfig:
         return config
 
 
-def read_config_json(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
-    """A JSON config's keys with ``overrides`` (from the command line, None = not given) applied,
-    and the folder its relative paths are relative to."""
-    path = Path(path)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return data, path.parent
-
-
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a JSON config; ``overrides`` (from the command line) replace top-level keys."""
-    data, base = read_config_json(path, overrides)
-    return TrainConfig.from_dict(data, base=base)
+    """Read a JSON config; ``overrides`` (from the command line) replace top-level keys. Any problem
+    is an ``InputError`` naming the file."""
+    return load_config_file(path, overrides, lambda data, base: TrainConfig.from_dict(data, base=base))

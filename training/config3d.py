@@ -8,7 +8,7 @@ asked for. The papers' settings are not defaults here; the bundled configs spell
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from MRSynthesisLib import modalities
 from MRSynthesisLib.models import architecture_class
 from MRSynthesisLib.preprocessing import NormalisationSpec
 
-from .config import PRECISIONS, read_config_json
+from .config import PRECISIONS
+from .config_io import check_keys, load_config_file
 
 # The normalisation is the architecture's, as its paper describes it (see preprocessing.py):
 # Wei et al. z-score every sequence, Klingelhoefer & Rousseau divide by 3x the mean of the
@@ -117,7 +118,8 @@ class Train3DConfig:
                 raise ValueError(f"{label} must list distinct modalities, got {getattr(self, label)}")
             setattr(self, label, names)
         if set(self.inputs) & set(self.outputs):
-            raise ValueError(f"a modality cannot be both input and output: {sorted(set(self.inputs) & set(self.outputs))}")
+            both = sorted(set(self.inputs) & set(self.outputs))
+            raise ValueError(f"a modality cannot be both input and output: {both}")
         reserved = sorted(set(self.params) & set(RESERVED_PARAMS))
         if reserved:
             raise ValueError(f"params may not set {reserved}; they are config keys of their own")
@@ -161,22 +163,16 @@ class Train3DConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> Train3DConfig:
         """Parse a config; relative ``data`` paths are taken relative to ``base`` (the file's folder)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        check_keys(cls, data)
         values = dict(data)
         if base is not None:
-            values["data"] = [str(p) if os.path.isabs(p) else str((base / p).resolve()) for p in values.get("data", [])]
-        try:
-            config = cls(**values)
-        except TypeError as error:  # a required key is absent
-            raise ValueError(f"config: {error}") from None
+            values["data"] = [p if os.path.isabs(p) else str((base / p).resolve()) for p in values["data"]]
+        config = cls(**values)
         config.validate()
         return config
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Train3DConfig:
-    """Read a JSON config; ``overrides`` (from the command line) replace top-level keys."""
-    data, base = read_config_json(path, overrides)
-    return Train3DConfig.from_dict(data, base=base)
+    """Read a JSON config; ``overrides`` (from the command line) replace top-level keys. Any problem
+    is an ``InputError`` naming the file."""
+    return load_config_file(path, overrides, lambda data, base: Train3DConfig.from_dict(data, base=base))

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from MRSynthesisLib import manifest, modalities
+from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
 from MRSynthesisLib.volume import read_volume
 
@@ -70,7 +71,7 @@ def _folder_subject(folder: Path) -> SubjectFiles | None:
         if modality is None:
             continue
         if modality in images:
-            raise ValueError(f"{folder}: both {images[modality].name} and {path.name} are {modality}")
+            raise InputError(f"{folder}: both {images[modality].name} and {path.name} are {modality}")
         images[modality] = path
     return SubjectFiles(folder.name, images, lesion) if images else None
 
@@ -78,11 +79,11 @@ def _folder_subject(folder: Path) -> SubjectFiles | None:
 def discover_folder(root: Path) -> list[SubjectFiles]:
     """Every folder under ``root`` (``root`` included) that holds recognised images is a subject."""
     if not root.is_dir():
-        raise ValueError(f"{root}: no such folder")
+        raise InputError(f"{root}: no such folder")
     found = [s for folder in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
              if (s := _folder_subject(folder)) is not None]
     if not found:
-        raise ValueError(f"{root}: no subject folders with images named by modality (e.g. T1.nii.gz, case-t2f.nii.gz)")
+        raise InputError(f"{root}: no subject folders with images named by modality (e.g. T1.nii.gz, case-t2f.nii.gz)")
     return found
 
 
@@ -102,7 +103,7 @@ def discover(sources: Sequence[str]) -> list[SubjectFiles]:
     names = [s.subject for s in subjects]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"subject names repeat across the data sources: {repeated}")
+        raise InputError(f"subject names repeat across the data sources: {repeated}")
     return subjects
 
 
@@ -113,7 +114,7 @@ def split_subjects(names: Sequence[str], validation: Sequence[str], fraction: fl
     if validation:
         unknown = sorted(set(validation) - set(names))
         if unknown:
-            raise ValueError(f"validation subjects {unknown} are not among the subjects found: {names}")
+            raise InputError(f"validation subjects {unknown} are not among the subjects found: {names}")
         held = [n for n in names if n in set(validation)]
     elif fraction > 0:
         count = max(1, round(fraction * len(names)))
@@ -123,7 +124,7 @@ def split_subjects(names: Sequence[str], validation: Sequence[str], fraction: fl
         held = []
     train = [n for n in names if n not in set(held)]
     if not train:
-        raise ValueError("no subject is left for training after the validation split")
+        raise InputError("no subject is left for training after the validation split")
     return train, held
 
 
@@ -174,14 +175,14 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     needed = list(dict.fromkeys([*inputs, *outputs]))
     missing = [m for m in needed if m not in files.images]
     if missing:
-        raise ValueError(f"subject {files.subject} has no {', '.join(missing)} image; "
+        raise InputError(f"subject {files.subject} has no {', '.join(missing)} image; "
                          f"it has {', '.join(files.images) or 'none'}")
     volumes = {m: read_volume(files.images[m]) for m in needed}
     geometry = volumes[needed[0]].geometry
     for m, volume in volumes.items():
         differences = volume.geometry.differences(geometry)
         if differences:
-            raise ValueError(f"subject {files.subject}: {m} is not on the grid of {needed[0]}: "
+            raise InputError(f"subject {files.subject}: {m} is not on the grid of {needed[0]}: "
                              f"{'; '.join(differences)}")
     brain = foreground_mask([volumes[m].array for m in inputs])
     normalised = {m: normalise(volumes[m].array, normalisation, brain)[0] for m in needed}
@@ -192,7 +193,7 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
         if files.lesion is not None:
             mask = read_volume(files.lesion)
             if mask.geometry.differences(geometry):
-                raise ValueError(f"subject {files.subject}: the lesion mask is not on the images' grid")
+                raise InputError(f"subject {files.subject}: the lesion mask is not on the images' grid")
             lesion, source = (mask.array > 0.5).astype(np.float32), "mask"
         elif lesion_fallback == "flair":
             lesion = flair_hyperintensity_mask(volumes["FLAIR"].array, brain, flair_z, min_voxels).astype(np.float32)

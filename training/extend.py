@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from MRSynthesisLib.cards import ModelCard, file_sha256, load_model
+from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from MRSynthesisLib.preprocessing import NormalisationSpec
 
@@ -60,7 +61,7 @@ def check_matches(config: TrainConfig, card: ModelCard) -> None:
     }
     wrong = [f"{key}: config {mine!r} but card {theirs!r}" for key, (mine, theirs) in pairs.items() if mine != theirs]
     if wrong:
-        raise ValueError(f"extend: the config does not describe the network of {config.extend} ({card.name!r}): "
+        raise InputError(f"extend: the config does not describe the network of {config.extend} ({card.name!r}): "
                          + "; ".join(wrong) + ". Copy these values from the card: only new outputs may be added.")
 
 
@@ -72,10 +73,10 @@ def load_base(config: TrainConfig) -> Base:
     check_matches(config, card)
     new = [m for m in config.outputs if m not in card.outputs]
     if not new:
-        raise ValueError(f"extend: every config output {config.outputs} is already an output of {folder} "
+        raise InputError(f"extend: every config output {config.outputs} is already an output of {folder} "
                          f"({card.outputs}); list at least one new output")
     if config.lesion_input and config.lesion_fallback != "zeros" and "FLAIR" not in [*config.inputs, *new]:
-        raise ValueError(f"extend: lesion_fallback '{config.lesion_fallback}' needs FLAIR among the inputs or the new outputs "
+        raise InputError(f"extend: lesion_fallback '{config.lesion_fallback}' needs FLAIR among the inputs or the new outputs "
                          "(the base's outputs are not loaded); use 'zeros' or give FLAIR")
     network = loaded.network
     network.output_gradient = config.output_gradient  # a training setting the card does not carry; new decoders inherit it

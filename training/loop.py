@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from MRSynthesisLib.atomic import write_json
 from MRSynthesisLib.devices import cpu_has_native_bf16
+from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from MRSynthesisLib.models.losses_chartsias import chartsias_loss
 
@@ -120,15 +121,15 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, steps_done: int
     changed = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES + SCHEDULE_KEYS + AVERAGE_KEYS)
     if changed:
-        raise ValueError(f"the config differs from the checkpoint's in {changed}; only {list(RESUMABLE_CHANGES)} "
+        raise InputError(f"the config differs from the checkpoint's in {changed}; only {list(RESUMABLE_CHANGES)} "
                          "may change on --resume (start a new run in another --out for anything else)")
     # epochs and the anneal keys set the schedule: they may change only where the steps taken keep their rates
     if not Schedule.of(current).same_until(Schedule.of(saved), steps_done):
-        raise ValueError(f"the new epochs/{'/'.join(SCHEDULE_KEYS)} would change the learning rate of steps the "
+        raise InputError(f"the new epochs/{'/'.join(SCHEDULE_KEYS)} would change the learning rate of steps the "
                          f"checkpoint has already taken ({steps_done}); only the rate of later steps may change on "
                          "--resume (start a new run in another --out for anything else)")
     if not averaging.same_until(current, saved, steps_done):
-        raise ValueError(f"the new epochs/{'/'.join(AVERAGE_KEYS)} would move steps the checkpoint has already taken "
+        raise InputError(f"the new epochs/{'/'.join(AVERAGE_KEYS)} would move steps the checkpoint has already taken "
                          f"({steps_done}) into or out of the weight average; only later steps may change on --resume "
                          "(start a new run in another --out for anything else)")
 
@@ -166,9 +167,9 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
         torch.set_num_threads(config.threads)
     out = Path(config.out)
     if (out / CHECKPOINT).exists() and not resume:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not (out / CHECKPOINT).exists():
-        raise ValueError(f"--resume: {out / CHECKPOINT} does not exist")
+        raise InputError(f"--resume: {out / CHECKPOINT} does not exist")
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from MRSynthesisLib.atomic import write_json
+from MRSynthesisLib.errors import InputError
 
 from .batches import TRAIN_STREAM, VALIDATION_STREAM, step_subset
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
@@ -116,7 +117,7 @@ def _check_resumable(saved: dict[str, Any], config: Train3DConfig) -> None:
     changed = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
-        raise ValueError(f"the config differs from the checkpoint's in {changed}; only {list(RESUMABLE_CHANGES)} "
+        raise InputError(f"the config differs from the checkpoint's in {changed}; only {list(RESUMABLE_CHANGES)} "
                          "may change on --resume (start a new run in another --out for anything else)")
 
 
@@ -139,9 +140,9 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
         torch.set_num_threads(config.threads)
     out = Path(config.out)
     if (out / CHECKPOINT).exists() and not resume:
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        raise InputError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if resume and not (out / CHECKPOINT).exists():
-        raise ValueError(f"--resume: {out / CHECKPOINT} does not exist")
+        raise InputError(f"--resume: {out / CHECKPOINT} does not exist")
     size, margin = config.patch_size, config.margin
     random.seed(config.seed)
     np.random.seed(config.seed)

@@ -11,6 +11,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from MRSynthesisLib.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+
 from .config import load_config
 from .loop import train
 
@@ -34,10 +36,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {"out": args.out, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "seed": args.seed,
                  "threads": args.threads, "max_minutes": args.max_minutes, "patience": args.patience}
-    config = load_config(args.config, overrides)
     recipe = [a for a in argv if a != "--resume"]
-    train(config, resume=args.resume, command=shlex.join(["python", "-m", "training.train", *recipe]))
-    return 0
+    try:
+        config = load_config(args.config, overrides)
+        train(config, resume=args.resume, command=shlex.join(["python", "-m", "training.train", *recipe]))
+    except InputError as error:  # the recipe's or the data's fault: one line naming the file; a bug keeps its traceback
+        print(f"python -m training.train: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 if __name__ == "__main__":

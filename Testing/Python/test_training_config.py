@@ -1,0 +1,92 @@
+"""Training recipes read strictly (training.config_io): types, missing keys, the file named, exit 2."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from MRSynthesisLib.errors import InputError
+from training.config import AugmentConfig, TrainConfig, load_config
+from training.config3d import Train3DConfig
+from training.config3d import load_config as load_config3d
+from training.config_io import _accepts
+from training.train import main as train_main
+from training.train3d import main as train3d_main
+
+RECIPE = {"name": "x", "data": ["subjects"], "inputs": ["T1"], "outputs": ["FLAIR"], "out": "run"}
+
+
+def write(folder: Path, data: object, name: str = "recipe.json") -> Path:
+    path = folder / name
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"epochs": "10"}, "epochs must be int, got '10'"),
+    ({"epochs": True}, "epochs must be int, got True"),  # a bool is an int to Python: one epoch
+    ({"epochs": 2.5}, "epochs must be int, got 2.5"),
+    ({"data": "subjects"}, "data must be list[str], got 'subjects'"),  # would be read letter by letter
+    ({"filters": [32, "64", 128]}, "filters must be list[int]"),
+    ({"max_minutes": "1h"}, "max_minutes must be float | None"),
+    ({"lesion_input": 1}, "lesion_input must be bool, got 1"),
+    ({"augment": {"gamma": "0.3"}}, "augment.gamma must be float, got '0.3'"),
+    ({"augment": []}, "augment must be an object of keys"),
+    ({"augment": {"gama": 0.3}}, "unknown augment keys ['gama']"),
+    ({"epochz": 3}, "unknown config keys ['epochz']"),
+])
+def test_recipe_values_of_the_wrong_type_are_refused_naming_the_file(tmp_path, changes, message):
+    path = write(tmp_path, {**RECIPE, **changes})
+    with pytest.raises(InputError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_numbers_json_writes_without_a_point_are_floats_and_null_is_none(tmp_path):
+    config = load_config(write(tmp_path, {**RECIPE, "learning_rate": 1, "max_minutes": None,
+                                          "augment": {"rotate_degrees": 5}}))
+    assert config.learning_rate == 1 and config.max_minutes is None and config.augment.rotate_degrees == 5
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"name": "x",', "not valid JSON"),
+    ("[1, 2]", "a config is a JSON object of keys, not a list"),
+    (json.dumps({k: v for k, v in RECIPE.items() if k != "name"}), "missing config keys ['name']"),
+])
+def test_unreadable_recipes(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+    with pytest.raises(InputError, match="no such config file"):
+        load_config(tmp_path / "absent.json")
+
+
+def test_3d_recipes_are_checked_the_same_way(tmp_path):
+    with pytest.raises(InputError, match=r"recipe\.json: missing config keys \['architecture'"):
+        load_config3d(write(tmp_path, RECIPE))
+
+
+def test_every_recipe_field_has_a_type_the_checker_knows():
+    """A field added with an annotation config_io cannot read would fail every recipe at run time;
+    a value of no type at all makes the checker look at every part of every annotation."""
+    for cls in (TrainConfig, AugmentConfig, Train3DConfig):
+        for f in fields(cls):
+            if f.name == "augment":  # the nested AugmentConfig, checked as a section of its own
+                continue
+            try:
+                assert not _accepts(str(f.type), object()), f"{cls.__name__}.{f.name}"
+            except TypeError as error:
+                pytest.fail(f"{cls.__name__}.{f.name}: {error}")
+
+
+@pytest.mark.parametrize("main, prog", [(train_main, "training.train"), (train3d_main, "training.train3d")])
+def test_the_trainers_say_what_is_wrong_in_one_line_and_exit_2(tmp_path, capsys, main, prog):
+    path = write(tmp_path, {**RECIPE, "epochs": "ten"})
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"python -m {prog}: error: {path}: "), err
+    assert not (tmp_path / "run").exists()
