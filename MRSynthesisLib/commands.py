@@ -143,12 +143,18 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
 
 
 def _read_pairs(pairs: Sequence[tuple[str, str]], option: str) -> dict[str, Volume]:
-    """The volumes of repeated ``MODALITY=PATH`` options; a name given twice is refused, where a dict
-    would silently keep the last (aliases of one modality are caught later, by ``SynthesisLogic``)."""
+    """The volumes of repeated ``MODALITY=PATH`` options. A name given twice is refused, where a dict
+    would silently keep the last (aliases of one modality are caught later, by ``SynthesisLogic``),
+    and so is one file under two names, as the Slicer panel refuses one volume in two rows."""
     for name in dict(pairs):
         paths = [p for n, p in pairs if n == name]
         if len(paths) > 1:
             raise InputError(f"{option} {name} is given {len(paths)} times ({', '.join(paths)}); give each once")
+    files = [Path(p).resolve() for _, p in pairs]
+    for file in dict.fromkeys(files):
+        names = [n for (n, _), f in zip(pairs, files) if f == file]
+        if len(names) > 1:
+            raise InputError(f"{file}: is given as {' and '.join(names)} ({option}); give each file once")
     return {name: read_volume(path) for name, path in pairs}
 
 
@@ -289,7 +295,8 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         difference = synthetic.with_array(np.abs(synth_n - ref_n) * brain)
         panels = [Panel("synthetic", synthetic.with_array(synth_n)), Panel("reference", reference.with_array(ref_n)),
                   Panel("|synthetic - reference|", difference, cmap="magma")]
-        title = f"{Path(synthetic.source).name} vs {Path(reference.source).name}: SSIM in brain {values['ssim_brain']:.3f}"
+        title = (f"{Path(synthetic.source).name} vs {Path(reference.source).name}: "
+                 f"SSIM in brain {values['ssim_brain']:.3f}")
         figure = orthogonal_views(panels, args.figure, title=title)
     if args.json:
         write_json(Path(args.json), values)

@@ -4,7 +4,8 @@
 the same to both and both refuse the same mistakes with the file and line named: a repeated
 column (``csv.DictReader`` alone lets the last of two same-named columns win without a word), two
 columns for one modality (``T1`` and ``t1n``), a row with more cells than the header, an empty,
-repeated or path-like subject name (it becomes an output folder), a subject without any image.
+repeated or path-like subject name (it becomes an output folder), a subject without any image or
+with one file under two modalities.
 Relative paths are relative to the manifest's folder; an empty cell is a file not given.
 """
 
@@ -80,6 +81,8 @@ def read_manifest(path: str | os.PathLike, mask_columns: Sequence[str] = ()) -> 
         images = {m: f for c, m in modality_of.items() if (f := file(c)) is not None}
         if not images:
             raise InputError(f"{path}:{line}: subject {subject!r} has no image")
+        if len({f.resolve() for f in images.values()}) < len(images):
+            raise InputError(f"{path}:{line}: subject {subject!r} names one file for two modalities")
         masks = {c: f for c in mask_columns if (f := file(c)) is not None}
         subjects.append(ManifestSubject(subject, images, masks))
     return subjects

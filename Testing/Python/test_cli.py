@@ -122,6 +122,8 @@ def bad_cases(ws):
                                  [f"--input T1 is given 2 times ({s['T1']}, {s['T2']})"]),
         "aliases of one modality": (synth(ws, "aliases", t1, f"t1n={s['T2']}"),
                                     [str(s["T2"]), str(s["T1"]), "are both T1"]),
+        "one file as two modalities": (synth(ws, "one-file", t1, f"T2={s['T1']}"),
+                                       [f"{Path(s['T1']).resolve()}: is given as T1 and T2"]),
         "manifest repeats a column": (["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "repeated.csv",
                                        "--out", ws["out"] / "repeated"],
                                       [f"{ws['cohort'] / 'repeated.csv'}: the header repeats 't1n'"]),
@@ -242,7 +244,7 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "missing file", "unreadable file", "2D image", "4D image", "empty volume", "constant volume", "NaN volume",
     "grids differ", "unknown modality", "modality not accepted", "output exists", "output is an input",
     "malformed model", "usage error", "bad pair", "modality given twice", "aliases of one modality",
-    "manifest repeats a column"])
+    "manifest repeats a column", "one file as two modalities"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
@@ -257,7 +259,7 @@ def test_bad_input(runs, ws, case):
 def test_bad_inputs_leave_nothing_behind(runs, ws):
     assert all(runs[f"bad: {case}"].returncode == 2 for case in bad_cases(ws))
     for folder in ("missing", "unreadable", "2d", "4d", "empty", "constant", "nan", "grids", "unknown", "refused",
-                   "broken", "usage", "pair", "twice", "aliases", "repeated"):
+                   "broken", "usage", "pair", "twice", "aliases", "repeated", "one-file"):
         assert files_under(ws["out"] / folder) == [], folder
     assert files_under(ws["existing"]) == ["FLAIR.nii.gz"]
     assert (ws["existing"] / "FLAIR.nii.gz").read_bytes() == b"the user's own file, not to be touched"

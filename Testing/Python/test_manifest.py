@@ -44,6 +44,7 @@ def test_reads_aliases_paths_masks_and_blank_cells(tmp_path):
     ("subject,T1\nx/s1,a.nii.gz\n", "subject 'x/s1'"),
     ("subject,T1\n..,a.nii.gz\n", "subject '..'"),
     ("subject,T1,lesion_mask\ns1,,l.nii.gz\n", "cohort.csv:2: subject 's1' has no image"),
+    ("subject,T1,T2\ns1,a/t.nii.gz,a/../a/t.nii.gz\n", "cohort.csv:2: subject 's1' names one file for two"),
 ])
 def test_refusals_name_the_file_and_line(tmp_path, text, message):
     path = write(tmp_path, text)
