@@ -22,11 +22,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from MRSynthesisLib.atomic import replacing
+from MRSynthesisLib.errors import InputError
 
 FORMAT = "mrsynthesis-training-checkpoint/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be used: not safetensors, another format, or another model."""
 
 
@@ -73,11 +74,11 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     _atomic_save(tensors, path, {"format": FORMAT, "json": json.dumps(meta)})
 
 
-def _open(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _open(path: Path, with_tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()} if with_tensors else {}
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({error}); pickled checkpoints are "
                               "refused because reading a pickle runs whatever code it holds") from None
@@ -91,11 +92,17 @@ def load_weights(path: Path, model: nn.Module) -> None:
     model.load_state_dict(tensors)
 
 
-def _checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors, metadata = _open(path)
+def _checkpoint(path: Path, with_tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, metadata = _open(path, with_tensors)
     if metadata.get("format") != FORMAT or "json" not in metadata:
         raise CheckpointError(f"{path}: not an MRSynthesis training checkpoint (format {metadata.get('format')!r})")
     return tensors, json.loads(metadata["json"])
+
+
+def checkpoint_state(path: Path) -> dict[str, Any]:
+    """The JSON state saved with a checkpoint, without its tensors: what --resume checks before it
+    loads any data."""
+    return _checkpoint(path, with_tensors=False)[1]["state"]
 
 
 def _load_model(path: Path, tensors: dict[str, torch.Tensor], model: nn.Module) -> None:

@@ -15,10 +15,11 @@ at inference.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -105,6 +106,38 @@ def discover(sources: Sequence[str]) -> list[SubjectFiles]:
     if repeated:
         raise InputError(f"subject names repeat across the data sources: {repeated}")
     return subjects
+
+
+def data_record(files: Mapping[str, SubjectFiles], training: Sequence[str],
+                validation: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """What a run draws its steps and validation from: the split and each subject's files. The
+    checkpoint keeps it so that --resume refuses data that changed under the run: an added subject
+    reshuffles a ``validation_fraction`` split and can move a validation subject into training."""
+    def entry(name: str) -> dict[str, Any]:
+        subject = files[name]
+        return {"images": {m: str(p) for m, p in sorted(subject.images.items())},
+                "lesion": None if subject.lesion is None else str(subject.lesion)}
+
+    return {"training": {n: entry(n) for n in training}, "validation": {n: entry(n) for n in validation}}
+
+
+def check_same_data(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
+    """Refuse to resume on data other than the checkpoint's (``data_record``); a checkpoint written
+    before the record existed (``saved`` None) is taken as it is."""
+    if saved is None or saved == current:
+        return
+    found = []
+    for role in ("training", "validation"):
+        before, now = saved.get(role, {}), current[role]
+        if set(now) - set(before):
+            found.append(f"{role} subjects added: {sorted(set(now) - set(before))}")
+        if set(before) - set(now):
+            found.append(f"{role} subjects gone: {sorted(set(before) - set(now))}")
+        changed = sorted(n for n in set(now) & set(before) if now[n] != before[n])
+        if changed:
+            found.append(f"other files for {role} subjects {changed}")
+    raise InputError(f"--resume: the data are not those of the checkpoint's run ({'; '.join(found)}); restore them, "
+                     "or start a new run in another --out")
 
 
 def split_subjects(names: Sequence[str], validation: Sequence[str], fraction: float,

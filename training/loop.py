@@ -31,9 +31,9 @@ from MRSynthesisLib.models.losses_chartsias import chartsias_loss
 
 from . import averaging, distributed
 from .batches import TRAIN_STREAM, build_batch, step_subset
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import AVERAGE_KEYS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
-from .datasets import NORMALISATION, Subject, discover, load_subject, split_subjects
+from .datasets import NORMALISATION, Subject, check_same_data, data_record, discover, load_subject, split_subjects
 from .export import output_intensity, write_model_folder
 from .extend import load_base, working_config
 from .schedule import Schedule
@@ -189,6 +189,9 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     files = {s.subject: s for s in discover(config.data)}
     train_names, val_names = split_subjects(list(files), config.validation_subjects, config.validation_fraction,
                                             config.split_seed)
+    data = data_record(files, train_names, val_names)
+    if resume:  # before any volume is loaded
+        check_same_data(checkpoint_state(out / CHECKPOINT).get("data"), data)
     if main:
         print(f"training subjects: {', '.join(train_names)}\nvalidation subjects: {', '.join(val_names) or 'none'}",
               flush=True)
@@ -206,11 +209,11 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     average = averaging.averaged(model, config.to_dict())
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None, "stale": 0, "seconds": 0.0,
-                             "log": [], "config": config.to_dict()}
+                             "log": [], "config": config.to_dict(), "data": data}
     if resume:
         saved = load_checkpoint(out / CHECKPOINT, model, optimizer, average)
         _check_resumable(saved["config"], config, saved["epoch"] * config.steps_per_epoch)
-        state = {**saved, "config": config.to_dict()}
+        state = {**saved, "config": config.to_dict(), "data": data}
         if main:
             print(f"resumed after epoch {state['epoch']} from {out / CHECKPOINT}", flush=True)
     dtype = autocast_dtype(config.precision, device)

@@ -27,9 +27,9 @@ from MRSynthesisLib.atomic import write_json
 from MRSynthesisLib.errors import InputError
 
 from .batches import TRAIN_STREAM, VALIDATION_STREAM, step_subset
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config3d import RESUMABLE_CHANGES, Train3DConfig
-from .datasets import discover, split_subjects
+from .datasets import check_same_data, data_record, discover, split_subjects
 from .early_stopping import up_stops
 from .export import output_intensity
 from .export3d import write_model_folder
@@ -150,6 +150,9 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
 
     files = {s.subject: s for s in discover(config.data)}
     train_names, val_names = split_subjects(list(files), config.validation_subjects, 0.0, 0)
+    data = data_record(files, train_names, val_names)
+    if resume:  # before any volume is loaded
+        check_same_data(checkpoint_state(out / CHECKPOINT).get("data"), data)
     print(f"training subjects: {', '.join(train_names)}\nvalidation subjects: {', '.join(val_names) or 'none'}",
           flush=True)
     volumes, raws, brains = load_volumes(config, train_names, files, True)
@@ -167,11 +170,11 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
     model = config.build_network().to(device)
     optimiser = make_optimiser(config, model)
     state: dict[str, Any] = {"epoch": 0, "best": None, "best_epoch": None, "seconds": 0.0, "log": [],
-                             "config": config.to_dict()}
+                             "config": config.to_dict(), "data": data}
     if resume:
         saved = load_checkpoint(out / CHECKPOINT, model, optimiser)
         _check_resumable(saved["config"], config)
-        state = {**saved, "config": config.to_dict()}
+        state = {**saved, "config": config.to_dict(), "data": data}
         print(f"resumed after epoch {state['epoch']} from {out / CHECKPOINT}", flush=True)
     dtype = autocast_dtype(config.precision, device)
     out.mkdir(parents=True, exist_ok=True)

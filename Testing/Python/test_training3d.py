@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training_data import write_dataset
+from test_training_data import write_dataset, write_ms_subject
 
 from MRSynthesisLib.cards import load_model
+from MRSynthesisLib.errors import InputError
 from training.config3d import Train3DConfig, load_config
 from training.early_stopping import up_stops
 from training.loop import BEST, CHECKPOINT, METRICS
@@ -246,6 +247,14 @@ def test_seeded_runs_agree_and_resume_continues_identically(sources, tmp_path, a
         assert log_rows(tmp_path / other) == log_rows(tmp_path / "whole")
     with pytest.raises(ValueError, match="differs from the checkpoint's in \\['learning_rate'\\]"):
         run(sources, tmp_path / "split", resume=True, architecture=architecture, learning_rate=0.5, epochs=3)
+
+
+def test_resume_refuses_a_subject_added_under_the_run(tmp_path):
+    sources = write_dataset(tmp_path / "data")
+    run(sources, tmp_path / "run", epochs=1)
+    write_ms_subject(tmp_path / "data" / "ms", "patient04", 4)
+    with pytest.raises(InputError, match=r"--resume: the data are not those.*training subjects added: \['patient04'\]"):
+        run(sources, tmp_path / "run", resume=True)
 
 
 def test_input_dropout_model_declares_any_subset_and_takes_a_subset(sources, tmp_path):

@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 import training.loop
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.cli import main as cli_main
-from test_training_data import write_dataset
+from MRSynthesisLib.errors import InputError
+from test_training_data import write_dataset, write_ms_subject
 from training.config import TrainConfig
 from training.experiments.last_weights import write_last_weights
 from training.loop import BEST, CHECKPOINT, METRICS, DeadOutputError, train
@@ -121,6 +122,24 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(reference, tmp
     whole, resumed = tensors(out), tensors(tmp_path / "cut")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert log_rows(out) == log_rows(tmp_path / "cut")
+
+
+def test_resume_refuses_data_that_changed_under_the_run(tmp_path):
+    """The checkpoint records the split and each subject's files: an added subject, or other files for
+    one, would continue the run on other data (and can move a validation subject into training)."""
+    sources = write_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    run(sources, out, epochs=1)
+    write_ms_subject(tmp_path / "data" / "ms", "patient04", 4)
+    with pytest.raises(InputError, match=r"training subjects added: \['patient04'\]"):
+        run(sources, out, resume=True)
+    shutil.rmtree(tmp_path / "data" / "ms" / "patient04")
+    (tmp_path / "data" / "ms" / "patient01" / "lesion_mask.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"other files for training subjects \['patient01'\]"):
+        run(sources, out, resume=True)
+    write_ms_subject(tmp_path / "data" / "ms", "patient01", 1)  # the same files again
+    assert run(sources, out, resume=True) is not None
+    assert len(log_rows(out)) == 2
 
 
 def test_an_anneal_resumed_from_a_constant_run_equals_the_annealed_run(reference, tmp_path):
