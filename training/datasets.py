@@ -208,15 +208,15 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     needed = list(dict.fromkeys([*inputs, *outputs]))
     missing = [m for m in needed if m not in files.images]
     if missing:
-        raise InputError(f"subject {files.subject} has no {', '.join(missing)} image; "
-                         f"it has {', '.join(files.images) or 'none'}")
+        found = ", ".join(f"{m} ({p})" for m, p in files.images.items()) or "none"
+        raise InputError(f"subject {files.subject} has no {', '.join(missing)} image; it has {found}")
     volumes = {m: read_volume(files.images[m]) for m in needed}
     geometry = volumes[needed[0]].geometry
     for m, volume in volumes.items():
         differences = volume.geometry.differences(geometry)
         if differences:
-            raise InputError(f"subject {files.subject}: {m} is not on the grid of {needed[0]}: "
-                             f"{'; '.join(differences)}")
+            raise InputError(f"{files.images[m]}: subject {files.subject}'s {m} is not on the grid of its "
+                             f"{needed[0]} ({files.images[needed[0]]}): {'; '.join(differences)}")
     brain = foreground_mask([volumes[m].array for m in inputs])
     normalised = {m: normalise(volumes[m].array, normalisation, brain)[0] for m in needed}
     lesion = np.zeros(brain.shape, np.float32)
@@ -225,8 +225,10 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     if lesion_input:
         if files.lesion is not None:
             mask = read_volume(files.lesion)
-            if mask.geometry.differences(geometry):
-                raise InputError(f"subject {files.subject}: the lesion mask is not on the images' grid")
+            differences = mask.geometry.differences(geometry)
+            if differences:
+                raise InputError(f"{files.lesion}: subject {files.subject}'s lesion mask is not on the grid of its "
+                                 f"images ({files.images[needed[0]]}): {'; '.join(differences)}")
             lesion, source = (mask.array > 0.5).astype(np.float32), "mask"
         elif lesion_fallback == "flair":
             lesion = flair_hyperintensity_mask(volumes["FLAIR"].array, brain, flair_z, min_voxels).astype(np.float32)

@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from MRSynthesisLib.models.losses_chartsias import chartsias_loss
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
@@ -124,6 +125,29 @@ def test_discovery_of_csv_manifest(tmp_path):
     (tmp_path / "bad.csv").write_text("subject,T7\ns1,a/T1.nii.gz\n")
     with pytest.raises(ValueError, match="T7"):
         discover([str(tmp_path / "bad.csv")])
+
+
+def test_subject_errors_name_the_files(tmp_path):
+    folder = write_ms_subject(tmp_path, "p", 1)
+    kwargs = dict(lesion_input=True, lesion_fallback="zeros", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
+
+    def message(inputs: list[str], outputs: list[str]) -> str:
+        with pytest.raises(InputError) as error:
+            load_subject(discover([str(tmp_path)])[0], inputs, outputs, **kwargs)
+        return str(error.value)
+
+    (folder / "T2.nii.gz").unlink()
+    assert f"subject p has no T2 image; it has FLAIR ({folder / 'FLAIR.nii.gz'}), T1 (" in message(["T1", "T2"], [])
+    shifted = sitk.ReadImage(str(folder / "FLAIR.nii.gz"))
+    shifted.SetOrigin((5.0, 0.0, 0.0))
+    sitk.WriteImage(shifted, str(folder / "FLAIR.nii.gz"))
+    assert message(["T1"], ["FLAIR"]).startswith(
+        f"{folder / 'FLAIR.nii.gz'}: subject p's FLAIR is not on the grid of its T1 ({folder / 'T1.nii.gz'}): origin")
+    lesion = sitk.ReadImage(str(folder / "lesion_mask.nii.gz"))
+    lesion.SetSpacing((2.0, 1.0, 1.0))
+    sitk.WriteImage(lesion, str(folder / "lesion_mask.nii.gz"))
+    assert message(["T1"], ["T1c"]).startswith(
+        f"{folder / 'lesion_mask.nii.gz'}: subject p's lesion mask is not on the grid of its images")
 
 
 def test_split_is_by_subject_and_seeded():
