@@ -3,6 +3,9 @@
 Every writer in MRSynthesis writes to a hidden temporary name in the destination folder,
 gives it the mode a plain ``open`` would, and renames it into place: a rename within one
 folder is atomic, so the final name holds either the old file, or the complete new one.
+``check_writable`` is the other half of not losing what the user had: it refuses, before any
+work, an output that would replace an input, or an existing file without ``--overwrite``.
+Nothing here imports torch: Slicer's batch script uses it in Slicer's own Python.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from .errors import InputError
 
 
 def current_umask() -> int:
@@ -44,3 +49,13 @@ def write_json(path: str | os.PathLike, data: object) -> Path:
     with replacing(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return Path(path)
+
+
+def check_writable(paths: Sequence[Path], inputs: Sequence[Path], overwrite: bool) -> None:
+    """Fail before any work when an output would replace an input, or an existing file without --overwrite."""
+    sources = {Path(p).resolve() for p in inputs}
+    for path in map(Path, paths):
+        if path.resolve() in sources:
+            raise InputError(f"{path}: is one of the inputs; outputs never replace inputs")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: already exists; choose another --out or pass --overwrite")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics, modalities, registry
-from .atomic import write_json
+from .atomic import check_writable, write_json
 from .cards import LoadedModel, load_model
 from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult
@@ -68,16 +68,6 @@ def output_paths(out: str | os.PathLike, targets: Sequence[str], suffix: str) ->
 def saliency_paths(folder: str | os.PathLike, result_targets: Sequence[str], inputs: Sequence[str],
                    suffix: str) -> dict[tuple[str, str], Path]:
     return {(t, n): Path(folder) / f"P3S_{t}_from_{n}{suffix}" for t in result_targets for n in inputs}
-
-
-def check_writable(paths: Sequence[Path], inputs: Sequence[Path], overwrite: bool) -> None:
-    """Fail before any work when an output would replace an input, or an existing file without --overwrite."""
-    sources = {p.resolve() for p in inputs}
-    for path in paths:
-        if path.resolve() in sources:
-            raise InputError(f"{path}: is one of the inputs; outputs never replace inputs")
-        if path.exists() and not overwrite:
-            raise InputError(f"{path}: already exists; choose another --out or pass --overwrite")
 
 
 def _read_optional(path: str | None) -> Volume | None:

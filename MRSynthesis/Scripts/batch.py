@@ -9,8 +9,10 @@ directly in a scripted-module folder as a module of that name, and fails on this
 Slicer passes arguments it does not know to the script; the ``--`` stops it from reading
 any that follow, which ``--help`` needs (Slicer would show its own help). Inputs are read
 with ``slicer.util.loadVolume`` (any format Slicer reads), synthesised by the MRSynthesisLib
-command line exactly as the panel does, and the results saved with ``slicer.util.saveNode``. Slicer exits with 0 on success, 2 on bad input (with
-the reason on stderr), 1 on an internal error.
+command line exactly as the panel does, and the results saved with ``slicer.util.saveNode``
+under a temporary name, then renamed: an interrupted run leaves no half-written file, an
+existing file is replaced only with ``--overwrite``, an input never. Slicer exits with 0 on
+success, 2 on bad input (with the reason on stderr), 1 on an internal error.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from collections.abc import Sequence
 from typing import Any
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Outputs are written under a temporary name and renamed (MRSynthesisLib.atomic): only single-file
+# formats survive that, a detached header (.nhdr, .mhd) would name its data file's temporary name.
+OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
 
@@ -39,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto")
     parser.add_argument("--lesion-mask", help="0/1 mask of lesions to synthesise, on the first input's grid")
     parser.add_argument("--saliency-out", help="folder for the per-input P3S saliency maps")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     return parser
 
 
@@ -61,11 +67,35 @@ class SlicerFiles:
 
 def output_path(out: str, target: str, targets: Sequence[str]) -> str:
     if out.lower().endswith(IMAGE_SUFFIXES):
+        if not out.lower().endswith(OUTPUT_SUFFIXES):
+            raise ValueError(f"--out {out}: a detached-header format; write one of {', '.join(OUTPUT_SUFFIXES)}")
         if len(targets) != 1:
             raise ValueError(f"--out {out} is an image file, but {len(targets)} targets were asked for; "
                              "give a folder")
         return out
     return os.path.join(out, f"{target}_synthetic.nii.gz")
+
+
+def save_all(files: Any, saves: Sequence[tuple[Any, str]]) -> None:
+    """Save every node under a temporary name beside its file and rename it into place; when one
+    fails, the files this call created are removed again, as the command line does: all or nothing."""
+    from MRSynthesisLib.atomic import replacing
+
+    created: list[str] = []
+    try:
+        for node, path in saves:
+            existed = os.path.exists(path)
+            suffix = next(s for s in OUTPUT_SUFFIXES if path.lower().endswith(s))
+            with replacing(path, suffix=suffix) as temporary:
+                if not files.save_node(node, str(temporary)):
+                    raise OSError(f"could not save {node.GetName()} to {path}")
+            if not existed:
+                created.append(path)
+            print(f"{node.GetName()}: {path}")
+    except BaseException:
+        for path in created:
+            os.remove(path)
+        raise
 
 
 def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
@@ -76,6 +106,7 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
     from MRSynthesisModuleLib.synthesis import SynthesisFailed, synthesize_and_wait
 
     paths.ensure_importable()
+    from MRSynthesisLib.atomic import check_writable
     from MRSynthesisLib.modalities import canonical
 
     try:
@@ -86,6 +117,9 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         pairs = [(canonical(modality), path) for modality, path in map(_pair, args.input)]
         targets = [canonical(target) for target in args.target]
         outputs = {target: output_path(args.out, target, targets) for target in targets}
+        maps = [os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz")
+                for target in targets for modality, _ in pairs] if args.saliency_out else []
+        check_writable([*outputs.values(), *maps], [path for _, path in pairs], args.overwrite)  # before any work
         rows = []
         for modality, path in pairs:
             try:
@@ -104,13 +138,12 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         return error.exit_code
     saves = [(results.outputs[target], path) for target, path in outputs.items()]
     saves += [(node, os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz"))
-              for target, maps in results.saliency.items() for modality, node in maps.items()]
-    for node, path in saves:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if not files.save_node(node, path):
-            print(f"batch.py: error: could not save {node.GetName()} to {path}", file=sys.stderr)
-            return EXIT_INTERNAL
-        print(f"{node.GetName()}: {path}")
+              for target, per_input in results.saliency.items() for modality, node in per_input.items()]
+    try:
+        save_all(files, saves)
+    except OSError as error:
+        print(f"batch.py: error: {error}", file=sys.stderr)
+        return EXIT_INTERNAL
     for target, shares in results.contributions.items():
         print(f"{target} contributions: " + ", ".join(f"{m} {100 * v:.1f} %" for m, v in shares.items()))
     for note in results.notes:

@@ -65,6 +65,48 @@ def test_bad_input_exits_with_2_and_says_why(arguments, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_existing_files_and_inputs_are_never_replaced(tmp_path, capsys):
+    """Refused before anything is loaded: the user's file stays as it was, an input even with --overwrite."""
+    subject = make_subject(tmp_path / "subject")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "FLAIR_synthetic.nii.gz").write_bytes(b"the user's own file")
+    common = ["--input", f"T1={subject['T1']}", "--target", "FLAIR"]
+    files = support.CoreFiles(support.new_scene())
+    assert batch.run([*common, "--out", str(out)], files) == 2
+    assert f"{out / 'FLAIR_synthetic.nii.gz'}: already exists" in capsys.readouterr().err
+    assert (out / "FLAIR_synthetic.nii.gz").read_bytes() == b"the user's own file"
+    before = subject["T1"].read_bytes()
+    assert batch.run([*common, "--out", str(subject["T1"]), "--overwrite"], files) == 2
+    assert "is one of the inputs" in capsys.readouterr().err and subject["T1"].read_bytes() == before
+    assert batch.run([*common, "--out", str(tmp_path / "flair.nhdr")], files) == 2
+    assert "a detached-header format" in capsys.readouterr().err
+
+
+class FailingSecondSave(support.CoreFiles):
+    """Slicer's saveNode returns False (it never raises) when a write fails: the second one fails here."""
+
+    def __init__(self, scene: object) -> None:
+        super().__init__(scene)
+        self.saves: list[str] = []
+
+    def save_node(self, node: object, path: str) -> bool:
+        self.saves.append(path)
+        return len(self.saves) != 2 and super().save_node(node, path)
+
+
+def test_a_failed_save_leaves_no_output_behind(tmp_path, tiny_model, cli_home, capsys):
+    subject = make_subject(tmp_path / "subject")
+    out, saliency = tmp_path / "out", tmp_path / "saliency"
+    files = FailingSecondSave(support.new_scene())
+    status = batch.run(["--input", f"T1={subject['T1']}", "--input", f"T2={subject['T2']}", "--target", "FLAIR",
+                        "--out", str(out), "--model", str(tiny_model), "--device", "cpu",
+                        "--saliency-out", str(saliency)], files, CliLauncher(base_env=cli_env(cli_home)))
+    assert status == 1 and "could not save" in capsys.readouterr().err
+    assert len(files.saves) == 2 and all(os.path.basename(p).startswith(".") for p in files.saves)  # temporary names
+    assert sorted(os.listdir(out)) == [] and sorted(os.listdir(saliency)) == []
+
+
 def test_help_documents_the_arguments(capsys):
     assert batch.run(["--help"], files=None) == 0
     usage = capsys.readouterr().out
