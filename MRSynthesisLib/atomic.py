@@ -58,4 +58,4 @@ def check_writable(paths: Sequence[Path], inputs: Sequence[Path], overwrite: boo
         if path.resolve() in sources:
             raise InputError(f"{path}: is one of the inputs; outputs never replace inputs")
         if path.exists() and not overwrite:
-            raise InputError(f"{path}: already exists; choose another --out or pass --overwrite")
+            raise InputError(f"{path}: already exists; choose another name or pass --overwrite")

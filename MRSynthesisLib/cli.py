@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--figure", help="also write a PNG: axial, coronal and sagittal views of the synthetic "
                                            "volume, the reference and their absolute difference")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --json or --figure file")
 
     demo = commands.add_parser("demo", help="synthesise from the MNI152 T1 template nilearn ships, paint a demo "
                                             "lesion, write volumes and a PNG report")

@@ -251,6 +251,10 @@ def models(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
+    if args.figure and Path(args.figure).suffix.lower() != ".png":
+        raise InputError(f"{args.figure}: --figure writes a PNG; give a name ending in .png")
+    given = (args.synthetic, args.reference, args.brain_mask, args.lesion_mask, args.nawm_mask, args.t1)
+    check_writable([Path(p) for p in (args.figure, args.json) if p], [Path(p) for p in given if p], args.overwrite)
     synthetic, reference = read_volume(args.synthetic), read_volume(args.reference)
     for volume in (synthetic, reference):
         check_values(volume)

@@ -124,6 +124,13 @@ def bad_cases(ws):
                                     [str(s["T2"]), str(s["T1"]), "are both T1"]),
         "one file as two modalities": (synth(ws, "one-file", t1, f"T2={s['T1']}"),
                                        [f"{Path(s['T1']).resolve()}: is given as T1 and T2"]),
+        # evaluate's --figure and --json are outputs too: neither replaces an input or a file without --overwrite
+        "evaluate figure onto an input": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
+                                           "--figure", s["FLAIR"]], [f"{s['FLAIR']}: --figure writes a PNG"]),
+        "evaluate json onto an input": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
+                                         "--json", s["T2"], "--overwrite"], [f"{s['T2']}: is one of the inputs"]),
+        "evaluate json exists": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
+                                  "--json", ws["existing"] / "FLAIR.nii.gz"], ["FLAIR.nii.gz: already exists"]),
         "manifest repeats a column": (["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "repeated.csv",
                                        "--out", ws["out"] / "repeated"],
                                       [f"{ws['cohort'] / 'repeated.csv'}: the header repeats 't1n'"]),
@@ -244,7 +251,8 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "missing file", "unreadable file", "2D image", "4D image", "empty volume", "constant volume", "NaN volume",
     "grids differ", "unknown modality", "modality not accepted", "output exists", "output is an input",
     "malformed model", "usage error", "bad pair", "modality given twice", "aliases of one modality",
-    "manifest repeats a column", "one file as two modalities"])
+    "manifest repeats a column", "one file as two modalities", "evaluate figure onto an input",
+    "evaluate json onto an input", "evaluate json exists"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
