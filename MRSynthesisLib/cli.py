@@ -14,8 +14,8 @@ import traceback
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError
 from .devices import DEVICES, PRECISIONS
+from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError
 from .progress import MODES, Reporter
 from .volume import WRITABLE_SUFFIXES
 
@@ -35,7 +35,8 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="model name (see `mrsynthesis models`) or model folder; default: the bundled model")
+    parser.add_argument("--model",
+                        help="model name (see `mrsynthesis models`) or model folder; default: the bundled model")
     parser.add_argument("--target", action="append", default=[], metavar="MODALITY",
                         help="contrast to synthesise (repeat or comma-separate); default: every output the model "
                              "produces that is not an input")
@@ -116,14 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    json_requested = "--progress=json" in argv or ("--progress" in argv and argv[argv.index("--progress") + 1:][:1] == ["json"])
+    json_requested = "--progress=json" in argv or (
+        "--progress" in argv and argv[argv.index("--progress") + 1:][:1] == ["json"])
     mode = "json" if json_requested else "auto"
     reporter = Reporter(mode)
     try:
         args = build_parser().parse_args(argv)
         reporter = Reporter(getattr(args, "progress", "auto"))
         _raise_on_termination()
-        from . import commands  # late: keeps --help and usage errors fast (no torch import)
+        from . import (
+            commands,  # late: keeps --help and usage errors fast (no torch import)
+        )
 
         return getattr(commands, args.command)(args, reporter)
     except InputError as error:
