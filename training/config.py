@@ -186,9 +186,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> "TrainConfig":
         """Parse a config; relative ``data`` paths are taken relative to ``base`` (the file's folder)."""
+        check_keys(cls, data, custom=("augment",))
         values = dict(data)
         augment = values.pop("augment", {})
-        check_keys(cls, values)
         if not isinstance(augment, dict):
             raise ValueError(f"augment must be an object of keys, got {augment!r}")
         check_keys(AugmentConfig, augment, "augment")

@@ -1,6 +1,7 @@
 """Reading a training recipe from JSON strictly: the file named in every error, each key's type checked.
 
-Shared by the 2D (``training.config``) and 3D (``training.config3d``) recipes. A value of the
+Shared by the 2D (``training.config``), 3D (``training.config3d``) and Qu et al.
+(``training.qu.config``) recipes. A value of the
 wrong type must not reach a run: ``"data": "folder"`` would be iterated letter by letter (and its
 ``"/"`` walks the whole disk), ``"epochs": "10"`` fails deep inside a comparison with a bare
 TypeError, ``"epochs": true`` trains one epoch and ``"epochs": 2.5`` a fraction of a schedule.
@@ -36,8 +37,11 @@ def _accepts(annotation: str, value: Any) -> bool:
             ok = value is None
         elif part.startswith("list[") and part.endswith("]"):
             ok = isinstance(value, list) and all(_accepts(part[5:-1], v) for v in value)
-        elif part.startswith("dict["):
-            ok = isinstance(value, dict)  # free-form (e.g. architecture params, checked by the architecture)
+        elif part.startswith("dict[") and part.endswith("]"):
+            key, item = (t.strip() for t in part[5:-1].split(",", 1))
+            ok = isinstance(value, dict) and all(_accepts(key, k) and _accepts(item, v) for k, v in value.items())
+        elif part == "Any":  # free-form (e.g. architecture params, checked by the architecture)
+            ok = True
         elif part in _SCALARS:
             ok = _SCALARS[part](value)
         else:
@@ -47,9 +51,10 @@ def _accepts(annotation: str, value: Any) -> bool:
     return False
 
 
-def check_keys(cls: type, values: Mapping[str, Any], section: str = "") -> None:
+def check_keys(cls: type, values: Mapping[str, Any], section: str = "", custom: tuple[str, ...] = ()) -> None:
     """Refuse unknown keys, missing required ones and values of the wrong type for dataclass ``cls``
-    (``section``: the name of a nested sub-config such as ``augment``, for the messages)."""
+    (``section``: the name of a nested sub-config such as ``augment``, for the messages; ``custom``:
+    fields holding sub-configs, whose values the caller checks)."""
     label, where = (f"{section} ", f"{section}.") if section else ("config ", "")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
@@ -60,7 +65,7 @@ def check_keys(cls: type, values: Mapping[str, Any], section: str = "") -> None:
     if missing:
         raise ValueError(f"missing {label}keys {missing}")
     for name, value in values.items():
-        if not _accepts(str(known[name].type), value):
+        if name not in custom and not _accepts(str(known[name].type), value):
             raise ValueError(f"{where}{name} must be {known[name].type}, got {value!r}")
 
 

@@ -13,6 +13,8 @@ from training.config import AugmentConfig, TrainConfig, load_config
 from training.config3d import Train3DConfig
 from training.config3d import load_config as load_config3d
 from training.config_io import _accepts
+from training.qu.config import QuConfig, Source
+from training.qu.config import load_config as load_qu_config
 from training.train import main as train_main
 from training.train3d import main as train3d_main
 
@@ -73,14 +75,29 @@ def test_3d_recipes_are_checked_the_same_way(tmp_path):
 def test_every_recipe_field_has_a_type_the_checker_knows():
     """A field added with an annotation config_io cannot read would fail every recipe at run time;
     a value of no type at all makes the checker look at every part of every annotation."""
-    for cls in (TrainConfig, AugmentConfig, Train3DConfig):
+    for cls in (TrainConfig, AugmentConfig, Train3DConfig, QuConfig, Source):
         for f in fields(cls):
-            if f.name == "augment":  # the nested AugmentConfig, checked as a section of its own
+            if f.name in ("augment", "sources"):  # sub-configs, checked as sections of their own
                 continue
             try:
                 assert not _accepts(str(f.type), object()), f"{cls.__name__}.{f.name}"
             except TypeError as error:
                 pytest.fail(f"{cls.__name__}.{f.name}: {error}")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"structure_steps": True}, "structure_steps must be int, got True"),
+    ({"structure_weights": {"adversarial": "1"}}, "structure_weights must be dict[str, float]"),
+    ({"sources": "subject"}, "sources must be a list"),  # a string, read letter by letter as folders before
+    ({"sources": [3]}, "a source is a folder or an object of keys, got 3"),
+    ({"sources": [{"folder": "s", "labeled": False}]}, "unknown source keys ['labeled']"),
+    ({"sources": [{"folder": "s", "labelled": "no"}]}, "source.labelled must be bool, got 'no'"),
+])
+def test_qu_recipes_are_checked_the_same_way(tmp_path, changes, message):
+    path = write(tmp_path, {"name": "q", "sources": ["s"], **changes})
+    with pytest.raises(InputError) as error:
+        load_qu_config(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
 
 
 @pytest.mark.parametrize("main, prog", [(train_main, "training.train"), (train3d_main, "training.train3d")])

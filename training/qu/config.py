@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from MRSynthesisLib.models.losses_qu import LESION_LOSSES, STRUCTURE_LOSSES
 from MRSynthesisLib.models.qu_segmentors import SCHEMES
 from MRSynthesisLib.models.qu_structure_vaegan import StructureVAE
 from MRSynthesisLib.structure_maps import DEFAULT_BETA
+
+from ..config_io import check_keys
 
 # omega_{i,j} of Sec. 2.3 and 2.4-2.6: the paper names them and gives no values. All 1
 # (an unweighted sum, the paper's default reading) except the two self-supervised
@@ -140,17 +142,16 @@ class QuConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> QuConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        check_keys(cls, data, custom=("sources",))
         values = dict(data)
+        if not isinstance(values["sources"], list):  # a string would be read letter by letter
+            raise ValueError(f"sources must be a list of folders or objects of keys, got {values['sources']!r}")
         sources = []
-        for item in values.pop("sources", []):
+        for item in values.pop("sources"):
+            if not isinstance(item, (str, dict)):
+                raise ValueError(f"a source is a folder or an object of keys, got {item!r}")
             item = {"folder": item} if isinstance(item, str) else dict(item)
-            bad = sorted(set(item) - {"folder", "labelled"})
-            if bad:
-                raise ValueError(f"unknown source keys {bad}")
+            check_keys(Source, item, "source")
             if base is not None and not os.path.isabs(item["folder"]):
                 item["folder"] = str((base / item["folder"]).resolve())
             sources.append(Source(**item))
