@@ -25,7 +25,7 @@ from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
 from .report import Panel, orthogonal_views, saliency_figure
 from .validation import check_mask, check_values
-from .volume import Volume, read_volume, resample_to, suffix_of, write_volume
+from .volume import WRITABLE_SUFFIXES, Volume, read_volume, resample_to, suffix_of, write_volume
 
 
 def _targets(values: Sequence[str]) -> list[str]:
@@ -63,6 +63,15 @@ def output_paths(out: str | os.PathLike, targets: Sequence[str], suffix: str) ->
                              f"for ({', '.join(targets)}); give a folder instead")
         return {targets[0]: out}
     return {t: out / f"{t}_synthetic{suffix}" for t in targets}
+
+
+def check_out(out: str | os.PathLike) -> None:
+    """``--out flair.png`` or ``t2.nhdr`` is meant as a file, not as a new folder to fill: refuse a new
+    folder name with an extension that is no output format (an existing folder is taken as it is)."""
+    out = Path(out)
+    if out.suffix and not out.is_dir() and not str(out).lower().endswith(WRITABLE_SUFFIXES):
+        raise InputError(f"{out}: is neither a folder nor an image name the outputs can take "
+                         f"({', '.join(WRITABLE_SUFFIXES)}); name a folder without an extension, or such a file")
 
 
 def saliency_paths(folder: str | os.PathLike, result_targets: Sequence[str], inputs: Sequence[str],
@@ -152,6 +161,7 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
     inputs = _read_pairs(args.input, "--input")  # before the model: bad files fail fast
     model = load_model(registry.resolve(args.model))
     targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)
+    check_out(args.out)
     paths = output_paths(args.out, targets, args.format)
     saliency = (saliency_paths(args.saliency_out, targets, [_canonical(n, "input") for n in inputs], args.format)
                 if args.saliency_out else {})
@@ -195,6 +205,9 @@ def shard(items: Sequence[ManifestSubject]) -> tuple[list[ManifestSubject], int,
 
 
 def batch(args: argparse.Namespace, reporter: Reporter) -> int:
+    check_out(args.out)
+    if str(args.out).lower().endswith(WRITABLE_SUFFIXES):
+        raise InputError(f"{args.out}: a batch writes a folder per subject; name a folder, not an image file")
     subjects, rank, world = shard(read_manifest(args.manifest, MASK_COLUMNS))
     model = load_model(registry.resolve(args.model))
     logic = SynthesisLogic(model)

@@ -124,6 +124,12 @@ def bad_cases(ws):
                                     [str(s["T2"]), str(s["T1"]), "are both T1"]),
         "one file as two modalities": (synth(ws, "one-file", t1, f"T2={s['T1']}"),
                                        [f"{Path(s['T1']).resolve()}: is given as T1 and T2"]),
+        # a new folder named like a file is a mistake for a file name
+        "out named like a file": (["synthesize", "--model", ws["model"], "--input", t1, "--target", "FLAIR",
+                                   "--out", ws["out"] / "flair.png"],
+                                  ["flair.png: is neither a folder nor an image name the outputs can take"]),
+        "batch out is an image name": (["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "manifest.csv",
+                                        "--out", ws["out"] / "cohort.nii.gz"], ["a batch writes a folder per subject"]),
         # evaluate's --figure and --json are outputs too: neither replaces an input or a file without --overwrite
         "evaluate figure onto an input": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
                                            "--figure", s["FLAIR"]], [f"{s['FLAIR']}: --figure writes a PNG"]),
@@ -252,7 +258,7 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "grids differ", "unknown modality", "modality not accepted", "output exists", "output is an input",
     "malformed model", "usage error", "bad pair", "modality given twice", "aliases of one modality",
     "manifest repeats a column", "one file as two modalities", "evaluate figure onto an input",
-    "evaluate json onto an input", "evaluate json exists"])
+    "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
