@@ -165,13 +165,20 @@ def build_network(card: ModelCard) -> nn.Module:
                              f"{card.architecture!r}: {error}") from None
 
 
+def weights_path(folder: str | os.PathLike, card: ModelCard) -> Path:
+    """The weights file the card names; a ``ModelCardError`` when it is absent (cheap: listing models
+    checks it too, so a folder without its weights is shown as unusable before anyone picks it)."""
+    weights = Path(folder) / card.weights
+    if not weights.is_file():
+        raise ModelCardError(f"{folder}: the card names weights {card.weights!r}, which do not exist")
+    return weights
+
+
 def load_model(folder: str | os.PathLike) -> LoadedModel:
     """Read a model folder; every mismatch between card and weights is a ``ModelCardError``."""
     folder = Path(folder)
     card = read_card(folder)
-    weights = folder / card.weights
-    if not weights.is_file():
-        raise ModelCardError(f"{folder}: the card names weights {card.weights!r}, which do not exist")
+    weights = weights_path(folder, card)
     if card.weights_sha256 and file_sha256(weights) != card.weights_sha256:
         raise ModelCardError(f"{weights}: checksum differs from the card's weights_sha256 (corrupt or replaced file)")
     from safetensors import SafetensorError

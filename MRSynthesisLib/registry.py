@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cards import CARD_NAME, ModelCard, read_card
+from .cards import CARD_NAME, ModelCard, read_card, weights_path
 from .errors import InputError, ModelCardError
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "Resources" / "Models"
@@ -42,7 +42,9 @@ def list_models() -> list[ModelEntry]:
         folders = [root] if (root / CARD_NAME).is_file() else sorted(p for p in root.iterdir() if (p / CARD_NAME).is_file())
         for folder in folders:
             try:
-                entries.append(ModelEntry(folder.name, folder, origin, read_card(folder)))
+                card = read_card(folder)
+                weights_path(folder, card)
+                entries.append(ModelEntry(folder.name, folder, origin, card))
             except ModelCardError as error:
                 entries.append(ModelEntry(folder.name, folder, origin, None, str(error)))
     return entries

@@ -56,6 +56,8 @@ def ws(tmp_path_factory):
     make_tiny_model(models / "tiny")
     (models / "broken").mkdir()
     (models / "broken" / "card.json").write_text('{"schema_version": 1, "name": "broken", "architecture": "x"}')
+    (models / "weightless").mkdir()  # a copy of tiny's card without its weights file
+    (models / "weightless" / "card.json").write_bytes((models / "tiny" / "card.json").read_bytes())
     existing = root / "existing"
     existing.mkdir()
     (existing / "FLAIR.nii.gz").write_bytes(b"the user's own file, not to be touched")
@@ -331,6 +333,8 @@ def test_models_lists_model_path(runs, ws):
     assert str(ws["models"] / "tiny") in tiny
     broken = next(line for line in lines if line.startswith("broken "))
     assert "unusable:" in broken
+    weightless = next(line for line in lines if line.startswith("weightless "))
+    assert "unusable:" in weightless and "which do not exist" in weightless
 
 
 def table(stdout: str) -> dict[str, float]:
