@@ -158,10 +158,10 @@ def _read_pairs(pairs: Sequence[tuple[str, str]], option: str) -> dict[str, Volu
 
 
 def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
+    check_out(args.out)
     inputs = _read_pairs(args.input, "--input")  # before the model: bad files fail fast
     model = load_model(registry.resolve(args.model))
     targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)
-    check_out(args.out)
     paths = output_paths(args.out, targets, args.format)
     saliency = (saliency_paths(args.saliency_out, targets, [_canonical(n, "input") for n in inputs], args.format)
                 if args.saliency_out else {})
