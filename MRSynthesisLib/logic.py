@@ -148,6 +148,8 @@ class SynthesisLogic:
         else:
             if request.tile < 1:
                 raise InputError(f"tile size must be positive, not {request.tile}")
+            if request.plane:
+                notes.append(f"plane {request.plane} ignored: {card.name} is a 3D model and sees the whole volume")
             result = run_tiled(self.model.network, normalised, targets, settings=settings, mask=brain,
                                tile=(request.tile,) * 3, lesion=lesion, saliency=request.saliency,
                                saliency_references=saliency_refs)
@@ -173,7 +175,8 @@ class SynthesisLogic:
         if request.saliency:
             objective = "; ".join(
                 f"{t}: " + ("|d ||prediction - reference||_2 in brain / d input| (P3S, Wei et al. 2019 eq. 3)"
-                            if t in saliency_refs else "|d sum(prediction in brain) / d input| (target-free P3S variant)")
+                            if t in saliency_refs else
+                            "|d sum(prediction in brain) / d input| (target-free P3S variant)")
                 for t in targets)
         self.progress(1.0, "done")
         return SynthesisResult(outputs, saliency, contributions, settings.device.type,

@@ -171,8 +171,10 @@ def test_logic_runs_3d_models_with_saliency_and_a_region(tmp_path, name):
         assert sum(share.values()) == pytest.approx(1.0)
     assert set(result.saliency_means["FLAIR"]["T1"]) == {"brain", "region"}
     # one tile over the whole volume gives the same volume: no seams through the logic either
-    whole = SynthesisLogic(model).run(SynthesisRequest({"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"], tile=64))
+    whole = SynthesisLogic(model).run(SynthesisRequest({"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"], tile=64,
+                                                       plane="sagittal"))
     np.testing.assert_allclose(whole.outputs["FLAIR"].array, out, rtol=1e-4, atol=1e-3)
+    assert any("plane sagittal ignored" in note for note in whole.notes)  # said, not silently dropped
 
 
 def test_logic_refuses_a_missing_input_the_3d_card_requires(tmp_path):
