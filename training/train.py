@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from MRSynthesisLib.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 
@@ -31,20 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_training(module: str, config: str, overrides: dict[str, Any], argv: Sequence[str], resume: bool,
+                 load: Callable[[str, dict[str, Any]], Any], fit: Callable[..., Any]) -> int:
+    """Load the recipe and ``fit`` it. A mistake in the recipe or the data ends in one line naming the
+    file (exit 2), as ``mrsynthesis`` does; a bug keeps its traceback. Shared with ``training.train3d``."""
+    recipe = [a for a in argv if a != "--resume"]
+    try:
+        fit(load(config, overrides), resume=resume, command=shlex.join(["python", "-m", module, *recipe]))
+    except InputError as error:
+        print(f"python -m {module}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     overrides = {"out": args.out, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "seed": args.seed,
                  "threads": args.threads, "max_minutes": args.max_minutes, "patience": args.patience}
-    recipe = [a for a in argv if a != "--resume"]
-    try:
-        config = load_config(args.config, overrides)
-        train(config, resume=args.resume, command=shlex.join(["python", "-m", "training.train", *recipe]))
-    except InputError as error:  # the recipe's or the data's fault: one line naming the file; a bug keeps its traceback
-        print(f"python -m training.train: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return EXIT_OK
-
+    return run_training("training.train", args.config, overrides, argv, args.resume, load_config, train)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,14 +7,12 @@ Trains Wei et al.'s 3D FCN or Klingelhoefer & Rousseau's 3D autoencoder (the con
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from collections.abc import Sequence
 
-from MRSynthesisLib.errors import EXIT_BAD_INPUT, EXIT_OK, InputError
-
 from .config3d import load_config
 from .loop3d import train3d
+from .train import run_training
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,15 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {"out": args.out, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "seed": args.seed,
                  "threads": args.threads, "max_minutes": args.max_minutes}
-    recipe = [a for a in argv if a != "--resume"]
-    try:
-        config = load_config(args.config, overrides)
-        train3d(config, resume=args.resume, command=shlex.join(["python", "-m", "training.train3d", *recipe]))
-    except InputError as error:  # the recipe's or the data's fault: one line naming the file; a bug keeps its traceback
-        print(f"python -m training.train3d: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return EXIT_OK
-
+    return run_training("training.train3d", args.config, overrides, argv, args.resume, load_config, train3d)
 
 if __name__ == "__main__":
     sys.exit(main())
