@@ -59,6 +59,10 @@ def corners(geometry: Geometry) -> set[tuple[float, ...]]:
     (["--input", "T9=t.nii.gz", "--target", "FLAIR", "--out", "o"], "unknown modality 'T9'"),
     (["--input", "T1", "--target", "FLAIR", "--out", "o"], "is not MODALITY=PATH"),
     (["--input", "T1=t.nii.gz", "--target", "FLAIR", "--target", "T2", "--out", "o.nii.gz"], "give a folder"),
+    (["--input", "T1=a.nii.gz", "--input", "t1n=b.nii.gz", "--target", "FLAIR", "--out", "o"],
+     "--input T1 is given 2 times (a.nii.gz, b.nii.gz)"),
+    (["--input", "T1=a.nii.gz", "--input", "T2=./a.nii.gz", "--target", "FLAIR", "--out", "o"],
+     "a.nii.gz: is given as T1 and T2"),
 ])
 def test_bad_input_exits_with_2_and_says_why(arguments, message, capsys):
     assert batch.run(arguments, support.CoreFiles(support.new_scene())) == 2
