@@ -45,6 +45,15 @@ def replacing(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def read_json(path: str | os.PathLike, error: type[InputError] = InputError) -> object:
+    """The counterpart of ``write_json``: a JSON file's content; a file that is not valid JSON (or
+    not UTF-8) is ``error``, naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+
+
 def write_json(path: str | os.PathLike, data: object) -> Path:
     with replacing(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import modalities
 from . import models as architectures
 from .errors import ModelCardError
-from .atomic import current_umask
+from .atomic import current_umask, read_json
 
 if TYPE_CHECKING:  # torch is imported only to build or save a network: listing models stays light
     from torch import nn
@@ -150,11 +150,7 @@ def read_card(folder: str | os.PathLike) -> ModelCard:
     path = folder / CARD_NAME
     if not path.is_file():
         raise ModelCardError(f"{folder}: not a model folder (no {CARD_NAME})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelCardError(f"{path}: not valid JSON ({error})") from None
-    return ModelCard.from_dict(data, source=str(path))
+    return ModelCard.from_dict(read_json(path, ModelCardError), source=str(path))
 
 
 def build_network(card: ModelCard) -> nn.Module:

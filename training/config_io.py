@@ -12,13 +12,13 @@ Types come from the dataclass fields' annotations, which these modules keep as s
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from MRSynthesisLib.atomic import read_json
 from MRSynthesisLib.errors import InputError
 
 Config = TypeVar("Config")
@@ -75,10 +75,7 @@ def read_config_json(path: str | os.PathLike, overrides: dict[str, Any] | None =
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such config file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise InputError(f"{path}: a config is a JSON object of keys, not a {type(data).__name__}")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})

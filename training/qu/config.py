@@ -7,7 +7,6 @@ working directory (as in ``training/config.py``).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,13 +15,12 @@ from typing import Any
 import torch
 
 from MRSynthesisLib import modalities
-from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.models.losses_qu import LESION_LOSSES, STRUCTURE_LOSSES
 from MRSynthesisLib.models.qu_segmentors import SCHEMES
 from MRSynthesisLib.models.qu_structure_vaegan import StructureVAE
 from MRSynthesisLib.structure_maps import DEFAULT_BETA
 
-from ..config_io import check_keys
+from ..config_io import check_keys, load_config_file
 
 # omega_{i,j} of Sec. 2.3 and 2.4-2.6: the paper names them and gives no values. All 1
 # (an unweighted sum, the paper's default reading) except the two self-supervised
@@ -165,15 +163,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 
     Any problem is an ``InputError`` naming the file.
     """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return QuConfig.from_dict(data, base=path.parent)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such config file") from None
-    except (ValueError, TypeError) as error:
-        raise InputError(f"{path}: {error}") from None
+    return load_config_file(path, overrides, lambda data, base: QuConfig.from_dict(data, base=base))
 
 
 def adam(config: QuConfig, *modules: torch.nn.Module) -> torch.optim.Adam:
