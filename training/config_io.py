@@ -1,10 +1,10 @@
 """Reading a training recipe from JSON strictly: the file named in every error, each key's type checked.
 
 Shared by the 2D (``training.config``), 3D (``training.config3d``) and Qu et al.
-(``training.qu.config``) recipes. A value of the
-wrong type must not reach a run: ``"data": "folder"`` would be iterated letter by letter (and its
-``"/"`` walks the whole disk), ``"epochs": "10"`` fails deep inside a comparison with a bare
-TypeError, ``"epochs": true`` trains one epoch and ``"epochs": 2.5`` a fraction of a schedule.
+(``training.qu.config``) recipes. A value of the wrong type must not reach a run: ``"data":
+"folder"`` would be iterated letter by letter (and its ``"/"`` walks the whole disk),
+``"epochs": "10"`` fails deep inside a comparison with a bare TypeError, ``"epochs": true``
+trains one epoch and ``"epochs": 2.5`` a fraction of a schedule.
 Types come from the dataclass fields' annotations, which these modules keep as strings
 (``from __future__ import annotations``); they are read here rather than through
 ``typing.get_type_hints``, which cannot evaluate ``int | None`` on Python 3.9.
@@ -69,9 +69,10 @@ def check_keys(cls: type, values: Mapping[str, Any], section: str = "", custom: 
             raise ValueError(f"{where}{name} must be {known[name].type}, got {value!r}")
 
 
-def read_config_json(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
-    """A JSON config's keys with ``overrides`` (from the command line, None = not given) applied,
-    and the folder its relative paths are relative to."""
+def load_config_file(path: str | os.PathLike, overrides: dict[str, Any] | None,
+                     parse: Callable[[dict[str, Any], Path], Config]) -> Config:
+    """``parse(keys, folder of the file)`` of the JSON config at ``path``, with ``overrides`` (from the
+    command line, None = not given) applied; whatever it refuses is an ``InputError`` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such config file")
@@ -79,16 +80,8 @@ def read_config_json(path: str | os.PathLike, overrides: dict[str, Any] | None =
     if not isinstance(data, dict):
         raise InputError(f"{path}: a config is a JSON object of keys, not a {type(data).__name__}")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return data, path.parent
-
-
-def load_config_file(path: str | os.PathLike, overrides: dict[str, Any] | None,
-                     parse: Callable[[dict[str, Any], Path], Config]) -> Config:
-    """``parse(keys, folder)`` of the config at ``path``; whatever it refuses is an ``InputError``
-    naming the file."""
-    data, base = read_config_json(path, overrides)
     try:
-        return parse(data, base)
+        return parse(data, path.parent)
     except InputError:
         raise
     except ValueError as error:
