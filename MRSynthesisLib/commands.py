@@ -142,18 +142,8 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
 
 
 def _read_pairs(pairs: Sequence[tuple[str, str]], option: str) -> dict[str, Volume]:
-    """The volumes of repeated ``MODALITY=PATH`` options. A name given twice is refused, where a dict
-    would silently keep the last (aliases of one modality are caught later, by ``SynthesisLogic``),
-    and so is one file under two names, as the Slicer panel refuses one volume in two rows."""
-    for name in dict(pairs):
-        paths = [p for n, p in pairs if n == name]
-        if len(paths) > 1:
-            raise InputError(f"{option} {name} is given {len(paths)} times ({', '.join(paths)}); give each once")
-    files = [Path(p).resolve() for _, p in pairs]
-    for file in dict.fromkeys(files):
-        names = [n for (n, _), f in zip(pairs, files) if f == file]
-        if len(names) > 1:
-            raise InputError(f"{file}: is given as {' and '.join(names)} ({option}); give each file once")
+    """The volumes of repeated ``MODALITY=PATH`` options, each name and each file given once."""
+    modalities.check_given_once(pairs, option)
     return {name: read_volume(path) for name, path in pairs}
 
 

@@ -7,8 +7,12 @@ the other.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
+
+from .errors import InputError
 
 CANONICAL: tuple[str, ...] = ("T1", "T1c", "T2", "PD", "FLAIR", "DWI", "DIR")
 
@@ -72,3 +76,18 @@ def guess(name: str) -> str | None:
             if i + j <= len(tokens) and is_known("".join(tokens[i:i + j])):
                 return canonical("".join(tokens[i:i + j]))
     return None
+
+
+def check_given_once(pairs: Sequence[tuple[str, str]], option: str) -> None:
+    """Each name of ``MODALITY=PATH`` options once, and each file under one name: a dict of them would
+    silently keep the last, and one scan as T1 and T2 is a mistake (the Slicer panel refuses one
+    volume in two rows). Aliases of one modality are for the caller to catch after ``canonical``."""
+    for name in dict(pairs):
+        paths = [p for n, p in pairs if n == name]
+        if len(paths) > 1:
+            raise InputError(f"{option} {name} is given {len(paths)} times ({', '.join(paths)}); give each once")
+    files = [os.path.realpath(p) for _, p in pairs]
+    for file in dict.fromkeys(files):
+        names = [n for (n, _), f in zip(pairs, files) if f == file]
+        if len(names) > 1:
+            raise InputError(f"{file}: is given as {' and '.join(names)} ({option}); give each file once")

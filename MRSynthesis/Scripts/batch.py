@@ -107,7 +107,7 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
 
     paths.ensure_importable()
     from MRSynthesisLib.atomic import check_writable
-    from MRSynthesisLib.modalities import canonical
+    from MRSynthesisLib.modalities import canonical, check_given_once
 
     try:
         args = build_parser().parse_args(list(argv))
@@ -115,15 +115,7 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         return int(stop.code or 0)
     try:
         pairs = [(canonical(modality), path) for modality, path in map(_pair, args.input)]
-        for modality in dict(pairs):  # as the command line and the panel: each modality and each file once
-            given = [path for m, path in pairs if m == modality]
-            if len(given) > 1:
-                raise ValueError(f"--input {modality} is given {len(given)} times ({', '.join(given)}); give each once")
-        files_given = [os.path.realpath(path) for _, path in pairs]
-        for file in dict.fromkeys(files_given):
-            names = [m for (m, _), f in zip(pairs, files_given) if f == file]
-            if len(names) > 1:
-                raise ValueError(f"{file}: is given as {' and '.join(names)}; give each file once")
+        check_given_once(pairs, "--input")  # as the command line and the panel
         targets = [canonical(target) for target in args.target]
         outputs = {target: output_path(args.out, target, targets) for target in targets}
         maps = [os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz")
