@@ -46,9 +46,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="slices (2D) or tiles (3D) per step; default: 4 slices / 1 tile on the CPU (larger "
                              "batches ran slower on CPU caches), 16 slices / 2 tiles on a GPU")
-    parser.add_argument("--tile", type=int, default=96,
-                        help="3D models: edge of each tile's output core in voxels; tiles overlap by the network's "
-                             "receptive field only, so the result equals one whole-volume pass (smaller: less memory)")
+    parser.add_argument("--tile", type=int,
+                        help="3D models: edge of each tile's output core in voxels (default 96); tiles overlap by the "
+                             "network's receptive field only, so the result equals one whole-volume pass (smaller: "
+                             "less memory)")
     parser.add_argument("--plane", choices=("axial", "coronal", "sagittal"),
                         help="2D models: slice in this plane instead of the card's (view transfer)")
     parser.add_argument("--resample-to", metavar="MODALITY",

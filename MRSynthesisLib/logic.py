@@ -36,6 +36,8 @@ from .tiling import run_tiled
 from .validation import align, check_mask, check_values
 from .volume import Volume
 
+TILE = 96  # default core edge of a 3D model's tiles (memory vs halo overhead)
+
 
 @dataclass
 class SynthesisRequest:
@@ -55,7 +57,7 @@ class SynthesisRequest:
     saliency_references: Mapping[str, Volume] = field(default_factory=dict)  # target -> real image
     # where to summarise each input's contribution besides the whole brain; default: the lesion mask
     saliency_region: Volume | None = None
-    tile: int = 96  # 3D models: core edge of the exact tiles (memory vs halo overhead)
+    tile: int | None = None  # 3D models: core edge of the exact tiles; None: TILE (a 2D model notes it ignored)
 
 
 @dataclass
@@ -141,17 +143,20 @@ class SynthesisLogic:
         if unused:
             raise InputError(f"saliency reference given for {', '.join(unused)}, which is not a target")
         if card.spatial_dims == 2:
+            if request.tile is not None:
+                notes.append(f"tile {request.tile} ignored: {card.name} is a 2D model and runs slice by slice")
             axis = grid.geometry.axis_for(request.plane or card.plane)
             result = run_slicewise(self.model.network, normalised, targets, axis=axis, mask=brain,
                                    settings=settings, lesion=lesion, saliency=request.saliency,
                                    saliency_references=saliency_refs)
         else:
-            if request.tile < 1:
-                raise InputError(f"tile size must be positive, not {request.tile}")
+            tile = TILE if request.tile is None else request.tile
+            if tile < 1:
+                raise InputError(f"tile size must be positive, not {tile}")
             if request.plane:
                 notes.append(f"plane {request.plane} ignored: {card.name} is a 3D model and sees the whole volume")
             result = run_tiled(self.model.network, normalised, targets, settings=settings, mask=brain,
-                               tile=(request.tile,) * 3, lesion=lesion, saliency=request.saliency,
+                               tile=(tile,) * 3, lesion=lesion, saliency=request.saliency,
                                saliency_references=saliency_refs)
         raw, maps = result.outputs, result.saliency
         for t, total in result.squared_error.items():  # the paper's eq. 3: gradient of the L2 norm

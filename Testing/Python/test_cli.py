@@ -164,7 +164,7 @@ def runs(ws, cli_home):
         "resample": synth(ws, "resample", t1, f"T2={ws['bad'] / 'T2_shifted.nii.gz'}",
                           extra=["--resample-to", "T1", "--lesion-mask", s["lesion_mask"]]),
         "file name out": ["synthesize", "--model", ws["model"], "--input", t2, "--target", "t2f",
-                          "--out", out / "single" / "my_flair.mha", "--plane", "coronal"],
+                          "--out", out / "single" / "my_flair.mha", "--plane", "coronal", "--tile", "32"],
         "help": ["--help"],
         "synthesize help": ["synthesize", "--help"],
         "models": ["models"],
@@ -251,6 +251,7 @@ def test_out_may_be_an_image_file_name(runs, ws):
     result = runs["file name out"]
     assert result.returncode == 0, explain(result)
     assert files_under(ws["out"] / "single") == ["my_flair.mha"]
+    assert "tile 32 ignored" in result.stdout + result.stderr  # a 3D option given to a 2D model is said, not dropped
 
 
 # --- bad inputs: exit 2, one clear line, nothing written ---------------------------------------------
