@@ -65,11 +65,15 @@ def output_paths(out: str | os.PathLike, targets: Sequence[str], suffix: str) ->
     return {t: out / f"{t}_synthetic{suffix}" for t in targets}
 
 
-def check_out(out: str | os.PathLike) -> None:
+def check_out(out: str | os.PathLike, folder_only: bool = False) -> None:
     """``--out flair.png`` or ``t2.nhdr`` is meant as a file, not as a new folder to fill: refuse a new
-    folder name with an extension that is no output format (an existing folder is taken as it is)."""
+    folder name with an extension that is no output format (an existing folder is taken as it is);
+    ``folder_only``: the command writes several files, so an image file name is refused too."""
     out = Path(out)
-    if out.suffix and not out.is_dir() and not str(out).lower().endswith(WRITABLE_SUFFIXES):
+    image = str(out).lower().endswith(WRITABLE_SUFFIXES)
+    if folder_only and image:
+        raise InputError(f"{out}: names an image file, but this command writes a folder of files; name a folder")
+    if out.suffix and not out.is_dir() and not image:
         raise InputError(f"{out}: is neither a folder nor an image name the outputs can take "
                          f"({', '.join(WRITABLE_SUFFIXES)}); name a folder without an extension, or such a file")
 
@@ -195,9 +199,7 @@ def shard(items: Sequence[ManifestSubject]) -> tuple[list[ManifestSubject], int,
 
 
 def batch(args: argparse.Namespace, reporter: Reporter) -> int:
-    check_out(args.out)
-    if str(args.out).lower().endswith(WRITABLE_SUFFIXES):
-        raise InputError(f"{args.out}: a batch writes a folder per subject; name a folder, not an image file")
+    check_out(args.out, folder_only=True)
     subjects, rank, world = shard(read_manifest(args.manifest, MASK_COLUMNS))
     model = load_model(registry.resolve(args.model))
     logic = SynthesisLogic(model)
@@ -312,4 +314,5 @@ def _plane_name(key: str, planes: Mapping[int, str]) -> str:
 def demo(args: argparse.Namespace, reporter: Reporter) -> int:
     from .demo import run_demo
 
+    check_out(args.out, folder_only=True)
     return run_demo(Path(args.out), model=args.model, device=args.device, overwrite=args.overwrite, reporter=reporter)

@@ -131,7 +131,10 @@ def bad_cases(ws):
                                    "--out", ws["out"] / "flair.png"],
                                   ["flair.png: is neither a folder nor an image name the outputs can take"]),
         "batch out is an image name": (["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "manifest.csv",
-                                        "--out", ws["out"] / "cohort.nii.gz"], ["a batch writes a folder per subject"]),
+                                        "--out", ws["out"] / "cohort.nii.gz"],
+                                       ["cohort.nii.gz: names an image file, but this command writes a folder"]),
+        "demo out named like a file": (["demo", "--out", ws["out"] / "demo.png"],
+                                       ["demo.png: is neither a folder nor an image name"]),
         # evaluate's --figure and --json are outputs too: neither replaces an input or a file without --overwrite
         "evaluate figure onto an input": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
                                            "--figure", s["FLAIR"]], [f"{s['FLAIR']}: --figure writes a PNG"]),
@@ -261,7 +264,8 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "grids differ", "unknown modality", "modality not accepted", "output exists", "output is an input",
     "malformed model", "usage error", "bad pair", "modality given twice", "aliases of one modality",
     "manifest repeats a column", "one file as two modalities", "evaluate figure onto an input",
-    "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name"])
+    "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name",
+    "demo out named like a file"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
