@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics, modalities, registry
-from .atomic import check_writable, write_json
+from .atomic import check_writable, read_json, write_json
 from .cards import LoadedModel, load_model
 from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult
@@ -185,6 +185,10 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 MASK_COLUMNS = ("lesion_mask", "brain_mask")  # manifest columns of a batch that are masks, not inputs
+# In a subject's output folder while a batch writes its outputs: the names of those it creates. A run
+# killed outright (kill -9: no clean-up) leaves it behind with some outputs renamed into place, and
+# the next run redoes that subject, replacing only those, instead of refusing their names.
+WRITING = ".mrsynthesis-writing.json"
 
 
 def shard(items: Sequence[ManifestSubject]) -> tuple[list[ManifestSubject], int, int]:
@@ -196,6 +200,17 @@ def shard(items: Sequence[ManifestSubject]) -> tuple[list[ManifestSubject], int,
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return list(items[rank::world]), rank, world
+
+
+def _created_by_an_interrupted_run(marker: Path) -> set[str]:
+    """Names of the outputs a killed batch run was creating in the marker's folder (see ``WRITING``)."""
+    if not marker.is_file():
+        return set()
+    record = read_json(marker)
+    created = record.get("created") if isinstance(record, dict) else None
+    if not isinstance(created, list) or not all(isinstance(n, str) and Path(n).name == n for n in created):
+        raise InputError(f"{marker}: not a record of MRSynthesis batch outputs; remove it to go on")
+    return set(created)
 
 
 def batch(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -210,12 +225,16 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
         masks = {c: str(p.resolve()) for c, p in subject.masks.items()}
         targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)
         paths = output_paths(Path(args.out) / name, targets, args.format)
-        if not args.overwrite and all(p.exists() for p in paths.values()):
-            reporter.event("skipped", subject=name, reason="outputs exist")
-            continue
-        logic.progress = lambda f, m, i=index: reporter.progress((i + f) / len(subjects), f"{name}: {m}")
+        marker = Path(args.out) / name / WRITING
         try:
-            check_writable(list(paths.values()), [Path(p) for p in inputs.values()], args.overwrite)
+            ours = _created_by_an_interrupted_run(marker)
+            if not args.overwrite and not ours and all(p.exists() for p in paths.values()):
+                reporter.event("skipped", subject=name, reason="outputs exist")
+                continue
+            logic.progress = lambda f, m, i=index: reporter.progress((i + f) / len(subjects), f"{name}: {m}")
+            sources = [Path(p) for p in inputs.values()]
+            check_writable([p for p in paths.values() if p.name not in ours], sources, args.overwrite)
+            check_writable([p for p in paths.values() if p.name in ours], sources, True)
             request = SynthesisRequest(
                 inputs={n: read_volume(p) for n, p in inputs.items()}, targets=targets,
                 lesion_mask=_read_optional(masks.get("lesion_mask")),
@@ -223,7 +242,15 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
                 reference=args.resample_to, resample=bool(args.resample_to), device=args.device,
                 precision=args.precision, batch_size=args.batch_size, plane=args.plane)
             result = logic.run(request)
-            summary = write_result(result, paths, {}, args.overwrite)
+            created = sorted(p.name for p in paths.values() if p.name in ours or not p.exists())
+            write_json(marker, {"created": created})
+            try:
+                summary = write_result(result, paths, {}, overwrite=True)  # check_writable allowed what exists
+            except BaseException:  # write_result removed what it created; the record goes once nothing of it is left
+                if not any((marker.parent / n).exists() for n in created):
+                    marker.unlink()
+                raise
+            marker.unlink()
             reporter.event("subject_done", subject=name, **summary)
         except InputError as error:
             failures[name] = str(error)

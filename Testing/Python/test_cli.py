@@ -516,3 +516,38 @@ def test_batch_resumes_a_subject_cancelled_while_writing(ws, tmp_path, monkeypat
     monkeypatch.undo()
     assert in_process_cli(args) == 0  # s3 is redone, not refused because one of its outputs exists
     assert "s3/FLAIR_synthetic.nii.gz" in files_under(tmp_path / "out")
+
+
+def test_batch_redoes_a_subject_killed_while_writing(ws, tmp_path, monkeypatch, in_process_cli):
+    """kill -9 runs no clean-up: some outputs are renamed into place and the record of what the run was
+    creating stays. The next run redoes that subject, replacing only those; without the record the same
+    files are the user's and are refused."""
+    from MRSynthesisLib import commands
+
+    args = ["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
+            "--out", str(tmp_path / "out"), "--precision", "fp32", "--progress", "none"]
+    real, seen = commands.write_volume, []
+
+    def write(volume, path, **options):
+        seen.append((Path(path).name, (Path(path).parent / commands.WRITING).is_file()))
+        return real(volume, path, **options)
+
+    monkeypatch.setattr(commands, "write_volume", write)
+    assert in_process_cli(args) == 0
+    assert seen and all(recorded for _, recorded in seen)  # the record exists while outputs are written
+    s3 = tmp_path / "out" / "s3"
+    assert sorted(p.name for p in s3.iterdir()) == ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]  # record gone
+    # the state kill -9 leaves between s3's two renames
+    (s3 / "FLAIR_synthetic.nii.gz").unlink()
+    (s3 / commands.WRITING).write_text('{"created": ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]}')
+    kept = (s3 / "T1c_synthetic.nii.gz").stat().st_mtime_ns
+    seen.clear()
+    assert in_process_cli(args) == 0
+    assert [name for name, _ in seen] == ["T1c_synthetic.nii.gz", "FLAIR_synthetic.nii.gz"]  # s3 only, both
+    assert sorted(p.name for p in s3.iterdir()) == ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]
+    assert (s3 / "T1c_synthetic.nii.gz").stat().st_mtime_ns != kept
+    # without the record a partial set is the user's: refused, left as it is
+    (s3 / "FLAIR_synthetic.nii.gz").unlink()
+    assert in_process_cli(args) == 2
+    assert sorted(p.name for p in s3.iterdir()) == ["T1c_synthetic.nii.gz"]
+
