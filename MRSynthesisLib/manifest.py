@@ -39,10 +39,13 @@ def read_manifest(path: str | os.PathLike, mask_columns: Sequence[str] = ()) -> 
     if not path.is_file():
         raise InputError(f"{path}: no such manifest")
     # utf-8-sig: a spreadsheet's byte-order mark would otherwise become part of the first column's name
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [cell.strip() for cell in next(reader, [])]
-        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [cell.strip() for cell in next(reader, [])]
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error) as error:  # e.g. a spreadsheet saved in Latin-1
+        raise InputError(f"{path}: not a UTF-8 CSV file ({error})") from None
     if SUBJECT_COLUMN not in header or not rows:
         raise InputError(f"{path}: a manifest needs a header with a {SUBJECT_COLUMN!r} column and at least one row")
     repeated = sorted({c for c in header if header.count(c) > 1})

@@ -53,9 +53,13 @@ def test_refusals_name_the_file_and_line(tmp_path, text, message):
     assert str(error.value).startswith(str(path)) and message in str(error.value)
 
 
-def test_missing_manifest(tmp_path):
+def test_missing_or_unreadable_manifest(tmp_path):
     with pytest.raises(InputError, match="no such manifest"):
         read_manifest(tmp_path / "absent.csv")
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("subject,T1\nJosé,a.nii.gz\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1\.csv: not a UTF-8 CSV file"):
+        read_manifest(latin1)
 
 
 def test_training_reads_the_same_manifest(tmp_path):
