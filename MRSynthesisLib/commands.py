@@ -298,7 +298,13 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         spec = NormalisationSpec.from_dict({"scheme": args.normalisation})
     except ValueError as error:
         raise InputError(f"--normalisation: {error}") from None
-    synth_n, ref_n = (normalise(v.array, spec, brain)[0] for v in (synthetic, reference))
+    def normalised(volume: Volume) -> np.ndarray:
+        try:
+            return normalise(volume.array, spec, brain)[0]
+        except ValueError as error:  # e.g. a mean of 0 or below in the brain: nothing to divide by
+            raise InputError(f"{volume.source}: --normalisation {spec.scheme}: {error}") from None
+
+    synth_n, ref_n = normalised(synthetic), normalised(reference)
     lesion = nawm = None
     if args.lesion_mask:
         lesion = check_mask(read_volume(args.lesion_mask))

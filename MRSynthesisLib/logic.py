@@ -33,7 +33,7 @@ from .preprocessing import (
     normalise,
 )
 from .tiling import run_tiled
-from .validation import align, check_mask, check_values
+from .validation import align, check_magnitude, check_mask, check_values
 from .volume import Volume
 
 TILE = 96  # default core edge of a 3D model's tiles (memory vs halo overhead)
@@ -101,8 +101,9 @@ class SynthesisLogic:
         references = {self._canonical(t, "saliency reference"): v for t, v in request.saliency_references.items()}
         masks.update({f"reference:{t}": v for t, v in references.items()})
         reference = self._canonical(request.reference, "reference") if request.reference else next(iter(inputs))
-        for volume in inputs.values():
+        for volume in [*inputs.values(), *references.values()]:
             check_values(volume)
+            check_magnitude(volume)
         inputs, masks = align(inputs, reference, resample=request.resample, masks=masks)
         grid = inputs[reference]
 

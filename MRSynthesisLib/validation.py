@@ -30,6 +30,23 @@ def check_values(volume: Volume, *, allow_empty: bool = False) -> None:
         raise InputError(f"{volume.source}: is constant (every voxel is {low:g}); it carries no contrast")
 
 
+# MR magnitude images are 0 or above; registration and resampling ring a little below 0 at sharp edges
+# (0.1-1.0 % of the non-zero voxels of the shared MS scans, registered to MNI space; none in the BraTS
+# case). Far more means shifted intensities (z-scored, centred), which neither the brain mask (a
+# threshold above 0) nor the card's normalisation (e.g. divide by the brain's mean) can take.
+NEGATIVE_LIMIT = 0.05
+
+
+def check_magnitude(volume: Volume) -> None:
+    """Refuse an image of which more than ``NEGATIVE_LIMIT`` of the non-zero voxels are negative."""
+    values = volume.array[volume.array != 0]
+    share = np.count_nonzero(values < 0) / values.size if values.size else 0.0
+    if share > NEGATIVE_LIMIT:
+        raise InputError(f"{volume.source}: {100 * share:.0f} % of its non-zero voxels are negative; the models take "
+                         "MR intensities as acquired or bias-corrected (0 and above), not z-scored or shifted ones: "
+                         "give the image before that normalisation")
+
+
 def check_mask(volume: Volume) -> np.ndarray:
     """A lesion or brain mask must be binary (0/1); returns it as a bool array."""
     check_values(volume, allow_empty=True)

@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 from MRSynthesisLib import manifest, modalities
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
+from MRSynthesisLib.validation import check_magnitude
 from MRSynthesisLib.volume import read_volume
 
 from .lesions import flair_hyperintensity_mask
@@ -211,6 +212,8 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
         found = ", ".join(f"{m} ({p})" for m, p in files.images.items()) or "none"
         raise InputError(f"subject {files.subject} has no {', '.join(missing)} image; it has {found}")
     volumes = {m: read_volume(files.images[m]) for m in needed}
+    for volume in volumes.values():  # what inference refuses, training never learns from
+        check_magnitude(volume)
     geometry = volumes[needed[0]].geometry
     for m, volume in volumes.items():
         differences = volume.geometry.differences(geometry)

@@ -52,6 +52,9 @@ def ws(tmp_path_factory):
     write_image(nan, bad / "nan.nii.gz")
     write_image(subject.arrays["T2"], bad / "T2_shifted.nii.gz", origin=(-10.0, 14.0, -15.0))
     write_image(subject.arrays["labels"], bad / "labels.nii.gz")
+    t2, brain = subject.arrays["T2"], subject.arrays["T2"] > 0
+    write_image(np.where(brain, (t2 - t2[brain].mean()) / t2[brain].std(), 0).astype(np.float32),
+                bad / "T2_zscored.nii.gz")
     models = root / "models"
     make_tiny_model(models / "tiny")
     (models / "broken").mkdir()
@@ -126,6 +129,8 @@ def bad_cases(ws):
                                     [str(s["T2"]), str(s["T1"]), "are both T1"]),
         "one file as two modalities": (synth(ws, "one-file", t1, f"T2={s['T1']}"),
                                        [f"{Path(s['T1']).resolve()}: is given as T1 and T2"]),
+        "z-scored input": (synth(ws, "zscored", t1, f"T2={b / 'T2_zscored.nii.gz'}"),
+                           ["T2_zscored.nii.gz: ", "% of its non-zero voxels are negative"]),
         # a new folder named like a file is a mistake for a file name
         "out named like a file": (["synthesize", "--model", ws["model"], "--input", t1, "--target", "FLAIR",
                                    "--out", ws["out"] / "flair.png"],
@@ -265,7 +270,7 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "malformed model", "usage error", "bad pair", "modality given twice", "aliases of one modality",
     "manifest repeats a column", "one file as two modalities", "evaluate figure onto an input",
     "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name",
-    "demo out named like a file"])
+    "demo out named like a file", "z-scored input"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
@@ -280,7 +285,7 @@ def test_bad_input(runs, ws, case):
 def test_bad_inputs_leave_nothing_behind(runs, ws):
     assert all(runs[f"bad: {case}"].returncode == 2 for case in bad_cases(ws))
     for folder in ("missing", "unreadable", "2d", "4d", "empty", "constant", "nan", "grids", "unknown", "refused",
-                   "broken", "usage", "pair", "twice", "aliases", "repeated", "one-file"):
+                   "broken", "usage", "pair", "twice", "aliases", "repeated", "one-file", "zscored"):
         assert files_under(ws["out"] / folder) == [], folder
     assert files_under(ws["existing"]) == ["FLAIR.nii.gz"]
     assert (ws["existing"] / "FLAIR.nii.gz").read_bytes() == b"the user's own file, not to be touched"

@@ -150,6 +150,19 @@ def test_subject_errors_name_the_files(tmp_path):
         f"{folder / 'lesion_mask.nii.gz'}: subject p's lesion mask is not on the grid of its images")
 
 
+def test_training_refuses_shifted_intensities_as_inference_does(tmp_path):
+    folder = write_ms_subject(tmp_path, "p", 1)
+    image = sitk.ReadImage(str(folder / "T2.nii.gz"))
+    t2 = sitk.GetArrayFromImage(image)
+    brain = t2 > 0
+    z = sitk.GetImageFromArray(np.where(brain, (t2 - t2[brain].mean()) / t2[brain].std(), 0).astype(np.float32))
+    z.CopyInformation(image)
+    sitk.WriteImage(z, str(folder / "T2.nii.gz"))
+    with pytest.raises(InputError, match="T2.nii.gz: .* of its non-zero voxels are negative"):
+        load_subject(discover([str(tmp_path)])[0], ["T1", "T2"], ["FLAIR"], lesion_input=False,
+                     lesion_fallback="zeros", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
+
+
 def test_split_is_by_subject_and_seeded():
     names = [f"s{i}" for i in range(10)]
     train, held = split_subjects(names, ["s3", "s7"], 0.5, 0)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import LAS, LPS, phantom
 from MRSynthesisLib.errors import InputError
-from MRSynthesisLib.validation import align, check_mask, check_values
+from MRSynthesisLib.validation import NEGATIVE_LIMIT, align, check_magnitude, check_mask, check_values
 from MRSynthesisLib.volume import Geometry, Volume
 
 GRID = Geometry((24, 28, 20), (1.0, 1.0, 1.5), (-12.0, 14.0, -15.0), LAS)
@@ -41,6 +41,23 @@ def test_check_values_rejects_nan_and_inf(bad):
     with pytest.raises(InputError, match="contains 2 NaN or infinite voxels") as error:
         check_values(vol(array, source="/x/FLAIR.nii.gz"))
     assert "/x/FLAIR.nii.gz" in str(error.value)
+
+
+def test_check_magnitude_takes_resampling_ringing_and_refuses_shifted_intensities():
+    t1 = phantom()["T1"]
+    brain = t1 > 0
+    ringing = t1.copy()
+    edge = np.flatnonzero(brain)[: int(0.01 * brain.sum())]  # 1 % of the brain a little below 0, as in the MS scans
+    ringing.flat[edge] = -0.05 * t1.max()
+    check_magnitude(vol(ringing))
+    z = np.where(brain, (t1 - t1[brain].mean()) / t1[brain].std(), 0.0)  # z-scored: about half below 0
+    with pytest.raises(InputError) as error:
+        check_magnitude(vol(z))
+    assert str(error.value).startswith("/data/sub-01/T1.nii.gz: ") and "are negative" in str(error.value)
+    shifted = t1.copy()
+    shifted.flat[np.flatnonzero(brain)[: int(2 * NEGATIVE_LIMIT * brain.sum())]] *= -1
+    with pytest.raises(InputError, match="not z-scored or shifted"):
+        check_magnitude(vol(shifted))
 
 
 def test_check_values_allow_empty_is_for_masks():
