@@ -119,14 +119,20 @@ class SynthesisLogic:
                 raise InputError(f"{masks['brain'].source}: the brain mask is empty")
         else:
             brain = foreground_mask([v.array for v in inputs.values()])
+        said = []
         if lesion is not None:
+            outside = int(np.count_nonzero(lesion & ~brain))
+            if outside:  # painted off the brain (another volume, a wrong grid): say so rather than drop it unseen
+                kept = int(np.count_nonzero(lesion)) - outside
+                said.append(f"lesion mask {masks['lesion'].source}: {outside} of its {outside + kept} voxels lie "
+                            "outside the brain and were left out" + ("; the result has no lesion" if not kept else ""))
             lesion = lesion & brain
 
         spec = NormalisationSpec.from_dict(card.normalisation)
         normalised = {n: normalise(v.array, spec, brain)[0] for n, v in inputs.items()}
         device, reason = choose_device(request.device)
         dtype = choose_precision(request.precision, device)
-        notes = [reason] if reason else []
+        notes = ([reason] if reason else []) + said
         if request.batch_size is not None and request.batch_size < 1:
             raise InputError(f"batch size must be positive, not {request.batch_size}")
         batch = request.batch_size or default_batch_size(device.type, card.spatial_dims)

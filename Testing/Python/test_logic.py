@@ -295,6 +295,13 @@ def test_lesion_outside_the_brain_is_dropped(tmp_path):
     lesion[0, 0, 0] = 1  # background corner
     out = run(model, {"T1": vols["T1"]}, ["T2"], lesion_mask=vols["lesion"].with_array(lesion.astype(np.float32)))
     np.testing.assert_array_equal(out.outputs["T2"].array, p["lesion"].astype(np.float32))
+    total = int(lesion.sum())
+    assert any(f"1 of its {total} voxels lie outside the brain" in n for n in out.notes), out.notes  # said
+    corner = np.zeros_like(lesion)
+    corner[0, 0, 0] = 1  # painted off the brain altogether
+    none = run(model, {"T1": vols["T1"]}, ["T2"], lesion_mask=vols["lesion"].with_array(corner.astype(np.float32)))
+    assert not none.outputs["T2"].array.any()
+    assert any("1 of its 1 voxels lie outside the brain" in n and "the result has no lesion" in n for n in none.notes)
 
 
 def test_lesion_mask_needs_a_model_with_a_lesion_channel(tmp_path):
