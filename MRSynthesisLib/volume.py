@@ -107,6 +107,9 @@ class Volume:
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a 3D scalar image; any problem is an ``InputError`` that names the file."""
     path = Path(path)
+    if path.is_dir():  # most often a DICOM series
+        raise InputError(f"{path}: is a folder, not an image file; give a NIfTI, NRRD or MHA file (convert a DICOM "
+                         "series first, e.g. with dcm2niix, or load it in Slicer's DICOM module and use the panel)")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:

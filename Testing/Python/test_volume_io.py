@@ -163,8 +163,10 @@ def test_missing_file(tmp_path):
 
 
 def test_folder_is_not_a_file(tmp_path):
-    with pytest.raises(InputError, match="no such file"):
+    """Most often a DICOM series: say what to give instead of "no such file"."""
+    with pytest.raises(InputError) as error:
         read_volume(tmp_path)
+    assert str(error.value).startswith(f"{tmp_path}: is a folder, not an image file") and "DICOM" in str(error.value)
 
 
 def test_unreadable_file(tmp_path):
