@@ -88,7 +88,8 @@ class ModelCard:
                 fail(f"'{label}' must be a non-empty list of modality names")
             for name in names:
                 if not modalities.is_known(name) or modalities.canonical(name) != name:
-                    fail(f"'{label}' holds {name!r}, which is not a canonical modality ({', '.join(modalities.CANONICAL)})")
+                    fail(f"'{label}' holds {name!r}, which is not a canonical modality "
+                         f"({', '.join(modalities.CANONICAL)})")
             if len(set(names)) != len(names):
                 fail(f"'{label}' repeats a modality: {names}")
         if self.spatial_dims not in (2, 3):

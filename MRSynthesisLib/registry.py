@@ -39,7 +39,8 @@ def list_models() -> list[ModelEntry]:
         if not root.is_dir():
             continue
         # A search folder may hold model folders, or be a model folder itself.
-        folders = [root] if (root / CARD_NAME).is_file() else sorted(p for p in root.iterdir() if (p / CARD_NAME).is_file())
+        folders = ([root] if (root / CARD_NAME).is_file()
+                   else sorted(p for p in root.iterdir() if (p / CARD_NAME).is_file()))
         for folder in folders:
             try:
                 card = read_card(folder)

@@ -76,10 +76,11 @@ def load_base(config: TrainConfig) -> Base:
         raise InputError(f"extend: every config output {config.outputs} is already an output of {folder} "
                          f"({card.outputs}); list at least one new output")
     if config.lesion_input and config.lesion_fallback != "zeros" and "FLAIR" not in [*config.inputs, *new]:
-        raise InputError(f"extend: lesion_fallback '{config.lesion_fallback}' needs FLAIR among the inputs or the new outputs "
-                         "(the base's outputs are not loaded); use 'zeros' or give FLAIR")
+        raise InputError(f"extend: lesion_fallback '{config.lesion_fallback}' needs FLAIR among the inputs or the new "
+                         "outputs (the base's outputs are not loaded); use 'zeros' or give FLAIR")
     network = loaded.network
-    network.output_gradient = config.output_gradient  # a training setting the card does not carry; new decoders inherit it
+    # a training setting the card does not carry; new decoders inherit it
+    network.output_gradient = config.output_gradient
     for m in new:
         network.add_output(m)
     network.freeze_all_but(new)

@@ -351,12 +351,14 @@ def test_lesion_loss_weight_weighs_lesion_pixels_and_keeps_ignored_ones_out(tmp_
     refs = lambda where: {"FLAIR": torch.where(where, weighted.references["FLAIR"] + 100, weighted.references["FLAIR"])}  # noqa: E731
     c1 = lambda r, w: chartsias_loss(model, weighted.inputs, r, weighted.lesion, (1, 0, 0), mask=w)[1]["c1"]  # noqa: E731
     base = c1(weighted.references, weighted.weight)
-    assert c1(refs(lesion), weighted.weight) - base > c1(refs(lesion), plain.weight) - c1(weighted.references, plain.weight)
+    assert (c1(refs(lesion), weighted.weight) - base
+            > c1(refs(lesion), plain.weight) - c1(weighted.references, plain.weight))
 
 
 def test_lesion_options_are_checked():
     base = {"name": "m", "data": ["d"], "inputs": ["T1", "T2"], "outputs": ["FLAIR"]}
-    assert TrainConfig.from_dict({**base, "lesion_fallback": "ignore", "lesion_crop_fraction": 0.33}).lesion_crop_fraction == 0.33
+    ignore = TrainConfig.from_dict({**base, "lesion_fallback": "ignore", "lesion_crop_fraction": 0.33})
+    assert ignore.lesion_crop_fraction == 0.33
     with pytest.raises(ValueError, match="lesion_crop_fraction must be in"):
         TrainConfig.from_dict({**base, "lesion_crop_fraction": 1.0})
     with pytest.raises(ValueError, match="needs lesion_input"):
@@ -403,7 +405,8 @@ def test_checkpoint_round_trip_and_pickles_are_refused(tmp_path):
     assert state == {"epoch": 3, "log": [{"a": 1.5}]}
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
     assert other_optimizer.param_groups[0]["lr"] == 0.1
-    assert torch.equal(other_optimizer.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(other_optimizer.state_dict()["state"][0]["exp_avg"],
+                       optimizer.state_dict()["state"][0]["exp_avg"])
     assert torch.equal(torch.get_rng_state(), expected_rng)
 
     marker = tmp_path / "pwned"
