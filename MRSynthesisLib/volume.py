@@ -74,6 +74,13 @@ class Geometry:
         itk_axis = int(np.argmax(cosines[physical[plane], :]))
         return 2 - itk_axis
 
+    def plane_tilt(self, plane: str) -> float:
+        """Degrees between the slices ``axis_for(plane)`` gives and the true ``plane`` (0 on a grid
+        aligned with the patient's axes; 45 where two voxel axes are equally close to its normal)."""
+        physical = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
+        cosine = abs(np.asarray(self.direction).reshape(3, 3)[physical, 2 - self.axis_for(plane)])
+        return float(np.degrees(np.arccos(min(1.0, cosine))))
+
 
 @dataclass(frozen=True)
 class Volume:

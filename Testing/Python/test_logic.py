@@ -304,6 +304,20 @@ def test_lesion_outside_the_brain_is_dropped(tmp_path):
     assert any("1 of its 1 voxels lie outside the brain" in n and "the result has no lesion" in n for n in none.notes)
 
 
+def test_an_oblique_grid_is_said_beyond_the_checked_tilt(tmp_path):
+    model = probe(tmp_path)
+
+    def notes(degrees: float) -> list[str]:
+        c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+        nod = np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ np.reshape(LAS, (3, 3))  # tilts the slices out of axial
+        vols, _ = volumes(direction=tuple(float(v) for v in nod.ravel()))
+        return run(model, {"T1": vols["T1"]}, ["T2"]).notes
+
+    assert not any("oblique" in n for n in notes(15))
+    assert any("/data/T1.nii.gz: its grid is oblique, its slices lie 30 degrees from the axial plane" in n
+               for n in notes(30))
+
+
 def test_lesion_mask_needs_a_model_with_a_lesion_channel(tmp_path):
     model = probe(tmp_path, "copy", lesion_input=False)
     vols, _ = volumes()

@@ -233,6 +233,17 @@ def test_axis_for(direction, expected):
         geometry.axis_for("transverse")
 
 
+def test_plane_tilt_is_the_angle_between_the_slices_and_the_plane():
+    def geometry(direction):
+        return Geometry((7, 6, 5), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(float(d) for d in direction))
+
+    assert geometry(LPS).plane_tilt("axial") == pytest.approx(0.0, abs=1e-6)
+    assert geometry(SAGITTAL).plane_tilt("axial") == pytest.approx(0.0, abs=1e-6)
+    assert geometry(rotation(math.radians(30), 0, 0)).plane_tilt("axial") == pytest.approx(30.0)  # a nod of 30
+    assert geometry(rotation(0, 0, math.radians(30))).plane_tilt("axial") == pytest.approx(0.0, abs=1e-6)  # in plane
+    assert geometry(rotation(math.radians(45), 0, 0)).plane_tilt("axial") == pytest.approx(45.0)
+
+
 def test_orientation_codes():
     def code(direction):
         return Geometry((2, 2, 2), (1.0,) * 3, (0.0,) * 3, direction).orientation()
