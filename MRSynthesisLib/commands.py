@@ -287,17 +287,26 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         raise InputError(f"{args.figure}: --figure writes a PNG; give a name ending in .png")
     given = (args.synthetic, args.reference, args.brain_mask, args.lesion_mask, args.nawm_mask, args.t1)
     check_writable([Path(p) for p in (args.figure, args.json) if p], [Path(p) for p in given if p], args.overwrite)
-    synthetic, reference = read_volume(args.synthetic), read_volume(args.reference)
+    reference = read_volume(args.reference)
+
+    def on_grid(path: str) -> Volume:
+        """Every other file of the comparison must lie on the reference's grid, voxel for voxel."""
+        volume = read_volume(path)
+        differences = volume.geometry.differences(reference.geometry)
+        if differences:
+            raise InputError(f"{volume.source} and {reference.source} are on different grids "
+                             f"({'; '.join(differences)})")
+        return volume
+
+    synthetic = on_grid(args.synthetic)
     for volume in (synthetic, reference):
         check_values(volume)
-    differences = synthetic.geometry.differences(reference.geometry)
-    if differences:
-        raise InputError(f"{synthetic.source} and {reference.source} are on different grids ({'; '.join(differences)})")
-    brain = check_mask(read_volume(args.brain_mask)) if args.brain_mask else foreground_mask([reference.array])
+    brain = check_mask(on_grid(args.brain_mask)) if args.brain_mask else foreground_mask([reference.array])
     try:
         spec = NormalisationSpec.from_dict({"scheme": args.normalisation})
     except ValueError as error:
         raise InputError(f"--normalisation: {error}") from None
+
     def normalised(volume: Volume) -> np.ndarray:
         try:
             return normalise(volume.array, spec, brain)[0]
@@ -307,11 +316,11 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     synth_n, ref_n = normalised(synthetic), normalised(reference)
     lesion = nawm = None
     if args.lesion_mask:
-        lesion = check_mask(read_volume(args.lesion_mask))
+        lesion = check_mask(on_grid(args.lesion_mask))
         if args.nawm_mask:
-            nawm = check_mask(read_volume(args.nawm_mask))
+            nawm = check_mask(on_grid(args.nawm_mask))
         elif args.t1:
-            nawm = metrics.white_matter_mask(read_volume(args.t1).array, brain)
+            nawm = metrics.white_matter_mask(on_grid(args.t1).array, brain)
         else:
             raise InputError("--lesion-mask needs --nawm-mask or --t1 (to derive white matter) for the lesion ratios")
     axis = reference.geometry.axis_for(args.slice_plane) if args.slice_plane else None

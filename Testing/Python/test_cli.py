@@ -145,6 +145,11 @@ def bad_cases(ws):
                                            "--figure", s["FLAIR"]], [f"{s['FLAIR']}: --figure writes a PNG"]),
         "evaluate json onto an input": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
                                          "--json", s["T2"], "--overwrite"], [f"{s['T2']}: is one of the inputs"]),
+        # a mask or T1 on another grid (here: shifted, same size) used to be compared voxel by voxel regardless
+        "evaluate t1 on another grid": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
+                                         "--lesion-mask", s["lesion_mask"], "--t1", b / "T2_shifted.nii.gz"],
+                                        [f"{b / 'T2_shifted.nii.gz'} and {s['FLAIR']} are on different grids",
+                                         "origin"]),
         "evaluate json exists": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
                                   "--json", ws["existing"] / "FLAIR.nii.gz"], ["FLAIR.nii.gz: already exists"]),
         "manifest repeats a column": (["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "repeated.csv",
@@ -270,7 +275,7 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "malformed model", "usage error", "bad pair", "modality given twice", "aliases of one modality",
     "manifest repeats a column", "one file as two modalities", "evaluate figure onto an input",
     "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name",
-    "demo out named like a file", "z-scored input"])
+    "demo out named like a file", "z-scored input", "evaluate t1 on another grid"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
