@@ -153,6 +153,10 @@ def _read_pairs(pairs: Sequence[tuple[str, str]], option: str) -> dict[str, Volu
 
 def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
     check_out(args.out)
+    given = {"--saliency-reference": args.saliency_reference, "--saliency-region": args.saliency_region}
+    unused = [option for option, value in given.items() if value]
+    if unused and not args.saliency_out:  # they shape the saliency maps only: given alone, they would do nothing
+        raise InputError(f"{' and '.join(unused)}: used by the saliency maps only; add --saliency-out DIR")
     inputs = _read_pairs(args.input, "--input")  # before the model: bad files fail fast
     model = load_model(registry.resolve(args.model))
     targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)

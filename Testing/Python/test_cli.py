@@ -150,6 +150,9 @@ def bad_cases(ws):
                                          "--lesion-mask", s["lesion_mask"], "--t1", b / "T2_shifted.nii.gz"],
                                         [f"{b / 'T2_shifted.nii.gz'} and {s['FLAIR']} are on different grids",
                                          "origin"]),
+        "saliency reference without maps": (synth(ws, "no-maps", t1, extra=["--saliency-reference",
+                                                                          f"FLAIR={s['FLAIR']}"]),
+                                            ["--saliency-reference: used by the saliency maps only"]),
         "evaluate json exists": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
                                   "--json", ws["existing"] / "FLAIR.nii.gz"], ["FLAIR.nii.gz: already exists"]),
         "manifest repeats a column": (["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "repeated.csv",
@@ -275,7 +278,7 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "malformed model", "usage error", "bad pair", "modality given twice", "aliases of one modality",
     "manifest repeats a column", "one file as two modalities", "evaluate figure onto an input",
     "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name",
-    "demo out named like a file", "z-scored input", "evaluate t1 on another grid"])
+    "demo out named like a file", "z-scored input", "evaluate t1 on another grid", "saliency reference without maps"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
@@ -290,7 +293,8 @@ def test_bad_input(runs, ws, case):
 def test_bad_inputs_leave_nothing_behind(runs, ws):
     assert all(runs[f"bad: {case}"].returncode == 2 for case in bad_cases(ws))
     for folder in ("missing", "unreadable", "2d", "4d", "empty", "constant", "nan", "grids", "unknown", "refused",
-                   "broken", "usage", "pair", "twice", "aliases", "repeated", "one-file", "zscored"):
+                   "broken", "usage", "pair", "twice", "aliases", "repeated", "one-file", "zscored",
+                   "no-maps"):
         assert files_under(ws["out"] / folder) == [], folder
     assert files_under(ws["existing"]) == ["FLAIR.nii.gz"]
     assert (ws["existing"] / "FLAIR.nii.gz").read_bytes() == b"the user's own file, not to be touched"
