@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 from MRSynthesisLib import manifest, modalities
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
-from MRSynthesisLib.validation import check_magnitude
+from MRSynthesisLib.validation import check_magnitude, check_mask
 from MRSynthesisLib.volume import read_volume
 
 from .lesions import flair_hyperintensity_mask
@@ -232,7 +232,7 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
             if differences:
                 raise InputError(f"{files.lesion}: subject {files.subject}'s lesion mask is not on the grid of its "
                                  f"images ({files.images[needed[0]]}): {'; '.join(differences)}")
-            lesion, source = (mask.array > 0.5).astype(np.float32), "mask"
+            lesion, source = check_mask(mask).astype(np.float32), "mask"  # 0/1 only, as inference takes it
         elif lesion_fallback == "flair":
             lesion = flair_hyperintensity_mask(volumes["FLAIR"].array, brain, flair_z, min_voxels).astype(np.float32)
             source = "flair"

@@ -143,7 +143,10 @@ def test_subject_errors_name_the_files(tmp_path):
     sitk.WriteImage(shifted, str(folder / "FLAIR.nii.gz"))
     assert message(["T1"], ["FLAIR"]).startswith(
         f"{folder / 'FLAIR.nii.gz'}: subject p's FLAIR is not on the grid of its T1 ({folder / 'T1.nii.gz'}): origin")
-    lesion = sitk.ReadImage(str(folder / "lesion_mask.nii.gz"))
+    labels = sitk.ReadImage(str(folder / "lesion_mask.nii.gz"))
+    sitk.WriteImage(labels * 2, str(folder / "lesion_mask.nii.gz"))  # a label map (0/2), not a 0/1 mask
+    assert message(["T1"], ["T1c"]).startswith(f"{folder / 'lesion_mask.nii.gz'}: a mask must hold only 0 and 1")
+    lesion = labels
     lesion.SetSpacing((2.0, 1.0, 1.0))
     sitk.WriteImage(lesion, str(folder / "lesion_mask.nii.gz"))
     assert message(["T1"], ["T1c"]).startswith(
