@@ -161,7 +161,8 @@ class SynthesisLogic:
             tilt = grid.geometry.plane_tilt(plane)
             if tilt > OBLIQUE_NOTE_DEGREES:
                 notes.append(f"{grid.source}: its grid is oblique, its slices lie {tilt:.0f} degrees from the {plane} "
-                             "plane the model slices in (heads tilted up to 20 degrees were checked: "
+                             f"plane the model slices in (heads tilted up to {OBLIQUE_NOTE_DEGREES:.0f} degrees were "
+                             "checked: "
                              "docs/results/head_tilt_loso); resample it to an axis-aligned grid if the result "
                              "looks off")
             result = run_slicewise(self.model.network, normalised, targets, axis=axis, mask=brain,
