@@ -39,8 +39,8 @@ NEGATIVE_LIMIT = 0.05
 
 def check_magnitude(volume: Volume) -> None:
     """Refuse an image of which more than ``NEGATIVE_LIMIT`` of the non-zero voxels are negative."""
-    values = volume.array[volume.array != 0]
-    share = np.count_nonzero(values < 0) / values.size if values.size else 0.0
+    nonzero = np.count_nonzero(volume.array)
+    share = np.count_nonzero(volume.array < 0) / nonzero if nonzero else 0.0
     if share > NEGATIVE_LIMIT:
         raise InputError(f"{volume.source}: {100 * share:.0f} % of its non-zero voxels are negative; the models take "
                          "MR intensities as acquired or bias-corrected (0 and above), not z-scored or shifted ones: "

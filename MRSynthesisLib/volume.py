@@ -20,6 +20,8 @@ from .atomic import replacing
 from .errors import InputError
 
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# The physical (LPS) axis normal to each plane: x = L-R, y = P-A, z = I-S.
+PLANE_NORMALS = {"sagittal": 0, "coronal": 1, "axial": 2}
 # Geometry equality tolerance: 1e-4 mm / 1e-4 direction cosine is far below a voxel and
 # above the float32 rounding that NIfTI headers introduce.
 GRID_TOLERANCE = 1e-4
@@ -67,18 +69,16 @@ class Geometry:
         Decided from the direction cosines, not assumed, because the voxel axis that runs
         inferior-superior is not axis 0 in every file.
         """
-        physical = {"sagittal": 0, "coronal": 1, "axial": 2}  # LPS: x=L-R, y=P-A, z=I-S
-        if plane not in physical:
+        if plane not in PLANE_NORMALS:
             raise ValueError(f"unknown plane {plane!r}; choose axial, coronal or sagittal")
         cosines = np.abs(np.asarray(self.direction).reshape(3, 3))  # column j = voxel axis j
-        itk_axis = int(np.argmax(cosines[physical[plane], :]))
+        itk_axis = int(np.argmax(cosines[PLANE_NORMALS[plane], :]))
         return 2 - itk_axis
 
     def plane_tilt(self, plane: str) -> float:
         """Degrees between the slices ``axis_for(plane)`` gives and the true ``plane`` (0 on a grid
         aligned with the patient's axes; 45 where two voxel axes are equally close to its normal)."""
-        physical = {"sagittal": 0, "coronal": 1, "axial": 2}[plane]
-        cosine = abs(np.asarray(self.direction).reshape(3, 3)[physical, 2 - self.axis_for(plane)])
+        cosine = abs(np.asarray(self.direction).reshape(3, 3)[PLANE_NORMALS[plane], 2 - self.axis_for(plane)])
         return float(np.degrees(np.arccos(min(1.0, cosine))))
 
 
