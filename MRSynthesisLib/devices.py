@@ -39,24 +39,41 @@ def choose_device(requested: str) -> tuple[torch.device, str | None]:
     if requested in ("auto", "mps") and _mps_available():
         return torch.device("mps"), None
     if requested in ("cuda", "mps"):
-        return torch.device("cpu"), f"{requested.upper()} is not available in this PyTorch build or machine; using the CPU"
+        return torch.device("cpu"), (f"{requested.upper()} is not available in this PyTorch build or machine; "
+                                     "using the CPU")
     return torch.device("cpu"), None
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX), where bf16 pays off."""
+def cpu_bf16_flags() -> set[str]:
+    """The CPU's bf16 features as Linux lists them: ``avx512_bf16`` (a bf16 dot product in the
+    vector unit) and ``amx_bf16`` (AMX matrix tiles); empty where /proc/cpuinfo is absent."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
+    return flags & {"avx512_bf16", "amx_bf16"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX): where a training step pays
+    off in bf16 (Testing/Benchmarks/benchmark_cpu_precision.py: 1.3-2x with AVX512-BF16 alone)."""
+    return bool(cpu_bf16_flags())
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True when the CPU has AMX bf16 tiles: the only CPUs where bf16 inference beat fp32 when measured
+    (benchmark_cpu_precision.py; with AVX512-BF16 alone every network's inference was slower in bf16)."""
+    return "amx_bf16" in cpu_bf16_flags()
 
 
 def choose_precision(requested: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None = plain fp32).
 
     ``auto`` is fp16 on CUDA (bf16 where the GPU supports it, which avoids fp16 overflow),
-    fp16 on MPS, and bf16 on CPUs with native bf16 arithmetic, else fp32.
+    fp16 on MPS, and bf16 on CPUs with AMX, else fp32. Not on every CPU with native bf16: with
+    AVX512-BF16 alone (no AMX, or a virtual machine that hides it) bf16 inference was measured
+    slower than fp32 for every network (docs/results/benchmark_cpu_precision.md), while bf16
+    training steps were faster there (``training.loop.autocast_dtype`` keeps them).
     """
     import torch
 
@@ -72,4 +89,4 @@ def choose_precision(requested: str, device: torch.device) -> torch.dtype | None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else None
+    return torch.bfloat16 if cpu_has_amx_bf16() else None

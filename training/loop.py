@@ -45,8 +45,12 @@ METRICS = "metrics.csv"
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware does it natively (measured ~2x faster per step on this project's
-    AVX512-BF16 CPUs), else fp32. fp16 is not offered: it would need loss scaling."""
+    """bf16 where the hardware does it natively, else fp32. fp16 is not offered: it would need loss scaling.
+
+    Wider than inference's ``auto`` (bf16 on CPUs only with AMX): with AVX512-BF16 alone a Chartsias
+    training step still measured 1.37x faster in bf16, though the Wei FCN's was 0.75x and the
+    autoencoder's level (docs/results/benchmark_cpu_precision.md); with AMX both 3D steps measured
+    2.0-2.4x faster. The Chartsias model is what the project trains most."""
     if precision == "fp32":
         return None
     if precision == "bf16":

@@ -7,16 +7,18 @@ Run by hand, not by the test suite:
 In one command it measures, each in a fresh subprocess so that peak memory is its own:
 (a) the naive path: fp32, one full 182x218 slice at a time, every slice of the volume;
 (b) the production path (``inference.run_slicewise``): the CPU's default batch
-    (``logic.default_batch_size``: 4 slices), channels_last,
-    bf16 autocast on CPUs with native bf16, each batch cropped to its slices' brain (bounding
-    box plus 8 voxels), slices without brain skipped;
-(c) the production path in fp32, to check that bf16 changes the result by less than 0.005 SSIM
-    (bf16 against fp32, and each against the real FLAIR when the shared data is present);
+    (``logic.default_batch_size``: 4 slices), channels_last, the precision ``auto`` picks
+    (bf16 autocast on CPUs with AMX, else fp32; ``devices.choose_precision``), each batch
+    cropped to its slices' brain (bounding box plus 8 voxels), slices without brain skipped;
+(c) the production path in fp32 and (c') in bf16, whatever ``auto`` picks, to check that bf16
+    changes the result by less than 0.005 SSIM (bf16 against fp32, and each against the real
+    FLAIR when the shared data is present) and to time both;
 (d) the production path in fp32 on whole slices (no cropping), to show what cropping changes
     (SSIM of (c) against (d) inside the brain);
-plus this machine's bf16 matrix-multiply throughput. Reported: seconds, peak RSS, the speed-up
-(a)/(b), and the FLOP/s of (b) both as executed and as "useful" (the reference network's
-nominal FLOP for the whole volume, 182 full slices) over the measured matmul peak.
+plus this machine's bf16 and fp32 matrix-multiply throughput. Reported: seconds, peak RSS, the
+speed-up (a)/(b), and the FLOP/s of (b) both as executed and as "useful" (the reference
+network's nominal FLOP for the whole volume, 182 full slices) over the measured matmul peak of
+bf16 (the issue's yardstick) and of the dtype (b) ran in.
 
 Input: 3 inputs (T1, T1c, T2) -> FLAIR from ../shared/data/ms/patient07 when present, else a
 generated phantom of the same size. Weights: the bundled model's when it accepts these
@@ -91,6 +93,7 @@ def worker(mode: str, naive_slices: int | None, out: Path) -> None:
 
     inputs, brain, source = load_case()
     net, weights = network()
+    dtype = None  # the naive path runs in fp32
     start = time.perf_counter()
     if mode == "naive":
         multiple = net.SIZE_MULTIPLE
@@ -104,7 +107,8 @@ def worker(mode: str, naive_slices: int | None, out: Path) -> None:
         seconds = (time.perf_counter() - start) * (depth / len(slices))
         result = None
     else:
-        dtype = None if mode in ("fp32", "uncropped") else choose_precision("auto", torch.device("cpu"))
+        fixed = {"fp32": None, "uncropped": None, "bf16": torch.bfloat16}
+        dtype = fixed[mode] if mode in fixed else choose_precision("auto", torch.device("cpu"))
         margin = max(brain.shape) if mode == "uncropped" else 8  # a margin past every edge keeps whole slices
         settings = RunSettings(torch.device("cpu"), dtype, batch_size=default_batch_size("cpu", 2))
         result = run_slicewise(net, inputs, [TARGET], axis=0, mask=brain, settings=settings,
@@ -113,7 +117,7 @@ def worker(mode: str, naive_slices: int | None, out: Path) -> None:
         np.save(out.with_suffix(".npy"), result)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps({"mode": mode, "seconds": seconds, "peak_rss_mb": peak_mb, "source": source,
-                               "weights": weights, "dtype": str(dtype) if mode != "naive" else "float32",
+                               "weights": weights, "dtype": str(dtype or torch.float32),
                                "extrapolated_from_slices": None if naive_slices is None else naive_slices}))
 
 
@@ -149,12 +153,13 @@ def flop_counts(brain: np.ndarray) -> tuple[float, float]:
     return nominal, executed
 
 
-def matmul_throughput(seconds: float = 3.0) -> float:
-    """bf16 FLOP/s of a large square matrix multiply: this machine's practical peak."""
+def matmul_throughput(dtype_name: str, seconds: float = 3.0) -> float:
+    """FLOP/s of a large square matrix multiply in ``dtype_name``: this machine's practical peak."""
     import torch
 
     n = 2048
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     count, start = 0, time.perf_counter()
@@ -168,7 +173,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--naive-slices", type=int, help="time only N evenly spaced slices of (a) and extrapolate")
     parser.add_argument("--json", help="write the figures here too")
-    parser.add_argument("--worker", choices=("naive", "production", "fp32", "uncropped"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("naive", "production", "bf16", "fp32", "uncropped"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -180,7 +186,7 @@ def main() -> None:
 
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("naive", "production", "fp32", "uncropped"):
+        for mode in ("naive", "production", "bf16", "fp32", "uncropped"):
             out = Path(tmp) / f"{mode}.json"
             command = [sys.executable, __file__, "--worker", mode, "--worker-out", str(out)]
             if args.naive_slices:
@@ -188,7 +194,7 @@ def main() -> None:
             subprocess.run(command, check=True)
             runs[mode] = json.loads(out.read_text())
             print(f"{mode}: {runs[mode]['seconds']:.1f} s, peak RSS {runs[mode]['peak_rss_mb']:.0f} MB", flush=True)
-        production, reference = np.load(Path(tmp) / "production.npy"), np.load(Path(tmp) / "fp32.npy")
+        production, reference = np.load(Path(tmp) / "bf16.npy"), np.load(Path(tmp) / "fp32.npy")
         uncropped = np.load(Path(tmp) / "uncropped.npy")
     inputs, brain, source = load_case()
     data_range = float(reference.max() - reference.min())
@@ -203,7 +209,9 @@ def main() -> None:
         against_real = {f"ssim_{name}_vs_real_flair_in_brain": ssim(array, real, mask=brain, data_range=real_range)
                         for name, array in (("bf16", production), ("fp32", reference))}
     nominal, executed = flop_counts(brain)
-    peak = matmul_throughput()
+    peak = matmul_throughput("bfloat16")
+    peak_fp32 = matmul_throughput("float32")
+    own_peak = peak if runs["production"]["dtype"] == "torch.bfloat16" else peak_fp32
     seconds = runs["production"]["seconds"]
     figures = {
         "case": source, "weights": runs["production"]["weights"], "threads": torch.get_num_threads(),
@@ -211,13 +219,17 @@ def main() -> None:
         "naive_extrapolated_from_slices": runs["naive"]["extrapolated_from_slices"],
         "production_seconds": seconds, "production_peak_rss_mb": runs["production"]["peak_rss_mb"],
         "production_dtype": runs["production"]["dtype"], "fp32_production_seconds": runs["fp32"]["seconds"],
+        "bf16_production_seconds": runs["bf16"]["seconds"],
         "speedup_naive_over_production": runs["naive"]["seconds"] / seconds,
         "ssim_bf16_vs_fp32_in_brain": ssim_bf16_vs_fp32, **against_real,
         "uncropped_fp32_seconds": runs["uncropped"]["seconds"],
         "ssim_fp32_vs_uncropped_fp32_in_brain": ssim(reference, uncropped, mask=brain, data_range=data_range),
-        "bf16_matmul_flops": peak, "nominal_flop_per_volume": nominal, "executed_flop_production": executed,
+        "bf16_matmul_flops": peak, "fp32_matmul_flops": peak_fp32, "nominal_flop_per_volume": nominal,
+        "executed_flop_production": executed,
         "useful_flops_fraction_of_matmul": nominal / seconds / peak,
         "executed_flops_fraction_of_matmul": executed / seconds / peak,
+        "useful_flops_fraction_of_own_dtype_matmul": nominal / seconds / own_peak,
+        "executed_flops_fraction_of_own_dtype_matmul": executed / seconds / own_peak,
     }
     width = max(map(len, figures))
     for key, value in figures.items():
