@@ -124,6 +124,8 @@ def read_volume(path: str | os.PathLike) -> Volume:
     except RuntimeError as error:
         detail = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
         raise InputError(f"{path}: not a readable image ({detail})") from None
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):  # casting would drop the phase
+        raise InputError(f"{path}: holds complex values; give a magnitude image (the modulus of each voxel)")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                          "a scalar 3D image is expected")

@@ -186,6 +186,16 @@ def test_2d_image(tmp_path):
     assert str(path) in str(error.value) and "3D volume is expected" in str(error.value)
 
 
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_image_is_refused(tmp_path, dtype):
+    """Reading it as float would keep the real part and drop the phase without a word (it did)."""
+    path = tmp_path / "raw.nii.gz"
+    nib.save(nib.Nifti1Image((np.ones((5, 6, 7)) * (3 + 4j)).astype(dtype), np.eye(4)), path)
+    with pytest.raises(InputError, match="holds complex values; give a magnitude image") as error:
+        read_volume(path)
+    assert str(path) in str(error.value)
+
+
 def test_4d_with_several_volumes(tmp_path):
     path = tmp_path / "dwi.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((5, 6, 7, 3), np.float32), np.eye(4)), path)
