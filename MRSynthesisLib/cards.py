@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import modalities
 from . import models as architectures
-from .errors import ModelCardError
 from .atomic import current_umask, read_json
+from .errors import ModelCardError
 
 if TYPE_CHECKING:  # torch is imported only to build or save a network: listing models stays light
     from torch import nn
@@ -51,6 +51,10 @@ class ModelCard:
     missing_inputs: str = "any_subset"
     output_intensity: dict[str, dict[str, Any]] = field(default_factory=dict)
     patch_size: list[int] | None = None
+    # Voxel spacing (mm) of the training volumes along the patient's left-right, posterior-anterior
+    # and inferior-superior axes (``Geometry.anatomical_spacing``, median over the training
+    # subjects): inference resamples inputs whose voxels are coarser onto it. None: not recorded.
+    spacing_mm: list[float] | None = None
     version: str = "0.0.0"
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -112,9 +116,18 @@ class ModelCard:
             fail(f"'output_intensity' must be an object (output -> statistics), not {self.output_intensity!r}")
         if not isinstance(self.weights, str) or not self.weights:
             fail(f"'weights' must be the weights file name, not {self.weights!r}")
+        if self.spacing_mm is not None and not (
+                isinstance(self.spacing_mm, list) and len(self.spacing_mm) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 100
+                        for v in self.spacing_mm)):
+            fail(f"'spacing_mm' must be null or three voxel sizes in mm (left-right, posterior-anterior, "
+                 f"inferior-superior), not {self.spacing_mm!r}")
         if self.weights_sha256 is not None and not isinstance(self.weights_sha256, str):
             fail(f"'weights_sha256' must be a hex string or null, not {self.weights_sha256!r}")
-        from .preprocessing import IntensityStats, NormalisationSpec  # late: keeps card parsing light
+        from .preprocessing import (  # late: keeps card parsing light
+            IntensityStats,
+            NormalisationSpec,
+        )
         try:
             NormalisationSpec.from_dict(self.normalisation)
             for name, stats in self.output_intensity.items():

@@ -54,6 +54,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="2D models: slice in this plane instead of the card's (view transfer)")
     parser.add_argument("--resample-to", metavar="MODALITY",
                         help="resample inputs on other grids onto this input's grid (otherwise they are refused)")
+    parser.add_argument("--native-spacing", action="store_true",
+                        help="synthesise on the inputs' own voxels even where they are coarser than the model's "
+                             "training voxels (by default such inputs are synthesised on the model's spacing and "
+                             "the results resampled back to the input grid)")
     parser.add_argument("--format", default=".nii.gz", choices=WRITABLE_SUFFIXES, help="format of outputs in a folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (inputs never are)")
     parser.add_argument("--progress", choices=MODES, default="auto", help="json: one JSON line per step on stdout")

@@ -172,7 +172,7 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
         device=args.device, precision=args.precision, batch_size=args.batch_size, plane=args.plane,
         saliency=bool(args.saliency_out),
         saliency_references=_read_pairs(args.saliency_reference, "--saliency-reference"),
-        saliency_region=_read_optional(args.saliency_region), tile=args.tile)
+        saliency_region=_read_optional(args.saliency_region), tile=args.tile, native_spacing=args.native_spacing)
     result = SynthesisLogic(model, reporter.progress).run(request)
     for note in result.notes:
         reporter.note(note)
@@ -244,8 +244,11 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
                 lesion_mask=_read_optional(masks.get("lesion_mask")),
                 brain_mask=_read_optional(masks.get("brain_mask")),
                 reference=args.resample_to, resample=bool(args.resample_to), device=args.device,
-                precision=args.precision, batch_size=args.batch_size, plane=args.plane)
+                precision=args.precision, batch_size=args.batch_size, plane=args.plane, tile=args.tile,
+                native_spacing=args.native_spacing)
             result = logic.run(request)
+            for note in result.notes:  # what the logic says of this subject (a lesion off the brain, coarse voxels)
+                reporter.note(f"{name}: {note}")
             created = sorted(p.name for p in paths.values() if p.name in ours or not p.exists())
             write_json(marker, {"created": created})
             try:

@@ -9,6 +9,7 @@ order ``sitk.GetArrayFromImage`` returns; geometry tuples are in ITK (x, y, z) o
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,6 +75,25 @@ class Geometry:
         cosines = np.abs(np.asarray(self.direction).reshape(3, 3))  # column j = voxel axis j
         itk_axis = int(np.argmax(cosines[PLANE_NORMALS[plane], :]))
         return 2 - itk_axis
+
+    def anatomical_spacing(self) -> tuple[float, float, float]:
+        """Voxel spacing (mm) along the patient's left-right, posterior-anterior and inferior-superior
+        axes: each voxel axis's spacing goes to the patient axis it runs nearest to, so that grids
+        stored in different axis orders compare (a model card keeps its training data's this way)."""
+        cosines = np.abs(np.asarray(self.direction).reshape(3, 3))  # column j = voxel axis j
+        spacing = [0.0, 0.0, 0.0]
+        for j in range(3):
+            spacing[int(np.argmax(cosines[:, j]))] = self.spacing[j]
+        return tuple(spacing)
+
+    def respaced(self, spacing: Sequence[float]) -> "Geometry":
+        """The grid over the same field of view with voxels of ``spacing`` (ITK x, y, z order): the
+        outer corner of the first voxel stays, the size is the extent over the new spacing."""
+        old, new = np.asarray(self.spacing, float), np.asarray(spacing, float)
+        size = np.maximum(1, np.round(np.asarray(self.size) * old / new)).astype(int)
+        origin = np.asarray(self.origin) + np.asarray(self.direction).reshape(3, 3) @ ((new - old) / 2)
+        return Geometry(tuple(int(n) for n in size), tuple(float(s) for s in new),
+                        tuple(float(o) for o in origin), self.direction)
 
     def plane_tilt(self, plane: str) -> float:
         """Degrees between the slices ``axis_for(plane)`` gives and the true ``plane`` (0 on a grid

@@ -178,6 +178,7 @@ class Subject:
     slices: np.ndarray  # indices of the slices with enough brain to train on
     lesion_source: str
     ignore: np.ndarray | None = None  # (slices, H, W) bool: pixels left out of every cost
+    spacing_mm: tuple[float, float, float] | None = None  # ``Geometry.anatomical_spacing`` of its images
 
     def supervised(self, index) -> np.ndarray:
         """The brain pixels of slices ``index`` that the cost and validation may look at."""
@@ -249,5 +250,5 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     area = brain_first.reshape(len(brain_first), -1).sum(1)
     slices = np.flatnonzero(area >= min_slice_brain_fraction * area.max())
     subject = Subject(files.subject, {m: first(a) for m, a in normalised.items()}, first(lesion), brain_first,
-                      slices, source, None if ignore is None else first(ignore))
+                      slices, source, None if ignore is None else first(ignore), geometry.anatomical_spacing())
     return subject, {m: volumes[m].array for m in outputs}, brain

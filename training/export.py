@@ -30,18 +30,27 @@ def output_intensity(raw: Mapping[str, Sequence[np.ndarray]], brains: Sequence[n
     return {m: reference_stats(list(arrays), list(brains), spec).to_dict() for m, arrays in raw.items()}
 
 
+def training_spacing(spacings: Sequence[Sequence[float] | None]) -> list[float] | None:
+    """The card's ``spacing_mm``: the median voxel spacing of the training subjects along each patient axis
+    (inference resamples coarser inputs onto it); None when a subject's is unknown."""
+    if not spacings or any(s is None for s in spacings):
+        return None
+    return [float(v) for v in np.median(np.asarray(spacings, float), axis=0)]
+
+
 def network_params(config: TrainConfig) -> dict[str, Any]:
     return {"latent_channels": config.latent_channels, "filters": list(config.filters), "fusion": config.fusion}
 
 
 def write_model_folder(network: nn.Module, config: TrainConfig, folder: Path, *, intensity: dict[str, dict],
                        subjects: Mapping[str, Sequence[dict[str, str]]], metrics: dict[str, Any],
-                       command: str, base: Any = None) -> Path:
+                       command: str, spacing_mm: list[float] | None, base: Any = None) -> Path:
     """Save ``network`` with its card to ``folder`` (replacing an earlier export of the same run).
 
     ``base`` (a ``training.extend.Base``) marks an extension: the card keeps the base card's
     inputs, normalisation and output intensities, lists its outputs plus the new ones (the
-    network's), and records the base model in ``training.extends``.
+    network's), and records the base model in ``training.extends``. ``spacing_mm``: ``training_spacing``
+    of the training subjects (an extension keeps the base card's: its encoders learnt the base's scale).
     """
     if base is not None:
         credits = list(dict.fromkeys([*config.credits, *base.card.training.get("credits", [])]))
@@ -57,6 +66,7 @@ def write_model_folder(network: nn.Module, config: TrainConfig, folder: Path, *,
             plane=base.card.plane,
             missing_inputs=base.card.missing_inputs,
             output_intensity={**base.card.output_intensity, **intensity},
+            spacing_mm=base.card.spacing_mm,
             version=config.version,
             description=config.description,
             training={"subjects": dict(subjects), "credits": credits, "extends": base.provenance(),
@@ -76,6 +86,7 @@ def write_model_folder(network: nn.Module, config: TrainConfig, folder: Path, *,
         plane="axial",
         missing_inputs="any_subset",
         output_intensity=intensity,
+        spacing_mm=spacing_mm,
         version=config.version,
         description=config.description,
         training={"subjects": dict(subjects), "credits": list(config.credits),

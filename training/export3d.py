@@ -23,7 +23,7 @@ from .config3d import Train3DConfig
 
 def write_model_folder(network: nn.Module, config: Train3DConfig, folder: Path, *, intensity: dict[str, dict],
                        subjects: Mapping[str, Sequence[dict[str, str]]], metrics: dict[str, Any],
-                       command: str) -> Path:
+                       command: str, spacing_mm: list[float] | None) -> Path:
     """Save ``network`` with its card to ``folder`` (replacing an earlier export of the same run)."""
     card = ModelCard(
         name=config.name,
@@ -38,6 +38,7 @@ def write_model_folder(network: nn.Module, config: Train3DConfig, folder: Path, 
         missing_inputs="any_subset" if config.input_dropout else "all_required",
         output_intensity=intensity,
         patch_size=[config.patch_size] * 3,
+        spacing_mm=spacing_mm,
         version=config.version,
         description=config.description,
         training={"subjects": dict(subjects), "credits": list(config.credits),

@@ -34,7 +34,7 @@ from .batches import TRAIN_STREAM, build_batch, step_subset
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import AVERAGE_KEYS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
 from .datasets import NORMALISATION, Subject, check_same_data, data_record, discover, load_subject, split_subjects
-from .export import output_intensity, write_model_folder
+from .export import output_intensity, training_spacing, write_model_folder
 from .extend import load_base, working_config
 from .schedule import Schedule
 from .validate import validate
@@ -326,7 +326,8 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     subjects = {"training": [{"subject": s.name, "lesion_channel": s.lesion_source} for s in train_subjects],
                 "validation": [{"subject": s.name, "lesion_channel": s.lesion_source} for s in val_subjects]}
     folder = write_model_folder(model.to(memory_format=torch.contiguous_format), config, out / config.name,
-                                intensity=intensity, subjects=subjects, metrics=metrics, command=command, base=base)
+                                intensity=intensity, subjects=subjects, metrics=metrics, command=command,
+                                spacing_mm=training_spacing([s.spacing_mm for s in train_subjects]), base=base)
     print(f"model folder: {folder}", flush=True)
     if writer is not None:
         writer.close()

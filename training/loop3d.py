@@ -31,7 +31,7 @@ from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_ch
 from .config3d import RESUMABLE_CHANGES, Train3DConfig
 from .datasets import check_same_data, data_record, discover, split_subjects
 from .early_stopping import up_stops
-from .export import output_intensity
+from .export import output_intensity, training_spacing
 from .export3d import write_model_folder
 from .loop import BEST, CHECKPOINT, METRICS, _write_csv, autocast_dtype
 from .patches3d import (
@@ -245,6 +245,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
     subjects = {"training": [{"subject": v.name, "lesion_channel": v.lesion_source} for v in volumes],
                 "validation": [{"subject": v.name, "lesion_channel": v.lesion_source} for v in val_volumes]}
     folder = write_model_folder(model, config, out / config.name, intensity=intensity, subjects=subjects,
-                                metrics=metrics, command=command)
+                                metrics=metrics, command=command,
+                                spacing_mm=training_spacing([v.spacing_mm for v in volumes]))
     print(f"model folder: {folder}", flush=True)
     return folder

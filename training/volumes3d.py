@@ -29,6 +29,7 @@ class Volume3D:
     lesion: np.ndarray
     brain: np.ndarray
     lesion_source: str
+    spacing_mm: tuple[float, float, float] | None = None  # ``Geometry.anatomical_spacing`` of its images
 
 
 def _file_order(array: np.ndarray, axis: int) -> np.ndarray:
@@ -47,7 +48,7 @@ def load_volumes(config: Train3DConfig, names: Sequence[str], files: Mapping[str
             min_slice_brain_fraction=0.0, normalisation=config.normalisation)
         axis = read_volume(files[name].images[config.inputs[0]]).geometry.axis_for("axial")
         volume = Volume3D(name, {m: _file_order(a, axis) for m, a in subject.images.items()},
-                          _file_order(subject.lesion, axis), brain, subject.lesion_source)
+                          _file_order(subject.lesion, axis), brain, subject.lesion_source, subject.spacing_mm)
         volumes.append(volume)
         raws.append(raw)
         brains.append(brain)

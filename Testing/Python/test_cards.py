@@ -141,6 +141,10 @@ def test_torch_save_file_renamed_is_refused(model):
     ({"lesion_input": "no"}, "lesion_input"),
     ({"name": 5}, "'name' must be a non-empty string"),
     ({"weights_sha256": 12}, "weights_sha256"),
+    ({"spacing_mm": [1.0, 1.0]}, "'spacing_mm' must be null or three voxel sizes"),
+    ({"spacing_mm": [1.0, 0.0, 1.0]}, "'spacing_mm' must be null or three voxel sizes"),
+    ({"spacing_mm": "1x1x1"}, "'spacing_mm' must be null or three voxel sizes"),
+    ({"spacing_mm": [1.0, True, 1.0]}, "'spacing_mm' must be null or three voxel sizes"),
 ])
 def test_malformed_card(model, changes, words):
     edit_card(model, **changes)

@@ -19,7 +19,7 @@ from MRSynthesisLib.cards import ModelCard, load_model, save_model
 from MRSynthesisLib.errors import Cancelled, InputError
 from MRSynthesisLib.devices import choose_device, choose_precision
 from MRSynthesisLib.inference import RunSettings, _run_in_batches
-from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
+from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest, model_grid
 from MRSynthesisLib.preprocessing import foreground_mask
 from MRSynthesisLib.volume import Geometry, Volume
 
@@ -600,3 +600,51 @@ def test_out_of_memory_on_the_cpu_and_other_errors_propagate():
     with pytest.raises(RuntimeError, match="shape mismatch"):
         _run_in_batches(nn.Identity(), [0, 1], broken, gpu, "slices")
     assert gpu.notes == []
+
+
+# --- inputs with coarser voxels than the model's ----------------------------------------------
+
+def test_model_grid_resamples_only_the_coarse_axes_the_model_convolves_over():
+    def grid(spacing, direction=LAS):
+        return Geometry((24, 28, 20), spacing, (5.0, -3.0, 8.0), direction)
+
+    ones = [1.0, 1.0, 1.0]
+    assert model_grid(grid((2.0, 2.0, 3.0)), None, "axial") is None  # a card without spacing_mm
+    assert model_grid(grid((2.0, 2.0, 3.0)), ones, "axial").spacing == (1.0, 1.0, 3.0)  # slice axis left
+    assert model_grid(grid((2.0, 2.0, 3.0)), ones, "coronal").spacing == (1.0, 2.0, 1.0)
+    assert model_grid(grid((2.0, 2.0, 3.0)), ones, None).spacing == (1.0, 1.0, 1.0)  # a 3D model: every axis
+    assert model_grid(grid((1.15, 1.15, 1.0)), ones, "axial") is None  # within COARSER_THAN_MODEL
+    assert model_grid(grid((0.5, 0.5, 0.5)), ones, None) is None  # finer voxels stay
+    assert model_grid(grid((1.5, 1.0, 1.0)), ones, "axial").spacing == (1.0, 1.0, 1.0)  # one coarse axis
+    # voxel i runs A-P, j I-S, k L-R: the card's (left-right, ant.-post., sup.-inf.) sizes go to k, i, j
+    assert model_grid(grid((2.0, 2.0, 2.0), SAGITTAL), [1.0, 0.8, 1.5], "axial").spacing == (0.8, 2.0, 1.0)
+
+
+def test_coarse_inputs_are_synthesised_on_the_model_spacing_and_returned_on_their_grid(tmp_path):
+    vols, _ = volumes()  # voxels of 1 x 1.2 x 0.9 mm
+    half = [0.5, 0.6, 0.45]  # the model was trained on voxels half that size
+    model = probe(tmp_path, "copy", spacing_mm=half)
+    result = run(model, {"T1": vols["T1"]}, ["T2"], saliency=True)
+    out = result.outputs["T2"]
+    assert out.geometry == vols["T1"].geometry
+    assert any("/data/T1.nii.gz: voxels of 1 x 1.2 x 0.9 mm, coarser than the 0.5 x 0.6 x 0.45 mm" in n
+               and "synthesised on voxels of 0.5 x 0.6 x 0.9 mm and resampled back" in n for n in result.notes)
+    resampled_slices = {c[2:] for c in model.network.calls}
+    brain = foreground_mask([vols["T1"].array])
+    assert not out.array[~brain].any() and not result.saliency["T2"]["T1"].array[~brain].any()
+
+    native = probe(tmp_path, "copy")  # the same network, its card without spacing_mm
+    plain = run(native, {"T1": vols["T1"]}, ["T2"])
+    native_slices = {c[2:] for c in native.network.calls}
+    assert max(h for h, _ in resampled_slices) >= 1.8 * max(h for h, _ in native_slices)  # twice the voxels
+    assert max(w for _, w in resampled_slices) >= 1.8 * max(w for _, w in native_slices)
+    # a copy of T1 through a round trip of linear resampling: the same image, smoothed at the brain's edge
+    inner = ndi.binary_erosion(brain, iterations=2)
+    assert np.corrcoef(out.array[inner], plain.outputs["T2"].array[inner])[0, 1] > 0.95
+
+    asked = probe(tmp_path, "copy", spacing_mm=half)
+    kept = run(asked, {"T1": vols["T1"]}, ["T2"], native_spacing=True)
+    assert {c[2:] for c in asked.network.calls} == native_slices
+    np.testing.assert_array_equal(kept.outputs["T2"].array, plain.outputs["T2"].array)
+    assert any("coarser than the 0.5 x 0.6 x 0.45 mm" in n and "synthesised on them as asked (--native-spacing)" in n
+               for n in kept.notes)

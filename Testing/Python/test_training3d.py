@@ -215,6 +215,7 @@ def test_tiny_run_writes_a_loadable_model_folder(sources, tmp_path, architecture
     assert card.architecture == architecture and card.spatial_dims == 3 and card.plane is None
     assert card.missing_inputs == "all_required" and card.params["input_dropout"] is False
     assert card.patch_size == [tiny([], out, architecture)["patch_size"]] * 3
+    assert card.spacing_mm == [1.0, 1.0, 1.0]
     scheme = "zscore" if architecture == "wei2019_fcn3d" else "three_mean_nonzero"
     assert card.normalisation["scheme"] == scheme
     assert set(card.output_intensity) == {"FLAIR"} and card.output_intensity["FLAIR"]["scale"] > 0

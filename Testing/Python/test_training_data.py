@@ -434,3 +434,21 @@ def test_resume_accepts_a_checkpoint_written_before_a_config_key_existed():
     _check_resumable(saved, config, steps_done=200)
     with pytest.raises(ValueError, match="lesion_crop_fraction"):
         _check_resumable({**saved, "lesion_crop_fraction": 0.5}, config, steps_done=200)
+
+
+def test_subject_spacing_is_recorded_along_the_patient_axes(tmp_path):
+    """The card's spacing_mm: voxel sizes follow the patient axes whatever the files' axis order, median over
+    subjects, and unknown when a subject's is."""
+    from training.export import training_spacing
+
+    folder = write_brats_subject(tmp_path, "c", 5)
+    for path in folder.iterdir():  # voxel i runs A-P, j I-S, k L-R, of 0.9, 3.0 and 1.1 mm
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing((0.9, 3.0, 1.1))
+        image.SetDirection((0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
+        sitk.WriteImage(image, str(path))
+    subject = load_subject(discover([str(tmp_path)])[0], ["T1"], ["FLAIR"], lesion_input=False,
+                           lesion_fallback="zeros", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)[0]
+    assert subject.spacing_mm == pytest.approx((1.1, 0.9, 3.0))
+    assert training_spacing([subject.spacing_mm, (1.0, 1.0, 1.0), (1.0, 1.2, 1.0)]) == pytest.approx([1.0, 1.0, 1.0])
+    assert training_spacing([subject.spacing_mm, None]) is None and training_spacing([]) is None

@@ -72,6 +72,7 @@ def test_run_writes_a_model_folder_that_the_cli_runs(reference, tmp_path):
         ["T1", "T2", "FLAIR"], ["T2", "FLAIR"], True, "any_subset")
     assert card.normalisation["scheme"] == "mean_in_brain" and set(card.output_intensity) == {"T2", "FLAIR"}
     assert card.training["recipe"]["config"]["seed"] == 3
+    assert card.spacing_mm == [1.0, 1.0, 1.0]  # the training files' voxels (test_training_data: anisotropic ones)
     assert [s["lesion_channel"] for s in card.training["subjects"]["training"]] == ["mask", "flair"]
     assert card.metrics["validation_subjects"] == ["patient02"] and "mse[T1->FLAIR]" in card.metrics
 

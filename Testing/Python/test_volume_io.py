@@ -254,6 +254,33 @@ def test_plane_tilt_is_the_angle_between_the_slices_and_the_plane():
     assert geometry(rotation(math.radians(45), 0, 0)).plane_tilt("axial") == pytest.approx(45.0)
 
 
+def test_anatomical_spacing_follows_the_patient_axes_not_the_voxel_order():
+    spacing = (0.5, 0.8, 3.0)  # voxel i, j, k
+    assert Geometry((7, 6, 5), spacing, (0.0,) * 3, LPS).anatomical_spacing() == (0.5, 0.8, 3.0)
+    # SAGITTAL: voxel i runs A-P, j I-S, k L-R
+    assert Geometry((7, 6, 5), spacing, (0.0,) * 3, SAGITTAL).anatomical_spacing() == (3.0, 0.5, 0.8)
+
+
+@pytest.mark.parametrize("direction", [LPS, SAGITTAL, rotation(0.2, 0.1, -0.25)])
+def test_respaced_keeps_the_field_of_view(direction):
+    """The grid's outer corners stay where they were; a volume resampled onto it and back keeps a smooth image."""
+    geometry = Geometry((20, 16, 12), (2.0, 2.0, 3.0), (10.0, -4.0, 7.0), tuple(float(d) for d in direction))
+    finer = geometry.respaced((1.0, 2.0, 1.5))
+    assert finer.size == (40, 16, 24) and finer.spacing == (1.0, 2.0, 1.5) and finer.direction == geometry.direction
+
+    def corners(g: Geometry) -> np.ndarray:
+        rotation_ = np.asarray(g.direction).reshape(3, 3)
+        low = np.asarray(g.origin) - rotation_ @ (np.asarray(g.spacing) / 2)
+        return np.stack([low, low + rotation_ @ (np.asarray(g.size) * np.asarray(g.spacing))])
+
+    np.testing.assert_allclose(corners(finer), corners(geometry), atol=1e-9)
+    z, y, x = np.meshgrid(*(np.linspace(0, 1, n) for n in geometry.shape), indexing="ij")
+    smooth = Volume((1 + x + 2 * y + 3 * z).astype(np.float32), geometry)
+    back = resample_to(resample_to(smooth, finer), geometry)
+    inner = (slice(1, -1),) * 3  # the edge voxels interpolate against the zero outside
+    np.testing.assert_allclose(back.array[inner], smooth.array[inner], atol=1e-4)
+
+
 def test_orientation_codes():
     def code(direction):
         return Geometry((2, 2, 2), (1.0,) * 3, (0.0,) * 3, direction).orientation()
