@@ -309,6 +309,8 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     for volume in (synthetic, reference):
         check_values(volume)
     brain = check_mask(on_grid(args.brain_mask)) if args.brain_mask else foreground_mask([reference.array])
+    if not brain.any():
+        raise InputError(f"{args.brain_mask}: the brain mask is empty")
     try:
         spec = NormalisationSpec.from_dict({"scheme": args.normalisation})
     except ValueError as error:
@@ -324,6 +326,8 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     lesion = nawm = None
     if args.lesion_mask:
         lesion = check_mask(on_grid(args.lesion_mask))
+        if not lesion.any():
+            raise InputError(f"{args.lesion_mask}: the lesion mask is empty; the lesion ratios need lesion voxels")
         if args.nawm_mask:
             nawm = check_mask(on_grid(args.nawm_mask))
         elif args.t1:
@@ -338,6 +342,10 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         raise InputError(str(error)) from None
     planes = {reference.geometry.axis_for(p): p for p in ("axial", "coronal", "sagittal")}
     values = {_plane_name(k, planes): v for k, v in values.items()}
+    dropped = ""
+    if spec.scheme == "zscore":  # its reference has mean 0 in the brain: 10 log10(mean^2 / MSE) says nothing
+        del values["snr_brain"]
+        dropped = "\nsnr_brain left out: it needs the reference's brain mean, which zscore sets to 0"
     figure = None
     if args.figure:
         difference = synthetic.with_array(np.abs(synth_n - ref_n) * brain)
@@ -349,7 +357,8 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     if args.json:
         write_json(Path(args.json), values)
     print(f"synthetic: {synthetic.source}\nreference: {reference.source}\nnormalisation: {spec.scheme}; "
-          f"data range: max-min of the normalised reference" + (f"\nfigure: {figure}" if figure else "") + "\n")
+          f"data range: max-min of the normalised reference" + dropped + (f"\nfigure: {figure}" if figure else "")
+          + "\n")
     print(metrics.format_table(values))
     return EXIT_OK
 

@@ -155,6 +155,13 @@ def bad_cases(ws):
                                             ["--saliency-reference: used by the saliency maps only"]),
         "evaluate json exists": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
                                   "--json", ws["existing"] / "FLAIR.nii.gz"], ["FLAIR.nii.gz: already exists"]),
+        # an empty mask was reported without its file ("lesion_mask is empty"), or under the synthetic's name
+        "evaluate empty lesion mask": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
+                                        "--lesion-mask", b / "empty.nii.gz", "--t1", s["T1"]],
+                                       [f"{b / 'empty.nii.gz'}: the lesion mask is empty"]),
+        "evaluate empty brain mask": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
+                                       "--brain-mask", b / "empty.nii.gz"],
+                                      [f"{b / 'empty.nii.gz'}: the brain mask is empty"]),
         "manifest repeats a column": (["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "repeated.csv",
                                        "--out", ws["out"] / "repeated"],
                                       [f"{ws['cohort'] / 'repeated.csv'}: the header repeats 't1n'"]),
@@ -187,6 +194,7 @@ def runs(ws, cli_home):
         "evaluate": ["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"], "--json", out / "metrics.json",
                      "--slice-plane", "axial", "--lesion-mask", s["lesion_mask"], "--t1", s["T1"],
                      "--brain-mask", s["brain_mask"], "--figure", out / "evaluate.png"],
+        "evaluate zscore": ["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"], "--normalisation", "zscore"],
         "batch": ["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "manifest.csv", "--out", out / "batch",
                   "--progress", "json"],
         "batch with a bad subject": ["batch", "--model", ws["model"], "--manifest",
@@ -278,7 +286,8 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "malformed model", "usage error", "bad pair", "modality given twice", "aliases of one modality",
     "manifest repeats a column", "one file as two modalities", "evaluate figure onto an input",
     "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name",
-    "demo out named like a file", "z-scored input", "evaluate t1 on another grid", "saliency reference without maps"])
+    "demo out named like a file", "z-scored input", "evaluate t1 on another grid", "saliency reference without maps",
+    "evaluate empty lesion mask", "evaluate empty brain mask"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
@@ -383,6 +392,15 @@ def test_evaluate_prints_a_table(runs, ws):
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
+def test_evaluate_leaves_out_snr_where_the_normalisation_zeroes_the_mean(runs):
+    """zscore sets the reference's brain mean to 0, so 10 log10(mean^2 / MSE) was printed as about -200 dB."""
+    result = runs["evaluate zscore"]
+    assert result.returncode == 0, explain(result)
+    rows = table(result.stdout)
+    assert "snr_brain" not in rows and np.isfinite(rows["ssim_brain"])
+    assert "snr_brain left out: it needs the reference's brain mean, which zscore sets to 0" in result.stdout
+
+
 def test_evaluate_on_real_data(runs):
     result = runs["real evaluate"]
     assert result.returncode == 0, explain(result)
