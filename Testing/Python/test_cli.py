@@ -391,7 +391,6 @@ def test_evaluate_prints_a_table(runs, ws):
     assert not list(ws["out"].glob(".*partial*"))
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
 def test_evaluate_leaves_out_snr_where_the_normalisation_zeroes_the_mean(runs):
     """zscore sets the reference's brain mean to 0, so 10 log10(mean^2 / MSE) was printed as about -200 dB."""
     result = runs["evaluate zscore"]
@@ -401,6 +400,7 @@ def test_evaluate_leaves_out_snr_where_the_normalisation_zeroes_the_mean(runs):
     assert "snr_brain left out: it needs the reference's brain mean, which zscore sets to 0" in result.stdout
 
 
+@pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
 def test_evaluate_on_real_data(runs):
     result = runs["real evaluate"]
     assert result.returncode == 0, explain(result)
