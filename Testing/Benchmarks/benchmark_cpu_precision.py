@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmark_slicewise_inference import matmul_throughput  # noqa: E402
+
 from MRSynthesisLib import devices  # noqa: E402
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO  # noqa: E402
 from MRSynthesisLib.models.klingelhoefer_ae3d import KlingelhoeferAE3D  # noqa: E402
@@ -154,18 +156,6 @@ def timed(call: Callable[[], object], dtype: torch.dtype | None) -> float:
     return time.perf_counter() - start
 
 
-def matmul_throughput(dtype: torch.dtype, seconds: float = 2.0) -> float:
-    n = 2048
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * n ** 3 * count / (time.perf_counter() - start)
-
-
 def summary(times: dict[str, list[float]]) -> dict[str, float]:
     fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
     return {"fp32_seconds": fp32, "bf16_seconds": bf16, "bf16_speedup": fp32 / bf16}
@@ -189,8 +179,8 @@ def main() -> None:
         "cpu_flags": sorted(devices.cpu_bf16_flags()),
         "auto_inference": str(devices.choose_precision("auto", cpu)),
         "auto_training": str(autocast_dtype("auto", cpu)),
-        "matmul_fp32_flops": matmul_throughput(torch.float32),
-        "matmul_bf16_flops": matmul_throughput(torch.bfloat16),
+        "matmul_fp32_flops": matmul_throughput("float32"),
+        "matmul_bf16_flops": matmul_throughput("bfloat16"),
     }
     figures.update(inference_rounds(args.rounds, args.threads))
     steps = training_steps(torch.Generator().manual_seed(0))
