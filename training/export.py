@@ -17,6 +17,7 @@ import numpy as np
 from torch import nn
 
 from MRSynthesisLib.cards import ModelCard, save_model
+from MRSynthesisLib.logic import COARSER_THAN_MODEL
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from MRSynthesisLib.preprocessing import NormalisationSpec, reference_stats
 
@@ -36,6 +37,21 @@ def training_spacing(spacings: Sequence[Sequence[float] | None]) -> list[float] 
     if not spacings or any(s is None for s in spacings):
         return None
     return [float(v) for v in np.median(np.asarray(spacings, float), axis=0)]
+
+
+def spacing_outliers(names: Sequence[str], spacings: Sequence[Sequence[float] | None]) -> list[str]:
+    """A line per training subject whose voxels differ from the median (``training_spacing``) by more than
+    inference's ``COARSER_THAN_MODEL`` along an axis: the network learns that subject at another scale,
+    and inference will resample only inputs coarser than the median."""
+    median = training_spacing(spacings)
+    if median is None:
+        return []
+    mm = lambda values: " x ".join(f"{v:.3g}" for v in values) + " mm"  # noqa: E731
+    return [f"training subject {name}: voxels of {mm(spacing)} (left-right x anterior-posterior x superior-"
+            f"inferior) against the subjects' median {mm(median)}; the model learns it at another scale "
+            "(resample such subjects to a common spacing first to avoid it)"
+            for name, spacing in zip(names, spacings)
+            if any(max(s, m) > COARSER_THAN_MODEL * min(s, m) for s, m in zip(spacing, median))]
 
 
 def network_params(config: TrainConfig) -> dict[str, Any]:

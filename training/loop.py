@@ -34,7 +34,7 @@ from .batches import TRAIN_STREAM, build_batch, step_subset
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import AVERAGE_KEYS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
 from .datasets import NORMALISATION, Subject, check_same_data, data_record, discover, load_subject, split_subjects
-from .export import output_intensity, training_spacing, write_model_folder
+from .export import output_intensity, spacing_outliers, training_spacing, write_model_folder
 from .extend import load_base, working_config
 from .schedule import Schedule
 from .validate import validate
@@ -200,6 +200,9 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
         print(f"training subjects: {', '.join(train_names)}\nvalidation subjects: {', '.join(val_names) or 'none'}",
               flush=True)
     train_subjects, raws, brains = _load(work, train_names, files, main, spec)
+    if main:
+        for line in spacing_outliers(train_names, [s.spacing_mm for s in train_subjects]):
+            print(f"warning: {line}", flush=True)
     intensity = output_intensity({m: [r[m] for r in raws] for m in work.outputs}, brains, spec) if main else {}
     del raws, brains
     val_subjects = _load(work, val_names, files, main, spec)[0] if main else []

@@ -31,7 +31,7 @@ from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_ch
 from .config3d import RESUMABLE_CHANGES, Train3DConfig
 from .datasets import check_same_data, data_record, discover, split_subjects
 from .early_stopping import up_stops
-from .export import output_intensity, training_spacing
+from .export import output_intensity, spacing_outliers, training_spacing
 from .export3d import write_model_folder
 from .loop import BEST, CHECKPOINT, METRICS, _write_csv, autocast_dtype
 from .patches3d import (
@@ -156,6 +156,8 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
     print(f"training subjects: {', '.join(train_names)}\nvalidation subjects: {', '.join(val_names) or 'none'}",
           flush=True)
     volumes, raws, brains = load_volumes(config, train_names, files, True)
+    for line in spacing_outliers(train_names, [v.spacing_mm for v in volumes]):
+        print(f"warning: {line}", flush=True)
     intensity = output_intensity({m: [r[m] for r in raws] for m in config.outputs}, brains, config.normalisation)
     del raws, brains
     val_volumes = load_volumes(config, val_names, files, True)[0]

@@ -452,3 +452,13 @@ def test_subject_spacing_is_recorded_along_the_patient_axes(tmp_path):
     assert subject.spacing_mm == pytest.approx((1.1, 0.9, 3.0))
     assert training_spacing([subject.spacing_mm, (1.0, 1.0, 1.0), (1.0, 1.2, 1.0)]) == pytest.approx([1.0, 1.0, 1.0])
     assert training_spacing([subject.spacing_mm, None]) is None and training_spacing([]) is None
+
+
+def test_training_subjects_at_another_scale_are_named():
+    from training.export import spacing_outliers
+
+    spacings = [(1.0, 1.0, 1.0), (1.1, 0.9, 1.0), (2.0, 2.0, 1.0), (1.0, 1.0, 3.0)]
+    said = spacing_outliers(["a", "b", "c", "d"], spacings)
+    assert [line.split(":")[0] for line in said] == ["training subject c", "training subject d"]
+    assert "voxels of 2 x 2 x 1 mm" in said[0] and "median 1.05 x 1 x 1 mm" in said[0]
+    assert spacing_outliers(["a", "b"], [(1.0, 1.0, 1.0), None]) == []
