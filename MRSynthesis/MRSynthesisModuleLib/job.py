@@ -27,6 +27,7 @@ class SynthesisJob:
     lesion_mask: Optional[str] = None
     saliency_dir: Optional[str] = None
     resample_to: Optional[str] = None  # an input modality: the others are resampled onto its grid
+    native_spacing: bool = False  # synthesise on the inputs' voxels even where coarser than the model's
 
     def arguments(self) -> list[str]:
         args = ["synthesize"]
@@ -43,6 +44,8 @@ class SynthesisJob:
             args += ["--saliency-out", self.saliency_dir]
         if self.resample_to:
             args += ["--resample-to", self.resample_to]
+        if self.native_spacing:
+            args.append("--native-spacing")
         return args
 
     def output_name(self, target: str) -> str:

@@ -41,7 +41,8 @@ class SynthesisPanel:
 
     def __init__(self, *, bridge: SceneBridge, widgets: Any, launcher: CliLauncher, catalog: ModelCatalog,
                  actions: Any) -> None:
-        self.bridge, self.widgets, self.launcher, self.catalog, self.actions = bridge, widgets, launcher, catalog, actions
+        self.bridge, self.widgets, self.launcher = bridge, widgets, launcher
+        self.catalog, self.actions = catalog, actions
         self.widget = load_ui(paths.resource("UI/MRSynthesis.ui"))
         self.ui = _Children(self.widget)
         self._status_is_hint = False
@@ -75,6 +76,7 @@ class SynthesisPanel:
         self.ui.modelComboBox.currentIndexChanged.connect(lambda *_: self._on_model_changed())
         self.ui.deviceComboBox.currentIndexChanged.connect(lambda *_: self._changed())
         self.ui.resampleCheckBox.toggled.connect(lambda *_: self._changed())
+        self.ui.nativeSpacingCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.saliencyCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.offPlaneTargetComboBox.currentIndexChanged.connect(lambda *_: self._changed())
         self.lesion_selector.currentNodeChanged.connect(lambda *_: self._changed())
@@ -111,6 +113,7 @@ class SynthesisPanel:
             self._select_model(*params.model)
             self.ui.deviceComboBox.setCurrentIndex(DEVICES.index(params.device) if params.device in DEVICES else 0)
             self.ui.resampleCheckBox.setChecked(params.resample)
+            self.ui.nativeSpacingCheckBox.setChecked(params.native_spacing)
             self.ui.saliencyCheckBox.setChecked(params.saliency)
             segmentation, segment_id = params.lesion
             self.lesion_selector.setCurrentNode(segmentation)
@@ -132,6 +135,7 @@ class SynthesisPanel:
         params.targets = self.targets
         params.device = DEVICES[prop(self.ui.deviceComboBox, "currentIndex")]
         params.resample = self.ui.resampleCheckBox.isChecked()
+        params.native_spacing = self.ui.nativeSpacingCheckBox.isChecked()
         params.saliency = self.ui.saliencyCheckBox.isChecked()
         params.lesion = (self.lesion_selector.currentNode(), self.lesion_selector.currentSegmentID())
         params.reference = (self.reference_selector.currentNode(), prop(self.ui.offPlaneTargetComboBox, "currentText"))
@@ -421,7 +425,8 @@ class SynthesisPanel:
                 lesion=lesion if lesion[0] is not None and lesion[1] else None,
                 saliency=self.ui.saliencyCheckBox.isChecked(),
                 reference=(reference, target, model.plane) if reference is not None and target else None,
-                resample=self.ui.resampleCheckBox.isChecked())
+                resample=self.ui.resampleCheckBox.isChecked(),
+                native_spacing=self.ui.nativeSpacingCheckBox.isChecked())
         except (OSError, ValueError) as error:
             self.ui.errorLabel.setText(f"Could not write the inputs: {error}")
             return

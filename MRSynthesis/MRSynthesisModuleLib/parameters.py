@@ -79,6 +79,15 @@ class SynthesisParameters:
         self.node.SetParameter("Resample", "true" if enabled else "false")
 
     @property
+    def native_spacing(self) -> bool:
+        """Synthesise on the inputs' own voxels even where they are coarser than the model's (off by default)."""
+        return self._text("NativeSpacing") == "true"
+
+    @native_spacing.setter
+    def native_spacing(self, enabled: bool) -> None:
+        self.node.SetParameter("NativeSpacing", "true" if enabled else "false")
+
+    @property
     def saliency(self) -> bool:
         return self._text("Saliency") == "true"
 

@@ -46,14 +46,16 @@ class PreparedRun:
     def __init__(self, bridge: SceneBridge, rows: Sequence[tuple[Any, str]], targets: Sequence[str], *,
                  model: Optional[str] = None, device: str = "auto", lesion: Optional[tuple[Any, str]] = None,
                  lesion_file: Optional[str] = None, saliency: bool = False,
-                 reference: Optional[tuple[Any, str, str]] = None, resample: bool = False) -> None:
+                 reference: Optional[tuple[Any, str, str]] = None, resample: bool = False,
+                 native_spacing: bool = False) -> None:
         """``rows``: (volume node, modality), the first one's grid being the outputs' grid;
         ``lesion``: (segmentation node, segment ID) or ``lesion_file``: a mask file;
         ``resample``: inputs (and the mask) on other grids are resampled onto the first one's
-        instead of refused;
+        instead of refused; ``native_spacing``: synthesise on the inputs' own voxels even where they
+        are coarser than the model's (the command line's ``--native-spacing``);
         ``reference``: (real volume node, target it is compared with, plane the model slices in)."""
-        _check_same_transform([node for node, _ in rows] + [n for n in (lesion and lesion[0], reference and reference[0])
-                                                              if n is not None])
+        others = (lesion and lesion[0], reference and reference[0])
+        _check_same_transform([node for node, _ in rows] + [n for n in others if n is not None])
         self.bridge = bridge
         self.inputs = {modality: node for node, modality in rows}
         self.first_input = rows[0][0]
@@ -75,7 +77,7 @@ class PreparedRun:
             raise
         self.job = SynthesisJob(inputs, list(targets), self._path("out"), model=model, device=device,
                                 lesion_mask=lesion_file, saliency_dir=self._path("saliency") if saliency else None,
-                                resample_to=rows[0][1] if resample else None)
+                                resample_to=rows[0][1] if resample else None, native_spacing=native_spacing)
 
     def _path(self, name: str) -> str:
         return str(Path(self.folder) / name)

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lesion-mask", help="0/1 mask of lesions to synthesise, on the first input's grid")
     parser.add_argument("--saliency-out", help="folder for the per-input P3S saliency maps")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    parser.add_argument("--native-spacing", action="store_true",
+                        help="synthesise on the inputs' own voxels even where they are coarser than the model's")
     return parser
 
 
@@ -133,7 +135,7 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
     try:
         results = synthesize_and_wait(SceneBridge(files.scene), launcher or CliLauncher(), rows, targets,
                                       model=args.model, device=args.device, lesion_file=args.lesion_mask,
-                                      saliency=bool(args.saliency_out))
+                                      saliency=bool(args.saliency_out), native_spacing=args.native_spacing)
     except SynthesisFailed as error:
         print(f"batch.py: error: {error}", file=sys.stderr)
         return error.exit_code

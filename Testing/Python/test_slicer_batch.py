@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
 
 import slicer_support as support  # noqa: E402
-from conftest import cli_command, cli_env, make_subject  # noqa: E402
+from conftest import cli_command, cli_env, make_subject, make_tiny_model  # noqa: E402
 
 import batch  # noqa: E402
 from MRSynthesisLib.volume import Geometry, read_volume, resample_to  # noqa: E402
@@ -44,6 +44,23 @@ def test_batch_synthesises_and_saves_the_results(tmp_path, tiny_model, cli_home,
     assert sorted(p.name for p in saliency.iterdir()) == ["P3S_FLAIR_from_T1.nii.gz", "P3S_FLAIR_from_T2.nii.gz"]
     assert f"FLAIR synthetic (T1+T2): {out / 'FLAIR_synthetic.nii.gz'}" in printed.out
     assert "FLAIR contributions: T1 " in printed.out
+
+
+def test_batch_says_what_the_command_line_says_of_coarse_voxels(tmp_path, cli_home, capsys):
+    """A model trained on voxels half the subject's: the note comes through, and --native-spacing reaches the
+    command line."""
+    subject = make_subject(tmp_path / "subject")
+    model = make_tiny_model(tmp_path / "fine", spacing_mm=[0.5, 0.5, 0.75])
+    said = []
+    for extra, out in (([], "a"), (["--native-spacing"], "b")):
+        status = batch.run(["--input", f"T1={subject['T1']}", "--target", "FLAIR", "--out", str(tmp_path / out),
+                            "--model", str(model), "--device", "cpu", *extra],
+                           support.CoreFiles(support.new_scene()), CliLauncher(base_env=cli_env(cli_home)))
+        printed = capsys.readouterr()
+        assert status == 0, printed.err
+        said.append(printed.out)
+    assert "note: " in said[0] and "coarser than the 0.5 x 0.5 x 0.75 mm" in said[0] and "resampled back" in said[0]
+    assert "synthesised on them as asked (--native-spacing)" in said[1]
 
 
 def corners(geometry: Geometry) -> set[tuple[float, ...]]:
@@ -115,7 +132,7 @@ def test_help_documents_the_arguments(capsys):
     assert batch.run(["--help"], files=None) == 0
     usage = capsys.readouterr().out
     for option in ("--input MODALITY=PATH", "--target MODALITY", "--out", "--model", "--device", "--lesion-mask",
-                   "--saliency-out"):
+                   "--saliency-out", "--native-spacing"):
         assert option in usage
     assert batch.run([], files=None) == 2  # --input, --target and --out are required
 

@@ -220,12 +220,13 @@ def test_inputs_on_different_grids_are_refused_unless_the_user_asks_to_resample_
     assert [m for _, m in panel.inputs] == ["T2", "T1"]
     panel.set_targets(["FLAIR"])
     assert not panel.ui.resampleCheckBox.isChecked()  # resampling changes data: never by default
+    assert not panel.ui.nativeSpacingCheckBox.isChecked()  # coarse voxels go on the model's spacing by default
     ids_before = support.node_ids(scene)
 
     panel.ui.applyButton.click()
     support.wait_until(lambda: not panel.running, 120, app.processEvents)
 
-    assert "--resample-to" not in recording.arguments[-1]
+    assert "--resample-to" not in recording.arguments[-1] and "--native-spacing" not in recording.arguments[-1]
     message = panel.ui.errorLabel.text()
     assert "different grids" in message and "Traceback" not in message
     assert f'tick "{panel.ui.resampleCheckBox.text()}"' in message  # points at the checkbox
@@ -283,6 +284,7 @@ def test_a_saved_scene_restores_the_panel(app, listing):
     panel.ui.deviceComboBox.setCurrentIndex(3)
     panel.ui.saliencyCheckBox.setChecked(True)
     panel.ui.resampleCheckBox.setChecked(True)
+    panel.ui.nativeSpacingCheckBox.setChecked(True)
     segmentation, segment_id = panel.paint_lesion()
     panel.reference_selector.setCurrentNode(nodes["FLAIR"])
     panel.ui.offPlaneTargetComboBox.setCurrentIndex(1)  # T1c
@@ -306,7 +308,7 @@ def test_a_saved_scene_restores_the_panel(app, listing):
     assert [(n.GetName(), m) for n, m in restored.inputs] == [("sub-01_T2", "T2"), ("sub-01_T1", "T1")]
     assert restored.targets == ["T1c", "FLAIR"]  # in the card's order
     assert restored.ui.deviceComboBox.currentText() == "CPU" and restored.ui.saliencyCheckBox.isChecked()
-    assert restored.ui.resampleCheckBox.isChecked()
+    assert restored.ui.resampleCheckBox.isChecked() and restored.ui.nativeSpacingCheckBox.isChecked()
     assert restored.lesion_selector.currentNode().GetName() == segmentation.GetName()
     assert restored.lesion_selector.currentSegmentID() == segment_id
     assert restored.reference_selector.currentNode().GetName() == "sub-01_FLAIR"

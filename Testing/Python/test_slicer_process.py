@@ -48,7 +48,8 @@ def test_progress_comes_from_stdout_and_a_failure_keeps_the_message_not_the_trac
 def test_a_crash_without_an_event_is_reported_with_the_last_log_lines():
     outcome = CliRun(CliProcess(python("import sys; print('No module named torch', file=sys.stderr); sys.exit(1)"))
                      ).start().wait()
-    assert outcome.status == "failed" and "exit code 1" in outcome.message and "No module named torch" in outcome.message
+    assert outcome.status == "failed" and "exit code 1" in outcome.message
+    assert "No module named torch" in outcome.message
 
 
 def test_plain_output_is_kept_for_listings():
@@ -120,6 +121,11 @@ def test_the_job_asks_to_resample_onto_the_chosen_input_only_when_told():
     assert "--resample-to" not in SynthesisJob({"T1": "a", "T2": "b"}, ["FLAIR"], "o").arguments()
     args = SynthesisJob({"T2": "b", "T1": "a"}, ["FLAIR"], "o", resample_to="T2").arguments()
     assert args[args.index("--resample-to") + 1] == "T2"
+
+
+def test_the_job_asks_for_the_inputs_own_voxels_only_when_told():
+    assert "--native-spacing" not in SynthesisJob({"T1": "a"}, ["FLAIR"], "o").arguments()
+    assert "--native-spacing" in SynthesisJob({"T1": "a"}, ["FLAIR"], "o", native_spacing=True).arguments()
 
 
 def test_the_command_finds_mrsynthesislib_from_any_folder_without_pythonpath(tmp_path):
