@@ -12,6 +12,19 @@ from typing import Any, Optional
 _SEPARATOR = ","
 
 
+class _Flag:
+    """A boolean parameter of the node, "true" or "false" (absent: false)."""
+
+    def __init__(self, name: str, doc: str) -> None:
+        self.name, self.__doc__ = name, doc
+
+    def __get__(self, owner: Any, kind: Any = None) -> Any:
+        return self if owner is None else owner._text(self.name) == "true"
+
+    def __set__(self, owner: Any, enabled: bool) -> None:
+        owner.node.SetParameter(self.name, "true" if enabled else "false")
+
+
 class SynthesisParameters:
     """Typed access to the parameters and node references of one parameter node."""
 
@@ -69,31 +82,10 @@ class SynthesisParameters:
     def device(self, device: str) -> None:
         self.node.SetParameter("Device", device)
 
-    @property
-    def resample(self) -> bool:
-        """Resample the other inputs onto the first input's grid (off unless the user chose it)."""
-        return self._text("Resample") == "true"
-
-    @resample.setter
-    def resample(self, enabled: bool) -> None:
-        self.node.SetParameter("Resample", "true" if enabled else "false")
-
-    @property
-    def native_spacing(self) -> bool:
-        """Synthesise on the inputs' own voxels even where they are coarser than the model's (off by default)."""
-        return self._text("NativeSpacing") == "true"
-
-    @native_spacing.setter
-    def native_spacing(self, enabled: bool) -> None:
-        self.node.SetParameter("NativeSpacing", "true" if enabled else "false")
-
-    @property
-    def saliency(self) -> bool:
-        return self._text("Saliency") == "true"
-
-    @saliency.setter
-    def saliency(self, enabled: bool) -> None:
-        self.node.SetParameter("Saliency", "true" if enabled else "false")
+    # On/off choices, stored as "true"/"false" strings; each is off unless the user chose it.
+    resample = _Flag("Resample", "Resample the other inputs onto the first input's grid.")
+    native_spacing = _Flag("NativeSpacing", "Synthesise on the inputs' own voxels even where coarser than the model's.")
+    saliency = _Flag("Saliency", "Compute per-input P3S saliency maps.")
 
     @property
     def lesion(self) -> tuple[Optional[Any], str]:

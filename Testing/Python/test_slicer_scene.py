@@ -134,13 +134,14 @@ def test_the_panel_state_survives_saving_and_loading_the_scene():
     flair = add_volume(scene, np.ones(SHAPE, np.float32), "FLAIR")
     segmentation, segment_id = SceneBridge(scene).create_lesion_segment(t1)
     params = SynthesisParameters(scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
-    assert not params.resample  # off until the user chooses it
+    assert not params.resample and not params.native_spacing  # off until the user chooses them
     params.inputs = [(t1, "T1"), (None, "PD"), (t2, "T2")]
     params.model = ("tiny", "/models/tiny")
     params.targets = ["FLAIR", "T1c"]
     params.device = "cpu"
     params.saliency = True
     params.resample = True
+    params.native_spacing = True
     params.lesion = (segmentation, segment_id)
     params.reference = (flair, "FLAIR")
 
@@ -155,7 +156,9 @@ def test_the_panel_state_survives_saving_and_loading_the_scene():
     assert [(n.GetName() if n else None, m) for n, m in restored.inputs] == [("T1", "T1"), (None, "PD"), ("T2", "T2")]
     assert restored.model == ("tiny", "/models/tiny")
     assert restored.targets == ["FLAIR", "T1c"]
-    assert (restored.device, restored.saliency, restored.resample) == ("cpu", True, True)
+    assert (restored.device, restored.saliency, restored.resample, restored.native_spacing) == ("cpu", True, True, True)
+    restored.saliency = False
+    assert restored.node.GetParameter("Saliency") == "false" and not restored.saliency
     assert restored.lesion[0].GetName() == segmentation.GetName() and restored.lesion[1] == segment_id
     assert restored.reference[0].GetName() == "FLAIR" and restored.reference[1] == "FLAIR"
 
