@@ -509,7 +509,7 @@ class SynthesisPanel:
 
     def _failure_text(self, synthesis: Outcome) -> str:
         """The command line's message; for inputs on different grids, where the panel's choice is."""
-        message = synthesis.message
+        message = self._prepared.explain(synthesis.message)
         if (synthesis.exit_code == EXIT_BAD_INPUT and "different grids" in message
                 and self._prepared.job.resample_to is None):
             box = prop(self.ui.resampleCheckBox, "text")

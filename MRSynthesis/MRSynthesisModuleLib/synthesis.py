@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -47,13 +47,14 @@ class PreparedRun:
                  model: Optional[str] = None, device: str = "auto", lesion: Optional[tuple[Any, str]] = None,
                  lesion_file: Optional[str] = None, saliency: bool = False,
                  reference: Optional[tuple[Any, str, str]] = None, resample: bool = False,
-                 native_spacing: bool = False) -> None:
+                 native_spacing: bool = False, labels: Optional[Mapping[str, str]] = None) -> None:
         """``rows``: (volume node, modality), the first one's grid being the outputs' grid;
         ``lesion``: (segmentation node, segment ID) or ``lesion_file``: a mask file;
         ``resample``: inputs (and the mask) on other grids are resampled onto the first one's
         instead of refused; ``native_spacing``: synthesise on the inputs' own voxels even where they
         are coarser than the model's (the command line's ``--native-spacing``);
-        ``reference``: (real volume node, target it is compared with, plane the model slices in)."""
+        ``reference``: (real volume node, target it is compared with, plane the model slices in);
+        ``labels``: modality -> what the user calls that input in messages (default: its node's name)."""
         others = (lesion and lesion[0], reference and reference[0])
         _check_same_transform([node for node, _ in rows] + [n for n in others if n is not None])
         self.bridge = bridge
@@ -75,12 +76,24 @@ class PreparedRun:
         except BaseException:
             self.close()
             raise
+        # The command line names the temporary files in its errors and notes; the user knows the volumes.
+        self._labels = {path: (labels or {}).get(m) or f'"{self.inputs[m].GetName()}"' for m, path in inputs.items()}
+        if lesion is not None:
+            self._labels[lesion_file] = f'the lesion segment of "{lesion[0].GetName()}"'
+        if reference is not None:
+            self._labels[self._path("reference.nrrd")] = f'"{reference[0].GetName()}"'
         self.job = SynthesisJob(inputs, list(targets), self._path("out"), model=model, device=device,
                                 lesion_mask=lesion_file, saliency_dir=self._path("saliency") if saliency else None,
                                 resample_to=rows[0][1] if resample else None, native_spacing=native_spacing)
 
     def _path(self, name: str) -> str:
         return str(Path(self.folder) / name)
+
+    def explain(self, text: str) -> str:
+        """A message of the command line with this run's temporary files named as the user knows them."""
+        for path, label in self._labels.items():
+            text = text.replace(path, label)
+        return text
 
     def evaluate_arguments(self, synthesis: Outcome) -> Optional[list[str]]:
         """The off-plane measurement to run after ``synthesis``, when a reference was given."""
@@ -94,7 +107,8 @@ class PreparedRun:
         """New nodes for the outputs and saliency maps; nothing is added when a read fails."""
         result = SynthesisResult.from_event(synthesis.result)
         loaded = LoadedResults(inputs=self.inputs, outputs={}, contributions=result.contributions,
-                               region_contributions=result.region_contributions, notes=synthesis.notes,
+                               region_contributions=result.region_contributions,
+                               notes=[self.explain(note) for note in synthesis.notes],
                                device=result.device, lesion=self.lesion,
                                reference=self.reference[:2] if self.reference else None)
         try:
@@ -112,7 +126,7 @@ class PreparedRun:
             metrics = json.loads(Path(self._path("metrics.json")).read_text(encoding="utf-8"))
             loaded.off_plane = off_plane_figures(metrics)
         elif evaluation is not None:
-            loaded.off_plane_problem = evaluation.message
+            loaded.off_plane_problem = self.explain(evaluation.message)
         return loaded
 
     def close(self) -> None:
@@ -148,7 +162,8 @@ def synthesize_and_wait(bridge: SceneBridge, launcher: CliLauncher, rows: Sequen
     try:
         outcome = launcher.run(prepared.job.arguments()).wait()
         if outcome.status != "done":
-            raise SynthesisFailed(outcome.message or f"synthesis {outcome.status}", outcome.exit_code)
+            raise SynthesisFailed(prepared.explain(outcome.message or f"synthesis {outcome.status}"),
+                                  outcome.exit_code)
         return prepared.load(outcome)
     finally:
         prepared.close()

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lesion-mask", help="0/1 mask of lesions to synthesise, on the first input's grid")
     parser.add_argument("--saliency-out", help="folder for the per-input P3S saliency maps")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
+    parser.add_argument("--resample", action="store_true",
+                        help="resample the other inputs and the lesion mask onto the first input's grid where they lie "
+                             "on another one (otherwise they are refused), as the panel's checkbox does")
     parser.add_argument("--native-spacing", action="store_true",
                         help="synthesise on the inputs' own voxels even where they are coarser than the model's")
     return parser
@@ -135,9 +138,12 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
     try:
         results = synthesize_and_wait(SceneBridge(files.scene), launcher or CliLauncher(), rows, targets,
                                       model=args.model, device=args.device, lesion_file=args.lesion_mask,
-                                      saliency=bool(args.saliency_out), native_spacing=args.native_spacing)
+                                      saliency=bool(args.saliency_out), resample=args.resample,
+                                      native_spacing=args.native_spacing, labels=dict(pairs))
     except SynthesisFailed as error:
-        print(f"batch.py: error: {error}", file=sys.stderr)
+        hint = ("\nIn batch mode: register the inputs first, or pass --resample to resample them onto the first "
+                "input's grid." if "different grids" in str(error) and not args.resample else "")
+        print(f"batch.py: error: {error}{hint}", file=sys.stderr)
         return error.exit_code
     saves = [(results.outputs[target], path) for target, path in outputs.items()]
     saves += [(node, os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz"))

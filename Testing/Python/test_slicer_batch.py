@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
 
@@ -59,8 +60,31 @@ def test_batch_says_what_the_command_line_says_of_coarse_voxels(tmp_path, cli_ho
         printed = capsys.readouterr()
         assert status == 0, printed.err
         said.append(printed.out)
-    assert "note: " in said[0] and "coarser than the 0.5 x 0.5 x 0.75 mm" in said[0] and "resampled back" in said[0]
+    assert f"note: {subject['T1']}: voxels of 1 x 1 x 1.5 mm, coarser than the 0.5 x 0.5 x 0.75 mm" in said[0]
+    assert "resampled back" in said[0]
     assert "synthesised on them as asked (--native-spacing)" in said[1]
+
+
+def test_batch_resamples_inputs_on_another_grid_only_when_told(tmp_path, cli_home, capsys):
+    """As the panel's "Resample other inputs onto the first input's grid": refused by default, naming both files."""
+    subject = make_subject(tmp_path / "subject")
+    image = sitk.ReadImage(str(subject["T2"]))
+    image.SetOrigin(tuple(o + 2.5 for o in image.GetOrigin()))
+    shifted = tmp_path / "T2_shifted.nii.gz"
+    sitk.WriteImage(image, str(shifted))
+    common = ["--input", f"T1={subject['T1']}", "--input", f"T2={shifted}", "--target", "FLAIR", "--model",
+              "tiny", "--device", "cpu"]
+    launcher = CliLauncher(base_env=cli_env(cli_home, MRSYNTHESIS_MODEL_PATH=str(tmp_path / "models")))
+    make_tiny_model(tmp_path / "models" / "tiny")
+    assert batch.run([*common, "--out", str(tmp_path / "refused")], support.CoreFiles(support.new_scene()),
+                     launcher) == 2
+    said = capsys.readouterr().err
+    assert f"{shifted} and {subject['T1']} are on different grids" in said  # the user's files, not temporary ones
+    assert "MRSynthesis-" not in said and "In batch mode: register the inputs first, or pass --resample" in said
+    assert not (tmp_path / "refused").exists()
+    assert batch.run([*common, "--out", str(tmp_path / "resampled"), "--resample"],
+                     support.CoreFiles(support.new_scene()), launcher) == 0, capsys.readouterr().err
+    assert (tmp_path / "resampled" / "FLAIR_synthetic.nii.gz").is_file()
 
 
 def corners(geometry: Geometry) -> set[tuple[float, ...]]:
@@ -132,7 +156,7 @@ def test_help_documents_the_arguments(capsys):
     assert batch.run(["--help"], files=None) == 0
     usage = capsys.readouterr().out
     for option in ("--input MODALITY=PATH", "--target MODALITY", "--out", "--model", "--device", "--lesion-mask",
-                   "--saliency-out", "--native-spacing"):
+                   "--saliency-out", "--native-spacing", "--resample"):
         assert option in usage
     assert batch.run([], files=None) == 2  # --input, --target and --out are required
 

@@ -229,6 +229,9 @@ def test_inputs_on_different_grids_are_refused_unless_the_user_asks_to_resample_
     assert "--resample-to" not in recording.arguments[-1] and "--native-spacing" not in recording.arguments[-1]
     message = panel.ui.errorLabel.text()
     assert "different grids" in message and "Traceback" not in message
+    # the volumes as the user knows them, not the run's temporary files
+    assert f'"{nodes["T1"].GetName()}" and "{shifted.GetName()}" are on different grids' in message
+    assert "MRSynthesis-" not in message
     assert f'tick "{panel.ui.resampleCheckBox.text()}"' in message  # points at the checkbox
     assert panel.ui.statusLabel.text() == "Failed."
     assert support.node_ids(scene) == ids_before
