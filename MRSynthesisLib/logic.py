@@ -51,6 +51,13 @@ OBLIQUE_NOTE_DEGREES = 20.0
 # Finer voxels are left too (ad hoc, 0.5 mm in-plane resampled to 1 mm: MSE -3 %, SSIM -0.016, mixed).
 # The 20 % margin is a judgement, not measured: it leaves the common 0.9-1.2 mm scans on their own grid.
 COARSER_THAN_MODEL = 1.2
+# Every model here was trained on skull-stripped brains, and the default brain mask (the inputs'
+# foreground) covers the whole head when the skull is on (``preprocessing.foreground_mask``), which
+# also skews the normalisation. A skull-stripped adult brain with its CSF measured 1.10-1.64 L in the
+# shared data and 1.89 L in the MNI152 template; a head with its skull and scalp is about twice that.
+# Above this volume the foreground is said to look like a head (a note: a large brain or a wide mask
+# may reach it too).
+HEAD_LIKE_LITRES = 2.5
 
 
 @dataclass
@@ -164,6 +171,13 @@ class SynthesisLogic:
                                  "it cannot use --lesion-mask")
             lesion = check_mask(masks["lesion"])
         brain = self._brain(inputs, masks)
+        if "brain" not in masks:
+            litres = float(np.count_nonzero(brain)) * float(np.prod(grid.geometry.spacing)) / 1e6
+            if litres > HEAD_LIKE_LITRES:
+                said.append(f"the inputs' foreground, taken as the brain, is {litres:.1f} L, more than a "
+                            "skull-stripped brain (1.1-1.9 L): if the skull is still on, strip it first (e.g. "
+                            "SynthStrip or HD-BET) or give a brain mask; the models were trained on skull-stripped "
+                            "brains")
         if lesion is not None:
             outside = int(np.count_nonzero(lesion & ~brain))
             if outside:  # painted off the brain (another volume, a wrong grid): say so rather than drop it unseen

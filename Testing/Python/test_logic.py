@@ -648,3 +648,23 @@ def test_coarse_inputs_are_synthesised_on_the_model_spacing_and_returned_on_thei
     np.testing.assert_array_equal(kept.outputs["T2"].array, plain.outputs["T2"].array)
     assert any("coarser than the 0.5 x 0.6 x 0.45 mm" in n and "synthesised on them as asked (--native-spacing)" in n
                for n in kept.notes)
+
+
+def test_a_foreground_the_size_of_a_head_is_said(tmp_path):
+    """The default brain mask is the inputs' foreground: with the skull on it is the whole head."""
+    model = probe(tmp_path)
+    vols, p = volumes()
+    voxels = int(foreground_mask([p["T1"]]).sum())
+
+    def notes(spacing: float, **options) -> list[str]:
+        geometry = Geometry(vols["T1"].geometry.size, (spacing,) * 3, (0.0,) * 3, LAS)
+        inputs = {"T1": Volume(vols["T1"].array, geometry, "/data/T1.nii.gz")}
+        if "brain_mask" in options:
+            options["brain_mask"] = Volume(options["brain_mask"].array, geometry, "/data/brain.nii.gz")
+        return run(model, inputs, ["T2"], **options).notes
+
+    big = (2.6e6 / voxels) ** (1 / 3)  # voxel edge (mm) that makes the foreground 2.6 L
+    said = [n for n in notes(big) if "foreground, taken as the brain, is 2.6 L" in n]
+    assert said and "if the skull is still on, strip it first" in said[0]
+    assert not any("skull" in n for n in notes((2.4e6 / voxels) ** (1 / 3)))
+    assert not any("skull" in n for n in notes(big, brain_mask=vols["brain"]))  # a given mask is the user's word
