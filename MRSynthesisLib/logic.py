@@ -9,7 +9,7 @@ line does that, so the logic is equally usable from the Slicer module and from t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,22 +146,10 @@ class SynthesisLogic:
             check_values(volume)
             check_magnitude(volume)
         inputs, masks = align(inputs, reference, resample=request.resample, masks=masks)
-        native = inputs[reference]  # the grid the results are returned on
         plane = (request.plane or card.plane) if card.spatial_dims == 2 else None
-        target = model_grid(native.geometry, card.spacing_mm, plane)
-        said = []
-        if target is not None and request.native_spacing:
-            said.append(f"{native.source}: voxels of {_mm(native.geometry.spacing)}, coarser than the "
-                        f"{_mm(card.spacing_mm)} {card.name} was trained on; synthesised on them as asked "
-                        "(--native-spacing)")
-            target = None
-        elif target is not None:
-            native_brain = self._brain(inputs, masks)
-            said.append(f"{native.source}: voxels of {_mm(native.geometry.spacing)}, coarser than the "
-                        f"{_mm(card.spacing_mm)} {card.name} was trained on; synthesised on voxels of "
-                        f"{_mm(target.spacing)} and resampled back to the input grid (--native-spacing to skip)")
-            inputs = {n: resample_to(v, target) for n, v in inputs.items()}
-            masks = {k: resample_to(v, target, nearest=not k.startswith("reference:")) for k, v in masks.items()}
+        said: list[str] = []
+        inputs, masks, back = self._onto_model_grid(inputs, masks, inputs[reference], plane, request.native_spacing,
+                                                    said)
         grid = inputs[reference]
 
         lesion = None
@@ -242,10 +230,7 @@ class SynthesisLogic:
             outputs[t] = grid.with_array(array.astype(np.float32), source=f"{t} synthetic ({used})")
         saliency = {t: {n: grid.with_array(m * brain, source=f"P3S {t} <- {n}") for n, m in per.items()}
                     for t, per in maps.items()}
-        if target is not None:  # back onto the input grid, masked by its own brain
-            def back(volume: Volume) -> Volume:
-                return native.with_array(resample_to(volume, native.geometry).array * native_brain, volume.source)
-
+        if back is not None:
             outputs = {t: back(v) for t, v in outputs.items()}
             saliency = {t: {n: back(m) for n, m in per.items()} for t, per in saliency.items()}
         contributions = {t: self._contributions(per, brain) for t, per in maps.items()}
@@ -265,6 +250,30 @@ class SynthesisLogic:
         return SynthesisResult(outputs, saliency, contributions, settings.device.type,
                                str(settings.dtype).replace("torch.", "") if settings.dtype else "float32",
                                settings.notes, objective, region_contributions, means)
+
+    def _onto_model_grid(self, inputs: dict[str, Volume], masks: dict[str, Volume], native: Volume,
+                         plane: str | None, native_spacing: bool, said: list[str]
+                         ) -> tuple[dict[str, Volume], dict[str, Volume], Callable[[Volume], Volume] | None]:
+        """Inputs and masks on the model's spacing where theirs is coarser (``model_grid``), and the function
+        that puts a result back on ``native``'s grid, masked by its brain (None when nothing moved)."""
+        card = self.model.card
+        target = model_grid(native.geometry, card.spacing_mm, plane)
+        if target is None:
+            return inputs, masks, None
+        coarse = (f"{native.source}: voxels of {_mm(native.geometry.spacing)}, coarser than the "
+                  f"{_mm(card.spacing_mm)} {card.name} was trained on; ")
+        if native_spacing:
+            said.append(coarse + "synthesised on them as asked (--native-spacing)")
+            return inputs, masks, None
+        said.append(coarse + f"synthesised on voxels of {_mm(target.spacing)} and resampled back to the input grid "
+                    "(--native-spacing to skip)")
+        native_brain = self._brain(inputs, masks)
+
+        def back(volume: Volume) -> Volume:
+            return native.with_array(resample_to(volume, native.geometry).array * native_brain, volume.source)
+
+        return ({n: resample_to(v, target) for n, v in inputs.items()},
+                {k: resample_to(v, target, nearest=not k.startswith("reference:")) for k, v in masks.items()}, back)
 
     @staticmethod
     def _brain(inputs: Mapping[str, Volume], masks: Mapping[str, Volume]) -> np.ndarray:
