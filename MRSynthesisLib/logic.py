@@ -146,33 +146,33 @@ class SynthesisLogic:
             check_values(volume)
             check_magnitude(volume)
         inputs, masks = align(inputs, reference, resample=request.resample, masks=masks)
-        plane = (request.plane or card.plane) if card.spatial_dims == 2 else None
+        # Checked and said on the user's grid (voxel counts, volumes), before any change of grid.
+        native_brain = self._brain(inputs, masks)
         said: list[str] = []
-        inputs, masks, back = self._onto_model_grid(inputs, masks, inputs[reference], plane, request.native_spacing,
-                                                    said)
-        grid = inputs[reference]
-
-        lesion = None
-        if "lesion" in masks:
-            if not card.lesion_input:
-                raise InputError(f"model {card.name!r} was not trained with a lesion channel; "
-                                 "it cannot use --lesion-mask")
-            lesion = check_mask(masks["lesion"])
-        brain = self._brain(inputs, masks)
         if "brain" not in masks:
-            litres = float(np.count_nonzero(brain)) * float(np.prod(grid.geometry.spacing)) / 1e6
+            litres = float(np.count_nonzero(native_brain)) * float(np.prod(inputs[reference].geometry.spacing)) / 1e6
             if litres > HEAD_LIKE_LITRES:
                 said.append(f"the inputs' foreground, taken as the brain, is {litres:.1f} L, more than a "
                             "skull-stripped brain (1.1-1.9 L): if the skull is still on, strip it first (e.g. "
                             "SynthStrip or HD-BET) or give a brain mask; the models were trained on skull-stripped "
                             "brains")
-        if lesion is not None:
-            outside = int(np.count_nonzero(lesion & ~brain))
+        if "lesion" in masks:
+            if not card.lesion_input:
+                raise InputError(f"model {card.name!r} was not trained with a lesion channel; "
+                                 "it cannot use --lesion-mask")
+            painted = check_mask(masks["lesion"])
+            outside = int(np.count_nonzero(painted & ~native_brain))
             if outside:  # painted off the brain (another volume, a wrong grid): say so rather than drop it unseen
-                kept = int(np.count_nonzero(lesion)) - outside
+                kept = int(np.count_nonzero(painted)) - outside
                 said.append(f"lesion mask {masks['lesion'].source}: {outside} of its {outside + kept} voxels lie "
                             "outside the brain and were left out" + ("; the result has no lesion" if not kept else ""))
-            lesion = lesion & brain
+
+        plane = (request.plane or card.plane) if card.spatial_dims == 2 else None
+        inputs, masks, back = self._onto_model_grid(inputs, masks, inputs[reference], native_brain, plane,
+                                                    request.native_spacing, said)
+        grid = inputs[reference]
+        brain = native_brain if back is None else self._brain(inputs, masks)
+        lesion = check_mask(masks["lesion"]) & brain if "lesion" in masks else None
 
         spec = NormalisationSpec.from_dict(card.normalisation)
         normalised = {n: normalise(v.array, spec, brain)[0] for n, v in inputs.items()}
@@ -252,10 +252,10 @@ class SynthesisLogic:
                                settings.notes, objective, region_contributions, means)
 
     def _onto_model_grid(self, inputs: dict[str, Volume], masks: dict[str, Volume], native: Volume,
-                         plane: str | None, native_spacing: bool, said: list[str]
+                         native_brain: np.ndarray, plane: str | None, native_spacing: bool, said: list[str]
                          ) -> tuple[dict[str, Volume], dict[str, Volume], Callable[[Volume], Volume] | None]:
         """Inputs and masks on the model's spacing where theirs is coarser (``model_grid``), and the function
-        that puts a result back on ``native``'s grid, masked by its brain (None when nothing moved)."""
+        that puts a result back on ``native``'s grid, masked by ``native_brain`` (None when nothing moved)."""
         card = self.model.card
         target = model_grid(native.geometry, card.spacing_mm, plane)
         if target is None:
@@ -267,7 +267,6 @@ class SynthesisLogic:
             return inputs, masks, None
         said.append(coarse + f"synthesised on voxels of {_mm(target.spacing)} and resampled back to the input grid "
                     "(--native-spacing to skip)")
-        native_brain = self._brain(inputs, masks)
 
         def back(volume: Volume) -> Volume:
             return native.with_array(resample_to(volume, native.geometry).array * native_brain, volume.source)

@@ -327,6 +327,10 @@ def test_lesion_outside_the_brain_is_dropped(tmp_path):
     none = run(model, {"T1": vols["T1"]}, ["T2"], lesion_mask=vols["lesion"].with_array(corner.astype(np.float32)))
     assert not none.outputs["T2"].array.any()
     assert any("1 of its 1 voxels lie outside the brain" in n and "the result has no lesion" in n for n in none.notes)
+    # on the user's voxels even where the network runs on finer ones (here 2 x 2 of them per input voxel)
+    fine = probe(tmp_path, "lesion", lesion_input=True, scales={}, spacing_mm=[0.5, 0.6, 0.9])
+    coarse = run(fine, {"T1": vols["T1"]}, ["T2"], lesion_mask=vols["lesion"].with_array(lesion.astype(np.float32)))
+    assert any(f"1 of its {total} voxels lie outside the brain" in n for n in coarse.notes), coarse.notes
 
 
 def test_an_oblique_grid_is_said_beyond_the_checked_tilt(tmp_path):
