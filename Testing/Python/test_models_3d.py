@@ -225,3 +225,19 @@ def test_cli_synthesises_with_a_3d_model_and_writes_saliency(tmp_path, run_cli):
     assert (maps / "P3S_FLAIR.png").read_bytes()[:4] == b"\x89PNG"
     for name in ("T1", "T2"):
         assert read_volume(maps / f"P3S_FLAIR_from_{name}.nii.gz").array.any()
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_a_3d_model_runs_coarse_inputs_on_its_own_spacing(tmp_path, name):
+    """Voxels of 1 x 1 x 1.5 mm for a model trained on 1 mm: every axis of a 3D model counts, so the slice axis
+    is resampled too, and the result, saliency maps included, comes back on the input grid."""
+    model = save_3d_model(tmp_path, name, spacing_mm=[1.0, 1.0, 1.0])
+    vols, p = volumes()
+    brain = p["brain"] > 0
+    result = SynthesisLogic(model).run(SynthesisRequest({"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"],
+                                                        saliency=True, tile=16))
+    assert any("synthesised on voxels of 1 x 1 x 1 mm and resampled back" in n for n in result.notes), result.notes
+    out = result.outputs["FLAIR"]
+    assert out.geometry == vols["T1"].geometry and out.array[brain].std() > 0 and not out.array[~brain].any()
+    assert result.saliency["FLAIR"]["T1"].geometry == vols["T1"].geometry
+    assert sum(result.contributions["FLAIR"].values()) == pytest.approx(1.0)
