@@ -111,7 +111,8 @@ def model_grid(geometry: Geometry, spacing_mm: Sequence[float] | None, plane: st
     return None if wanted == list(geometry.spacing) else geometry.respaced(wanted)
 
 
-def _mm(values: Sequence[float]) -> str:
+def voxel_size_text(values: Sequence[float]) -> str:
+    """Voxel sizes as the notes give them, e.g. "1 x 1.2 x 3 mm"."""
     return " x ".join(f"{v:.3g}" for v in values) + " mm"
 
 
@@ -261,13 +262,13 @@ class SynthesisLogic:
         target = model_grid(native.geometry, card.spacing_mm, plane)
         if target is None:
             return inputs, masks, None
-        coarse = (f"{native.source}: voxels of {_mm(native.geometry.spacing)}, coarser than the "
-                  f"{_mm(card.spacing_mm)} {card.name} was trained on; ")
+        coarse = (f"{native.source}: voxels of {voxel_size_text(native.geometry.spacing)}, coarser than the "
+                  f"{voxel_size_text(card.spacing_mm)} {card.name} was trained on; ")
         if native_spacing:
             said.append(coarse + "synthesised on them as asked (--native-spacing)")
             return inputs, masks, None
-        said.append(coarse + f"synthesised on voxels of {_mm(target.spacing)} and resampled back to the input grid "
-                    "(--native-spacing to skip)")
+        said.append(coarse + f"synthesised on voxels of {voxel_size_text(target.spacing)} and resampled back to "
+                    "the input grid (--native-spacing to skip)")
 
         def back(volume: Volume) -> Volume:
             return native.with_array(resample_to(volume, native.geometry).array * native_brain, volume.source)

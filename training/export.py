@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from MRSynthesisLib.cards import ModelCard, save_model
-from MRSynthesisLib.logic import COARSER_THAN_MODEL
+from MRSynthesisLib.logic import COARSER_THAN_MODEL, voxel_size_text
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from MRSynthesisLib.preprocessing import NormalisationSpec, reference_stats
 
@@ -46,10 +46,9 @@ def spacing_outliers(names: Sequence[str], spacings: Sequence[Sequence[float] | 
     median = training_spacing(spacings)
     if median is None:
         return []
-    mm = lambda values: " x ".join(f"{v:.3g}" for v in values) + " mm"  # noqa: E731
-    return [f"training subject {name}: voxels of {mm(spacing)} (left-right x anterior-posterior x superior-"
-            f"inferior) against the subjects' median {mm(median)}; the model learns it at another scale "
-            "(resample such subjects to a common spacing first to avoid it)"
+    return [f"training subject {name}: voxels of {voxel_size_text(spacing)} (left-right x anterior-posterior x "
+            f"superior-inferior) against the subjects' median {voxel_size_text(median)}; the model learns it at "
+            "another scale (resample such subjects to a common spacing first to avoid it)"
             for name, spacing in zip(names, spacings)
             if any(max(s, m) > COARSER_THAN_MODEL * min(s, m) for s, m in zip(spacing, median))]
 

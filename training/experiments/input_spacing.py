@@ -31,7 +31,7 @@ from MRSynthesisLib import metrics, registry
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
-from MRSynthesisLib.volume import Volume, read_volume
+from MRSynthesisLib.volume import Volume, read_volume, resample_to
 
 from ..datasets import discover
 from .loso import write_results
@@ -44,13 +44,9 @@ def degrade(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
     image = volume.to_sitk()
     variance = [(max(0.0, new - old) * FWHM_TO_SIGMA) ** 2 for new, old in zip(spacing, image.GetSpacing())]
     smooth = sitk.DiscreteGaussian(image, variance, 32, 0.01, True)
-    coarse = volume.geometry.respaced(spacing)
-    grid = sitk.Image(list(coarse.size), sitk.sitkUInt8)
-    grid.SetSpacing(coarse.spacing)
-    grid.SetOrigin(coarse.origin)
-    grid.SetDirection(coarse.direction)
-    moved = sitk.Resample(smooth, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return Volume.from_sitk(sitk.Clamp(moved, lowerBound=0.0), source=f"{volume.source} at {spacing} mm")
+    moved = resample_to(Volume.from_sitk(smooth), volume.geometry.respaced(spacing))
+    # the registered MS scans ring a little below 0; an acquisition would not
+    return moved.with_array(np.maximum(moved.array, 0.0), source=f"{volume.source} at {spacing} mm")
 
 
 def score(synthetic: np.ndarray, reference: np.ndarray) -> dict[str, float]:
