@@ -25,7 +25,15 @@ from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
 from .report import Panel, orthogonal_views, saliency_figure
 from .validation import check_mask, check_values
-from .volume import WRITABLE_SUFFIXES, Volume, read_volume, resample_to, suffix_of, write_volume
+from .volume import (
+    WRITABLE_SUFFIXES,
+    Volume,
+    read_volume,
+    reoriented_onto,
+    resample_to,
+    suffix_of,
+    write_volume,
+)
 
 
 def _targets(values: Sequence[str]) -> list[str]:
@@ -165,7 +173,10 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
                 if args.saliency_out else {})
     extras = [Path(args.saliency_out) / f for f in ["contributions.json", *(f"P3S_{t}.png" for t in targets)]] \
         if args.saliency_out else []
-    check_writable([*paths.values(), *saliency.values(), *extras], [Path(p) for _, p in args.input], args.overwrite)
+    # Every file the user gave is an input that no output may replace: images, masks, saliency references.
+    given = [p for _, p in [*args.input, *args.saliency_reference]]
+    given += [p for p in (args.lesion_mask, args.brain_mask, args.saliency_region) if p]
+    check_writable([*paths.values(), *saliency.values(), *extras], [Path(p) for p in given], args.overwrite)
     request = SynthesisRequest(
         inputs=inputs, targets=targets, lesion_mask=_read_optional(args.lesion_mask),
         brain_mask=_read_optional(args.brain_mask), reference=args.resample_to, resample=bool(args.resample_to),
@@ -236,7 +247,7 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
                 reporter.event("skipped", subject=name, reason="outputs exist")
                 continue
             logic.progress = lambda f, m, i=index: reporter.progress((i + f) / len(subjects), f"{name}: {m}")
-            sources = [Path(p) for p in inputs.values()]
+            sources = [Path(p) for p in [*inputs.values(), *masks.values(), args.manifest]]
             check_writable([p for p in paths.values() if p.name not in ours], sources, args.overwrite)
             check_writable([p for p in paths.values() if p.name in ours], sources, True)
             request = SynthesisRequest(
@@ -297,13 +308,14 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     reference = read_volume(args.reference)
 
     def on_grid(path: str) -> Volume:
-        """Every other file of the comparison must lie on the reference's grid, voxel for voxel."""
+        """Every other file of the comparison must lie on the reference's grid, voxel for voxel (stored in
+        any voxel order)."""
         volume = read_volume(path)
-        differences = volume.geometry.differences(reference.geometry)
-        if differences:
+        reordered = reoriented_onto(volume, reference.geometry)
+        if reordered is None:
             raise InputError(f"{volume.source} and {reference.source} are on different grids "
-                             f"({'; '.join(differences)})")
-        return volume
+                             f"({'; '.join(volume.geometry.differences(reference.geometry))})")
+        return reordered
 
     synthetic = on_grid(args.synthetic)
     for volume in (synthetic, reference):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .errors import InputError
-from .volume import Volume, resample_to
+from .volume import Volume, reoriented_onto, resample_to
 
 
 def check_values(volume: Volume, *, allow_empty: bool = False) -> None:
@@ -70,9 +70,10 @@ def align(inputs: Mapping[str, Volume], reference: str, *, resample: bool = Fals
     source = inputs[reference].source
 
     def onto(volume: Volume, nearest: bool) -> Volume:
+        reordered = reoriented_onto(volume, grid)
+        if reordered is not None:
+            return reordered
         differences = volume.geometry.differences(grid)
-        if not differences:
-            return volume
         if not resample:
             raise InputError(f"{volume.source} and {source} are on different grids ({'; '.join(differences)}); "
                              f"register them first, or pass --resample-to {reference} to resample onto {source}")

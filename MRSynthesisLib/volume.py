@@ -212,6 +212,24 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     return path
 
 
+def reoriented_onto(volume: Volume, reference: Geometry) -> Volume | None:
+    """``volume`` on ``reference`` when its grid is that one stored in another voxel order (axes swapped
+    or reversed, the same voxel centres), else None.
+
+    Reordering is lossless, unlike resampling: Slicer writes a left-handed (LAS) NIfTI's volume with
+    its slice axis reversed, and tools disagree on RAS or LAS storage, so a mask and its image often
+    come this way. SimpleITK's DICOMOrient reorders to the reference's axis directions; the grids
+    must then agree to ``GRID_TOLERANCE``."""
+    if not volume.geometry.differences(reference):
+        return volume
+    if sorted(volume.geometry.size) != sorted(reference.size):
+        return None
+    reordered = sitk.DICOMOrient(volume.to_sitk(), reference.orientation())
+    if Geometry.of(reordered).differences(reference):
+        return None
+    return Volume(sitk.GetArrayFromImage(reordered).astype(np.float32, copy=False), reference, volume.source)
+
+
 def resample_to(volume: Volume, reference: Geometry, *, nearest: bool = False) -> Volume:
     """Resample onto ``reference`` (linear, or nearest-neighbour for label masks); 0 outside."""
     grid = sitk.Image(list(reference.size), sitk.sitkUInt8)

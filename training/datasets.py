@@ -28,7 +28,7 @@ from MRSynthesisLib import manifest, modalities
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
 from MRSynthesisLib.validation import check_magnitude, check_mask
-from MRSynthesisLib.volume import read_volume
+from MRSynthesisLib.volume import read_volume, reoriented_onto
 
 from .lesions import flair_hyperintensity_mask
 
@@ -216,11 +216,12 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     for volume in volumes.values():  # what inference refuses, training never learns from
         check_magnitude(volume)
     geometry = volumes[needed[0]].geometry
-    for m, volume in volumes.items():
-        differences = volume.geometry.differences(geometry)
-        if differences:
+    for m, volume in volumes.items():  # the same grid, stored in any voxel order (as inference takes them)
+        volumes[m] = reoriented_onto(volume, geometry)
+        if volumes[m] is None:
+            differences = "; ".join(volume.geometry.differences(geometry))
             raise InputError(f"{files.images[m]}: subject {files.subject}'s {m} is not on the grid of its "
-                             f"{needed[0]} ({files.images[needed[0]]}): {'; '.join(differences)}")
+                             f"{needed[0]} ({files.images[needed[0]]}): {differences}")
     brain = foreground_mask([volumes[m].array for m in inputs])
     normalised = {m: normalise(volumes[m].array, normalisation, brain)[0] for m in needed}
     lesion = np.zeros(brain.shape, np.float32)
@@ -228,11 +229,12 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     source = "none"
     if lesion_input:
         if files.lesion is not None:
-            mask = read_volume(files.lesion)
-            differences = mask.geometry.differences(geometry)
-            if differences:
+            read = read_volume(files.lesion)
+            mask = reoriented_onto(read, geometry)
+            if mask is None:
+                differences = "; ".join(read.geometry.differences(geometry))
                 raise InputError(f"{files.lesion}: subject {files.subject}'s lesion mask is not on the grid of its "
-                                 f"images ({files.images[needed[0]]}): {'; '.join(differences)}")
+                                 f"images ({files.images[needed[0]]}): {differences}")
             lesion, source = check_mask(mask).astype(np.float32), "mask"  # 0/1 only, as inference takes it
         elif lesion_fallback == "flair":
             lesion = flair_hyperintensity_mask(volumes["FLAIR"].array, brain, flair_z, min_voxels).astype(np.float32)

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Optional
 
 FILE_FORMAT = ".nrrd"  # what MRML storage nodes write and read without loss of geometry
+# The choices of the command line's --device, --precision and --plane, in the order of the panel's combo boxes.
 DEVICES = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PLANES = ("axial", "coronal", "sagittal")
 
 
 @dataclass
@@ -25,9 +28,12 @@ class SynthesisJob:
     model: Optional[str] = None  # a model folder or name; None: the bundled default
     device: str = "auto"
     lesion_mask: Optional[str] = None
+    brain_mask: Optional[str] = None  # None: the command line takes the inputs' foreground
     saliency_dir: Optional[str] = None
     resample_to: Optional[str] = None  # an input modality: the others are resampled onto its grid
     native_spacing: bool = False  # synthesise on the inputs' voxels even where coarser than the model's
+    precision: str = "auto"
+    plane: Optional[str] = None  # 2D models: slice in this plane instead of the card's
 
     def arguments(self) -> list[str]:
         args = ["synthesize"]
@@ -35,11 +41,16 @@ class SynthesisJob:
             args += ["--input", f"{modality}={path}"]
         for target in self.targets:
             args += ["--target", target]
-        args += ["--out", self.out_dir, "--format", FILE_FORMAT, "--device", self.device, "--progress", "json"]
+        args += ["--out", self.out_dir, "--format", FILE_FORMAT, "--device", self.device, "--precision",
+                 self.precision, "--progress", "json"]
         if self.model:
             args += ["--model", self.model]
         if self.lesion_mask:
             args += ["--lesion-mask", self.lesion_mask]
+        if self.brain_mask:
+            args += ["--brain-mask", self.brain_mask]
+        if self.plane:
+            args += ["--plane", self.plane]
         if self.saliency_dir:
             args += ["--saliency-out", self.saliency_dir]
         if self.resample_to:

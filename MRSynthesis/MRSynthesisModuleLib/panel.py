@@ -19,7 +19,7 @@ from MRSynthesisLib.errors import EXIT_BAD_INPUT
 
 from . import paths
 from .catalog import ModelCatalog, ModelInfo
-from .job import DEVICES
+from .job import DEVICES, PLANES, PRECISIONS
 from .parameters import SynthesisParameters
 from .process import CliLauncher, CliRun, Outcome
 from .qtcompat import child, load_ui, prop, qt
@@ -59,6 +59,8 @@ class SynthesisPanel:
 
         self.lesion_selector = widgets.segment_selector()
         self.ui.lesionSelectorContainer.layout().addWidget(self.lesion_selector)
+        self.brain_selector = widgets.segment_selector()
+        self.ui.brainSelectorContainer.layout().addWidget(self.brain_selector)
         self.reference_selector = widgets.volume_selector(none_enabled=True)
         self.ui.referenceSelectorContainer.layout().addWidget(self.reference_selector)
         self.reference_selector.setCurrentNode(None)
@@ -74,13 +76,16 @@ class SynthesisPanel:
         self.ui.showSaliencyButton.clicked.connect(lambda *_: self._show_saliency())
         self.ui.showOffPlaneButton.clicked.connect(lambda *_: self._show_off_plane())
         self.ui.modelComboBox.currentIndexChanged.connect(lambda *_: self._on_model_changed())
-        self.ui.deviceComboBox.currentIndexChanged.connect(lambda *_: self._changed())
+        for combo in (self.ui.deviceComboBox, self.ui.precisionComboBox, self.ui.planeComboBox):
+            combo.currentIndexChanged.connect(lambda *_: self._changed())
         self.ui.resampleCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.nativeSpacingCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.saliencyCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.offPlaneTargetComboBox.currentIndexChanged.connect(lambda *_: self._changed())
         self.lesion_selector.currentNodeChanged.connect(lambda *_: self._changed())
         self.lesion_selector.currentSegmentChanged.connect(lambda *_: self._changed())
+        self.brain_selector.currentNodeChanged.connect(lambda *_: self._changed())
+        self.brain_selector.currentSegmentChanged.connect(lambda *_: self._changed())
         self.reference_selector.currentNodeChanged.connect(lambda *_: self._changed())
         self._set_table(self.ui.contributionsTable, [], [], [])
         self._set_table(self.ui.offPlaneTable, [], [], [])
@@ -112,13 +117,17 @@ class SynthesisPanel:
                 self.add_input_row(node, modality)
             self._select_model(*params.model)
             self.ui.deviceComboBox.setCurrentIndex(DEVICES.index(params.device) if params.device in DEVICES else 0)
+            precision = PRECISIONS.index(params.precision) if params.precision in PRECISIONS else 0
+            self.ui.precisionComboBox.setCurrentIndex(precision)
+            self.ui.planeComboBox.setCurrentIndex(PLANES.index(params.plane) + 1 if params.plane in PLANES else 0)
             self.ui.resampleCheckBox.setChecked(params.resample)
             self.ui.nativeSpacingCheckBox.setChecked(params.native_spacing)
             self.ui.saliencyCheckBox.setChecked(params.saliency)
-            segmentation, segment_id = params.lesion
-            self.lesion_selector.setCurrentNode(segmentation)
-            if segmentation is not None and segment_id:
-                self.lesion_selector.setCurrentSegmentID(segment_id)
+            for selector, (segmentation, segment_id) in ((self.lesion_selector, params.lesion),
+                                                         (self.brain_selector, params.brain)):
+                selector.setCurrentNode(segmentation)
+                if segmentation is not None and segment_id:
+                    selector.setCurrentSegmentID(segment_id)
             reference, target = params.reference
             self.reference_selector.setCurrentNode(reference)
             self._set_combo_text(self.ui.offPlaneTargetComboBox, target)
@@ -134,10 +143,13 @@ class SynthesisPanel:
             params.model = (model.name, model.folder)
         params.targets = self.targets
         params.device = DEVICES[prop(self.ui.deviceComboBox, "currentIndex")]
+        params.precision = self.precision
+        params.plane = self.plane or ""
         params.resample = self.ui.resampleCheckBox.isChecked()
         params.native_spacing = self.ui.nativeSpacingCheckBox.isChecked()
         params.saliency = self.ui.saliencyCheckBox.isChecked()
         params.lesion = (self.lesion_selector.currentNode(), self.lesion_selector.currentSegmentID())
+        params.brain = (self.brain_selector.currentNode(), self.brain_selector.currentSegmentID())
         params.reference = (self.reference_selector.currentNode(), prop(self.ui.offPlaneTargetComboBox, "currentText"))
 
     def _changed(self) -> None:
@@ -314,6 +326,22 @@ class SynthesisPanel:
     def inputs(self) -> list[tuple[Any, str]]:
         return [(row.selector.currentNode(), prop(row.modality, "currentText")) for row in self.rows]
 
+    @property
+    def precision(self) -> str:
+        return PRECISIONS[prop(self.ui.precisionComboBox, "currentIndex")]
+
+    @property
+    def plane(self) -> Optional[str]:
+        """The plane chosen for 2D models; None: the card's."""
+        index = prop(self.ui.planeComboBox, "currentIndex")
+        return PLANES[index - 1] if index > 0 else None
+
+    @staticmethod
+    def _segment(selector: Any) -> Optional[tuple[Any, str]]:
+        """(segmentation, segment ID) chosen in a segment selector, None while either is unchosen."""
+        node, segment_id = selector.currentNode(), selector.currentSegmentID()
+        return (node, segment_id) if node is not None and segment_id else None
+
     # -- lesion --------------------------------------------------------------------------
 
     def paint_lesion(self) -> tuple[Any, str]:
@@ -367,7 +395,8 @@ class SynthesisPanel:
         self.ui.offPlaneGroupBox.setEnabled(not running and slicewise)
         self.ui.showSaliencyButton.setEnabled(bool(self.results and self.results.saliency))
         self.ui.showOffPlaneButton.setEnabled(bool(self.results and self.results.off_plane))
-        for name in ("modelGroupBox", "inputsGroupBox", "targetsGroupBox", "deviceComboBox"):
+        self.ui.planeComboBox.setEnabled(not running and slicewise)
+        for name in ("modelGroupBox", "inputsGroupBox", "targetsGroupBox", "deviceComboBox", "precisionComboBox"):
             getattr(self.ui, name).setEnabled(not running)
         if running:
             return
@@ -413,8 +442,9 @@ class SynthesisPanel:
     def apply(self) -> None:
         """Write the inputs, start the command line, and turn Apply into Cancel."""
         model = self.model
-        lesion = (self.lesion_selector.currentNode(), self.lesion_selector.currentSegmentID())
-        reference = self.reference_selector.currentNode() if model.spatial_dims == 2 else None
+        slicewise = model.spatial_dims == 2
+        plane = self.plane if slicewise else None
+        reference = self.reference_selector.currentNode() if slicewise else None
         target = prop(self.ui.offPlaneTargetComboBox, "currentText")
         self.ui.errorLabel.setText("")
         self.ui.notesLabel.setText("")
@@ -422,11 +452,11 @@ class SynthesisPanel:
             self._prepared = PreparedRun(
                 self.bridge, self.inputs, self.targets, model=model.folder,
                 device=DEVICES[prop(self.ui.deviceComboBox, "currentIndex")],
-                lesion=lesion if lesion[0] is not None and lesion[1] else None,
+                lesion=self._segment(self.lesion_selector), brain=self._segment(self.brain_selector),
                 saliency=self.ui.saliencyCheckBox.isChecked(),
-                reference=(reference, target, model.plane) if reference is not None and target else None,
+                reference=(reference, target, plane or model.plane) if reference is not None and target else None,
                 resample=self.ui.resampleCheckBox.isChecked(),
-                native_spacing=self.ui.nativeSpacingCheckBox.isChecked())
+                native_spacing=self.ui.nativeSpacingCheckBox.isChecked(), precision=self.precision, plane=plane)
         except (OSError, ValueError) as error:
             self.ui.errorLabel.setText(f"Could not write the inputs: {error}")
             return

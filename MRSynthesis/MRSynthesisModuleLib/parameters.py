@@ -25,6 +25,36 @@ class _Flag:
         owner.node.SetParameter(self.name, "true" if enabled else "false")
 
 
+class _Text:
+    """A string parameter of the node with a default for when it is absent or empty."""
+
+    def __init__(self, name: str, default: str, doc: str) -> None:
+        self.name, self.default, self.__doc__ = name, default, doc
+
+    def __get__(self, owner: Any, kind: Any = None) -> Any:
+        return self if owner is None else owner._text(self.name, self.default)
+
+    def __set__(self, owner: Any, value: str) -> None:
+        owner.node.SetParameter(self.name, value or "")
+
+
+class _Segment:
+    """A segment of a segmentation: the node as a reference, its segment ID as a parameter."""
+
+    def __init__(self, reference: str, parameter: str, doc: str) -> None:
+        self.reference, self.parameter, self.__doc__ = reference, parameter, doc
+
+    def __get__(self, owner: Any, kind: Any = None) -> Any:
+        if owner is None:
+            return self
+        return owner.node.GetNodeReference(self.reference), owner._text(self.parameter)
+
+    def __set__(self, owner: Any, segmentation_and_id: tuple[Optional[Any], str]) -> None:
+        segmentation, segment_id = segmentation_and_id
+        owner.node.SetNodeReferenceID(self.reference, segmentation.GetID() if segmentation else None)
+        owner.node.SetParameter(self.parameter, segment_id or "")
+
+
 class SynthesisParameters:
     """Typed access to the parameters and node references of one parameter node."""
 
@@ -74,29 +104,17 @@ class SynthesisParameters:
     def targets(self, targets: list[str]) -> None:
         self.node.SetParameter("Targets", _SEPARATOR.join(targets))
 
-    @property
-    def device(self) -> str:
-        return self._text("Device", "auto")
-
-    @device.setter
-    def device(self, device: str) -> None:
-        self.node.SetParameter("Device", device)
+    device = _Text("Device", "auto", "The device the command line is asked for (its --device).")
+    precision = _Text("Precision", "auto", "The command line's --precision.")
+    plane = _Text("Plane", "", "The plane 2D models slice in; empty: the card's.")
 
     # On/off choices, stored as "true"/"false" strings; each is off unless the user chose it.
     resample = _Flag("Resample", "Resample the other inputs onto the first input's grid.")
     native_spacing = _Flag("NativeSpacing", "Synthesise on the inputs' own voxels even where coarser than the model's.")
     saliency = _Flag("Saliency", "Compute per-input P3S saliency maps.")
 
-    @property
-    def lesion(self) -> tuple[Optional[Any], str]:
-        """The segmentation node and segment ID used as the lesion mask."""
-        return self.node.GetNodeReference("lesionSegmentation"), self._text("LesionSegmentID")
-
-    @lesion.setter
-    def lesion(self, segmentation_and_id: tuple[Optional[Any], str]) -> None:
-        segmentation, segment_id = segmentation_and_id
-        self.node.SetNodeReferenceID("lesionSegmentation", segmentation.GetID() if segmentation else None)
-        self.node.SetParameter("LesionSegmentID", segment_id or "")
+    lesion = _Segment("lesionSegmentation", "LesionSegmentID", "The segment used as the lesion mask.")
+    brain = _Segment("brainSegmentation", "BrainSegmentID", "The segment used as the brain mask.")
 
     @property
     def reference(self) -> tuple[Optional[Any], str]:

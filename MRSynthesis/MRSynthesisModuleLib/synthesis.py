@@ -45,17 +45,21 @@ class PreparedRun:
 
     def __init__(self, bridge: SceneBridge, rows: Sequence[tuple[Any, str]], targets: Sequence[str], *,
                  model: Optional[str] = None, device: str = "auto", lesion: Optional[tuple[Any, str]] = None,
-                 lesion_file: Optional[str] = None, saliency: bool = False,
+                 lesion_file: Optional[str] = None, brain: Optional[tuple[Any, str]] = None,
+                 brain_file: Optional[str] = None, saliency: bool = False,
                  reference: Optional[tuple[Any, str, str]] = None, resample: bool = False,
-                 native_spacing: bool = False, labels: Optional[Mapping[str, str]] = None) -> None:
+                 native_spacing: bool = False, precision: str = "auto", plane: Optional[str] = None,
+                 labels: Optional[Mapping[str, str]] = None) -> None:
         """``rows``: (volume node, modality), the first one's grid being the outputs' grid;
-        ``lesion``: (segmentation node, segment ID) or ``lesion_file``: a mask file;
+        ``lesion``: (segmentation node, segment ID) or ``lesion_file``: a mask file; ``brain`` or
+        ``brain_file`` the same for the brain mask (default: the command line takes the inputs' foreground);
         ``resample``: inputs (and the mask) on other grids are resampled onto the first one's
         instead of refused; ``native_spacing``: synthesise on the inputs' own voxels even where they
         are coarser than the model's (the command line's ``--native-spacing``);
         ``reference``: (real volume node, target it is compared with, plane the model slices in);
+        ``precision``, ``plane``: the command line's ``--precision`` and ``--plane``;
         ``labels``: modality -> what the user calls that input in messages (default: its node's name)."""
-        others = (lesion and lesion[0], reference and reference[0])
+        others = (lesion and lesion[0], brain and brain[0], reference and reference[0])
         _check_same_transform([node for node, _ in rows] + [n for n in others if n is not None])
         self.bridge = bridge
         self.inputs = {modality: node for node, modality in rows}
@@ -70,6 +74,9 @@ class PreparedRun:
             if lesion is not None:
                 lesion_file = self._path("lesion.nrrd")
                 bridge.write_segment_mask(lesion[0], lesion[1], self.first_input, lesion_file)
+            if brain is not None:
+                brain_file = self._path("brain.nrrd")
+                bridge.write_segment_mask(brain[0], brain[1], self.first_input, brain_file)
             self.reference = reference
             if reference is not None:
                 bridge.write_volume(reference[0], self._path("reference.nrrd"))
@@ -80,11 +87,15 @@ class PreparedRun:
         self._labels = {path: (labels or {}).get(m) or f'"{self.inputs[m].GetName()}"' for m, path in inputs.items()}
         if lesion is not None:
             self._labels[lesion_file] = f'the lesion segment of "{lesion[0].GetName()}"'
+        if brain is not None:
+            self._labels[brain_file] = f'the brain segment of "{brain[0].GetName()}"'
         if reference is not None:
             self._labels[self._path("reference.nrrd")] = f'"{reference[0].GetName()}"'
         self.job = SynthesisJob(inputs, list(targets), self._path("out"), model=model, device=device,
-                                lesion_mask=lesion_file, saliency_dir=self._path("saliency") if saliency else None,
-                                resample_to=rows[0][1] if resample else None, native_spacing=native_spacing)
+                                lesion_mask=lesion_file, brain_mask=brain_file,
+                                saliency_dir=self._path("saliency") if saliency else None,
+                                resample_to=rows[0][1] if resample else None, native_spacing=native_spacing,
+                                precision=precision, plane=plane)
 
     def _path(self, name: str) -> str:
         return str(Path(self.folder) / name)

@@ -31,6 +31,8 @@ EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from MRSynthesisModuleLib.job import DEVICES, PLANES, PRECISIONS
+
     parser = argparse.ArgumentParser(
         prog="Slicer --no-main-window --python-script Scripts/batch.py --",
         description="Synthesise missing MR contrasts of one subject inside Slicer (MRSynthesis batch mode).")
@@ -41,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True,
                         help="output folder (gets <TARGET>_synthetic.nii.gz), or an image file name for one target")
     parser.add_argument("--model", help="model folder or name; default: the bundled model")
-    parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="autocast precision; auto: fp16/bf16 on GPU, bf16 on CPUs with AMX, else fp32")
+    parser.add_argument("--plane", choices=PLANES,
+                        help="2D models: slice in this plane instead of the card's (view transfer)")
     parser.add_argument("--lesion-mask", help="0/1 mask of lesions to synthesise, on the first input's grid")
+    parser.add_argument("--brain-mask", help="0/1 brain mask on the first input's grid; default: the inputs' "
+                                             "foreground (which includes the skull of an unstripped scan)")
     parser.add_argument("--saliency-out", help="folder for the per-input P3S saliency maps")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     parser.add_argument("--resample", action="store_true",
@@ -125,7 +133,8 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         outputs = {target: output_path(args.out, target, targets) for target in targets}
         maps = [os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz")
                 for target in targets for modality, _ in pairs] if args.saliency_out else []
-        check_writable([*outputs.values(), *maps], [path for _, path in pairs], args.overwrite)  # before any work
+        given = [path for _, path in pairs] + [p for p in (args.lesion_mask, args.brain_mask) if p]
+        check_writable([*outputs.values(), *maps], given, args.overwrite)  # before any work; inputs never replaced
         rows = []
         for modality, path in pairs:
             try:
@@ -137,7 +146,8 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         return EXIT_BAD_INPUT
     try:
         results = synthesize_and_wait(SceneBridge(files.scene), launcher or CliLauncher(), rows, targets,
-                                      model=args.model, device=args.device, lesion_file=args.lesion_mask,
+                                      model=args.model, device=args.device, precision=args.precision,
+                                      plane=args.plane, lesion_file=args.lesion_mask, brain_file=args.brain_mask,
                                       saliency=bool(args.saliency_out), resample=args.resample,
                                       native_spacing=args.native_spacing, labels=dict(pairs))
     except SynthesisFailed as error:

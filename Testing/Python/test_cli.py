@@ -52,6 +52,7 @@ def ws(tmp_path_factory):
     write_image(nan, bad / "nan.nii.gz")
     write_image(subject.arrays["T2"], bad / "T2_shifted.nii.gz", origin=(-10.0, 14.0, -15.0))
     write_image(subject.arrays["labels"], bad / "labels.nii.gz")
+    write_image(subject.arrays["FLAIR"], bad / "P3S_FLAIR_from_T1.nii.gz")  # a real FLAIR named like a saliency map
     t2, brain = subject.arrays["T2"], subject.arrays["T2"] > 0
     write_image(np.where(brain, (t2 - t2[brain].mean()) / t2[brain].std(), 0).astype(np.float32),
                 bad / "T2_zscored.nii.gz")
@@ -118,6 +119,16 @@ def bad_cases(ws):
         # given relative to the working folder, the input absolute; refused even with --overwrite
         "output is an input": (["synthesize", "--model", ws["model"], "--input", t1, "--input", t2, "--target", "FLAIR",
                                 "--out", relative_t2, "--overwrite"], ["is one of the inputs"]),
+        # masks and saliency references are the user's files too (a brain mask was replaced by the output)
+        "output is the brain mask": (["synthesize", "--model", ws["model"], "--input", t1, "--target", "FLAIR",
+                                      "--brain-mask", s["brain_mask"], "--out", s["brain_mask"], "--overwrite"],
+                                     [f"{s['brain_mask']}: is one of the inputs"]),
+        "output is the lesion mask": (["synthesize", "--model", ws["model"], "--input", t1, "--target", "FLAIR",
+                                       "--lesion-mask", s["lesion_mask"], "--out", s["lesion_mask"], "--overwrite"],
+                                      [f"{s['lesion_mask']}: is one of the inputs"]),
+        "saliency map onto its reference": (synth(ws, "map-ref", t1, extra=[
+            "--target", "FLAIR", "--saliency-out", b, "--saliency-reference", f"FLAIR={b / 'P3S_FLAIR_from_T1.nii.gz'}",
+            "--overwrite"]), [f"{b / 'P3S_FLAIR_from_T1.nii.gz'}: is one of the inputs"]),
         "malformed model": (synth(ws, "broken", t1, model=ws["models"] / "broken"), ["missing card fields"]),
         "usage error": (["synthesize", "--model", ws["model"], "--out", ws["out"] / "usage"],
                         ["the following arguments are required: --input"]),
@@ -287,7 +298,8 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "manifest repeats a column", "one file as two modalities", "evaluate figure onto an input",
     "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name",
     "demo out named like a file", "z-scored input", "evaluate t1 on another grid", "saliency reference without maps",
-    "evaluate empty lesion mask", "evaluate empty brain mask"])
+    "evaluate empty lesion mask", "evaluate empty brain mask", "output is the brain mask", "output is the lesion mask",
+    "saliency map onto its reference"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
@@ -303,13 +315,16 @@ def test_bad_inputs_leave_nothing_behind(runs, ws):
     assert all(runs[f"bad: {case}"].returncode == 2 for case in bad_cases(ws))
     for folder in ("missing", "unreadable", "2d", "4d", "empty", "constant", "nan", "grids", "unknown", "refused",
                    "broken", "usage", "pair", "twice", "aliases", "repeated", "one-file", "zscored",
-                   "no-maps"):
+                   "no-maps", "map-ref"):
         assert files_under(ws["out"] / folder) == [], folder
     assert files_under(ws["existing"]) == ["FLAIR.nii.gz"]
     assert (ws["existing"] / "FLAIR.nii.gz").read_bytes() == b"the user's own file, not to be touched"
     subject = ws["subject"]
     assert files_under(subject.folder) == sorted(p.name for p in subject.paths.values())
     np.testing.assert_array_equal(read_volume(subject["T2"]).array, subject.arrays["T2"])
+    for mask in ("brain", "lesion"):
+        np.testing.assert_array_equal(read_volume(subject[f"{mask}_mask"]).array, subject.arrays[mask])
+    np.testing.assert_array_equal(read_volume(ws["bad"] / "P3S_FLAIR_from_T1.nii.gz").array, subject.arrays["FLAIR"])
 
 
 @pytest.mark.parametrize("case", JSON_BAD)
@@ -389,6 +404,24 @@ def test_evaluate_prints_a_table(runs, ws):
     figure = ws["out"] / "evaluate.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5000
     assert not list(ws["out"].glob(".*partial*"))
+
+
+def test_evaluate_takes_masks_stored_in_another_voxel_order(runs, ws, tmp_path, in_process_cli, capsys):
+    """The masks and T1 written RAS beside the LAS images: the same figures as the LAS files give (they were
+    refused as on different grids)."""
+    s = ws["subject"]
+    ras = {}
+    for key in ("lesion_mask", "brain_mask", "T1"):
+        ras[key] = tmp_path / f"{key}_ras.nii.gz"
+        sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(str(s[key])), "RAS"), str(ras[key]))
+        assert read_volume(ras[key]).geometry != read_volume(s[key]).geometry
+    assert in_process_cli(["evaluate", "--synthetic", str(s["T2"]), "--reference", str(s["FLAIR"]), "--lesion-mask",
+                           str(ras["lesion_mask"]), "--t1", str(ras["T1"]), "--brain-mask", str(ras["brain_mask"]),
+                           "--json", str(tmp_path / "metrics.json")]) == 0, capsys.readouterr().err
+    reordered = json.loads((tmp_path / "metrics.json").read_text())
+    original = json.loads((ws["out"] / "metrics.json").read_text())
+    assert runs["evaluate"].returncode == 0
+    assert {k: v for k, v in original.items() if not k.startswith("offplane_")} == pytest.approx(reordered)
 
 
 def test_evaluate_leaves_out_snr_where_the_normalisation_zeroes_the_mean(runs):
@@ -608,3 +641,21 @@ def test_batch_passes_every_run_option(ws, tmp_path, in_process_cli, capsys):
     assert in_process_cli(args) == 0
     said = capsys.readouterr().err
     assert all(f"{s}: tile 8 ignored" in said for s in ("s1", "s2", "s3"))
+
+
+def test_batch_never_writes_over_a_subjects_mask(ws, tmp_path, in_process_cli, capsys):
+    """A manifest whose brain mask lies where the subject's output goes: refused even with --overwrite, and the
+    other subjects are done."""
+    subject = make_subject(tmp_path / "cohort" / "s1")
+    out = tmp_path / "out"
+    (out / "s1").mkdir(parents=True)
+    mask = out / "s1" / "FLAIR_synthetic.nii.gz"
+    mask.write_bytes(subject["brain_mask"].read_bytes())
+    (tmp_path / "cohort" / "manifest.csv").write_text(
+        f"subject,t1n,brain_mask\ns1,s1/T1.nii.gz,{mask}\ns2,s1/T1.nii.gz,s1/brain_mask.nii.gz\n")
+    args = ["batch", "--model", str(ws["model"]), "--manifest", str(tmp_path / "cohort" / "manifest.csv"),
+            "--out", str(out), "--target", "FLAIR", "--overwrite", "--progress", "none"]
+    assert in_process_cli(args) == 2
+    assert f"{mask}: is one of the inputs" in capsys.readouterr().err
+    assert mask.read_bytes() == subject["brain_mask"].read_bytes()
+    assert (out / "s2" / "FLAIR_synthetic.nii.gz").is_file()

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
 
 import slicer_support as support  # noqa: E402
-from conftest import cli_command, cli_env, make_subject, make_tiny_model  # noqa: E402
+from conftest import cli_command, cli_env, make_subject, make_tiny_model, write_image  # noqa: E402
 
 import batch  # noqa: E402
 from MRSynthesisLib.volume import Geometry, read_volume, resample_to  # noqa: E402
@@ -63,6 +63,49 @@ def test_batch_says_what_the_command_line_says_of_coarse_voxels(tmp_path, cli_ho
     assert f"note: {subject['T1']}: voxels of 1 x 1 x 1.5 mm, coarser than the 0.5 x 0.5 x 0.75 mm" in said[0]
     assert "resampled back" in said[0]
     assert "synthesised on them as asked (--native-spacing)" in said[1]
+
+
+class RecordingLauncher(CliLauncher):
+    """The real launcher, keeping the arguments of each run."""
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.arguments: list[list[str]] = []
+
+    def run(self, arguments, *rest, **callbacks):
+        self.arguments.append(list(arguments))
+        return super().run(arguments, *rest, **callbacks)
+
+
+def test_batch_takes_a_brain_mask_a_precision_and_a_slice_plane(tmp_path, tiny_model, cli_home, capsys):
+    """As `mrsynthesis synthesize`: the result is zero outside the given brain mask (here half the brain). The
+    subject's files are LAS, which Slicer writes back with the slice axis reversed: the masks, read from their
+    files as stored, are the same grid in another voxel order (they were refused as "different grids")."""
+    subject = make_subject(tmp_path / "subject")
+    half = subject.arrays["brain"].copy()
+    half[: half.shape[0] // 2] = 0
+    mask = write_image(half, tmp_path / "half_brain.nii.gz")
+    launcher = RecordingLauncher(base_env=cli_env(cli_home))
+    status = batch.run(["--input", f"T1={subject['T1']}", "--input", f"T2={subject['T2']}", "--target", "FLAIR",
+                        "--out", str(tmp_path / "out"), "--model", str(tiny_model), "--device", "cpu",
+                        "--brain-mask", str(mask), "--lesion-mask", str(subject["lesion_mask"]),
+                        "--precision", "fp32", "--plane", "coronal"],
+                       support.CoreFiles(support.new_scene()), launcher)
+    assert status == 0, capsys.readouterr().err
+    arguments = launcher.arguments[-1]
+    for option, value in (("--brain-mask", str(mask)), ("--precision", "fp32"), ("--plane", "coronal")):
+        assert arguments[arguments.index(option) + 1] == value
+    flair = read_volume(tmp_path / "out" / "FLAIR_synthetic.nii.gz")
+    brain = resample_to(read_volume(subject["brain_mask"]), flair.geometry, nearest=True).array > 0
+    inside = resample_to(read_volume(mask), flair.geometry, nearest=True).array > 0
+    assert not flair.array[brain & ~inside].any()  # the foreground would have kept the other half
+
+    empty = write_image(np.zeros_like(half), tmp_path / "empty.nii.gz")
+    assert batch.run(["--input", f"T1={subject['T1']}", "--target", "FLAIR", "--out", str(tmp_path / "none"),
+                      "--model", str(tiny_model), "--device", "cpu", "--brain-mask", str(empty)],
+                     support.CoreFiles(support.new_scene()), launcher) == 2
+    assert f"{empty}: the brain mask is empty" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 def test_batch_resamples_inputs_on_another_grid_only_when_told(tmp_path, cli_home, capsys):
@@ -124,6 +167,11 @@ def test_existing_files_and_inputs_are_never_replaced(tmp_path, capsys):
     before = subject["T1"].read_bytes()
     assert batch.run([*common, "--out", str(subject["T1"]), "--overwrite"], files) == 2
     assert "is one of the inputs" in capsys.readouterr().err and subject["T1"].read_bytes() == before
+    for mask in ("--brain-mask", "--lesion-mask"):  # masks are the user's files too
+        path = subject["brain_mask" if mask == "--brain-mask" else "lesion_mask"]
+        before = path.read_bytes()
+        assert batch.run([*common, mask, str(path), "--out", str(path), "--overwrite"], files) == 2
+        assert f"{path}: is one of the inputs" in capsys.readouterr().err and path.read_bytes() == before
     assert batch.run([*common, "--out", str(tmp_path / "flair.nhdr")], files) == 2
     assert "a detached-header format" in capsys.readouterr().err
 
@@ -156,7 +204,7 @@ def test_help_documents_the_arguments(capsys):
     assert batch.run(["--help"], files=None) == 0
     usage = capsys.readouterr().out
     for option in ("--input MODALITY=PATH", "--target MODALITY", "--out", "--model", "--device", "--lesion-mask",
-                   "--saliency-out", "--native-spacing", "--resample"):
+                   "--saliency-out", "--native-spacing", "--resample", "--brain-mask", "--precision", "--plane"):
         assert option in usage
     assert batch.run([], files=None) == 2  # --input, --target and --out are required
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
 pytest.importorskip("PySide6", reason="PySide6 (real Qt widgets outside Slicer) is not installed")
@@ -25,6 +26,8 @@ from Qt import QtCore, QtWidgets  # noqa: E402
 from slicer_widgets import DictSettings, RecordingActions, ReplayLauncher, StandInWidgetFactory  # noqa: E402
 
 import slicer  # noqa: E402
+from MRSynthesisLib.cards import ModelCard, save_model  # noqa: E402
+from MRSynthesisLib.models import build  # noqa: E402
 from MRSynthesisModuleLib.catalog import ModelCatalog  # noqa: E402
 from MRSynthesisModuleLib.panel import SynthesisPanel  # noqa: E402
 from MRSynthesisModuleLib.process import CliLauncher  # noqa: E402
@@ -254,6 +257,69 @@ def test_inputs_on_different_grids_are_refused_unless_the_user_asks_to_resample_
     assert np.isfinite(slicer.util.arrayFromVolume(output)).all()
 
 
+def test_a_brain_segment_precision_and_slice_plane_reach_the_command_line(app, launcher, listing):
+    """A scan with its skull on and a brain segment (as HD Brain Extraction makes): the brain mask, the
+    precision and the view-transfer plane go to the command line, and the off-plane figures use that plane."""
+    scene, nodes, arrays = subject_scene()
+    shell = ndimage.binary_dilation(arrays["brain"], iterations=2) & ~arrays["brain"].astype(bool)
+    for modality in ("T1", "T2"):  # a bright skull around the brain
+        slicer.util.updateVolumeFromArray(nodes[modality], np.where(shell, 900.0, arrays[modality]).astype(np.float32))
+    brain = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "sub-01 brain")
+    brain.CreateDefaultDisplayNodes()  # as every segmentation in Slicer has
+    brain_id = brain.GetSegmentation().AddEmptySegment("", "brain")
+    recording = RecordingLauncher(ListedLauncher(launcher, listing))
+    panel = make_panel(app, scene, recording)
+    choose_model(panel, "tiny")
+    panel.add_input_row(nodes["T1"])
+    panel.add_input_row(nodes["T2"])
+    panel.set_targets(["FLAIR"])
+    panel.brain_selector.setCurrentNode(brain)
+    panel.brain_selector.setCurrentSegmentID(brain_id)
+    panel.ui.precisionComboBox.setCurrentIndex(1)
+    panel.ui.planeComboBox.setCurrentIndex(2)
+    panel.reference_selector.setCurrentNode(nodes["FLAIR"])
+    assert (panel.precision, panel.plane) == ("fp32", "coronal")
+    assert panel.parameters.brain == (brain, brain_id) and panel.parameters.plane == "coronal"
+    ids_before = support.node_ids(scene)
+
+    panel.ui.applyButton.click()  # the segment is still empty
+    support.wait_until(lambda: not panel.running, 120, app.processEvents)
+    assert f'the brain segment of "{brain.GetName()}": the brain mask is empty' in panel.ui.errorLabel.text()
+    assert support.node_ids(scene) == ids_before
+
+    support.paint(scene, brain, brain_id, arrays["brain"], nodes["T1"])
+    panel.ui.applyButton.click()
+    assert not panel.ui.planeComboBox.isEnabled() and not panel.ui.precisionComboBox.isEnabled()  # while running
+    support.wait_until(lambda: not panel.running, 120, app.processEvents)
+
+    assert panel.ui.errorLabel.text() == "", panel.ui.errorLabel.text()
+    synthesis, evaluation = recording.arguments[-2:]
+    assert os.path.basename(synthesis[synthesis.index("--brain-mask") + 1]) == "brain.nrrd"
+    assert synthesis[synthesis.index("--precision") + 1] == "fp32"
+    assert synthesis[synthesis.index("--plane") + 1] == "coronal"
+    assert evaluation[0] == "evaluate" and evaluation[evaluation.index("--slice-plane") + 1] == "coronal"
+    flair = slicer.util.arrayFromVolume(panel.results.outputs["FLAIR"])
+    assert np.isfinite(flair).all() and not flair[shell].any()  # the skull is outside the brain segment
+    assert "skull-stripped brain" not in panel.ui.notesLabel.text()
+
+
+def test_the_slice_plane_and_off_plane_figures_are_offered_for_2d_models_only(app, launcher, tmp_path):
+    save_model(ModelCard(name="tiny-3d", architecture="wei2019_fcn3d", inputs=["T1", "T2"], outputs=["FLAIR"],
+                         spatial_dims=3, plane=None, missing_inputs="all_required", normalisation={"scheme": "zscore"},
+                         params={"filters": 4}, output_intensity={"FLAIR": {"offset": 0.0, "scale": 400.0}}),
+               build("wei2019_fcn3d", ["T1", "T2"], ["FLAIR"], False, {"filters": 4}), tmp_path / "tiny-3d")
+    scene, _, _ = subject_scene()
+    panel = make_panel(app, scene, launcher)
+    panel.add_model_folder(str(tmp_path))
+    support.wait_until(lambda: not panel.timer.isActive(), 60, app.processEvents)
+    panel.ui.planeComboBox.setCurrentIndex(2)
+    choose_model(panel, "tiny-3d")
+    assert not panel.ui.planeComboBox.isEnabled() and not panel.ui.offPlaneGroupBox.isEnabled()
+    choose_model(panel, "chartsias-mimo-shared")  # the bundled 2D model: the choice was kept
+    assert panel.ui.planeComboBox.isEnabled() and panel.ui.offPlaneGroupBox.isEnabled()
+    assert panel.plane == "coronal"
+
+
 def test_the_model_card_constrains_modalities_targets_and_the_lesion(app, listing):
     scene, nodes, _ = subject_scene()
     panel = make_panel(app, scene, ReplayLauncher(listing))
@@ -288,7 +354,11 @@ def test_a_saved_scene_restores_the_panel(app, listing):
     panel.ui.saliencyCheckBox.setChecked(True)
     panel.ui.resampleCheckBox.setChecked(True)
     panel.ui.nativeSpacingCheckBox.setChecked(True)
+    panel.ui.precisionComboBox.setCurrentIndex(2)  # bf16
+    panel.ui.planeComboBox.setCurrentIndex(3)  # sagittal
     segmentation, segment_id = panel.paint_lesion()
+    panel.brain_selector.setCurrentNode(segmentation)  # (any segment will do for the round trip)
+    panel.brain_selector.setCurrentSegmentID(segment_id)
     panel.reference_selector.setCurrentNode(nodes["FLAIR"])
     panel.ui.offPlaneTargetComboBox.setCurrentIndex(1)  # T1c
 
@@ -314,6 +384,9 @@ def test_a_saved_scene_restores_the_panel(app, listing):
     assert restored.ui.resampleCheckBox.isChecked() and restored.ui.nativeSpacingCheckBox.isChecked()
     assert restored.lesion_selector.currentNode().GetName() == segmentation.GetName()
     assert restored.lesion_selector.currentSegmentID() == segment_id
+    assert restored.brain_selector.currentNode().GetName() == segmentation.GetName()
+    assert restored.brain_selector.currentSegmentID() == segment_id
+    assert (restored.precision, restored.plane) == ("bf16", "sagittal")
     assert restored.reference_selector.currentNode().GetName() == "sub-01_FLAIR"
     assert restored.ui.offPlaneTargetComboBox.currentText() == "T1c"
 

@@ -107,12 +107,16 @@ def alive(pid: int) -> bool:
 
 def test_the_job_asks_the_command_line_for_json_progress_and_names_outputs_for_their_inputs():
     job = SynthesisJob({"T1": "/t/t1.nrrd", "T2": "/t/t2.nrrd"}, ["FLAIR"], "/t/out", model="/m/tiny",
-                       device="cpu", lesion_mask="/t/lesion.nrrd", saliency_dir="/t/saliency")
+                       device="cpu", lesion_mask="/t/lesion.nrrd", brain_mask="/t/brain.nrrd",
+                       saliency_dir="/t/saliency", precision="fp32", plane="coronal")
     args = job.arguments()
     assert args[:5] == ["synthesize", "--input", "T1=/t/t1.nrrd", "--input", "T2=/t/t2.nrrd"]
     for option, value in (("--progress", "json"), ("--target", "FLAIR"), ("--model", "/m/tiny"),
-                          ("--device", "cpu"), ("--lesion-mask", "/t/lesion.nrrd"), ("--saliency-out", "/t/saliency")):
+                          ("--device", "cpu"), ("--lesion-mask", "/t/lesion.nrrd"), ("--brain-mask", "/t/brain.nrrd"),
+                          ("--saliency-out", "/t/saliency"), ("--precision", "fp32"), ("--plane", "coronal")):
         assert args[args.index(option) + 1] == value
+    plain = SynthesisJob({"T1": "a"}, ["T2"], "o").arguments()  # the command line's own defaults
+    assert "--brain-mask" not in plain and "--plane" not in plain and plain[plain.index("--precision") + 1] == "auto"
     assert job.output_name("FLAIR") == "FLAIR synthetic (T1+T2, lesion)"
     assert SynthesisJob({"T1": "a"}, ["T2"], "o").output_name("T2") == "T2 synthetic (T1)"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from conftest import LAS, LPS, phantom
 from MRSynthesisLib.errors import InputError
@@ -130,6 +131,21 @@ def test_align_mask_on_another_grid_is_refused_too():
     lesion = vol(p["lesion"], "/data/lesion.nii.gz", shifted(origin=(0.0, 0.0, 0.0)))
     with pytest.raises(InputError, match="lesion.nii.gz and /data/T1.nii.gz are on different grids"):
         align(inputs, "T1", masks={"lesion": lesion})
+
+
+def test_align_takes_the_same_grid_stored_in_another_voxel_order():
+    """A mask (or image) written RAS beside a LAS image, or with its slice axis reversed as Slicer writes a LAS
+    NIfTI: the same voxels, reordered without interpolation rather than refused."""
+    p = phantom()
+    inputs = {"T1": vol(p["T1"], "/data/T1.nii.gz")}
+    for orientation in ("RAS", "LAI", "SPL"):
+        lesion = Volume.from_sitk(sitk.DICOMOrient(vol(p["lesion"]).to_sitk(), orientation), "/data/lesion.nii.gz")
+        t2 = Volume.from_sitk(sitk.DICOMOrient(vol(p["T2"]).to_sitk(), orientation), "/data/T2.nii.gz")
+        assert lesion.geometry != GRID
+        aligned, masks = align({**inputs, "T2": t2}, "T1", masks={"lesion": lesion})
+        assert masks["lesion"].geometry == GRID and aligned["T2"].geometry == GRID
+        np.testing.assert_array_equal(masks["lesion"].array, p["lesion"])
+        np.testing.assert_array_equal(aligned["T2"].array, p["T2"])
 
 
 def test_align_unknown_reference():

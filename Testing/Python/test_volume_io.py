@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from conftest import DATA, LAS, LPS, NO_DATA, write_image
 from MRSynthesisLib import volume as volume_module
 from MRSynthesisLib.errors import InputError
-from MRSynthesisLib.volume import Geometry, Volume, read_volume, resample_to, suffix_of, write_volume
+from MRSynthesisLib.volume import (Geometry, Volume, read_volume, reoriented_onto, resample_to, suffix_of,
+                                   write_volume)
 
 
 def rotation(ax: float, ay: float, az: float) -> tuple[float, ...]:
@@ -305,6 +306,27 @@ def test_differences_lists_each_kind():
     text = "; ".join(base.differences(other))
     for word in ("size", "spacing", "origin", "direction"):
         assert word in text
+
+
+@pytest.mark.parametrize("orientation", ["RAS", "RPI", "SPL", "AIR"])
+def test_reoriented_onto_reorders_the_same_grid_losslessly(orientation):
+    """An oblique grid stored with its axes swapped or reversed comes back voxel for voxel; a grid whose
+    voxel centres differ (by half a voxel, or in extent) does not."""
+    turn = np.radians(10.0)
+    oblique = (np.cos(turn), -np.sin(turn), 0.0, np.sin(turn), np.cos(turn), 0.0, 0.0, 0.0, 1.0)
+    geometry = Geometry((7, 6, 5), (1.0, 1.2, 1.5), (3.0, -2.0, 5.0), oblique)
+    volume = Volume(np.random.default_rng(0).random(geometry.shape).astype(np.float32), geometry, "mask.nii.gz")
+    stored = Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), orientation), "mask.nii.gz")
+    assert stored.geometry.differences(geometry)
+    back = reoriented_onto(stored, geometry)
+    assert back.geometry == geometry and back.source == "mask.nii.gz"
+    np.testing.assert_array_equal(back.array, volume.array)
+    assert reoriented_onto(volume, geometry) is volume
+    half_voxel = Geometry(stored.geometry.size, stored.geometry.spacing,
+                          tuple(np.add(stored.geometry.origin, (0.5, 0.0, 0.0))), stored.geometry.direction)
+    assert reoriented_onto(Volume(stored.array, half_voxel), geometry) is None
+    wider = Geometry((8, 6, 5), geometry.spacing, geometry.origin, geometry.direction)
+    assert reoriented_onto(Volume(np.zeros(wider.shape, np.float32), wider), geometry) is None
 
 
 def test_resample_onto_another_grid():
