@@ -73,15 +73,18 @@ def output_paths(out: str | os.PathLike, targets: Sequence[str], suffix: str) ->
     return {t: out / f"{t}_synthetic{suffix}" for t in targets}
 
 
-def check_out(out: str | os.PathLike, folder_only: bool = False) -> None:
+def check_out(out: str | os.PathLike, folder_only: bool = False, option: str = "--out") -> None:
     """``--out flair.png`` or ``t2.nhdr`` is meant as a file, not as a new folder to fill: refuse a new
     folder name with an extension that is no output format (an existing folder is taken as it is);
-    ``folder_only``: the command writes several files, so an image file name is refused too."""
+    ``folder_only``: the option takes a folder of several files, so any new name with an extension is refused."""
     out = Path(out)
     image = str(out).lower().endswith(WRITABLE_SUFFIXES)
     if folder_only and image:
-        raise InputError(f"{out}: names an image file, but this command writes a folder of files; name a folder")
+        raise InputError(f"{out}: names an image file, but {option} takes a folder of files; name a folder")
     if out.suffix and not out.is_dir() and not image:
+        if folder_only:
+            raise InputError(f"{out}: looks like a file name, but {option} takes a folder of files; name a folder "
+                             "without an extension")
         raise InputError(f"{out}: is neither a folder nor an image name the outputs can take "
                          f"({', '.join(WRITABLE_SUFFIXES)}); name a folder without an extension, or such a file")
 
@@ -161,6 +164,8 @@ def _read_pairs(pairs: Sequence[tuple[str, str]], option: str) -> dict[str, Volu
 
 def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
     check_out(args.out)
+    if args.saliency_out:
+        check_out(args.saliency_out, folder_only=True, option="--saliency-out")
     given = {"--saliency-reference": args.saliency_reference, "--saliency-region": args.saliency_region}
     unused = [option for option, value in given.items() if value]
     if unused and not args.saliency_out:  # they shape the saliency maps only: given alone, they would do nothing

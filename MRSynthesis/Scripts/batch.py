@@ -86,7 +86,16 @@ def output_path(out: str, target: str, targets: Sequence[str]) -> str:
             raise ValueError(f"--out {out} is an image file, but {len(targets)} targets were asked for; "
                              "give a folder")
         return out
+    check_folder(out, "--out", f"or an image file ({', '.join(OUTPUT_SUFFIXES)})")
     return os.path.join(out, f"{target}_synthetic.nii.gz")
+
+
+def check_folder(path: str, option: str, alternative: str = "") -> None:
+    """A new folder named like a file (``flair.png``, ``maps.nii.gz``) is a mistake for a file name, as the
+    command line's ``check_out`` says; an existing folder is taken as it is."""
+    if os.path.splitext(path.rstrip(os.sep))[1] and not os.path.isdir(path):
+        raise ValueError(f"{option} {path}: looks like a file name, but it names a folder to write into; "
+                         f"name a folder without an extension {alternative}".rstrip())
 
 
 def save_all(files: Any, saves: Sequence[tuple[Any, str]]) -> None:
@@ -131,6 +140,8 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         check_given_once(pairs, "--input")  # as the command line and the panel
         targets = [canonical(target) for target in args.target]
         outputs = {target: output_path(args.out, target, targets) for target in targets}
+        if args.saliency_out:
+            check_folder(args.saliency_out, "--saliency-out")
         maps = [os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz")
                 for target in targets for modality, _ in pairs] if args.saliency_out else []
         given = [path for _, path in pairs] + [p for p in (args.lesion_mask, args.brain_mask) if p]

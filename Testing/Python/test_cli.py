@@ -148,9 +148,12 @@ def bad_cases(ws):
                                   ["flair.png: is neither a folder nor an image name the outputs can take"]),
         "batch out is an image name": (["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "manifest.csv",
                                         "--out", ws["out"] / "cohort.nii.gz"],
-                                       ["cohort.nii.gz: names an image file, but this command writes a folder"]),
+                                       ["cohort.nii.gz: names an image file, but --out takes a folder of files"]),
         "demo out named like a file": (["demo", "--out", ws["out"] / "demo.png"],
-                                       ["demo.png: is neither a folder nor an image name"]),
+                                       ["demo.png: looks like a file name, but --out takes a folder of files"]),
+        # a folder named "sal.nii.gz" was made and filled
+        "saliency out named like a file": (synth(ws, "sal-file", t1, extra=["--saliency-out", ws["out"] / "sal.nii.gz"]),
+                                           ["sal.nii.gz: names an image file, but --saliency-out takes a folder"]),
         # evaluate's --figure and --json are outputs too: neither replaces an input or a file without --overwrite
         "evaluate figure onto an input": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
                                            "--figure", s["FLAIR"]], [f"{s['FLAIR']}: --figure writes a PNG"]),
@@ -299,7 +302,7 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name",
     "demo out named like a file", "z-scored input", "evaluate t1 on another grid", "saliency reference without maps",
     "evaluate empty lesion mask", "evaluate empty brain mask", "output is the brain mask", "output is the lesion mask",
-    "saliency map onto its reference"])
+    "saliency map onto its reference", "saliency out named like a file"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
@@ -315,7 +318,7 @@ def test_bad_inputs_leave_nothing_behind(runs, ws):
     assert all(runs[f"bad: {case}"].returncode == 2 for case in bad_cases(ws))
     for folder in ("missing", "unreadable", "2d", "4d", "empty", "constant", "nan", "grids", "unknown", "refused",
                    "broken", "usage", "pair", "twice", "aliases", "repeated", "one-file", "zscored",
-                   "no-maps", "map-ref"):
+                   "no-maps", "map-ref", "sal-file", "sal.nii.gz"):
         assert files_under(ws["out"] / folder) == [], folder
     assert files_under(ws["existing"]) == ["FLAIR.nii.gz"]
     assert (ws["existing"] / "FLAIR.nii.gz").read_bytes() == b"the user's own file, not to be touched"

@@ -147,6 +147,12 @@ def corners(geometry: Geometry) -> set[tuple[float, ...]]:
      "--input T1 is given 2 times (a.nii.gz, b.nii.gz)"),
     (["--input", "T1=a.nii.gz", "--input", "T2=./a.nii.gz", "--target", "FLAIR", "--out", "o"],
      "a.nii.gz: is given as T1 and T2"),
+    # new folders named like files were made and filled
+    (["--input", "T1=t.nii.gz", "--target", "FLAIR", "--out", "flair.png"],
+     "--out flair.png: looks like a file name, but it names a folder to write into; name a folder without an "
+     "extension or an image file (.nii.gz, .nii, .nrrd, .mha)"),
+    (["--input", "T1=t.nii.gz", "--target", "FLAIR", "--out", "o", "--saliency-out", "maps.nii.gz"],
+     "--saliency-out maps.nii.gz: looks like a file name"),
 ])
 def test_bad_input_exits_with_2_and_says_why(arguments, message, capsys):
     assert batch.run(arguments, support.CoreFiles(support.new_scene())) == 2
