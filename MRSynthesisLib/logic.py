@@ -96,9 +96,12 @@ class SynthesisResult:
     saliency_means: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # t -> n -> where -> mean
 
 
-def model_grid(geometry: Geometry, spacing_mm: Sequence[float] | None, plane: str | None) -> Geometry | None:
+def model_grid(geometry: Geometry, spacing_mm: Sequence[float] | None, plane: str | None, *,
+               finer: bool = False) -> Geometry | None:
     """The grid to synthesise on when ``geometry``'s voxels are coarser than a model's (``COARSER_THAN_MODEL``)
-    along an axis it convolves over, else None. ``plane``: a 2D model's slicing plane (None: a 3D model)."""
+    along an axis it convolves over, else None. ``plane``: a 2D model's slicing plane (None: a 3D model).
+    ``finer``: voxels finer than the model's by that margin are respaced too (training puts every subject on
+    one scale; inference leaves finer inputs alone, where resampling measured no better)."""
     if spacing_mm is None:
         return None
     cosines = np.abs(np.asarray(geometry.direction).reshape(3, 3))
@@ -106,7 +109,8 @@ def model_grid(geometry: Geometry, spacing_mm: Sequence[float] | None, plane: st
     wanted = list(geometry.spacing)
     for j in range(3):
         trained = float(spacing_mm[int(np.argmax(cosines[:, j]))])
-        if j != through and geometry.spacing[j] > COARSER_THAN_MODEL * trained:
+        if j != through and (geometry.spacing[j] > COARSER_THAN_MODEL * trained
+                             or finer and trained > COARSER_THAN_MODEL * geometry.spacing[j]):
             wanted[j] = trained
     return None if wanted == list(geometry.spacing) else geometry.respaced(wanted)
 

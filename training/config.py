@@ -60,6 +60,13 @@ class AugmentConfig:
             raise ValueError("augment.probability must be in [0, 1]")
 
 
+def check_spacing(spacing_mm: list[float] | None) -> None:
+    """A recipe's ``spacing_mm``: null, or three positive voxel sizes in mm."""
+    if spacing_mm is not None and (len(spacing_mm) != 3 or not all(v > 0 for v in spacing_mm)):
+        raise ValueError("spacing_mm must be null or three positive voxel sizes in mm (left-right, "
+                         f"anterior-posterior, inferior-superior), not {spacing_mm!r}")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; see training/README.md for each choice."""
@@ -109,6 +116,9 @@ class TrainConfig:
     # average_epochs epochs (0: the last step's weights, the paper's); training/averaging.py
     average_epochs: int = 0
     batch_size: int = 16
+    # voxel size (mm; left-right, anterior-posterior, inferior-superior) every subject is resampled to where
+    # its own differs by more than 20 % in the slice plane (null: each subject's own): training/README.md
+    spacing_mm: list[float] | None = None
     # sampling
     crop_size: int = 64
     min_slice_brain_fraction: float = 0.05
@@ -178,6 +188,7 @@ class TrainConfig:
             raise ValueError("lr_final_fraction must be in [0, 1]")
         if not 0 <= self.average_epochs <= self.epochs:
             raise ValueError("average_epochs must be in [0, epochs]")
+        check_spacing(self.spacing_mm)
         self.augment.validate()
 
     def to_dict(self) -> dict[str, Any]:

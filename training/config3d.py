@@ -18,7 +18,7 @@ from MRSynthesisLib import modalities
 from MRSynthesisLib.models import architecture_class
 from MRSynthesisLib.preprocessing import NormalisationSpec
 
-from .config import PRECISIONS
+from .config import PRECISIONS, check_spacing
 from .config_io import check_keys, load_config_file
 
 # The normalisation is the architecture's, as its paper describes it (see preprocessing.py):
@@ -68,6 +68,9 @@ class Train3DConfig:
     lesion_flair_z: float = 3.0
     lesion_min_voxels: int = 20
     input_dropout: bool = False
+    # voxel size (mm; left-right, anterior-posterior, inferior-superior) every subject is resampled to where
+    # its own differs by more than 20 % along any axis (null: each subject's own): training/README.md
+    spacing_mm: list[float] | None = None
     # Prechelt's UP_p early stopping (Wei: q = 5, p = 3); strips null = a fixed schedule.
     strip_length: int = 5
     strips: int | None = None
@@ -142,6 +145,7 @@ class Train3DConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.strips is not None and self.strips < 1:
             raise ValueError("strips must be >= 1, or null for a fixed schedule")
+        check_spacing(self.spacing_mm)
         if self.strips is not None and not self.validation_subjects:
             raise ValueError("early stopping (strips) needs validation_subjects to measure the generalisation error")
         try:  # the network must accept the params; built once here so a bad key fails before data loading

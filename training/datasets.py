@@ -26,9 +26,10 @@ from scipy import ndimage as ndi
 
 from MRSynthesisLib import manifest, modalities
 from MRSynthesisLib.errors import InputError
+from MRSynthesisLib.logic import model_grid, voxel_size_text
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
 from MRSynthesisLib.validation import check_magnitude, check_mask
-from MRSynthesisLib.volume import read_volume, reoriented_onto
+from MRSynthesisLib.volume import read_volume, reoriented_onto, resample_to
 
 from .lesions import flair_hyperintensity_mask
 
@@ -179,6 +180,7 @@ class Subject:
     lesion_source: str
     ignore: np.ndarray | None = None  # (slices, H, W) bool: pixels left out of every cost
     spacing_mm: tuple[float, float, float] | None = None  # ``Geometry.anatomical_spacing`` of its images
+    resampled_from: tuple[float, float, float] | None = None  # the files' spacing, when the config's replaced it
 
     def supervised(self, index) -> np.ndarray:
         """The brain pixels of slices ``index`` that the cost and validation may look at."""
@@ -195,14 +197,27 @@ class Subject:
         return points
 
 
+def resampled(subject: Any) -> str:
+    """What the loading messages add for a subject resampled to the config's ``spacing_mm``."""
+    if subject.resampled_from is None:
+        return ""
+    return f" (resampled from {voxel_size_text(subject.resampled_from)} to {voxel_size_text(subject.spacing_mm)})"
+
+
 def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[str], *, lesion_input: bool,
                  lesion_fallback: str, flair_z: float, min_voxels: int,
-                 min_slice_brain_fraction: float, normalisation: NormalisationSpec = NORMALISATION
+                 min_slice_brain_fraction: float, normalisation: NormalisationSpec = NORMALISATION,
+                 spacing_mm: Sequence[float] | None = None, plane: str | None = "axial"
                  ) -> tuple[Subject, dict[str, np.ndarray], np.ndarray]:
     """Read, check, mask and normalise one subject exactly as ``SynthesisLogic`` does.
 
     ``normalisation`` is the card's spec: ``NORMALISATION`` for a new model, the base card's
     when a model is extended (``training.extend``), so the frozen encoders see what they learnt on.
+    ``spacing_mm`` (the config's, left-right / anterior-posterior / inferior-superior): a subject whose
+    voxels differ from it by more than ``COARSER_THAN_MODEL`` along an axis the network convolves over
+    (``plane``: a 2D model's slicing plane, whose slice axis is kept; None: a 3D model, every axis) is
+    resampled to it, images linearly and the lesion mask by nearest neighbour, as inference resamples
+    coarse inputs (``logic.model_grid``), so that every subject shows the network one anatomical scale.
 
     Also returns the raw output arrays and the brain mask on the file's grid, which
     ``preprocessing.reference_stats`` needs for the card's output intensity scale.
@@ -222,6 +237,9 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
             differences = "; ".join(volume.geometry.differences(geometry))
             raise InputError(f"{files.images[m]}: subject {files.subject}'s {m} is not on the grid of its "
                              f"{needed[0]} ({files.images[needed[0]]}): {differences}")
+    target = model_grid(geometry, spacing_mm, plane, finer=True)
+    if target is not None:
+        volumes = {m: resample_to(v, target) for m, v in volumes.items()}
     brain = foreground_mask([volumes[m].array for m in inputs])
     normalised = {m: normalise(volumes[m].array, normalisation, brain)[0] for m in needed}
     lesion = np.zeros(brain.shape, np.float32)
@@ -236,6 +254,8 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
                 raise InputError(f"{files.lesion}: subject {files.subject}'s lesion mask is not on the grid of its "
                                  f"images ({files.images[needed[0]]}): {differences}")
             lesion, source = check_mask(mask).astype(np.float32), "mask"  # 0/1 only, as inference takes it
+            if target is not None:
+                lesion = resample_to(mask.with_array(lesion), target, nearest=True).array
         elif lesion_fallback == "flair":
             lesion = flair_hyperintensity_mask(volumes["FLAIR"].array, brain, flair_z, min_voxels).astype(np.float32)
             source = "flair"
@@ -246,11 +266,13 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
         else:
             source = "zeros"
         lesion *= brain
-    axis = geometry.axis_for("axial")
+    grid = target or geometry
+    axis = grid.axis_for("axial")
     first = lambda a: np.ascontiguousarray(np.moveaxis(a, axis, 0))  # noqa: E731
     brain_first = first(brain)
     area = brain_first.reshape(len(brain_first), -1).sum(1)
     slices = np.flatnonzero(area >= min_slice_brain_fraction * area.max())
     subject = Subject(files.subject, {m: first(a) for m, a in normalised.items()}, first(lesion), brain_first,
-                      slices, source, None if ignore is None else first(ignore), geometry.anatomical_spacing())
+                      slices, source, None if ignore is None else first(ignore), grid.anatomical_spacing(),
+                      geometry.anatomical_spacing() if target is not None else None)
     return subject, {m: volumes[m].array for m in outputs}, brain

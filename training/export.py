@@ -39,18 +39,21 @@ def training_spacing(spacings: Sequence[Sequence[float] | None]) -> list[float] 
     return [float(v) for v in np.median(np.asarray(spacings, float), axis=0)]
 
 
-def spacing_outliers(names: Sequence[str], spacings: Sequence[Sequence[float] | None]) -> list[str]:
+def spacing_outliers(names: Sequence[str], spacings: Sequence[Sequence[float] | None],
+                     slice_plane_only: bool = False) -> list[str]:
     """A line per training subject whose voxels differ from the median (``training_spacing``) by more than
-    inference's ``COARSER_THAN_MODEL`` along an axis: the network learns that subject at another scale,
-    and inference will resample only inputs coarser than the median."""
+    inference's ``COARSER_THAN_MODEL`` along an axis the network convolves over (``slice_plane_only``: a 2D
+    model's axial slices, left-right and anterior-posterior): the network learns that subject at another
+    scale, and inference will resample only inputs coarser than the median."""
     median = training_spacing(spacings)
     if median is None:
         return []
+    axes = 2 if slice_plane_only else 3
     return [f"training subject {name}: voxels of {voxel_size_text(spacing)} (left-right x anterior-posterior x "
             f"superior-inferior) against the subjects' median {voxel_size_text(median)}; the model learns it at "
-            "another scale (resample such subjects to a common spacing first to avoid it)"
+            "another scale (set \"spacing_mm\" in the recipe to resample every subject to one)"
             for name, spacing in zip(names, spacings)
-            if any(max(s, m) > COARSER_THAN_MODEL * min(s, m) for s, m in zip(spacing, median))]
+            if any(max(s, m) > COARSER_THAN_MODEL * min(s, m) for s, m in zip(spacing[:axes], median[:axes]))]
 
 
 def network_params(config: TrainConfig) -> dict[str, Any]:

@@ -59,6 +59,8 @@ def check_matches(config: TrainConfig, card: ModelCard) -> None:
         "filters": (list(config.filters), list(params.get("filters", [32, 64, 128]))),
         "latent_channels": (config.latent_channels, params.get("latent_channels", 16)),
     }
+    if config.spacing_mm is not None:  # the scale the frozen encoders learnt; null: the subjects' own voxels
+        pairs["spacing_mm"] = (list(config.spacing_mm), card.spacing_mm)
     wrong = [f"{key}: config {mine!r} but card {theirs!r}" for key, (mine, theirs) in pairs.items() if mine != theirs]
     if wrong:
         raise InputError(f"extend: the config does not describe the network of {config.extend} ({card.name!r}): "

@@ -33,7 +33,8 @@ from . import averaging, distributed
 from .batches import TRAIN_STREAM, build_batch, step_subset
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import AVERAGE_KEYS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
-from .datasets import NORMALISATION, Subject, check_same_data, data_record, discover, load_subject, split_subjects
+from .datasets import (NORMALISATION, Subject, check_same_data, data_record, discover, load_subject, resampled,
+                       split_subjects)
 from .export import output_intensity, spacing_outliers, training_spacing, write_model_folder
 from .extend import load_base, working_config
 from .schedule import Schedule
@@ -146,12 +147,12 @@ def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool, nor
                                            lesion_fallback=config.lesion_fallback, flair_z=config.lesion_flair_z,
                                            min_voxels=config.lesion_min_voxels,
                                            min_slice_brain_fraction=config.min_slice_brain_fraction,
-                                           normalisation=normalisation)
+                                           normalisation=normalisation, spacing_mm=config.spacing_mm, plane="axial")
         subjects.append(subject)
         raws.append(raw)
         brains.append(brain)
         if verbose:
-            print(f"  {name}: {len(subject.slices)} axial slices of {subject.brain.shape[1:]}, "
+            print(f"  {name}: {len(subject.slices)} axial slices of {subject.brain.shape[1:]}{resampled(subject)}, "
                   f"lesion channel from {subject.lesion_source} ({int(subject.lesion.sum())} voxels)", flush=True)
     return subjects, raws, brains
 
@@ -201,7 +202,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
               flush=True)
     train_subjects, raws, brains = _load(work, train_names, files, main, spec)
     if main:
-        for line in spacing_outliers(train_names, [s.spacing_mm for s in train_subjects]):
+        for line in spacing_outliers(train_names, [s.spacing_mm for s in train_subjects], slice_plane_only=True):
             print(f"warning: {line}", flush=True)
     intensity = output_intensity({m: [r[m] for r in raws] for m in work.outputs}, brains, spec) if main else {}
     del raws, brains

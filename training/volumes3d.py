@@ -17,7 +17,7 @@ import numpy as np
 from MRSynthesisLib.volume import read_volume
 
 from .config3d import Train3DConfig
-from .datasets import SubjectFiles, load_subject
+from .datasets import SubjectFiles, load_subject, resampled
 
 
 @dataclass
@@ -45,14 +45,15 @@ def load_volumes(config: Train3DConfig, names: Sequence[str], files: Mapping[str
         subject, raw, brain = load_subject(
             files[name], config.inputs, config.outputs, lesion_input=config.lesion_input,
             lesion_fallback=config.lesion_fallback, flair_z=config.lesion_flair_z, min_voxels=config.lesion_min_voxels,
-            min_slice_brain_fraction=0.0, normalisation=config.normalisation)
-        axis = read_volume(files[name].images[config.inputs[0]]).geometry.axis_for("axial")
+            min_slice_brain_fraction=0.0, normalisation=config.normalisation, spacing_mm=config.spacing_mm,
+            plane=None)
+        axis = read_volume(files[name].images[config.inputs[0]]).geometry.axis_for("axial")  # respacing keeps it
         volume = Volume3D(name, {m: _file_order(a, axis) for m, a in subject.images.items()},
                           _file_order(subject.lesion, axis), brain, subject.lesion_source, subject.spacing_mm)
         volumes.append(volume)
         raws.append(raw)
         brains.append(brain)
         if verbose:
-            print(f"  {name}: {volume.brain.shape} voxels, {int(volume.brain.sum())} in the brain, "
-                  f"lesion channel from {volume.lesion_source}", flush=True)
+            print(f"  {name}: {volume.brain.shape} voxels{resampled(subject)}, {int(volume.brain.sum())} in the "
+                  f"brain, lesion channel from {volume.lesion_source}", flush=True)
     return volumes, raws, brains

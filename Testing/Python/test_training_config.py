@@ -39,6 +39,9 @@ def write(folder: Path, data: object, name: str = "recipe.json") -> Path:
     ({"augment": []}, "augment must be an object of keys"),
     ({"augment": {"gama": 0.3}}, "unknown augment keys ['gama']"),
     ({"epochz": 3}, "unknown config keys ['epochz']"),
+    ({"spacing_mm": [1, 1]}, "spacing_mm must be null or three positive voxel sizes in mm"),
+    ({"spacing_mm": [1, 0, 1]}, "spacing_mm must be null or three positive voxel sizes in mm"),
+    ({"spacing_mm": 1.0}, "spacing_mm must be list[float] | None"),
 ])
 def test_recipe_values_of_the_wrong_type_are_refused_naming_the_file(tmp_path, changes, message):
     path = write(tmp_path, {**RECIPE, **changes})
@@ -70,6 +73,11 @@ def test_unreadable_recipes(tmp_path, text, message):
 def test_3d_recipes_are_checked_the_same_way(tmp_path):
     with pytest.raises(InputError, match=r"recipe\.json: missing config keys \['architecture'"):
         load_config3d(write(tmp_path, RECIPE))
+    recipe = {**RECIPE, "architecture": "wei2019_fcn3d", "optimiser": "sgd", "learning_rate": 0.0005,
+              "batch_size": 1, "patch_size": 16, "loss": "mse", "epochs": 1, "steps_per_epoch": 1}
+    assert load_config3d(write(tmp_path, {**recipe, "spacing_mm": [1, 1, 1.5]})).spacing_mm == [1, 1, 1.5]
+    with pytest.raises(InputError, match="spacing_mm must be null or three positive voxel sizes"):
+        load_config3d(write(tmp_path, {**recipe, "spacing_mm": [1, 1, -1]}))
 
 
 def test_every_recipe_field_has_a_type_the_checker_knows():

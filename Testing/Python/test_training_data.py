@@ -461,4 +461,43 @@ def test_training_subjects_at_another_scale_are_named():
     said = spacing_outliers(["a", "b", "c", "d"], spacings)
     assert [line.split(":")[0] for line in said] == ["training subject c", "training subject d"]
     assert "voxels of 2 x 2 x 1 mm" in said[0] and "median 1.05 x 1 x 1 mm" in said[0]
+    assert '"spacing_mm"' in said[0]  # how to avoid it
+    # a 2D model sees axial slices: thicker slices are no other scale to it
+    assert [line.split(":")[0] for line in spacing_outliers(["a", "b", "c", "d"], spacings, slice_plane_only=True)
+            ] == ["training subject c"]
     assert spacing_outliers(["a", "b"], [(1.0, 1.0, 1.0), None]) == []
+
+
+def respaced_subject(root: Path, spacing: tuple[float, float, float]) -> Path:
+    """An MS subject (LAS) whose files say their voxels are ``spacing`` (ITK x, y, z = L-R, A-P, I-S)."""
+    folder = write_ms_subject(root, "patient05", 5)
+    for path in folder.iterdir():
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing(spacing)
+        sitk.WriteImage(image, str(path))
+    return root
+
+
+@pytest.mark.parametrize("plane, spacing, shape", [
+    ("axial", (2.0, 0.5, 3.0), (12, 14, 48)),  # 2D: in-plane axes to 1 mm (coarser and finer), slices kept
+    (None, (2.0, 0.5, 3.0), (36, 14, 48)),  # 3D: every axis
+    ("axial", (1.1, 0.9, 3.0), (12, 28, 24)),  # within 20 %: left alone
+])
+def test_subjects_are_resampled_to_the_recipes_spacing(tmp_path, plane, spacing, shape):
+    """``spacing_mm`` [1, 1, 1]: images linearly, the lesion mask by nearest neighbour (still 0/1), the
+    files' spacing remembered for the loading message."""
+    from training.datasets import resampled
+
+    files = discover([str(respaced_subject(tmp_path, spacing))])[0]
+    subject, raw, brain = load_subject(files, ["T1", "T2"], ["FLAIR"], lesion_input=True, lesion_fallback="zeros",
+                                       flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05,
+                                       spacing_mm=[1.0, 1.0, 1.0], plane=plane)
+    moved = shape != SHAPE
+    assert brain.shape == raw["FLAIR"].shape == shape  # the file's (z, y, x) order
+    assert subject.brain.shape == shape  # axial first: z is the axial axis here
+    assert subject.spacing_mm == pytest.approx((1.0, 1.0, spacing[2] if plane else 1.0) if moved else spacing)
+    assert subject.resampled_from == (pytest.approx(spacing) if moved else None)
+    assert set(np.unique(subject.lesion)) == {0.0, 1.0}
+    lesion_mm3 = subject.lesion.sum() * np.prod(subject.spacing_mm)
+    assert lesion_mm3 == pytest.approx((tissue_map(5) == 4).sum() * np.prod(spacing), rel=0.35)  # the same lesion
+    assert ("resampled from 2 x 0.5 x 3 mm" in resampled(subject)) == moved

@@ -96,6 +96,9 @@ def test_a_config_for_another_network_is_refused(extended, tmp_path):
     recipe = tiny(sources, tmp_path / "bad", outputs=["FLAIR"], extend=str(base), inputs=["T1", "T2"])
     with pytest.raises(ValueError, match=r"inputs: config \['T1', 'T2'\] but card \['T1', 'T2', 'FLAIR'\]"):
         train(TrainConfig.from_dict(recipe), command="test")
+    recipe = tiny(sources, tmp_path / "bad", outputs=["FLAIR"], extend=str(base), spacing_mm=[0.8, 0.8, 1.0])
+    with pytest.raises(ValueError, match=r"spacing_mm: config \[0.8, 0.8, 1.0\] but card \[1.0, 1.0, 1.0\]"):
+        train(TrainConfig.from_dict(recipe), command="test")  # the frozen encoders learnt the card's scale
     recipe = tiny(sources, tmp_path / "none", outputs=["T2"], extend=str(base))
     with pytest.raises(ValueError, match="already an output"):
         train(TrainConfig.from_dict(recipe), command="test")
