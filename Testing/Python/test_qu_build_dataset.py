@@ -197,3 +197,20 @@ def test_structure_maps_can_come_from_real_scans(models, tmp_path):
         assert label.any() and not np.any((label > 0) & (brain == 0))
     with pytest.raises(SystemExit):
         bd.parser().parse_args([*argv, "--structure-model", str(structure)])
+
+
+def test_scans_stored_in_another_voxel_order_give_the_same_slices(tmp_path):
+    """A lesion mask and a T2 written RAS beside a LAS T1 (the same voxels) were refused as other grids."""
+    import SimpleITK as sitk
+
+    subject = make_subject(tmp_path / "s")
+    before = load_subject_slices(subject.folder, ["T1", "T2"], 32, [0.0, 1.0], 0.05, labelled=True)
+    for key in ("lesion_mask", "T2"):
+        sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(str(subject[key])), "RAS"), str(subject[key]))
+    after = load_subject_slices(subject.folder, ["T1", "T2"], 32, [0.0, 1.0], 0.05, labelled=True)
+    np.testing.assert_array_equal(after.images, before.images)
+    np.testing.assert_array_equal(after.labels, before.labels)
+    assert before.labels.any()
+    write_image(subject.arrays["lesion"], subject["lesion_mask"], origin=(5.0, 5.0, 5.0))  # truly elsewhere
+    with pytest.raises(InputError, match="is not on the grid of"):
+        load_subject_slices(subject.folder, ["T1", "T2"], 32, [0.0, 1.0], 0.05, labelled=True)

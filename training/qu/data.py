@@ -26,7 +26,7 @@ from MRSynthesisLib.structure_maps import (
     remove_lesion,
     structure_map,
 )
-from MRSynthesisLib.volume import Volume, read_volume
+from MRSynthesisLib.volume import Volume, read_volume, reoriented_onto
 from training.datasets import _folder_subject
 
 PERCENTILE = 99.5
@@ -96,10 +96,17 @@ def load_subject_slices(folder: str | Path, modality_names: Sequence[str], size:
         raise InputError(f"{folder}: marked labelled but holds no lesion_mask file")
     volumes = [read_volume(found[m]) for m in modality_names]
     lesion = read_volume(files.lesion) if labelled else None
-    for other in volumes[1:] + ([lesion] if lesion is not None else []):
-        differences = volumes[0].geometry.differences(other.geometry)
-        if differences:
-            raise InputError(f"{other.source} is not on the grid of {volumes[0].source}: {'; '.join(differences)}")
+
+    def on_first_grid(other: Volume) -> Volume:
+        """The same grid stored in any voxel order, as inference and the other trainers take it."""
+        reordered = reoriented_onto(other, volumes[0].geometry)
+        if reordered is None:
+            differences = "; ".join(volumes[0].geometry.differences(other.geometry))
+            raise InputError(f"{other.source} is not on the grid of {volumes[0].source}: {differences}")
+        return reordered
+
+    volumes[1:] = [on_first_grid(v) for v in volumes[1:]]
+    lesion = on_first_grid(lesion) if lesion is not None else None
     arrays = [scale_intensities(_lps(v), v.source) for v in volumes]
     depth = arrays[0].shape[0]
     keep = np.arange(int(slice_range[0] * depth), max(int(slice_range[1] * depth), int(slice_range[0] * depth) + 1))
