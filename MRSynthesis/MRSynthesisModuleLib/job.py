@@ -30,6 +30,7 @@ class SynthesisJob:
     lesion_mask: Optional[str] = None
     brain_mask: Optional[str] = None  # None: the command line takes the inputs' foreground
     saliency_dir: Optional[str] = None
+    saliency_references: dict[str, str] = field(default_factory=dict)  # target -> a real scan of it (paper's P3S)
     resample_to: Optional[str] = None  # an input modality: the others are resampled onto its grid
     native_spacing: bool = False  # synthesise on the inputs' voxels even where coarser than the model's
     precision: str = "auto"
@@ -53,6 +54,8 @@ class SynthesisJob:
             args += ["--plane", self.plane]
         if self.saliency_dir:
             args += ["--saliency-out", self.saliency_dir]
+            for target, path in self.saliency_references.items():
+                args += ["--saliency-reference", f"{target}={path}"]
         if self.resample_to:
             args += ["--resample-to", self.resample_to]
         if self.native_spacing:
@@ -84,12 +87,14 @@ class SynthesisResult:
     contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # target -> input -> share
     region_contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # the same in the lesion
     device: str = ""
+    saliency_objective: str = ""  # what the maps are the gradient of, per target
 
     @classmethod
     def from_event(cls, done: Mapping[str, object]) -> "SynthesisResult":
         return cls(outputs=dict(done.get("outputs", {})), saliency=dict(done.get("saliency", {})),
                    contributions=dict(done.get("contributions", {})),
-                   region_contributions=dict(done.get("region_contributions", {})), device=str(done.get("device", "")))
+                   region_contributions=dict(done.get("region_contributions", {})), device=str(done.get("device", "")),
+                   saliency_objective=str(done.get("saliency_objective") or ""))
 
 
 def off_plane_figures(metrics: Mapping[str, float]) -> dict[str, float]:

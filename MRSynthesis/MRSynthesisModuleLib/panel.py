@@ -392,7 +392,7 @@ class SynthesisPanel:
         slicewise = model is not None and model.spatial_dims == 2
         self.ui.lesionGroupBox.setEnabled(not running and model is not None and model.lesion_input)
         self.ui.saliencyCheckBox.setEnabled(not running and model is not None)  # P3S for 2D and 3D models
-        self.ui.offPlaneGroupBox.setEnabled(not running and slicewise)
+        self.ui.offPlaneGroupBox.setEnabled(not running)  # the real volume serves saliency for 3D models too
         self.ui.showSaliencyButton.setEnabled(bool(self.results and self.results.saliency))
         self.ui.showOffPlaneButton.setEnabled(bool(self.results and self.results.off_plane))
         self.ui.planeComboBox.setEnabled(not running and slicewise)
@@ -444,17 +444,19 @@ class SynthesisPanel:
         model = self.model
         slicewise = model.spatial_dims == 2
         plane = self.plane if slicewise else None
-        reference = self.reference_selector.currentNode() if slicewise else None
+        reference = self.reference_selector.currentNode()
         target = prop(self.ui.offPlaneTargetComboBox, "currentText")
+        measured_in = (plane or model.plane) if slicewise else None  # off-plane consistency: 2D models only
         self.ui.errorLabel.setText("")
         self.ui.notesLabel.setText("")
+        self.ui.saliencyObjectiveLabel.setText("")
         try:
             self._prepared = PreparedRun(
                 self.bridge, self.inputs, self.targets, model=model.folder,
                 device=DEVICES[prop(self.ui.deviceComboBox, "currentIndex")],
                 lesion=self._segment(self.lesion_selector), brain=self._segment(self.brain_selector),
                 saliency=self.ui.saliencyCheckBox.isChecked(),
-                reference=(reference, target, plane or model.plane) if reference is not None and target else None,
+                reference=(reference, target, measured_in) if reference is not None and target else None,
                 resample=self.ui.resampleCheckBox.isChecked(),
                 native_spacing=self.ui.nativeSpacingCheckBox.isChecked(), precision=self.precision, plane=plane)
         except (OSError, ValueError) as error:
@@ -560,6 +562,10 @@ class SynthesisPanel:
         columns.sort(key=lambda column: list(results.contributions).index(column[0]))
         self._set_table(self.ui.contributionsTable, [label for _, _, label in columns], modalities_used,
                         [[f"{100 * shares.get(m, 0.0):.1f} %" for _, shares, _ in columns] for m in modalities_used])
+        objective = "\n".join(part for part in results.saliency_objective.split("; ") if part)
+        if "target-free" in objective:
+            objective += "\nA real volume of the target (below) gives the paper's P3S instead."
+        self.ui.saliencyObjectiveLabel.setText(objective)
         figures = results.off_plane
         self._set_table(self.ui.offPlaneTable, ["value"], list(figures), [[f"{v:.4g}"] for v in figures.values()])
         self.actions.show_result(self._main_output(), results.lesion)

@@ -31,6 +31,7 @@ class LoadedResults:
     region_contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # the same in the lesion
     lesion: Optional[Any] = None  # the segmentation whose segment was the lesion mask
     reference: Optional[tuple[Any, str]] = None  # the real volume and the target it was compared with
+    saliency_objective: str = ""  # what the saliency maps are the gradient of (the command line's words)
     off_plane: dict[str, float] = field(default_factory=dict)
     off_plane_problem: str = ""  # why the figures are missing when a reference was given
     notes: list[str] = field(default_factory=list)
@@ -56,7 +57,9 @@ class PreparedRun:
         ``resample``: inputs (and the mask) on other grids are resampled onto the first one's
         instead of refused; ``native_spacing``: synthesise on the inputs' own voxels even where they
         are coarser than the model's (the command line's ``--native-spacing``);
-        ``reference``: (real volume node, target it is compared with, plane the model slices in);
+        ``reference``: (real volume node, the target it is a scan of, the plane a 2D model slices in or None):
+        with ``saliency`` the maps are the paper's P3S against it, and with a plane its off-plane consistency
+        is measured;
         ``precision``, ``plane``: the command line's ``--precision`` and ``--plane``;
         ``labels``: modality -> what the user calls that input in messages (default: its node's name)."""
         others = (lesion and lesion[0], brain and brain[0], reference and reference[0])
@@ -91,9 +94,11 @@ class PreparedRun:
             self._labels[brain_file] = f'the brain segment of "{brain[0].GetName()}"'
         if reference is not None:
             self._labels[self._path("reference.nrrd")] = f'"{reference[0].GetName()}"'
+        references = {reference[1]: self._path("reference.nrrd")} if saliency and reference is not None else {}
         self.job = SynthesisJob(inputs, list(targets), self._path("out"), model=model, device=device,
                                 lesion_mask=lesion_file, brain_mask=brain_file,
                                 saliency_dir=self._path("saliency") if saliency else None,
+                                saliency_references=references,
                                 resample_to=rows[0][1] if resample else None, native_spacing=native_spacing,
                                 precision=precision, plane=plane)
 
@@ -107,8 +112,8 @@ class PreparedRun:
         return text
 
     def evaluate_arguments(self, synthesis: Outcome) -> Optional[list[str]]:
-        """The off-plane measurement to run after ``synthesis``, when a reference was given."""
-        if self.reference is None:
+        """The off-plane measurement to run after ``synthesis``, when a reference was given to a 2D model."""
+        if self.reference is None or self.reference[2] is None:
             return None
         _, target, plane = self.reference
         synthetic = SynthesisResult.from_event(synthesis.result).outputs[target]
@@ -121,6 +126,7 @@ class PreparedRun:
                                region_contributions=result.region_contributions,
                                notes=[self.explain(note) for note in synthesis.notes],
                                device=result.device, lesion=self.lesion,
+                               saliency_objective=result.saliency_objective,
                                reference=self.reference[:2] if self.reference else None)
         try:
             for target, path in result.outputs.items():

@@ -148,6 +148,8 @@ def test_apply_synthesises_a_lesioned_flair_with_saliency_and_off_plane_figures(
     assert slicer.util.arrayFromVolume(output).shape == arrays["T1"].shape
     saliency = panel.results.saliency["FLAIR"]
     assert {m: n.GetName() for m, n in saliency.items()} == {"T1": "P3S FLAIR from T1", "T2": "P3S FLAIR from T2"}
+    # the real FLAIR was given: the paper's P3S, the gradient of the error against it
+    assert "(P3S, Wei et al. 2019 eq. 3)" in panel.ui.saliencyObjectiveLabel.text()
     assert saliency["T1"].GetDisplayNode().GetColorNodeID() == SALIENCY_COLOR_NODE_ID
     added = {output.GetID(), *(n.GetID() for n in saliency.values())}
     assert added <= support.node_ids(scene) - ids_before
@@ -242,6 +244,7 @@ def test_inputs_on_different_grids_are_refused_unless_the_user_asks_to_resample_
 
     panel.ui.resampleCheckBox.setChecked(True)
     assert panel.parameters.resample
+    panel.ui.saliencyCheckBox.setChecked(True)  # no real volume of the target: the target-free variant, said
     panel.ui.applyButton.click()
     assert not panel.ui.resampleCheckBox.isEnabled()  # (its group box) while running
     support.wait_until(lambda: not panel.running, 120, app.processEvents)
@@ -250,6 +253,8 @@ def test_inputs_on_different_grids_are_refused_unless_the_user_asks_to_resample_
     assert arguments[arguments.index("--resample-to") + 1] == "T2"  # the first row's modality
     assert panel.ui.errorLabel.text() == "", panel.ui.errorLabel.text()
     assert panel.ui.statusLabel.text().startswith("Done")
+    objective = panel.ui.saliencyObjectiveLabel.text()
+    assert "target-free P3S variant" in objective and "A real volume of the target (below)" in objective
     output = panel.results.outputs["FLAIR"]
     assert output.GetName() == "FLAIR synthetic (T2+T1)"
     np.testing.assert_allclose(support.ijk_to_ras(output), elsewhere, atol=1e-6)  # the first input's grid
@@ -303,21 +308,38 @@ def test_a_brain_segment_precision_and_slice_plane_reach_the_command_line(app, l
     assert "skull-stripped brain" not in panel.ui.notesLabel.text()
 
 
-def test_the_slice_plane_and_off_plane_figures_are_offered_for_2d_models_only(app, launcher, tmp_path):
+def test_a_3d_model_takes_no_plane_and_its_saliency_uses_the_real_volume(app, launcher, tmp_path):
+    """A 3D model (Wei's FCN, the P3S paper's own) is offered no slice plane and no off-plane figures, but a
+    real volume of the target still makes its maps the paper's P3S (they were always the target-free variant)."""
     save_model(ModelCard(name="tiny-3d", architecture="wei2019_fcn3d", inputs=["T1", "T2"], outputs=["FLAIR"],
                          spatial_dims=3, plane=None, missing_inputs="all_required", normalisation={"scheme": "zscore"},
                          params={"filters": 4}, output_intensity={"FLAIR": {"offset": 0.0, "scale": 400.0}}),
                build("wei2019_fcn3d", ["T1", "T2"], ["FLAIR"], False, {"filters": 4}), tmp_path / "tiny-3d")
-    scene, _, _ = subject_scene()
-    panel = make_panel(app, scene, launcher)
+    scene, nodes, _ = subject_scene()
+    recording = RecordingLauncher(launcher)
+    panel = make_panel(app, scene, recording)
     panel.add_model_folder(str(tmp_path))
     support.wait_until(lambda: not panel.timer.isActive(), 60, app.processEvents)
     panel.ui.planeComboBox.setCurrentIndex(2)
     choose_model(panel, "tiny-3d")
-    assert not panel.ui.planeComboBox.isEnabled() and not panel.ui.offPlaneGroupBox.isEnabled()
-    choose_model(panel, "chartsias-mimo-shared")  # the bundled 2D model: the choice was kept
-    assert panel.ui.planeComboBox.isEnabled() and panel.ui.offPlaneGroupBox.isEnabled()
-    assert panel.plane == "coronal"
+    assert not panel.ui.planeComboBox.isEnabled() and panel.ui.offPlaneGroupBox.isEnabled()
+    panel.add_input_row(nodes["T1"])
+    panel.add_input_row(nodes["T2"])
+    panel.set_targets(["FLAIR"])
+    panel.ui.saliencyCheckBox.setChecked(True)
+    panel.reference_selector.setCurrentNode(nodes["FLAIR"])
+    panel.ui.applyButton.click()
+    support.wait_until(lambda: not panel.running, 120, app.processEvents)
+
+    assert panel.ui.errorLabel.text() == "", panel.ui.errorLabel.text()
+    arguments = recording.arguments[-1]
+    assert arguments[0] == "synthesize"  # no off-plane measurement for a 3D model
+    assert arguments[arguments.index("--saliency-reference") + 1].startswith("FLAIR=")
+    assert "--plane" not in arguments
+    assert "Wei et al. 2019 eq. 3" in panel.ui.saliencyObjectiveLabel.text()
+    assert set(panel.results.saliency["FLAIR"]) == {"T1", "T2"} and not panel.results.off_plane
+    choose_model(panel, "chartsias-mimo-shared")  # the bundled 2D model: the plane chosen before was kept
+    assert panel.ui.planeComboBox.isEnabled() and panel.plane == "coronal"
 
 
 def test_the_model_card_constrains_modalities_targets_and_the_lesion(app, listing):

@@ -115,6 +115,11 @@ def test_the_job_asks_the_command_line_for_json_progress_and_names_outputs_for_t
                           ("--device", "cpu"), ("--lesion-mask", "/t/lesion.nrrd"), ("--brain-mask", "/t/brain.nrrd"),
                           ("--saliency-out", "/t/saliency"), ("--precision", "fp32"), ("--plane", "coronal")):
         assert args[args.index(option) + 1] == value
+    with_reference = SynthesisJob({"T1": "a"}, ["FLAIR"], "o", saliency_dir="s",
+                                  saliency_references={"FLAIR": "/t/real.nrrd"}).arguments()
+    assert with_reference[with_reference.index("--saliency-reference") + 1] == "FLAIR=/t/real.nrrd"
+    no_maps = SynthesisJob({"T1": "a"}, ["FLAIR"], "o", saliency_references={"FLAIR": "/t/real.nrrd"}).arguments()
+    assert "--saliency-reference" not in no_maps  # the command line refuses it without --saliency-out
     plain = SynthesisJob({"T1": "a"}, ["T2"], "o").arguments()  # the command line's own defaults
     assert "--brain-mask" not in plain and "--plane" not in plain and plain[plain.index("--precision") + 1] == "auto"
     assert job.output_name("FLAIR") == "FLAIR synthetic (T1+T2, lesion)"

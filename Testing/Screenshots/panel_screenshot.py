@@ -85,7 +85,7 @@ def main() -> int:
     support.wait_until(lambda: not panel.running, args.timeout, app.processEvents)
     if panel.ui.errorLabel.text():
         raise SystemExit(f"synthesis failed: {panel.ui.errorLabel.text()}")
-    panel.widget.resize(440, 1020)
+    panel.widget.resize(440, max(1020, panel.widget.sizeHint().height()))  # every row visible
     panel.widget.show()
     app.processEvents()
     args.out.parent.mkdir(parents=True, exist_ok=True)
