@@ -48,6 +48,7 @@ class PreparedRun:
                  model: Optional[str] = None, device: str = "auto", lesion: Optional[tuple[Any, str]] = None,
                  lesion_file: Optional[str] = None, brain: Optional[tuple[Any, str]] = None,
                  brain_file: Optional[str] = None, saliency: bool = False,
+                 saliency_reference_files: Optional[Mapping[str, str]] = None,
                  reference: Optional[tuple[Any, str, str]] = None, resample: bool = False,
                  native_spacing: bool = False, precision: str = "auto", plane: Optional[str] = None,
                  labels: Optional[Mapping[str, str]] = None) -> None:
@@ -60,6 +61,7 @@ class PreparedRun:
         ``reference``: (real volume node, the target it is a scan of, the plane a 2D model slices in or None):
         with ``saliency`` the maps are the paper's P3S against it, and with a plane its off-plane consistency
         is measured;
+        ``saliency_reference_files``: target -> a real scan of it on file (batch mode's ``--saliency-reference``);
         ``precision``, ``plane``: the command line's ``--precision`` and ``--plane``;
         ``labels``: modality -> what the user calls that input in messages (default: its node's name)."""
         others = (lesion and lesion[0], brain and brain[0], reference and reference[0])
@@ -94,7 +96,9 @@ class PreparedRun:
             self._labels[brain_file] = f'the brain segment of "{brain[0].GetName()}"'
         if reference is not None:
             self._labels[self._path("reference.nrrd")] = f'"{reference[0].GetName()}"'
-        references = {reference[1]: self._path("reference.nrrd")} if saliency and reference is not None else {}
+        references = dict(saliency_reference_files or {})
+        if saliency and reference is not None:
+            references[reference[1]] = self._path("reference.nrrd")
         self.job = SynthesisJob(inputs, list(targets), self._path("out"), model=model, device=device,
                                 lesion_mask=lesion_file, brain_mask=brain_file,
                                 saliency_dir=self._path("saliency") if saliency else None,

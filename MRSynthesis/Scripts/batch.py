@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--brain-mask", help="0/1 brain mask on the first input's grid; default: the inputs' "
                                              "foreground (which includes the skull of an unstripped scan)")
     parser.add_argument("--saliency-out", help="folder for the per-input P3S saliency maps")
+    parser.add_argument("--saliency-reference", action="append", default=[], metavar="TARGET=PATH",
+                        help="a real scan of a target (repeat): its maps become the paper's P3S, the gradient of the "
+                             "prediction's error against it, instead of the target-free variant")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never an input)")
     parser.add_argument("--resample", action="store_true",
                         help="resample the other inputs and the lesion mask onto the first input's grid where they lie "
@@ -142,9 +145,16 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         outputs = {target: output_path(args.out, target, targets) for target in targets}
         if args.saliency_out:
             check_folder(args.saliency_out, "--saliency-out")
+        named = [(canonical(target), path) for target, path in
+                 (_pair(text, "--saliency-reference") for text in args.saliency_reference)]
+        check_given_once(named, "--saliency-reference")
+        references = dict(named)
+        if references and not args.saliency_out:
+            raise ValueError("--saliency-reference: used by the saliency maps only; add --saliency-out DIR")
         maps = [os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz")
                 for target in targets for modality, _ in pairs] if args.saliency_out else []
         given = [path for _, path in pairs] + [p for p in (args.lesion_mask, args.brain_mask) if p]
+        given += list(references.values())
         check_writable([*outputs.values(), *maps], given, args.overwrite)  # before any work; inputs never replaced
         rows = []
         for modality, path in pairs:
@@ -159,7 +169,8 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         results = synthesize_and_wait(SceneBridge(files.scene), launcher or CliLauncher(), rows, targets,
                                       model=args.model, device=args.device, precision=args.precision,
                                       plane=args.plane, lesion_file=args.lesion_mask, brain_file=args.brain_mask,
-                                      saliency=bool(args.saliency_out), resample=args.resample,
+                                      saliency=bool(args.saliency_out), saliency_reference_files=references,
+                                      resample=args.resample,
                                       native_spacing=args.native_spacing, labels=dict(pairs))
     except SynthesisFailed as error:
         hint = ("\nIn batch mode: register the inputs first, or pass --resample to resample them onto the first "
@@ -176,15 +187,17 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         return EXIT_INTERNAL
     for target, shares in results.contributions.items():
         print(f"{target} contributions: " + ", ".join(f"{m} {100 * v:.1f} %" for m, v in shares.items()))
+    if results.saliency_objective:
+        print(f"saliency maps: {results.saliency_objective}")
     for note in results.notes:
         print(f"note: {note}")
     return EXIT_OK
 
 
-def _pair(text: str) -> tuple[str, str]:
+def _pair(text: str, option: str = "--input") -> tuple[str, str]:
     modality, sep, path = text.partition("=")
     if not sep or not modality or not path:
-        raise ValueError(f"--input {text!r} is not MODALITY=PATH")
+        raise ValueError(f"{option} {text!r} is not MODALITY=PATH")
     return modality, path
 
 

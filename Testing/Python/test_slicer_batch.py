@@ -45,6 +45,30 @@ def test_batch_synthesises_and_saves_the_results(tmp_path, tiny_model, cli_home,
     assert sorted(p.name for p in saliency.iterdir()) == ["P3S_FLAIR_from_T1.nii.gz", "P3S_FLAIR_from_T2.nii.gz"]
     assert f"FLAIR synthetic (T1+T2): {out / 'FLAIR_synthetic.nii.gz'}" in printed.out
     assert "FLAIR contributions: T1 " in printed.out
+    assert "saliency maps: FLAIR: |d sum(prediction in brain) / d input| (target-free P3S variant)" in printed.out
+
+
+def test_batch_computes_the_papers_p3s_against_a_real_target(tmp_path, tiny_model, cli_home, capsys):
+    """As the panel's real volume and the command line's --saliency-reference; the real scan is never replaced."""
+    subject = make_subject(tmp_path / "subject")
+    saliency = tmp_path / "saliency"
+    launcher = RecordingLauncher(base_env=cli_env(cli_home))
+    common = ["--input", f"T1={subject['T1']}", "--input", f"T2={subject['T2']}", "--target", "FLAIR",
+              "--model", str(tiny_model), "--device", "cpu", "--saliency-reference", f"flair={subject['FLAIR']}"]
+    assert batch.run([*common, "--out", str(tmp_path / "out"), "--saliency-out", str(saliency)],
+                     support.CoreFiles(support.new_scene()), launcher) == 0, capsys.readouterr().err
+    arguments = launcher.arguments[-1]
+    assert arguments[arguments.index("--saliency-reference") + 1] == f"FLAIR={subject['FLAIR']}"
+    assert "(P3S, Wei et al. 2019 eq. 3)" in capsys.readouterr().out
+    assert sorted(p.name for p in saliency.iterdir()) == ["P3S_FLAIR_from_T1.nii.gz", "P3S_FLAIR_from_T2.nii.gz"]
+    files = support.CoreFiles(support.new_scene())
+    assert batch.run([*common, "--out", str(tmp_path / "other")], files) == 2  # no maps to shape
+    assert "--saliency-reference: used by the saliency maps only" in capsys.readouterr().err
+    before = subject["FLAIR"].read_bytes()
+    assert batch.run([*common, "--out", str(subject["FLAIR"]), "--overwrite", "--saliency-out", str(saliency)],
+                     files) == 2
+    assert f"{subject['FLAIR']}: is one of the inputs" in capsys.readouterr().err
+    assert subject["FLAIR"].read_bytes() == before
 
 
 def test_batch_says_what_the_command_line_says_of_coarse_voxels(tmp_path, cli_home, capsys):
@@ -210,7 +234,8 @@ def test_help_documents_the_arguments(capsys):
     assert batch.run(["--help"], files=None) == 0
     usage = capsys.readouterr().out
     for option in ("--input MODALITY=PATH", "--target MODALITY", "--out", "--model", "--device", "--lesion-mask",
-                   "--saliency-out", "--native-spacing", "--resample", "--brain-mask", "--precision", "--plane"):
+                   "--saliency-out", "--native-spacing", "--resample", "--brain-mask", "--precision", "--plane",
+                   "--saliency-reference TARGET=PATH"):
         assert option in usage
     assert batch.run([], files=None) == 2  # --input, --target and --out are required
 
