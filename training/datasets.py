@@ -197,7 +197,7 @@ class Subject:
         return points
 
 
-def resampled(subject: Any) -> str:
+def resampled(subject: Subject) -> str:
     """What the loading messages add for a subject resampled to the config's ``spacing_mm``."""
     if subject.resampled_from is None:
         return ""
@@ -219,8 +219,8 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     resampled to it, images linearly and the lesion mask by nearest neighbour, as inference resamples
     coarse inputs (``logic.model_grid``), so that every subject shows the network one anatomical scale.
 
-    Also returns the raw output arrays and the brain mask on the file's grid, which
-    ``preprocessing.reference_stats`` needs for the card's output intensity scale.
+    Also returns the raw output arrays and the brain mask on the grid trained on (the file's, or the
+    recipe's spacing), which ``preprocessing.reference_stats`` needs for the card's output intensity scale.
     """
     needed = list(dict.fromkeys([*inputs, *outputs]))
     missing = [m for m in needed if m not in files.images]
