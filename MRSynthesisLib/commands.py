@@ -19,7 +19,7 @@ from . import metrics, modalities, registry
 from .atomic import check_writable, read_json, write_json
 from .cards import LoadedModel, load_model
 from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
-from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult
+from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult, voxel_size_text
 from .manifest import ManifestSubject, read_manifest
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
@@ -300,6 +300,7 @@ def models(args: argparse.Namespace, reporter: Reporter) -> int:
             continue
         c = e.card
         where = f"{c.spatial_dims}D" + (f" {c.plane}" if c.spatial_dims == 2 else "")
+        where += f", {voxel_size_text(c.spacing_mm)} voxels" if c.spacing_mm else ""
         lesion = " +lesion" if c.lesion_input else ""
         print(f"{e.name}  [{e.origin}]  {'+'.join(c.inputs)}{lesion} -> {'+'.join(c.outputs)}  ({where})  {e.folder}")
     return EXIT_OK

@@ -26,6 +26,7 @@ class ModelInfo:
     lesion_input: bool = False
     spatial_dims: int = 2
     plane: Optional[str] = None
+    spacing_mm: Optional[list[float]] = None  # the training voxels; coarser inputs are synthesised on them
     problem: Optional[str] = None
 
     @classmethod
@@ -34,7 +35,7 @@ class ModelInfo:
         return cls(name=entry["name"], folder=entry["folder"], origin=entry["origin"],
                    inputs=list(card.get("inputs", [])), outputs=list(card.get("outputs", [])),
                    lesion_input=bool(card.get("lesion_input", False)), spatial_dims=int(card.get("spatial_dims", 2)),
-                   plane=card.get("plane"), problem=entry.get("problem"))
+                   plane=card.get("plane"), spacing_mm=card.get("spacing_mm"), problem=entry.get("problem"))
 
     @property
     def label(self) -> str:
@@ -44,6 +45,8 @@ class ModelInfo:
         if self.problem:
             return f"This model cannot be used: {self.problem}"
         kind = f"2D, slice by slice ({self.plane})" if self.spatial_dims == 2 else "3D"
+        if self.spacing_mm:
+            kind += f", trained on {' x '.join(f'{v:.3g}' for v in self.spacing_mm)} mm voxels"
         lesion = "; takes a lesion mask" if self.lesion_input else ""
         return f"Inputs: {', '.join(self.inputs)}\nOutputs: {', '.join(self.outputs)}\n{kind}{lesion}"
 

@@ -377,6 +377,8 @@ def test_models_lists_model_path(runs, ws):
     tiny = next(line for line in lines if line.startswith("tiny "))
     assert "[user]" in tiny and "T1+T1c+T2+FLAIR +lesion -> T1+T1c+T2+FLAIR" in tiny and "(2D axial)" in tiny
     assert str(ws["models"] / "tiny") in tiny
+    bundled = next(line for line in lines if "[bundled]" in line)
+    assert "(2D axial, 1 x 1 x 1 mm voxels)" in bundled  # the card's training voxels
     broken = next(line for line in lines if line.startswith("broken "))
     assert "unusable:" in broken
     weightless = next(line for line in lines if line.startswith("weightless "))

@@ -446,3 +446,5 @@ def test_an_added_model_folder_lists_that_model_only(launcher, models):
     listed = catalog.update(outcome.stdout)
     assert [m.name for m in listed if m.origin != "bundled"] == ["tiny"]  # not its sibling t1t2
     assert next(m for m in listed if m.name == "tiny").summary().startswith("Inputs: T1, T1c, T2, FLAIR")
+    bundled = next(m for m in listed if m.origin == "bundled").summary()  # its card: 1 mm voxels
+    assert "2D, slice by slice (axial), trained on 1 x 1 x 1 mm voxels; takes a lesion mask" in bundled
