@@ -1,0 +1,41 @@
+"""The mixed-voxel-size experiment: its two recipes are valid, hold patient07 out and differ only in
+spacing_mm; the degraded case is the BraTS case at 2 x 2 mm in-plane; the table renders."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import DATA, NO_DATA
+from training.config import TrainConfig
+from training.experiments import mixed_spacing as ms
+
+
+def test_the_two_arms_differ_only_in_spacing_and_hold_the_subject_out(tmp_path):
+    configs = {arm: TrainConfig.from_dict(ms.recipe(arm, tmp_path / "coarse")) for arm in ms.ARMS}
+    assert configs["own-voxels"].spacing_mm is None and configs["resampled"].spacing_mm == [1.0, 1.0, 1.0]
+    varied = {"name", "description", "out", "spacing_mm"}
+    same = [{k: v for k, v in c.to_dict().items() if k not in varied} for c in configs.values()]
+    assert same[0] == same[1]
+    for config in configs.values():
+        assert not any("patient07" in source for source in config.data)
+        assert config.inputs == ms.INPUTS and config.outputs == [ms.TARGET] and config.validation_subjects == []
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
+def test_the_coarse_case_is_the_brats_case_at_2_mm_in_plane(tmp_path):
+    case = ms.prepare_coarse_case(tmp_path)
+    files = ms.discover([str(case)])[0]
+    assert set(ms.BRATS_SUFFIXES) <= set(files.images)
+    volume = ms.read_volume(files.images["T1"])
+    assert volume.geometry.anatomical_spacing() == pytest.approx((2.0, 2.0, 1.0))
+    assert volume.geometry.size == (120, 120, 155)  # the 240 x 240 x 155 field of view kept
+
+
+def test_the_table_has_a_row_per_arm():
+    metrics = {"ssim_brain": 0.6, "mse_brain": 0.05, "psnr_brain": 20.0, "lesion_ratio1_synthetic": 1.2,
+               "lesion_ratio1_reference": 1.3}
+    results = {"arms": {arm: {"spacing_mm": spacing, "card_spacing_mm": [1.0, 1.0, 1.0], "metrics": metrics}
+                        for arm, spacing in ms.ARMS.items()}, "versions": {"torch": "x"}, "coarse_mm": [2, 2, 1]}
+    text = ms.markdown(results, "python -m training.experiments.mixed_spacing")
+    assert "| own-voxels | None | [1.0, 1.0, 1.0] | 0.6000 | 0.0500 | 20.00 | 1.200 / 1.300 |" in text
+    assert "| resampled | [1.0, 1.0, 1.0] |" in text

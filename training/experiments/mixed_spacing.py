@@ -1,0 +1,139 @@
+"""Does the recipe's ``spacing_mm`` help a training cohort of mixed voxel sizes? (issue 3; training/README.md)
+
+A clinical cohort mixes 1 mm research scans with coarser clinical ones. Here one training subject
+is 1 mm (patient19) and the other, the BraTS case, is made a 2 x 2 mm in-plane acquisition
+(``input_spacing.degrade``: each image smoothed with a Gaussian of FWHM the added voxel size, then
+resampled over the same field of view). Two 2D models T1 + T2 -> FLAIR are trained on them with
+one recipe, seed and number of steps, differing only in ``spacing_mm``:
+
+* ``own voxels`` (null, the default): the network sees the BraTS case at half the scale, in voxels;
+* ``resampled`` ([1, 1, 1]): the BraTS case is resampled to 1 mm when loaded (still as blurred as
+  acquired, but at the scale of the other subject).
+
+Both are scored on the held-out patient07 at 1 mm with the LOSO harness (``loso.load_case``,
+``loso.model_predict``, ``loso.evaluate``: mean_in_brain scale, metrics in the brain, lesion ratios).
+The schedule is the short Table IV one (8 x 60 steps of batch 16, crops of 64): two runs side by side
+on a 2-core machine in about half an hour. One seed: differences within a few percent of MSE are
+run-to-run noise at this budget (docs/results/missing_inputs_long, seeds table: spreads of 1-4 %).
+
+    python -m training.experiments.mixed_spacing --jobs 2 --out docs/results/mixed_spacing
+
+Writes the degraded case, the recipes and the runs under ``runs/mixed-spacing/`` (never committed),
+results.json and results.md under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from MRSynthesisLib.cards import load_model
+from MRSynthesisLib.volume import read_volume, write_volume
+
+from ..datasets import discover
+from .input_spacing import degrade
+from .loso import evaluate, load_case, model_predict, versions, write_results
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the repository
+TRAINING_MS = DATA / "ms/patient19"
+COARSE_CASE = DATA / "brats/BraTS-GLI-00001-000"
+HELD_OUT = DATA / "ms/patient07"
+COARSE_MM = (2.0, 2.0, 1.0)  # ITK x, y, z = left-right, anterior-posterior, inferior-superior (the case is LPS)
+INPUTS, TARGET = ["T1", "T2"], "FLAIR"
+BRATS_SUFFIXES = {"T1": "t1n", "T2": "t2w", "FLAIR": "t2f"}
+ARMS = {"own-voxels": None, "resampled": [1.0, 1.0, 1.0]}
+WORK = Path("runs/mixed-spacing")
+
+
+def prepare_coarse_case(folder: Path) -> Path:
+    """The BraTS case's T1, T2 and FLAIR as a 2 x 2 mm in-plane acquisition, in BraTS naming."""
+    files = discover([str(COARSE_CASE)])[0]
+    case = folder / files.subject
+    case.mkdir(parents=True, exist_ok=True)
+    for modality, suffix in BRATS_SUFFIXES.items():
+        write_volume(degrade(read_volume(files.images[modality]), COARSE_MM), case / f"{files.subject}-{suffix}.nii.gz",
+                     overwrite=True)
+    return case
+
+
+def recipe(arm: str, coarse_case: Path) -> dict[str, Any]:
+    return {
+        "name": f"mixed-spacing-{arm}", "version": "0.1.0",
+        "description": (f"training/experiments/mixed_spacing.py, arm '{arm}': T1 + T2 -> FLAIR on patient19 (1 mm) and "
+                        f"the BraTS case degraded to {COARSE_MM} mm, spacing_mm {ARMS[arm]}; patient07 held out."),
+        "data": [str(TRAINING_MS.resolve()), str(coarse_case.resolve())],
+        "inputs": INPUTS, "outputs": [TARGET], "out": str(WORK / arm), "validation_subjects": [],
+        "lesion_input": False, "latent_channels": 16, "filters": [32, 64, 128], "fusion": "max",
+        "input_subsets": "all", "learning_rate": 0.001, "batch_size": 16, "crop_size": 64,
+        "epochs": 8, "steps_per_epoch": 60, "max_minutes": None, "seed": 0, "threads": 1,
+        "spacing_mm": ARMS[arm],
+    }
+
+
+def train(arm: str, config: Path, python: str = sys.executable) -> Path:
+    """One arm with ``python -m training.train``; its output goes to train.log beside the run."""
+    out = WORK / arm
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.log", "w") as log:
+        done = subprocess.run([python, "-m", "training.train", "--config", str(config)], stdout=log,
+                              stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"arm {arm} failed (exit {done.returncode}); see {out / 'train.log'}")
+    return out / f"mixed-spacing-{arm}"
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    lines = ["# Training on a cohort of mixed voxel sizes: the recipe's spacing_mm", "",
+             f"Command: `{command}`  ", f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}",
+             "",
+             f"T1 + T2 -> FLAIR, 2D, trained on patient19 (1 mm) and BraTS-GLI-00001-000 degraded to "
+             f"{' x '.join(f'{v:g}' for v in COARSE_MM)} mm (smoothed and resampled, "
+             "training/experiments/input_spacing.py), 8 x 60 steps of batch 16, seed 0, the same recipe but for "
+             "spacing_mm; scored on the held-out patient07 at 1 mm with the LOSO harness (mean_in_brain scale, "
+             "metrics in the brain). One seed: differences of a few percent in MSE are within run-to-run noise.", "",
+             "| arm | spacing_mm | card spacing_mm | SSIM brain | MSE brain | PSNR brain (dB) | Ratio 1 syn / real |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for arm, row in results["arms"].items():
+        m = row["metrics"]
+        ratio = (f"{m['lesion_ratio1_synthetic']:.3f} / {m['lesion_ratio1_reference']:.3f}"
+                 if "lesion_ratio1_synthetic" in m else "-")
+        lines.append(f"| {arm} | {row['spacing_mm']} | {row['card_spacing_mm']} | {m['ssim_brain']:.4f} | "
+                     f"{m['mse_brain']:.4f} | {m['psnr_brain']:.2f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=1, help="arms trained at a time (each asks for one thread)")
+    parser.add_argument("--out", type=Path, help="write results.json and results.md here")
+    args = parser.parse_args(argv)
+    coarse = prepare_coarse_case(WORK / "data")
+    configs = {}
+    for arm in ARMS:
+        configs[arm] = WORK / "configs" / f"{arm}.json"
+        configs[arm].parent.mkdir(parents=True, exist_ok=True)
+        configs[arm].write_text(json.dumps(recipe(arm, coarse), indent=2) + "\n")
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        folders = dict(zip(ARMS, pool.map(lambda arm: train(arm, configs[arm]), ARMS)))
+    case = load_case(discover([str(HELD_OUT)])[0], INPUTS, TARGET)
+    arms = {}
+    for arm, folder in folders.items():
+        metrics = evaluate(model_predict(folder, case, INPUTS, TARGET, use_lesion=False), case)
+        arms[arm] = {"spacing_mm": ARMS[arm], "card_spacing_mm": load_model(folder).card.spacing_mm,
+                     "metrics": metrics}
+        print(f"{arm}: SSIM {metrics['ssim_brain']:.4f}, MSE {metrics['mse_brain']:.4f}", flush=True)
+    results = {"arms": arms, "versions": versions(), "coarse_mm": list(COARSE_MM)}
+    if args.out:
+        command = "python -m training.experiments.mixed_spacing " + shlex.join(sys.argv[1:] if argv is None else argv)
+        write_results(args.out, results, markdown(results, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
