@@ -19,6 +19,8 @@ def test_the_two_arms_differ_only_in_spacing_and_hold_the_subject_out(tmp_path):
     for config in configs.values():
         assert not any("patient07" in source for source in config.data)
         assert config.inputs == ms.INPUTS and config.outputs == [ms.TARGET] and config.validation_subjects == []
+    other = TrainConfig.from_dict(ms.recipe("resampled", tmp_path / "coarse", seed=1))
+    assert other.seed == 1 and other.out.endswith("resampled-seed1") and other.name != configs["resampled"].name
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
@@ -31,11 +33,12 @@ def test_the_coarse_case_is_the_brats_case_at_2_mm_in_plane(tmp_path):
     assert volume.geometry.size == (120, 120, 155)  # the 240 x 240 x 155 field of view kept
 
 
-def test_the_table_has_a_row_per_arm():
+def test_the_table_has_a_row_per_run_and_a_mean_per_arm():
     metrics = {"ssim_brain": 0.6, "mse_brain": 0.05, "psnr_brain": 20.0, "lesion_ratio1_synthetic": 1.2,
                "lesion_ratio1_reference": 1.3}
-    results = {"arms": {arm: {"spacing_mm": spacing, "card_spacing_mm": [1.0, 1.0, 1.0], "metrics": metrics}
-                        for arm, spacing in ms.ARMS.items()}, "versions": {"torch": "x"}, "coarse_mm": [2, 2, 1]}
-    text = ms.markdown(results, "python -m training.experiments.mixed_spacing")
-    assert "| own-voxels | None | [1.0, 1.0, 1.0] | 0.6000 | 0.0500 | 20.00 | 1.200 / 1.300 |" in text
-    assert "| resampled | [1.0, 1.0, 1.0] |" in text
+    runs = [{"arm": arm, "seed": seed, "spacing_mm": spacing, "card_spacing_mm": [1.0, 1.0, 1.0], "metrics": metrics}
+            for seed in (0, 1) for arm, spacing in ms.ARMS.items()]
+    means = {arm: {"seeds": [0, 1], "ssim_brain": 0.6, "mse_brain": 0.05} for arm in ms.ARMS}
+    text = ms.markdown({"runs": runs, "means": means, "versions": {"torch": "x"}}, "python -m x")
+    assert "| own-voxels | None | 1 | [1.0, 1.0, 1.0] | 0.6000 | 0.0500 | 20.00 | 1.200 / 1.300 |" in text
+    assert "| resampled | [0, 1] | 0.6000 | 0.0500 |" in text

@@ -13,10 +13,12 @@ one recipe, seed and number of steps, differing only in ``spacing_mm``:
 Both are scored on the held-out patient07 at 1 mm with the LOSO harness (``loso.load_case``,
 ``loso.model_predict``, ``loso.evaluate``: mean_in_brain scale, metrics in the brain, lesion ratios).
 The schedule is the short Table IV one (8 x 60 steps of batch 16, crops of 64): two runs side by side
-on a 2-core machine in about half an hour. One seed: differences within a few percent of MSE are
-run-to-run noise at this budget (docs/results/missing_inputs_long, seeds table: spreads of 1-4 %).
+on a 2-core machine in about 25 minutes. Each arm is trained with every ``--seeds`` (weights and
+crops follow the seed): at this budget one seed's SSIM moves by a few hundredths (docs/results/
+loso_lesion_nocrops and its seed1: 0.638 vs 0.610), so the arms are compared on their means.
+A run whose model folder exists is not trained again.
 
-    python -m training.experiments.mixed_spacing --jobs 2 --out docs/results/mixed_spacing
+    python -m training.experiments.mixed_spacing --jobs 2 --seeds 0 1 --out docs/results/mixed_spacing
 
 Writes the degraded case, the recipes and the runs under ``runs/mixed-spacing/`` (never committed),
 results.json and results.md under ``--out``.
@@ -32,6 +34,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.volume import read_volume, write_volume
@@ -62,30 +66,39 @@ def prepare_coarse_case(folder: Path) -> Path:
     return case
 
 
-def recipe(arm: str, coarse_case: Path) -> dict[str, Any]:
+def run_name(arm: str, seed: int) -> str:
+    return arm if seed == 0 else f"{arm}-seed{seed}"
+
+
+def recipe(arm: str, coarse_case: Path, seed: int = 0) -> dict[str, Any]:
+    run = run_name(arm, seed)
     return {
-        "name": f"mixed-spacing-{arm}", "version": "0.1.0",
-        "description": (f"training/experiments/mixed_spacing.py, arm '{arm}': T1 + T2 -> FLAIR on patient19 (1 mm) and "
-                        f"the BraTS case degraded to {COARSE_MM} mm, spacing_mm {ARMS[arm]}; patient07 held out."),
+        "name": f"mixed-spacing-{run}", "version": "0.1.0",
+        "description": (f"training/experiments/mixed_spacing.py, arm '{arm}', seed {seed}: T1 + T2 -> FLAIR on "
+                        f"patient19 (1 mm) and the BraTS case degraded to {COARSE_MM} mm, spacing_mm {ARMS[arm]}; "
+                        "patient07 held out."),
         "data": [str(TRAINING_MS.resolve()), str(coarse_case.resolve())],
-        "inputs": INPUTS, "outputs": [TARGET], "out": str(WORK / arm), "validation_subjects": [],
+        "inputs": INPUTS, "outputs": [TARGET], "out": str(WORK / run), "validation_subjects": [],
         "lesion_input": False, "latent_channels": 16, "filters": [32, 64, 128], "fusion": "max",
         "input_subsets": "all", "learning_rate": 0.001, "batch_size": 16, "crop_size": 64,
-        "epochs": 8, "steps_per_epoch": 60, "max_minutes": None, "seed": 0, "threads": 1,
+        "epochs": 8, "steps_per_epoch": 60, "max_minutes": None, "seed": seed, "threads": 1,
         "spacing_mm": ARMS[arm],
     }
 
 
-def train(arm: str, config: Path, python: str = sys.executable) -> Path:
-    """One arm with ``python -m training.train``; its output goes to train.log beside the run."""
-    out = WORK / arm
+def train(run: str, config: Path, python: str = sys.executable) -> Path:
+    """One run with ``python -m training.train`` (its output in train.log beside it), unless its model exists."""
+    out = WORK / run
+    folder = out / f"mixed-spacing-{run}"
+    if (folder / "card.json").is_file():
+        return folder
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.log", "w") as log:
         done = subprocess.run([python, "-m", "training.train", "--config", str(config)], stdout=log,
                               stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"arm {arm} failed (exit {done.returncode}); see {out / 'train.log'}")
-    return out / f"mixed-spacing-{arm}"
+        raise SystemExit(f"run {run} failed (exit {done.returncode}); see {out / 'train.log'}")
+    return folder
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
@@ -94,41 +107,50 @@ def markdown(results: dict[str, Any], command: str) -> str:
              "",
              f"T1 + T2 -> FLAIR, 2D, trained on patient19 (1 mm) and BraTS-GLI-00001-000 degraded to "
              f"{' x '.join(f'{v:g}' for v in COARSE_MM)} mm (smoothed and resampled, "
-             "training/experiments/input_spacing.py), 8 x 60 steps of batch 16, seed 0, the same recipe but for "
+             "training/experiments/input_spacing.py), 8 x 60 steps of batch 16, the same recipe but for "
              "spacing_mm; scored on the held-out patient07 at 1 mm with the LOSO harness (mean_in_brain scale, "
-             "metrics in the brain). One seed: differences of a few percent in MSE are within run-to-run noise.", "",
-             "| arm | spacing_mm | card spacing_mm | SSIM brain | MSE brain | PSNR brain (dB) | Ratio 1 syn / real |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for arm, row in results["arms"].items():
+             "metrics in the brain).", "",
+             "| arm | spacing_mm | seed | card spacing_mm | SSIM brain | MSE brain | PSNR brain (dB) "
+             "| Ratio 1 syn / real |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in results["runs"]:
         m = row["metrics"]
         ratio = (f"{m['lesion_ratio1_synthetic']:.3f} / {m['lesion_ratio1_reference']:.3f}"
                  if "lesion_ratio1_synthetic" in m else "-")
-        lines.append(f"| {arm} | {row['spacing_mm']} | {row['card_spacing_mm']} | {m['ssim_brain']:.4f} | "
-                     f"{m['mse_brain']:.4f} | {m['psnr_brain']:.2f} | {ratio} |")
+        lines.append(f"| {row['arm']} | {row['spacing_mm']} | {row['seed']} | {row['card_spacing_mm']} | "
+                     f"{m['ssim_brain']:.4f} | {m['mse_brain']:.4f} | {m['psnr_brain']:.2f} | {ratio} |")
+    lines += ["", "| arm | seeds | mean SSIM brain | mean MSE brain |", "| --- | --- | --- | --- |"]
+    for arm, mean in results["means"].items():
+        lines.append(f"| {arm} | {mean['seeds']} | {mean['ssim_brain']:.4f} | {mean['mse_brain']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=1, help="arms trained at a time (each asks for one thread)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time (each asks for one thread)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds each arm is trained with")
     parser.add_argument("--out", type=Path, help="write results.json and results.md here")
     args = parser.parse_args(argv)
     coarse = prepare_coarse_case(WORK / "data")
+    runs = [(arm, seed) for seed in args.seeds for arm in ARMS]
     configs = {}
-    for arm in ARMS:
-        configs[arm] = WORK / "configs" / f"{arm}.json"
-        configs[arm].parent.mkdir(parents=True, exist_ok=True)
-        configs[arm].write_text(json.dumps(recipe(arm, coarse), indent=2) + "\n")
+    for arm, seed in runs:
+        configs[arm, seed] = WORK / "configs" / f"{run_name(arm, seed)}.json"
+        configs[arm, seed].parent.mkdir(parents=True, exist_ok=True)
+        configs[arm, seed].write_text(json.dumps(recipe(arm, coarse, seed), indent=2) + "\n")
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        folders = dict(zip(ARMS, pool.map(lambda arm: train(arm, configs[arm]), ARMS)))
+        folders = list(pool.map(lambda key: train(run_name(*key), configs[key]), runs))
     case = load_case(discover([str(HELD_OUT)])[0], INPUTS, TARGET)
-    arms = {}
-    for arm, folder in folders.items():
+    rows = []
+    for (arm, seed), folder in zip(runs, folders):
         metrics = evaluate(model_predict(folder, case, INPUTS, TARGET, use_lesion=False), case)
-        arms[arm] = {"spacing_mm": ARMS[arm], "card_spacing_mm": load_model(folder).card.spacing_mm,
-                     "metrics": metrics}
-        print(f"{arm}: SSIM {metrics['ssim_brain']:.4f}, MSE {metrics['mse_brain']:.4f}", flush=True)
-    results = {"arms": arms, "versions": versions(), "coarse_mm": list(COARSE_MM)}
+        rows.append({"arm": arm, "seed": seed, "spacing_mm": ARMS[arm],
+                     "card_spacing_mm": load_model(folder).card.spacing_mm, "metrics": metrics})
+        print(f"{arm} seed {seed}: SSIM {metrics['ssim_brain']:.4f}, MSE {metrics['mse_brain']:.4f}", flush=True)
+    means = {arm: {"seeds": [r["seed"] for r in rows if r["arm"] == arm],
+                   **{k: float(np.mean([r["metrics"][k] for r in rows if r["arm"] == arm]))
+                      for k in ("ssim_brain", "mse_brain")}} for arm in ARMS}
+    results = {"runs": rows, "means": means, "versions": versions(), "coarse_mm": list(COARSE_MM)}
     if args.out:
         command = "python -m training.experiments.mixed_spacing " + shlex.join(sys.argv[1:] if argv is None else argv)
         write_results(args.out, results, markdown(results, command))
