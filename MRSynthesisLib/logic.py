@@ -100,8 +100,8 @@ def model_grid(geometry: Geometry, spacing_mm: Sequence[float] | None, plane: st
                finer: bool = False) -> Geometry | None:
     """The grid to synthesise on when ``geometry``'s voxels are coarser than a model's (``COARSER_THAN_MODEL``)
     along an axis it convolves over, else None. ``plane``: a 2D model's slicing plane (None: a 3D model).
-    ``finer``: voxels finer than the model's by that margin are respaced too (training puts every subject on
-    one scale; inference leaves finer inputs alone, where resampling measured no better)."""
+    ``finer``: the axes whose voxels are finer than the model's by that margin instead (training brings finer
+    subjects to its scale; inference leaves finer inputs alone, where resampling measured no better)."""
     if spacing_mm is None:
         return None
     cosines = np.abs(np.asarray(geometry.direction).reshape(3, 3))
@@ -109,8 +109,8 @@ def model_grid(geometry: Geometry, spacing_mm: Sequence[float] | None, plane: st
     wanted = list(geometry.spacing)
     for j in range(3):
         trained = float(spacing_mm[int(np.argmax(cosines[:, j]))])
-        if j != through and (geometry.spacing[j] > COARSER_THAN_MODEL * trained
-                             or finer and trained > COARSER_THAN_MODEL * geometry.spacing[j]):
+        ratio = geometry.spacing[j] / trained  # above 1: this grid's voxels are coarser than the model's
+        if j != through and (ratio < 1 / COARSER_THAN_MODEL if finer else ratio > COARSER_THAN_MODEL):
             wanted[j] = trained
     return None if wanted == list(geometry.spacing) else geometry.respaced(wanted)
 

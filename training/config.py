@@ -116,8 +116,8 @@ class TrainConfig:
     # average_epochs epochs (0: the last step's weights, the paper's); training/averaging.py
     average_epochs: int = 0
     batch_size: int = 16
-    # voxel size (mm; left-right, anterior-posterior, inferior-superior) every subject is resampled to where
-    # its own differs by more than 20 % in the slice plane (null: each subject's own): training/README.md
+    # voxel size (mm; left-right, anterior-posterior, inferior-superior) that subjects with finer voxels (by
+    # more than 20 % in the slice plane) are resampled to; coarser ones keep theirs (null: all keep theirs)
     spacing_mm: list[float] | None = None
     # sampling
     crop_size: int = 64

@@ -68,8 +68,8 @@ class Train3DConfig:
     lesion_flair_z: float = 3.0
     lesion_min_voxels: int = 20
     input_dropout: bool = False
-    # voxel size (mm; left-right, anterior-posterior, inferior-superior) every subject is resampled to where
-    # its own differs by more than 20 % along any axis (null: each subject's own): training/README.md
+    # voxel size (mm; left-right, anterior-posterior, inferior-superior) that subjects with finer voxels (by
+    # more than 20 % along any axis) are resampled to; coarser ones keep theirs (null: all keep theirs)
     spacing_mm: list[float] | None = None
     # Prechelt's UP_p early stopping (Wei: q = 5, p = 3); strips null = a fixed schedule.
     strip_length: int = 5

@@ -214,10 +214,11 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     ``normalisation`` is the card's spec: ``NORMALISATION`` for a new model, the base card's
     when a model is extended (``training.extend``), so the frozen encoders see what they learnt on.
     ``spacing_mm`` (the config's, left-right / anterior-posterior / inferior-superior): a subject whose
-    voxels differ from it by more than ``COARSER_THAN_MODEL`` along an axis the network convolves over
+    voxels are finer than it by more than ``COARSER_THAN_MODEL`` along an axis the network convolves over
     (``plane``: a 2D model's slicing plane, whose slice axis is kept; None: a 3D model, every axis) is
-    resampled to it, images linearly and the lesion mask by nearest neighbour, as inference resamples
-    coarse inputs (``logic.model_grid``), so that every subject shows the network one anatomical scale.
+    resampled to it, images linearly and the lesion mask by nearest neighbour (``logic.model_grid`` with
+    ``finer``). Coarser subjects keep their voxels: resampled up, a 2 mm training case taught the network
+    its blur at the fine scale and lowered the held-out SSIM (docs/results/mixed_spacing).
 
     Also returns the raw output arrays and the brain mask on the grid trained on (the file's, or the
     recipe's spacing), which ``preprocessing.reference_stats`` needs for the card's output intensity scale.

@@ -51,7 +51,7 @@ def spacing_outliers(names: Sequence[str], spacings: Sequence[Sequence[float] | 
     axes = 2 if slice_plane_only else 3
     return [f"training subject {name}: voxels of {voxel_size_text(spacing)} (left-right x anterior-posterior x "
             f"superior-inferior) against the subjects' median {voxel_size_text(median)}; the model learns it at "
-            "another scale (set \"spacing_mm\" in the recipe to resample every subject to one)"
+            "another scale (\"spacing_mm\" in the recipe brings finer subjects to one; training/README.md)"
             for name, spacing in zip(names, spacings)
             if any(max(s, m) > COARSER_THAN_MODEL * min(s, m) for s, m in zip(spacing[:axes], median[:axes]))]
 

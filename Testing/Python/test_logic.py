@@ -623,6 +623,8 @@ def test_model_grid_resamples_only_the_coarse_axes_the_model_convolves_over():
     assert model_grid(grid((0.5, 0.9, 0.5)), ones, "axial", finer=True).spacing == (1.0, 0.9, 0.5)
     assert model_grid(grid((0.5, 0.9, 0.5)), ones, None, finer=True).spacing == (1.0, 0.9, 1.0)
     assert model_grid(grid((0.9, 1.1, 1.0)), ones, None, finer=True) is None
+    assert model_grid(grid((2.0, 2.0, 3.0)), ones, None, finer=True) is None  # coarser axes are left then
+    assert model_grid(grid((2.0, 0.5, 1.0)), ones, "axial", finer=True).spacing == (2.0, 1.0, 1.0)
     assert model_grid(grid((1.5, 1.0, 1.0)), ones, "axial").spacing == (1.0, 1.0, 1.0)  # one coarse axis
     # voxel i runs A-P, j I-S, k L-R: the card's (left-right, ant.-post., sup.-inf.) sizes go to k, i, j
     assert model_grid(grid((2.0, 2.0, 2.0), SAGITTAL), [1.0, 0.8, 1.5], "axial").spacing == (0.8, 2.0, 1.0)

@@ -10,12 +10,12 @@ from training.config import TrainConfig
 from training.experiments import mixed_spacing as ms
 
 
-def test_the_two_arms_differ_only_in_spacing_and_hold_the_subject_out(tmp_path):
-    configs = {arm: TrainConfig.from_dict(ms.recipe(arm, tmp_path / "coarse")) for arm in ms.ARMS}
-    assert configs["own-voxels"].spacing_mm is None and configs["resampled"].spacing_mm == [1.0, 1.0, 1.0]
-    varied = {"name", "description", "out", "spacing_mm"}
+def test_the_two_arms_differ_only_in_the_coarse_case_and_hold_the_subject_out(tmp_path):
+    configs = {arm: TrainConfig.from_dict(ms.recipe(arm, tmp_path / arm)) for arm in ms.ARMS}
+    varied = {"name", "description", "out", "data"}
     same = [{k: v for k, v in c.to_dict().items() if k not in varied} for c in configs.values()]
-    assert same[0] == same[1]
+    assert same[0] == same[1] and same[0]["spacing_mm"] is None
+    assert [c.data[1] for c in configs.values()] == [str((tmp_path / arm).resolve()) for arm in ms.ARMS]
     for config in configs.values():
         assert not any("patient07" in source for source in config.data)
         assert config.inputs == ms.INPUTS and config.outputs == [ms.TARGET] and config.validation_subjects == []
@@ -24,13 +24,15 @@ def test_the_two_arms_differ_only_in_spacing_and_hold_the_subject_out(tmp_path):
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
-def test_the_coarse_case_is_the_brats_case_at_2_mm_in_plane(tmp_path):
-    case = ms.prepare_coarse_case(tmp_path)
-    files = ms.discover([str(case)])[0]
-    assert set(ms.BRATS_SUFFIXES) <= set(files.images)
-    volume = ms.read_volume(files.images["T1"])
-    assert volume.geometry.anatomical_spacing() == pytest.approx((2.0, 2.0, 1.0))
-    assert volume.geometry.size == (120, 120, 155)  # the 240 x 240 x 155 field of view kept
+def test_the_coarse_case_is_the_brats_case_at_2_mm_in_plane_or_resampled_back(tmp_path):
+    for spacing, size, grid in ((None, (120, 120, 155), (2.0, 2.0, 1.0)),
+                                ([1.0, 1.0, 1.0], (240, 240, 155), (1.0, 1.0, 1.0))):
+        case = ms.prepare_coarse_case(tmp_path / str(spacing), spacing)
+        files = ms.discover([str(case)])[0]
+        assert set(ms.BRATS_SUFFIXES) <= set(files.images)
+        volume = ms.read_volume(files.images["T1"])
+        assert volume.geometry.anatomical_spacing() == pytest.approx(grid)
+        assert volume.geometry.size == size  # the 240 x 240 x 155 field of view kept
 
 
 def test_the_table_has_a_row_per_run_and_a_mean_per_arm():

@@ -207,9 +207,9 @@ def test_bundled_configs_parse_and_loso_folds_never_read_their_held_out_subject(
 # --- runs -----------------------------------------------------------------------------------
 
 def test_a_recipe_spacing_resamples_every_axis_of_a_3d_run(sources, tmp_path, capsys):
-    folder = run(sources, tmp_path / "run", spacing_mm=[1.0, 1.0, 0.75], epochs=1)
-    assert load_model(folder).card.spacing_mm == pytest.approx([1.0, 1.0, 0.75])  # the slice axis too
-    assert capsys.readouterr().out.count("resampled from 1 x 1 x 1 mm to 1 x 1 x 0.75 mm") == 3
+    folder = run(sources, tmp_path / "run", spacing_mm=[1.0, 1.0, 1.25], epochs=1)
+    assert load_model(folder).card.spacing_mm == pytest.approx([1.0, 1.0, 1.25])  # the slice axis too
+    assert capsys.readouterr().out.count("resampled from 1 x 1 x 1 mm to 1 x 1 x 1.25 mm") == 3
 
 
 @pytest.mark.parametrize("architecture", ["wei2019_fcn3d", "klingelhoefer_ae3d"])

@@ -479,13 +479,15 @@ def respaced_subject(root: Path, spacing: tuple[float, float, float]) -> Path:
 
 
 @pytest.mark.parametrize("plane, spacing, shape", [
-    ("axial", (2.0, 0.5, 3.0), (12, 14, 48)),  # 2D: in-plane axes to 1 mm (coarser and finer), slices kept
-    (None, (2.0, 0.5, 3.0), (36, 14, 48)),  # 3D: every axis
+    ("axial", (0.5, 0.5, 0.5), (12, 14, 12)),  # 2D: the finer in-plane axes to 1 mm, its slices kept
+    (None, (0.5, 0.5, 0.5), (6, 14, 12)),  # 3D: every axis
+    ("axial", (2.0, 0.5, 3.0), (12, 14, 24)),  # only the finer axis: coarser voxels are kept
     ("axial", (1.1, 0.9, 3.0), (12, 28, 24)),  # within 20 %: left alone
 ])
 def test_subjects_are_resampled_to_the_recipes_spacing(tmp_path, plane, spacing, shape):
-    """``spacing_mm`` [1, 1, 1]: images linearly, the lesion mask by nearest neighbour (still 0/1), the
-    files' spacing remembered for the loading message."""
+    """``spacing_mm`` [1, 1, 1]: finer voxels are brought to it, images linearly and the lesion mask by nearest
+    neighbour (still 0/1); coarser ones are kept (resampled up, a coarse case taught the network its blur:
+    docs/results/mixed_spacing); the files' spacing is remembered for the loading message."""
     from training.datasets import resampled
 
     files = discover([str(respaced_subject(tmp_path, spacing))])[0]
@@ -493,11 +495,10 @@ def test_subjects_are_resampled_to_the_recipes_spacing(tmp_path, plane, spacing,
                                        flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05,
                                        spacing_mm=[1.0, 1.0, 1.0], plane=plane)
     moved = shape != SHAPE
+    expected = tuple(1.0 if s < 1 / 1.2 and (plane is None or axis < 2) else s for axis, s in enumerate(spacing))
     assert brain.shape == raw["FLAIR"].shape == shape  # the file's (z, y, x) order
     assert subject.brain.shape == shape  # axial first: z is the axial axis here
-    assert subject.spacing_mm == pytest.approx((1.0, 1.0, spacing[2] if plane else 1.0) if moved else spacing)
+    assert subject.spacing_mm == pytest.approx(expected)
     assert subject.resampled_from == (pytest.approx(spacing) if moved else None)
-    assert set(np.unique(subject.lesion)) == {0.0, 1.0}
-    lesion_mm3 = subject.lesion.sum() * np.prod(subject.spacing_mm)
-    assert lesion_mm3 == pytest.approx((tissue_map(5) == 4).sum() * np.prod(spacing), rel=0.35)  # the same lesion
-    assert ("resampled from 2 x 0.5 x 3 mm" in resampled(subject)) == moved
+    assert set(np.unique(subject.lesion)) == {0.0, 1.0}  # binary, and the lesion survives
+    assert ("resampled from" in resampled(subject)) == moved

@@ -65,12 +65,16 @@ def reference(tmp_path_factory) -> tuple[list[str], Path, Path]:
 
 def test_a_recipe_spacing_puts_every_subject_on_it_and_the_card_says_so(tmp_path, capsys):
     sources = write_dataset(tmp_path)
-    folder = run(sources, tmp_path / "respaced", spacing_mm=[0.8, 0.8, 2.0], epochs=1)
+    folder = run(sources, tmp_path / "respaced", spacing_mm=[1.25, 1.25, 2.0], epochs=1)
     said = capsys.readouterr().out
-    assert load_model(folder).card.spacing_mm == pytest.approx([0.8, 0.8, 1.0])  # a 2D model keeps its slices
+    assert load_model(folder).card.spacing_mm == pytest.approx([1.25, 1.25, 1.0])  # a 2D model keeps its slices
     for name in ("patient01", "patient02", "BraTS-X-0003"):
         assert f"  {name}: " in said
-    assert said.count("resampled from 1 x 1 x 1 mm to 0.8 x 0.8 x 1 mm") == 3 and "warning" not in said
+    assert said.count("resampled from 1 x 1 x 1 mm to 1.25 x 1.25 x 1 mm") == 3 and "warning" not in said
+    # coarser voxels than the recipe's are kept (resampled up, a coarse case taught the network its blur)
+    kept = run(sources, tmp_path / "kept", spacing_mm=[0.8, 0.8, 1.0], epochs=1)
+    assert load_model(kept).card.spacing_mm == pytest.approx([1.0, 1.0, 1.0])
+    assert "resampled from" not in capsys.readouterr().out
 
 
 def test_run_writes_a_model_folder_that_the_cli_runs(reference, tmp_path):
