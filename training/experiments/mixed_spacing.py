@@ -108,7 +108,7 @@ def train(run: str, config: Path, python: str = sys.executable) -> Path:
 
 
 def markdown(results: dict[str, Any], command: str) -> str:
-    lines = ["# Training on a cohort of mixed voxel sizes: the recipe's spacing_mm", "",
+    lines = ["# Training on a cohort of mixed voxel sizes: resample a coarse subject to the fine scale?", "",
              f"Command: `{command}`  ", f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}",
              "",
              f"T1 + T2 -> FLAIR, 2D, trained on patient19 (1 mm) and BraTS-GLI-00001-000 degraded to "
