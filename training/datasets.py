@@ -181,6 +181,7 @@ class Subject:
     ignore: np.ndarray | None = None  # (slices, H, W) bool: pixels left out of every cost
     spacing_mm: tuple[float, float, float] | None = None  # ``Geometry.anatomical_spacing`` of its images
     resampled_from: tuple[float, float, float] | None = None  # the files' spacing, when the config's replaced it
+    axial_axis: int = 0  # the file's (z, y, x) axis that was moved first
 
     def supervised(self, index) -> np.ndarray:
         """The brain pixels of slices ``index`` that the cost and validation may look at."""
@@ -275,5 +276,5 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     slices = np.flatnonzero(area >= min_slice_brain_fraction * area.max())
     subject = Subject(files.subject, {m: first(a) for m, a in normalised.items()}, first(lesion), brain_first,
                       slices, source, None if ignore is None else first(ignore), grid.anatomical_spacing(),
-                      geometry.anatomical_spacing() if target is not None else None)
+                      geometry.anatomical_spacing() if target is not None else None, axis)
     return subject, {m: volumes[m].array for m in outputs}, brain

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from MRSynthesisLib.volume import read_volume
-
 from .config3d import Train3DConfig
 from .datasets import SubjectFiles, load_subject, resampled
 
@@ -47,7 +45,7 @@ def load_volumes(config: Train3DConfig, names: Sequence[str], files: Mapping[str
             lesion_fallback=config.lesion_fallback, flair_z=config.lesion_flair_z, min_voxels=config.lesion_min_voxels,
             min_slice_brain_fraction=0.0, normalisation=config.normalisation, spacing_mm=config.spacing_mm,
             plane=None)
-        axis = read_volume(files[name].images[config.inputs[0]]).geometry.axis_for("axial")  # respacing keeps it
+        axis = subject.axial_axis
         volume = Volume3D(name, {m: _file_order(a, axis) for m, a in subject.images.items()},
                           _file_order(subject.lesion, axis), brain, subject.lesion_source, subject.spacing_mm)
         volumes.append(volume)
