@@ -167,6 +167,8 @@ class SynthesisLogic:
                 raise InputError(f"model {card.name!r} was not trained with a lesion channel; "
                                  "it cannot use --lesion-mask")
             painted = check_mask(masks["lesion"])
+            if not painted.any():  # a wrong file or a label other than 1 would otherwise go unseen
+                said.append(f"lesion mask {masks['lesion'].source}: is empty; the result has no lesion")
             outside = int(np.count_nonzero(painted & ~native_brain))
             if outside:  # painted off the brain (another volume, a wrong grid): say so rather than drop it unseen
                 kept = int(np.count_nonzero(painted)) - outside

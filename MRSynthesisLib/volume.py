@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from .atomic import replacing
 from .errors import InputError
+from .nifti_checks import is_nifti2, truncation
 
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 # The physical (LPS) axis normal to each plane: x = L-R, y = P-A, z = I-S.
@@ -139,9 +140,15 @@ def read_volume(path: str | os.PathLike) -> Volume:
                          "series first, e.g. with dcm2niix, or load it in Slicer's DICOM module and use the panel)")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    problem = truncation(path)  # ITK would read the missing voxels as zeros without a word
+    if problem:
+        raise InputError(f"{path}: {problem}")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
+        if is_nifti2(path):
+            raise InputError(f"{path}: is NIfTI-2, which ITK (and so Slicer) does not read; save it as NIfTI-1, e.g. "
+                             "nibabel.save(nibabel.Nifti1Image.from_image(nibabel.load(path)), new_path)") from None
         detail = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
         raise InputError(f"{path}: not a readable image ({detail})") from None
     if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):  # casting would drop the phase

@@ -133,6 +133,7 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
     paths.ensure_importable()
     from MRSynthesisLib.atomic import check_writable
     from MRSynthesisLib.modalities import canonical, check_given_once
+    from MRSynthesisLib.nifti_checks import truncation
 
     try:
         args = build_parser().parse_args(list(argv))
@@ -158,6 +159,9 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         check_writable([*outputs.values(), *maps], given, args.overwrite)  # before any work; inputs never replaced
         rows = []
         for modality, path in pairs:
+            problem = truncation(path) if os.path.isfile(path) else None  # Slicer would read it zero-filled
+            if problem:
+                raise ValueError(f"--input {modality}={path}: {problem}")
             try:
                 rows.append((files.load_volume(path, modality), modality))
             except RuntimeError as error:

@@ -327,6 +327,11 @@ def test_lesion_outside_the_brain_is_dropped(tmp_path):
     none = run(model, {"T1": vols["T1"]}, ["T2"], lesion_mask=vols["lesion"].with_array(corner.astype(np.float32)))
     assert not none.outputs["T2"].array.any()
     assert any("1 of its 1 voxels lie outside the brain" in n and "the result has no lesion" in n for n in none.notes)
+    empty = run(model, {"T1": vols["T1"]}, ["T2"], lesion_mask=vols["lesion"].with_array(np.zeros_like(corner, float)))
+    assert not empty.outputs["T2"].array.any()  # a wrong file or label went unseen before
+    assert [n for n in empty.notes if "lesion" in n] == [f"lesion mask {vols['lesion'].source}: is empty; the result "
+                                                         "has no lesion"]
+    assert not [n for n in out.notes if "is empty" in n]
     # on the user's voxels even where the network runs on finer ones (here 2 x 2 of them per input voxel)
     fine = probe(tmp_path, "lesion", lesion_input=True, scales={}, spacing_mm=[0.5, 0.6, 0.9])
     coarse = run(fine, {"T1": vols["T1"]}, ["T2"], lesion_mask=vols["lesion"].with_array(lesion.astype(np.float32)))

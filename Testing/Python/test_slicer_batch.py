@@ -206,6 +206,20 @@ def test_existing_files_and_inputs_are_never_replaced(tmp_path, capsys):
     assert "a detached-header format" in capsys.readouterr().err
 
 
+def test_a_truncated_input_is_refused_before_slicer_loads_it(tmp_path, capsys):
+    """Slicer's reader, as ITK's, would fill the missing half with zeros and synthesise from it."""
+    subject = make_subject(tmp_path / "subject")
+    data = subject["T1"].read_bytes()
+    cut = tmp_path / "T1_cut.nii.gz"
+    cut.write_bytes(data[:len(data) // 2])
+    out = tmp_path / "out"
+    status = batch.run(["--input", f"T1={cut}", "--target", "FLAIR", "--out", str(out)],
+                       support.CoreFiles(support.new_scene()))
+    assert status == 2
+    assert f"batch.py: error: --input T1={cut}: is truncated: its header announces" in capsys.readouterr().err
+    assert not out.exists()
+
+
 class FailingSecondSave(support.CoreFiles):
     """Slicer's saveNode returns False (it never raises) when a write fails: the second one fails here."""
 

@@ -399,3 +399,73 @@ def test_nan_in_a_4d_nifti_with_one_volume(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
     read = read_volume(path)
     assert read.array.shape == (7, 6, 5) and np.isnan(read.array[3, 2, 1]) and np.isfinite(read.array).sum() == 209
+
+
+def _cut(path: Path, keep: float) -> Path:
+    """The first ``keep`` of a file's bytes, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    cut = path.with_name("cut_" + path.name)
+    cut.write_bytes(data[:int(len(data) * keep)])
+    return cut
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_a_truncated_nifti_is_refused(tmp_path, suffix):
+    """ITK's NIfTI reader fills the missing voxels with zeros without a word: half a scan entered the model."""
+    path = tmp_path / f"T1{suffix}"
+    write_volume(random_volume(shape=(40, 50, 60)), path)
+    cut = _cut(path, 0.5)
+    with pytest.raises(InputError) as error:
+        read_volume(cut)
+    message = str(error.value)
+    assert message.startswith(f"{cut}: is truncated: its header announces 480,352 bytes of header and voxels")
+    share = int(message.split("holds about ")[1].split(" %")[0])
+    assert 40 <= share <= 60 if suffix == ".nii" else 0 < share < 100
+    assert "copy it again" in message
+    read_volume(path)  # the whole file reads
+
+
+def test_a_damaged_gzip_stream_is_refused(tmp_path):
+    path = tmp_path / "T1.nii.gz"
+    write_volume(random_volume(shape=(40, 50, 60)), path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)  # a corrupted block inside the deflate stream
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="its gzip stream is damaged") as error:
+        read_volume(path)
+    assert str(error.value).startswith(f"{path}: ")
+
+
+def test_the_voxel_offset_is_honoured(tmp_path):
+    """A header extension moves the voxels back: the complete file reads, cutting even its last voxel is refused."""
+    data = np.random.default_rng(0).normal(100, 30, (6, 7, 8)).astype(np.float32)
+    image = nib.Nifti1Image(data, np.eye(4))
+    image.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"an extension of 32 bytes" + bytes(8)))
+    path = tmp_path / "T1.nii"
+    nib.save(image, path)
+    assert path.stat().st_size - data.nbytes > 352  # the voxels start after the extension
+    np.testing.assert_array_equal(read_volume(path).array, data.transpose(2, 1, 0))
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(InputError, match="is truncated"):
+        read_volume(cut)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti2_is_refused_with_the_conversion(tmp_path, suffix):
+    """ITK only says "Unable to determine ImageIO reader"; the message says what the file is and what to do."""
+    path = tmp_path / f"T1{suffix}"
+    nib.save(nib.Nifti2Image(np.ones((6, 7, 8), np.float32), np.eye(4)), path)
+    with pytest.raises(InputError) as error:
+        read_volume(path)
+    assert str(error.value).startswith(f"{path}: is NIfTI-2, which ITK (and so Slicer) does not read; save it as "
+                                       "NIfTI-1")
+
+
+def test_other_formats_are_left_to_their_readers(tmp_path):
+    """ITK's NRRD and MetaImage readers raise on a truncated file themselves."""
+    for suffix in (".nrrd", ".mha"):
+        path = tmp_path / f"T1{suffix}"
+        write_volume(random_volume(shape=(40, 50, 60)), path)
+        with pytest.raises(InputError, match="not a readable image"):
+            read_volume(_cut(path, 0.5))
