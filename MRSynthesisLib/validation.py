@@ -48,13 +48,19 @@ def check_magnitude(volume: Volume) -> None:
 
 
 def check_mask(volume: Volume) -> np.ndarray:
-    """A lesion or brain mask must be binary (0/1); returns it as a bool array."""
+    """A lesion or brain mask: 0 outside, one whole positive value inside; returns it as a bool array.
+
+    The inside value may be any whole number (1, 255 as many tools write, a label's own number):
+    a two-valued file is a mask whatever its number. Two or more positive values (a label map) or
+    fractions (a soft or resampled mask) are refused, since which voxels are "inside" would be a guess."""
     check_values(volume, allow_empty=True)
     values = np.unique(volume.array)
-    if not np.isin(values, (0.0, 1.0)).all():
+    inside = values[values != 0]
+    if inside.size > 1 or (inside.size == 1 and (inside[0] < 1 or inside[0] != np.round(inside[0]))):
         shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if values.size > 8 else "")
-        raise InputError(f"{volume.source}: a mask must hold only 0 and 1, found values {shown}")
-    return volume.array > 0.5
+        raise InputError(f"{volume.source}: a mask must hold 0 and one whole positive value (1, or 255 as some "
+                         f"tools write), found values {shown}")
+    return volume.array != 0
 
 
 def align(inputs: Mapping[str, Volume], reference: str, *, resample: bool = False,

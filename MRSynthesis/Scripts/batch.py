@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="autocast precision; auto: fp16/bf16 on GPU, bf16 on CPUs with AMX, else fp32")
     parser.add_argument("--plane", choices=PLANES,
                         help="2D models: slice in this plane instead of the card's (view transfer)")
-    parser.add_argument("--lesion-mask", help="0/1 mask of lesions to synthesise, on the first input's grid")
-    parser.add_argument("--brain-mask", help="0/1 brain mask on the first input's grid; default: the inputs' "
+    parser.add_argument("--lesion-mask", help="binary mask of lesions to synthesise, on the first input's grid")
+    parser.add_argument("--brain-mask", help="binary brain mask on the first input's grid; default: the inputs' "
                                              "foreground (which includes the skull of an unstripped scan)")
     parser.add_argument("--saliency-out", help="folder for the per-input P3S saliency maps")
     parser.add_argument("--saliency-reference", action="append", default=[], metavar="TARGET=PATH",

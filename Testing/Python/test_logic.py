@@ -364,7 +364,7 @@ def test_lesion_mask_must_be_binary(tmp_path):
     model = probe(tmp_path, "lesion", lesion_input=True)
     vols, p = volumes()
     labels = vols["lesion"].with_array(p["labels"].astype(np.float32), source="/data/aseg.nii.gz")
-    with pytest.raises(InputError, match="aseg.nii.gz: a mask must hold only 0 and 1"):
+    with pytest.raises(InputError, match="aseg.nii.gz: a mask must hold 0 and one whole positive value"):
         run(model, {"T1": vols["T1"]}, ["T2"], lesion_mask=labels)
 
 
@@ -387,7 +387,7 @@ def test_brain_mask_errors(tmp_path):
     with pytest.raises(InputError, match="empty_brain.nii.gz: the brain mask is empty"):
         run(model, {"T1": vols["T1"]}, ["T2"], brain_mask=empty)
     soft = vols["brain"].with_array(p["brain"] * 0.5, source="/data/soft.nii.gz")
-    with pytest.raises(InputError, match="soft.nii.gz: a mask must hold only 0 and 1"):
+    with pytest.raises(InputError, match="soft.nii.gz: a mask must hold 0 and one whole positive value"):
         run(model, {"T1": vols["T1"]}, ["T2"], brain_mask=soft)
 
 

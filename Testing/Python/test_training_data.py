@@ -144,8 +144,13 @@ def test_subject_errors_name_the_files(tmp_path):
     assert message(["T1"], ["FLAIR"]).startswith(
         f"{folder / 'FLAIR.nii.gz'}: subject p's FLAIR is not on the grid of its T1 ({folder / 'T1.nii.gz'}): origin")
     labels = sitk.ReadImage(str(folder / "lesion_mask.nii.gz"))
-    sitk.WriteImage(labels * 2, str(folder / "lesion_mask.nii.gz"))  # a label map (0/2), not a 0/1 mask
-    assert message(["T1"], ["T1c"]).startswith(f"{folder / 'lesion_mask.nii.gz'}: a mask must hold only 0 and 1")
+    two_labels = sitk.GetArrayFromImage(labels)
+    two_labels[0, 0, 0] = 2  # a label map (0/1/2), not a mask
+    written = sitk.GetImageFromArray(two_labels)
+    written.CopyInformation(labels)
+    sitk.WriteImage(written, str(folder / "lesion_mask.nii.gz"))
+    assert message(["T1"], ["T1c"]).startswith(f"{folder / 'lesion_mask.nii.gz'}: a mask must hold 0 and one whole "
+                                               "positive value (1, or 255 as some tools write), found values 0, 1, 2")
     lesion = labels
     lesion.SetSpacing((2.0, 1.0, 1.0))
     sitk.WriteImage(lesion, str(folder / "lesion_mask.nii.gz"))

@@ -74,17 +74,26 @@ def test_check_mask_binary():
     assert not check_mask(vol(np.zeros(GRID.shape))).any()  # an empty lesion mask is allowed
 
 
+@pytest.mark.parametrize("inside", [255.0, 2.0])
+def test_check_mask_takes_any_whole_inside_value(inside):
+    """A 0/255 mask, as many tools write, or one label of a label map saved alone, is a mask all the same."""
+    lesion = phantom()["lesion"]
+    np.testing.assert_array_equal(check_mask(vol(np.where(lesion > 0, inside, 0.0))), lesion > 0)
+
+
 def test_check_mask_rejects_a_label_map():
     labels = phantom()["labels"]  # 0..4
     with pytest.raises(InputError) as error:
         check_mask(vol(labels, source="/x/aseg.nii.gz"))
     message = str(error.value)
-    assert "/x/aseg.nii.gz" in message and "only 0 and 1" in message and "2, 3, 4" in message
+    assert message == "/x/aseg.nii.gz: a mask must hold 0 and one whole positive value (1, or 255 as some tools " \
+                      "write), found values 0, 1, 2, 3, 4"
 
 
-def test_check_mask_rejects_a_soft_mask():
-    with pytest.raises(InputError, match="0.5"):
-        check_mask(vol(np.where(phantom()["brain"] > 0, 0.5, 0.0)))
+@pytest.mark.parametrize("inside", [0.5, -1.0])
+def test_check_mask_rejects_a_soft_or_negative_mask(inside):
+    with pytest.raises(InputError, match=f"found values {min(0, inside):g}, {max(0, inside):g}"):
+        check_mask(vol(np.where(phantom()["brain"] > 0, inside, 0.0)))
 
 
 # --- align ---------------------------------------------------------------------------------
