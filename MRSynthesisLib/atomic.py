@@ -11,6 +11,7 @@ Nothing here imports torch: Slicer's batch script uses it in Slicer's own Python
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -18,6 +19,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import InputError
+
+# What the user's machine or path, not our code, is to blame for: a full disk or quota, no permission, a read-only
+# file system, a file where the path needs a folder (or the reverse).
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                        errno.EEXIST, errno.EISDIR})
+IN_THE_WAY = frozenset({errno.ENOTDIR, errno.EEXIST})  # what making the folder says of a file in its place
 
 
 def current_umask() -> int:
@@ -30,18 +37,25 @@ def current_umask() -> int:
 def replacing(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; on success it becomes ``path``, on failure it is removed.
 
-    ``suffix`` ends the temporary name, for writers that choose the format by extension.
+    ``suffix`` ends the temporary name, for writers that choose the format by extension. A full disk, a
+    read-only folder or a missing permission is an ``InputError`` naming ``path`` (the user can fix it;
+    it is not a bug of ours).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + suffix, dir=path.parent)
-    os.close(handle)
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + suffix, dir=path.parent)
+        os.close(handle)
         yield Path(temporary)
         os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp made it private; give the usual mode
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in UNWRITABLE:
+            reason = error.strerror if error.errno not in IN_THE_WAY else "a file stands where its folder must be"
+            raise InputError(f"{path}: could not be written ({reason}); nothing was left under that name") from None
         raise
 
 
@@ -64,6 +78,9 @@ def check_writable(paths: Sequence[Path], inputs: Sequence[Path], overwrite: boo
     """Fail before any work when an output would replace an input, or an existing file without --overwrite."""
     sources = {Path(p).resolve() for p in inputs}
     for path in map(Path, paths):
+        blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+        if blocking is not None:
+            raise InputError(f"{path}: {blocking} is a file, not a folder to write into")
         if path.resolve() in sources:
             raise InputError(f"{path}: is one of the inputs; outputs never replace inputs")
         if path.exists() and not overwrite:

@@ -149,8 +149,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
         if is_nifti2(path):
             raise InputError(f"{path}: is NIfTI-2, which ITK (and so Slicer) does not read; save it as NIfTI-1, e.g. "
                              "nibabel.save(nibabel.Nifti1Image.from_image(nibabel.load(path)), new_path)") from None
-        detail = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise InputError(f"{path}: not a readable image ({detail})") from None
+        raise InputError(f"{path}: not a readable image ({_last_line(error)})") from None
     if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):  # casting would drop the phase
         raise InputError(f"{path}: holds complex values; give a magnitude image (the modulus of each voxel)")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -167,6 +166,12 @@ def read_volume(path: str | os.PathLike) -> Volume:
     volume = Volume.from_sitk(image, source=str(path))
     _restore_nifti_nonfinite(path, image, volume.array)
     return volume
+
+
+def _last_line(error: Exception) -> str:
+    """ITK's messages run over lines (file, line of C++, class); their last line says what happened."""
+    text = str(error).strip()
+    return text.splitlines()[-1] if text else "unknown reason"
 
 
 def _restore_nifti_nonfinite(path: Path, image: sitk.Image, array: np.ndarray) -> None:
@@ -215,7 +220,15 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; choose another name or pass --overwrite")
     with replacing(path, suffix) as temporary:
-        sitk.WriteImage(volume.to_sitk(dtype), str(temporary), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        try:
+            sitk.WriteImage(volume.to_sitk(dtype), str(temporary),
+                            useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+            short = None if truncation(temporary) is None else "the file came out short"
+        except RuntimeError as error:  # ITK's NRRD and MetaImage writers raise on a short write
+            short = _last_line(error)
+        if short:  # (its NIfTI writer only prints "NWAD: wrote only ..." and goes on, hence the check)
+            raise InputError(f"{path}: could not be written ({short}; is the disk full or the folder read-only?); "
+                             "nothing was left under that name")
     return path
 
 

@@ -105,6 +105,8 @@ def save_all(files: Any, saves: Sequence[tuple[Any, str]]) -> None:
     """Save every node under a temporary name beside its file and rename it into place; when one
     fails, the files this call created are removed again, as the command line does: all or nothing."""
     from MRSynthesisLib.atomic import replacing
+    from MRSynthesisLib.errors import InputError
+    from MRSynthesisLib.nifti_checks import truncation
 
     created: list[str] = []
     try:
@@ -114,6 +116,8 @@ def save_all(files: Any, saves: Sequence[tuple[Any, str]]) -> None:
             with replacing(path, suffix=suffix) as temporary:
                 if not files.save_node(node, str(temporary)):
                     raise OSError(f"could not save {node.GetName()} to {path}")
+                if truncation(temporary):  # ITK's NIfTI writer reports a short write as success
+                    raise InputError(f"{path}: could not save {node.GetName()} completely; is the disk full?")
             if not existed:
                 created.append(path)
             print(f"{node.GetName()}: {path}")
@@ -186,7 +190,10 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
               for target, per_input in results.saliency.items() for modality, node in per_input.items()]
     try:
         save_all(files, saves)
-    except OSError as error:
+    except ValueError as error:  # a full disk, a read-only folder (MRSynthesisLib's InputError)
+        print(f"batch.py: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:  # Slicer's saveNode said no, without a reason
         print(f"batch.py: error: {error}", file=sys.stderr)
         return EXIT_INTERNAL
     for target, shares in results.contributions.items():

@@ -664,3 +664,19 @@ def test_batch_never_writes_over_a_subjects_mask(ws, tmp_path, in_process_cli, c
     assert f"{mask}: is one of the inputs" in capsys.readouterr().err
     assert mask.read_bytes() == subject["brain_mask"].read_bytes()
     assert (out / "s2" / "FLAIR_synthetic.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd"])
+def test_a_full_disk_is_said_and_leaves_nothing(ws, full_disk, in_process_cli, capsys, suffix):
+    """On a real full disk ITK's NIfTI writer prints a short write and returns: the truncated file used to be
+    renamed into place and the run said it had succeeded (exit 0)."""
+    s = ws["subject"]
+    code = in_process_cli(["synthesize", "--model", str(ws["model"]), "--input", f"T1={s['T1']}",
+                           "--target", "T2,FLAIR", "--out", str(full_disk), "--format", suffix,
+                           "--precision", "fp32", "--progress", "none"])
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert f"mrsynthesis: error: {full_disk}{os.sep}" in error  # T2's or FLAIR's file, whichever filled the disk
+    assert f"_synthetic{suffix}: could not be written (" in error
+    assert "is the disk full or the folder read-only?); nothing was left under that name" in error
+    assert files_under(full_disk) == [".filler"]

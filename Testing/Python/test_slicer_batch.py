@@ -220,6 +220,18 @@ def test_a_truncated_input_is_refused_before_slicer_loads_it(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_full_disk_is_said_and_leaves_nothing(tmp_path, tiny_model, cli_home, full_disk, capsys):
+    """MRML's NIfTI storage node, as ITK's writer under it, reports a short write as a success."""
+    subject = make_subject(tmp_path / "subject")
+    status = batch.run(["--input", f"T1={subject['T1']}", "--target", "FLAIR", "--target", "T2",
+                        "--out", str(full_disk), "--model", str(tiny_model), "--device", "cpu"],
+                       support.CoreFiles(support.new_scene()), CliLauncher(base_env=cli_env(cli_home)))
+    error = capsys.readouterr().err
+    assert status == 2, error
+    assert "could not save" in error and "is the disk full?" in error
+    assert sorted(p.name for p in full_disk.iterdir()) == [".filler"]
+
+
 class FailingSecondSave(support.CoreFiles):
     """Slicer's saveNode returns False (it never raises) when a write fails: the second one fails here."""
 

@@ -97,11 +97,14 @@ def test_write_is_atomic(tmp_path, monkeypatch, suffix):
     def half_write(image, name, *args, **kwargs):  # writes some bytes, then fails like a full disk
         calls.append(name)
         Path(name).write_bytes(b"\x00" * 100)
-        raise RuntimeError("simulated failure in the middle of writing")
+        raise RuntimeError("Exception thrown in SimpleITK WriteImage: .../itkNrrdImageIO.cxx:1090:\n"
+                           "simulated failure in the middle of writing")  # ITK's message, over lines
 
     monkeypatch.setattr(volume_module.sitk, "WriteImage", half_write)
-    with pytest.raises(RuntimeError, match="simulated"):
+    with pytest.raises(InputError) as error:  # the user's to fix (disk, permissions), with the file named
         write_volume(random_volume(), target)
+    assert str(error.value) == (f"{target}: could not be written (simulated failure in the middle of writing; is "
+                                "the disk full or the folder read-only?); nothing was left under that name")
     assert calls and Path(calls[0]) != target and Path(calls[0]).parent == target.parent  # a temporary name
     assert not target.exists()
     assert list(target.parent.iterdir()) == []  # no temporary leftovers
@@ -469,3 +472,24 @@ def test_other_formats_are_left_to_their_readers(tmp_path):
         write_volume(random_volume(shape=(40, 50, 60)), path)
         with pytest.raises(InputError, match="not a readable image"):
             read_volume(_cut(path, 0.5))
+
+
+def test_a_short_nifti_write_is_an_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """On a full disk ITK's NIfTI writer prints "NWAD: wrote only ..." and returns: the short file was renamed
+    into place under the output's name, and the run said it had succeeded."""
+    real = sitk.WriteImage
+
+    def short_write(image, name, *args, **kwargs):
+        real(image, name, *args, **kwargs)
+        data = Path(name).read_bytes()
+        Path(name).write_bytes(data[:len(data) // 2])
+
+    path = tmp_path / "FLAIR.nii.gz"
+    path.write_bytes(b"the user's earlier result")
+    monkeypatch.setattr(volume_module.sitk, "WriteImage", short_write)
+    with pytest.raises(InputError) as error:
+        write_volume(random_volume(shape=(40, 50, 60)), path, overwrite=True)
+    assert str(error.value) == (f"{path}: could not be written (the file came out short; is the disk full or the "
+                                "folder read-only?); nothing was left under that name")
+    assert path.read_bytes() == b"the user's earlier result" and sorted(tmp_path.iterdir()) == [path]
+

@@ -1,0 +1,47 @@
+"""Writing through a temporary name: what the user's machine refuses is said as their problem, with the file."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from MRSynthesisLib.atomic import check_writable, replacing, write_json
+from MRSynthesisLib.errors import InputError
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS])
+def test_a_machine_refusal_is_an_input_error_naming_the_file(tmp_path, code):
+    path = tmp_path / "metrics.json"
+    with pytest.raises(InputError) as error:
+        with replacing(path) as temporary:
+            temporary.write_text("half")
+            raise OSError(code, "what the system says")
+    assert str(error.value) == f"{path}: could not be written (what the system says); nothing was left under that name"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_errors_stay_as_they_are(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with replacing(tmp_path / "a.json"):
+            raise FileNotFoundError(errno.ENOENT, "a bug of ours")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_where_a_folder_must_be_is_named(tmp_path):
+    (tmp_path / "results").write_text("a file")
+    for path in (tmp_path / "results" / "a.json", tmp_path / "results" / "sub" / "a.json"):  # EEXIST, ENOTDIR
+        with pytest.raises(InputError) as error:
+            write_json(path, {})
+        assert str(error.value) == (f"{path}: could not be written (a file stands where its folder must be); "
+                                    "nothing was left under that name")
+    assert (tmp_path / "results").read_text() == "a file"
+
+
+def test_check_writable_finds_a_file_in_the_way_before_any_work(tmp_path):
+    (tmp_path / "results").write_text("a file")
+    path = tmp_path / "results" / "sub" / "flair.nii.gz"
+    with pytest.raises(InputError) as error:
+        check_writable([path], [], overwrite=False)
+    assert str(error.value) == f"{path}: {tmp_path / 'results'} is a file, not a folder to write into"
+    check_writable([tmp_path / "new" / "flair.nii.gz"], [], overwrite=False)  # a folder yet to be made is fine
