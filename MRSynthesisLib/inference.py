@@ -73,7 +73,7 @@ def p3s_norm_scale(squared_error: float) -> float:
 def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets: Sequence[str], *,
                   axis: int, mask: np.ndarray, settings: RunSettings, lesion: np.ndarray | None = None,
                   saliency: bool = False, saliency_references: Mapping[str, np.ndarray] | None = None,
-                  margin: int = 8) -> SaliencyResult:
+                  coverage: Mapping[str, np.ndarray] | None = None, margin: int = 8) -> SaliencyResult:
     """Synthesise ``targets`` from normalised (z, y, x) ``inputs`` with a 2D network.
 
     Only slices that meet ``mask`` are run, each batch cropped to its own slices' brain plus
@@ -82,7 +82,12 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
     With ``saliency``, also returns P3S maps: the absolute gradient, per input, of the
     sum of the prediction inside the brain (target-free), or of the squared error to
     ``saliency_references[target]`` inside the brain when one is given (Wei et al.).
+    ``coverage``: input -> the voxels to use it in, for inputs that hold data over part of the brain
+    (``coverage.input_coverage``; the network must declare ``PARTIAL_COVERAGE``). A batch leaves out an
+    input it does not use at all (its maps there stay 0), and skips its slices when it uses none.
     """
+    if coverage and not getattr(network, "PARTIAL_COVERAGE", False):
+        raise ValueError(f"{type(network).__name__} cannot use an input over part of the brain only")
     names = list(inputs)
     moved = {n: np.moveaxis(a, axis, 0) for n, a in inputs.items()}
     moved_mask = np.moveaxis(mask, axis, 0)
@@ -94,6 +99,7 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
     cropped_mask = plan.apply(moved_mask.astype(np.float32))
     cropped_lesion = None if moved_lesion is None else plan.apply(moved_lesion.astype(np.float32))
     cropped_refs = {t: plan.apply(r) for t, r in moved_refs.items()}
+    cropped_cover = {n: plan.apply(np.moveaxis(c, axis, 0).astype(np.float32)) > 0 for n, c in (coverage or {}).items()}
     depth = cropped_mask.shape[0]
     active = [k for k in range(depth) if cropped_mask[k].any()]
 
@@ -108,18 +114,23 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
             batch = torch.from_numpy(np.ascontiguousarray(array[window][:, None]))
             return batch.to(settings.device).contiguous(memory_format=torch.channels_last)
 
-        x = {n: tensor(cropped[n]) for n in names}
+        present = [n for n in names if n not in cropped_cover or cropped_cover[n][window].any()]
+        if not present:  # no input is used in these slices: their outputs stay 0
+            return
+        x = {n: tensor(cropped[n]) for n in present}
+        covered = {n: tensor(c) for n, c in cropped_cover.items() if n in present}
+        extra = {"coverage": covered} if covered else {}
         les = None if cropped_lesion is None else tensor(cropped_lesion)
         if not saliency:
             with torch.inference_mode(), settings.autocast():
-                result = network(x, lesion=les, targets=list(targets))
+                result = network(x, lesion=les, targets=list(targets), **extra)
             for t in targets:
                 outputs[t][window] = result[t][:, 0].float().cpu().numpy()
             return
         for tensor_ in x.values():
             tensor_.requires_grad_(True)
         with torch.enable_grad(), settings.autocast():
-            result = network(x, lesion=les, targets=list(targets))
+            result = network(x, lesion=les, targets=list(targets), **extra)
         brain = tensor(cropped_mask)
         for i, t in enumerate(targets):
             prediction = result[t].float()
@@ -130,9 +141,9 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
             else:
                 objective = (prediction * brain).sum()
             # allow_unused: an input the prediction does not use at all has saliency 0, not an error
-            grads = torch.autograd.grad(objective, [x[n] for n in names], retain_graph=i < len(targets) - 1,
+            grads = torch.autograd.grad(objective, [x[n] for n in present], retain_graph=i < len(targets) - 1,
                                         allow_unused=True)
-            for n, g in zip(names, grads):
+            for n, g in zip(present, grads):
                 if g is not None:
                     maps[t][n][window] = g[:, 0].abs().float().cpu().numpy()
 

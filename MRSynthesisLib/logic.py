@@ -16,6 +16,7 @@ import numpy as np
 
 from . import modalities
 from .cards import LoadedModel
+from .coverage import Coverage, input_coverage
 from .devices import choose_device, choose_precision
 from .errors import InputError
 from .inference import (
@@ -182,8 +183,19 @@ class SynthesisLogic:
         brain = native_brain if back is None else self._brain(inputs, masks)
         lesion = check_mask(masks["lesion"]) & brain if "lesion" in masks else None
 
+        slice_axis = grid.geometry.axis_for(plane) if card.spatial_dims == 2 else None
+        cover = input_coverage({n: v.array for n, v in inputs.items()}, brain, {n: v.source for n, v in inputs.items()},
+                               slice_axis=slice_axis)
+        if cover.partial and not getattr(self.model.network, "PARTIAL_COVERAGE", False):
+            said.extend(f"{inputs[n].source}: holds no data (zeros) in part of the brain; {card.name} cannot leave an "
+                        "input out where it holds none, so the result there is unreliable (leave this input out, or "
+                        "use a Chartsias model)" for n in cover.used)
+            cover = Coverage()
+        said.extend(cover.notes)
         spec = NormalisationSpec.from_dict(card.normalisation)
-        normalised = {n: normalise(v.array, spec, brain)[0] for n, v in inputs.items()}
+        # statistics from where each input holds data: zeros outside a slab would lower its mean
+        normalised = {n: normalise(v.array, spec, brain & cover.held[n] if n in cover.held else brain)[0]
+                      for n, v in inputs.items()}
         device, reason = choose_device(request.device)
         dtype = choose_precision(request.precision, device)
         notes = ([reason] if reason else []) + said
@@ -206,7 +218,7 @@ class SynthesisLogic:
         if card.spatial_dims == 2:
             if request.tile is not None:
                 notes.append(f"tile {request.tile} ignored: {card.name} is a 2D model and runs slice by slice")
-            axis = grid.geometry.axis_for(plane)
+            axis = slice_axis
             tilt = grid.geometry.plane_tilt(plane)
             if tilt > OBLIQUE_NOTE_DEGREES:
                 notes.append(f"{grid.source}: its grid is oblique, its slices lie {tilt:.0f} degrees from the {plane} "
@@ -216,7 +228,7 @@ class SynthesisLogic:
                              "looks off")
             result = run_slicewise(self.model.network, normalised, targets, axis=axis, mask=brain,
                                    settings=settings, lesion=lesion, saliency=request.saliency,
-                                   saliency_references=saliency_refs)
+                                   saliency_references=saliency_refs, coverage=cover.used)
         else:
             tile = TILE if request.tile is None else request.tile
             if tile < 1:
@@ -231,9 +243,11 @@ class SynthesisLogic:
             maps[t] = {n: m * p3s_norm_scale(total) for n, m in maps[t].items()}
 
         outputs = {}
+        synthesised = brain if cover.uncovered is None else brain & ~cover.uncovered
         for t in targets:
             stats = card.output_intensity.get(t)
-            array = denormalise(raw[t], IntensityStats.from_dict(stats), brain) if stats else np.where(brain, raw[t], 0)
+            array = (denormalise(raw[t], IntensityStats.from_dict(stats), synthesised) if stats
+                     else np.where(synthesised, raw[t], 0))
             used = "+".join(inputs)
             outputs[t] = grid.with_array(array.astype(np.float32), source=f"{t} synthetic ({used})")
         saliency = {t: {n: grid.with_array(m * brain, source=f"P3S {t} <- {n}") for n, m in per.items()}

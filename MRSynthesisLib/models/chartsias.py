@@ -145,6 +145,14 @@ def _names(names: Sequence[str], what: str) -> tuple[str, ...]:
     return out
 
 
+def _covered_mean(stack: Tensor, covers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean over the first axis of ``stack`` where ``covers``, its weights and the count per pixel
+    (at least 1: a pixel nothing covers gets 0)."""
+    weights = covers.to(stack.dtype)
+    count = weights.sum(0).clamp(min=1.0)
+    return (stack * weights).sum(0) / count, weights, count
+
+
 class ChartsiasMIMO(nn.Module):
     """Multi-input multi-output MR synthesis network with a modality-invariant latent space.
 
@@ -175,6 +183,8 @@ class ChartsiasMIMO(nn.Module):
     ARCHITECTURE = "chartsias2018"
     SPATIAL_DIMS = 2
     SIZE_MULTIPLE = 4
+    # forward() takes ``coverage``: where an input holds data, per pixel (see ``fuse``)
+    PARTIAL_COVERAGE = True
 
     def __init__(
         self,
@@ -265,42 +275,80 @@ class ChartsiasMIMO(nn.Module):
                 latents[m] = self.encoders[m](x)
         return latents
 
-    def fuse(self, latents: Mapping[str, Tensor]) -> Tensor:
+    def fuse(self, latents: Mapping[str, Tensor], coverage: Optional[Mapping[str, Tensor]] = None) -> Tensor:
         """The fused latent that the decoders read; a single latent is lifted the same way.
 
+        ``coverage`` (input -> (N, 1, H, W), true where that input holds data; an input not named
+        covers everything) makes the fusion run, pixel by pixel, over the inputs that cover the pixel:
+        the any-subset property applied per pixel, for an input acquired over part of the brain only
+        (a slab, a smaller field of view). A pixel no input covers gets a zero latent.
         ``"output_mean"`` has no fused latent for several inputs (see ``decode_latents``).
         """
         zs = list(latents.values())
         if not zs:
             raise ValueError("no latents to fuse")
-        if len(zs) == 1 and self.fusion != "hemis":
-            return zs[0]
-        if self.fusion == "output_mean":
+        if self.fusion == "output_mean" and len(zs) > 1:
             raise ValueError("'output_mean' fusion averages decoded outputs, not latents; use decode_latents")
+        covers = self._coverage(latents, coverage)
+        if covers is None:
+            if len(zs) == 1 and self.fusion != "hemis":
+                return zs[0]
+            stack = torch.stack(zs)
+            if self.fusion == "max":
+                return stack.amax(0)
+            if self.fusion == "mean":
+                return stack.mean(0)
+            return torch.cat([stack.mean(0), stack.var(0, correction=0)], 1)
         stack = torch.stack(zs)
         if self.fusion == "max":
-            return stack.amax(0)
-        if self.fusion == "mean":
-            return stack.mean(0)
-        return torch.cat([stack.mean(0), stack.var(0, correction=0)], 1)
+            lowest = torch.finfo(stack.dtype).min  # not -inf: no inf * 0 = NaN in a backward pass
+            return torch.where(covers.any(0), torch.where(covers, stack, lowest).amax(0), 0.0)
+        mean, weights, count = _covered_mean(stack, covers)
+        if self.fusion in ("mean", "output_mean"):  # output_mean: a single latent
+            return mean
+        return torch.cat([mean, ((stack - mean) ** 2 * weights).sum(0) / count], 1)
+
+    @staticmethod
+    def _coverage(latents: Mapping[str, Tensor], coverage: Optional[Mapping[str, Tensor]]) -> Optional[Tensor]:
+        """(inputs, N, 1, H, W) bool in the order of ``latents``, or None when every input covers everything."""
+        if not coverage:
+            return None
+        unknown = [m for m in coverage if m not in latents]
+        if unknown:
+            raise ValueError(f"coverage given for {unknown}, which are not among the inputs {list(latents)}")
+        reference = next(iter(latents.values()))
+        shape = (reference.shape[0], 1, *reference.shape[2:])
+        covers = []
+        for m in latents:
+            mask = coverage.get(m)
+            if mask is not None and tuple(mask.shape) != shape:
+                raise ValueError(f"coverage of {m} must be {shape}, got {tuple(mask.shape)}")
+            covers.append(torch.ones(shape, dtype=torch.bool, device=reference.device) if mask is None
+                          else mask.to(device=reference.device, dtype=torch.bool))
+        return torch.stack(covers)
 
     def decode(self, z: Tensor, targets: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
         """Decode one decoder-ready latent (N, latent_channels, H, W) into each target."""
         return {t: self.decoders[t](z) for t in self._targets(targets)}
 
-    def decode_latents(self, latents: Mapping[str, Tensor], targets: Optional[Sequence[str]] = None
-                       ) -> dict[str, Tensor]:
-        """Fuse ``latents`` (as ``encode`` returns them) and decode the result."""
+    def decode_latents(self, latents: Mapping[str, Tensor], targets: Optional[Sequence[str]] = None,
+                       coverage: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
+        """Fuse ``latents`` (as ``encode`` returns them) and decode the result (``coverage``: see ``fuse``)."""
         if self.fusion != "output_mean" or len(latents) == 1:
-            return self.decode(self.fuse(latents), targets)
+            return self.decode(self.fuse(latents, coverage), targets)
         n = len(latents)
         outs = self.decode(torch.cat(list(latents.values())), targets)  # one decoder call for all inputs
-        return {t: y.unflatten(0, (n, -1)).mean(0) for t, y in outs.items()}
+        covers = self._coverage(latents, coverage)
+        if covers is None:
+            return {t: y.unflatten(0, (n, -1)).mean(0) for t, y in outs.items()}
+        return {t: _covered_mean(y.unflatten(0, (n, -1)), covers)[0] for t, y in outs.items()}
 
     def forward(self, inputs: Mapping[str, Tensor], lesion: Optional[Tensor] = None,
-                targets: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
-        """Synthesise ``targets`` (default: all outputs) from any non-empty subset of inputs."""
-        return self.decode_latents(self.encode(inputs, lesion), targets)
+                targets: Optional[Sequence[str]] = None,
+                coverage: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
+        """Synthesise ``targets`` (default: all outputs) from any non-empty subset of inputs; ``coverage``
+        restricts an input to the pixels where it holds data (see ``fuse``)."""
+        return self.decode_latents(self.encode(inputs, lesion), targets, coverage)
 
     def add_output(self, name: str) -> nn.Module:
         """Add a freshly initialised decoder for ``name`` (Sec. VI-E) and return it."""

@@ -133,6 +133,44 @@ def test_outputs_on_the_reference_grid_and_inputs_unchanged(chartsias):
     assert result.saliency == {} and result.contributions == {} and result.saliency_objective is None
 
 
+def test_an_input_with_data_over_part_of_the_brain_is_left_out_where_it_has_none(chartsias):
+    """A slab or a smaller field of view is 0 outside it: fed as it was, those zeros read as a black brain."""
+    vols, p = volumes()
+    cut = p["T2"].copy()
+    cut[12:] = 0  # no T2 above slice 11 (the axial slices the model runs on)
+    partial = run(chartsias, {"T1": vols["T1"], "T2": vols["T2"].with_array(cut)}, ["FLAIR"])
+    alone = run(chartsias, {"T1": vols["T1"]}, ["FLAIR"]).outputs["FLAIR"].array
+    both = run(chartsias, {"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"]).outputs["FLAIR"].array
+    out = partial.outputs["FLAIR"].array
+    np.testing.assert_allclose(out[12:], alone[12:], rtol=1e-5, atol=1e-5)  # T1's result where T2 has no data
+    assert not np.allclose(out[:12], alone[:12]) and np.abs(out[12:] - both[12:]).max() > 1e-3
+    brain = foreground_mask([p["T1"]])
+    share = round(100 * np.count_nonzero(brain[12:]) / brain.sum())
+    assert partial.notes == [f"/data/T2.nii.gz: holds no data (zeros) in {share} % of the brain, outside its field "
+                             "of view or slab; synthesised there from T1 alone"]
+
+
+def test_where_no_input_holds_data_nothing_is_synthesised(chartsias):
+    vols, p = volumes()
+    cut = p["T1"].copy()
+    cut[12:] = 0
+    result = run(chartsias, {"T1": vols["T1"].with_array(cut)}, ["FLAIR"], brain_mask=vols["brain"])
+    assert not result.outputs["FLAIR"].array[12:].any() and result.outputs["FLAIR"].array[:12].any()
+    assert result.notes[0].startswith("/data/T1.nii.gz: holds no data (zeros) in ")
+    assert result.notes[0].endswith("nothing is synthesised there")
+
+
+def test_a_model_that_cannot_leave_an_input_out_says_so(tmp_path):
+    model = probe(tmp_path, "copy", source="T1")
+    vols, p = volumes()
+    cut = p["T2"].copy()
+    cut[12:] = 0
+    result = run(model, {"T1": vols["T1"], "T2": vols["T2"].with_array(cut)}, ["FLAIR"])
+    assert result.notes == ["/data/T2.nii.gz: holds no data (zeros) in part of the brain; probe-copy cannot leave an "
+                            "input out where it holds none, so the result there is unreliable (leave this input out, "
+                            "or use a Chartsias model)"]
+
+
 @pytest.mark.parametrize("subset", [s for r in (1, 2, 3) for s in itertools.combinations(("T1", "T2", "FLAIR"), r)])
 def test_any_subset_of_inputs(chartsias, subset):
     vols, p = volumes()

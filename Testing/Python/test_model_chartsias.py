@@ -293,3 +293,64 @@ def test_padding_stays_in_the_activations_dtype_under_autocast(monkeypatch):
     assert padded and all(before == after for before, after in padded)
     assert sum(before == torch.bfloat16 for before, _ in padded) > len(padded) // 2  # all but the first layers
     assert torch.equal(result, reference)
+
+
+# --- an input that holds data over part of the image (coverage) -----------------------------
+
+FAR = 20  # columns from the coverage edge beyond which the decoder cannot see across it
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_coverage_leaves_an_input_out_where_it_holds_no_data(fusion):
+    """T2 covers the left half: far right of the edge the result is T1 + DWI's, far left all three's."""
+    model = make(fusion).eval()
+    x = images(size=64)
+    half = torch.zeros(2, 1, 64, 64, dtype=torch.bool)
+    half[..., :32] = True
+    with torch.no_grad():
+        partial = model(x, coverage={"T2": half})
+        everything = model(x)
+        without = model({m: x[m] for m in ("T1", "DWI")})
+        whole = model(x, coverage={"T2": torch.ones_like(half), "T1": torch.ones_like(half)})
+    for t in OUTPUTS:
+        torch.testing.assert_close(partial[t][..., 32 + FAR:], without[t][..., 32 + FAR:])
+        torch.testing.assert_close(partial[t][..., :32 - FAR], everything[t][..., :32 - FAR])
+        torch.testing.assert_close(whole[t], everything[t])  # covering everything changes nothing
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_a_pixel_no_input_covers_gets_a_zero_latent(fusion):
+    model = make(fusion).eval()
+    x = images(("T1", "T2"))
+    latents = model.encode(x)
+    nothing = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    some = nothing.clone()
+    some[:, :, 5, 7] = True
+    fused = model.fuse(latents, {"T1": nothing, "T2": some}) if fusion != "output_mean" else \
+        model.fuse({"T1": latents["T1"]}, {"T1": some})
+    assert fused[:, :, 5, 7].abs().sum() > 0
+    keep = torch.ones_like(fused, dtype=torch.bool)
+    keep[:, :, 5, 7] = False
+    assert not fused[keep].any()
+
+
+def test_coverage_keeps_gradients_finite_under_autocast():
+    """The max over covered latents masks with the dtype's lowest value, not -inf: inf * 0 would be NaN."""
+    model = make().to(memory_format=torch.channels_last)
+    x = {m: v.requires_grad_(True) for m, v in images(size=32).items()}
+    top = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    top[:, :, :10] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, coverage={"T2": top, "DWI": ~top})
+    out["FLAIR"].float().sum().backward()
+    assert all(torch.isfinite(v.grad).all() for v in x.values())
+    assert x["T2"].grad[:, :, 20:].abs().sum() < x["T2"].grad[:, :, :10].abs().sum()
+
+
+def test_bad_coverage_raises():
+    model = make()
+    x = images(("T1", "T2"))
+    with pytest.raises(ValueError, match="coverage given for \\['DWI'\\]"):
+        model(x, coverage={"DWI": torch.ones(2, 1, 32, 32, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="coverage of T2 must be"):
+        model(x, coverage={"T2": torch.ones(2, 1, 16, 32, dtype=torch.bool)})

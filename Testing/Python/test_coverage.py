@@ -1,0 +1,72 @@
+"""Which input to use where, when one holds data over part of the brain only (MRSynthesisLib.coverage)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from MRSynthesisLib.coverage import EDGE_VOXELS, PARTIAL_FRACTION, input_coverage
+
+SHAPE = (30, 40, 40)  # (z, y, x)
+SOURCES = {"T1": "t1.nii.gz", "T2": "t2.nii.gz"}
+
+
+def brain_and_inputs():
+    brain = np.zeros(SHAPE, bool)
+    brain[2:28, 4:36, 4:36] = True
+    rng = np.random.default_rng(0)
+    inputs = {n: np.where(brain, rng.uniform(50, 100, SHAPE), 0.0).astype(np.float32) for n in SOURCES}
+    return brain, inputs
+
+
+def test_complete_inputs_and_a_few_dark_voxels_change_nothing():
+    brain, inputs = brain_and_inputs()
+    assert not input_coverage(inputs, brain, SOURCES, slice_axis=0).partial
+    spots = np.flatnonzero(brain)[:int(0.5 * PARTIAL_FRACTION * brain.sum())]  # under the fraction
+    inputs["T2"].flat[spots] = 0
+    coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0)
+    assert not coverage.partial and coverage.notes == [] and coverage.uncovered is None
+
+
+def test_a_slab_is_left_out_where_it_holds_no_data_and_its_margin_stays_in_the_slice_plane():
+    brain, inputs = brain_and_inputs()
+    inputs["T2"][20:] = 0  # a slab ending between slices 19 and 20
+    inputs["T2"][:20, :, 30:] = 0  # and a field of view ending inside the slices
+    coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0)
+    assert list(coverage.used) == ["T2"] and coverage.uncovered is None
+    used, held = coverage.used["T2"], coverage.held["T2"]
+    np.testing.assert_array_equal(held, inputs["T2"] != 0)
+    assert not used[20:].any()
+    assert used[19, 20, 4:30 - EDGE_VOXELS].all() and not used[19, 20, 30 - EDGE_VOXELS:].any()  # in-plane margin
+    assert used[19, 20, 10] and used[18, 20, 10]  # no margin across slices
+    share = round(100 * np.count_nonzero(brain & ~held) / brain.sum())
+    assert coverage.notes == [f"t2.nii.gz: holds no data (zeros) in {share} % of the brain, outside its field of view "
+                              "or slab; synthesised there from T1 alone"]
+
+
+def test_a_3d_model_gets_its_margin_in_3d():
+    brain, inputs = brain_and_inputs()
+    inputs["T2"][20:] = 0
+    used = input_coverage(inputs, brain, SOURCES, slice_axis=None).used["T2"]
+    assert not used[20 - EDGE_VOXELS:].any() and used[20 - EDGE_VOXELS - 1, 20, 20]
+
+
+def test_when_every_input_is_partial_the_margin_never_leaves_a_voxel_without_one():
+    brain, inputs = brain_and_inputs()
+    inputs["T1"][15:] = 0  # T1 below, T2 above, and slices 13-16 in neither
+    inputs["T2"][:17] = 0
+    inputs["T2"][:, :, :6] = 0  # T2's field of view also stops short of a strip of its slices
+    coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0)
+    held_by_any = brain & ((inputs["T1"] != 0) | (inputs["T2"] != 0))
+    used_by_any = coverage.used["T1"] | coverage.used["T2"]
+    np.testing.assert_array_equal(used_by_any & brain, held_by_any)  # the margins are given back at the edges
+    np.testing.assert_array_equal(coverage.uncovered, brain & ~held_by_any)
+    share = 100 * np.count_nonzero(coverage.uncovered) / brain.sum()
+    assert coverage.notes[-1] == f"{share:.1f} % of the brain holds data in no input: the outputs are 0 there"
+
+
+def test_a_single_partial_input_says_nothing_is_synthesised_where_it_holds_none():
+    brain, inputs = brain_and_inputs()
+    inputs["T1"][20:] = 0
+    coverage = input_coverage({"T1": inputs["T1"]}, brain, SOURCES, slice_axis=0)
+    assert coverage.notes[0].endswith("nothing is synthesised there") and len(coverage.notes) == 1
+    np.testing.assert_array_equal(coverage.uncovered, brain & (inputs["T1"] == 0))
