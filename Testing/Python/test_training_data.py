@@ -171,6 +171,25 @@ def test_training_refuses_shifted_intensities_as_inference_does(tmp_path):
                      lesion_fallback="zeros", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
 
 
+def test_training_refuses_an_image_with_data_over_part_of_the_brain(tmp_path):
+    """Inference leaves such an input out where it holds no data; training would learn its zeros as tissue."""
+    folder = write_ms_subject(tmp_path, "p", 1)
+    image = sitk.ReadImage(str(folder / "FLAIR.nii.gz"))
+    flair = sitk.GetArrayFromImage(image)
+    flair[flair.shape[0] * 2 // 3:] = 0  # a slab: nothing above two thirds of the slices
+    cut = sitk.GetImageFromArray(flair)
+    cut.CopyInformation(image)
+    sitk.WriteImage(cut, str(folder / "FLAIR.nii.gz"))
+    options = dict(lesion_input=False, lesion_fallback="zeros", flair_z=3.0, min_voxels=5,
+                   min_slice_brain_fraction=0.05)
+    for inputs, outputs in ((["T1", "FLAIR"], ["T2"]), (["T1"], ["FLAIR"])):  # as an input and as a target
+        with pytest.raises(InputError) as error:
+            load_subject(discover([str(tmp_path)])[0], inputs, outputs, **options)
+        assert str(error.value).startswith(f"{folder / 'FLAIR.nii.gz'}: subject p's FLAIR holds no data (zeros) in ")
+        assert "crop the subject to where every image holds data, or leave it out" in str(error.value)
+    load_subject(discover([str(tmp_path)])[0], ["T1"], ["T2"], **options)  # without it the subject loads
+
+
 def test_split_is_by_subject_and_seeded():
     names = [f"s{i}" for i in range(10)]
     train, held = split_subjects(names, ["s3", "s7"], 0.5, 0)
