@@ -3,13 +3,13 @@
 Resampled onto another input's grid (``--resample-to``, the panel's resample box) or acquired
 as a slab, an input is exactly zero where it was not measured. Fed to a network as it is,
 those zeros read as a black brain: FLAIR from T1 and T2 with T2 zeroed over the top third of
-patient07's brain came out with SSIM 0.10 there, against 0.77 from T1 alone
-(``training/experiments/partial_coverage.py``). A model that takes any subset of its inputs
+patient07's brain came out with SSIM 0.13 there, against 0.78 from T1 alone
+(``training/experiments/partial_coverage.py``, docs/results/partial_coverage). A model that takes any subset of its inputs
 can instead leave an input out wherever it holds no data; ``ChartsiasMIMO.fuse`` does that
 pixel by pixel from the masks made here.
 
 Exact zeros inside the brain are the mark of "not measured": skull-stripped scans hold
-positive values throughout the brain (at most 0.015 % of the shared data's brain voxels are 0,
+positive values throughout the brain (at most 0.013 % of the shared data's brain voxels are 0,
 single voxels of a contrast-enhanced T1), so an input is taken as partial only when more than
 ``PARTIAL_FRACTION`` of the brain is zero in it.
 """
