@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import registry
-from .atomic import write_json
+from .atomic import check_writable, write_json
 from .cards import load_model
 from .errors import EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest
@@ -77,9 +77,7 @@ def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, repo
     if lesion is not None:
         names.update({f"{t}+lesion": out / f"{t}_synthetic_lesion.nii.gz" for t in targets})
         names["lesion"] = out / "demo_lesion_mask.nii.gz"
-    for path in [*names.values(), out / "report.png", out / "summary.json"]:
-        if path.exists() and not overwrite:
-            raise InputError(f"{path}: already exists; pass --overwrite or choose another --out")
+    check_writable([*names.values(), out / "report.png", out / "summary.json"], [], overwrite)  # before the work
     print(f"model: {card.name} ({folder}); synthesising {', '.join(targets)}")
 
     logic = SynthesisLogic(loaded, reporter.progress)

@@ -151,6 +151,12 @@ def bad_cases(ws):
                                        ["cohort.nii.gz: names an image file, but --out takes a folder of files"]),
         "demo out named like a file": (["demo", "--out", ws["out"] / "demo.png"],
                                        ["demo.png: looks like a file name, but --out takes a folder of files"]),
+        # a file where an output folder must be: refused before the work, not as an internal error after it
+        "out under a file": (["synthesize", "--model", ws["model"], "--input", t1, "--target", "FLAIR",
+                              "--out", ws["existing"] / "FLAIR.nii.gz" / "out"],
+                             [f"{ws['existing'] / 'FLAIR.nii.gz'} is a file, not a folder to write into"]),
+        "demo out under a file": (["demo", "--out", ws["existing"] / "FLAIR.nii.gz" / "demo"],
+                                  [f"{ws['existing'] / 'FLAIR.nii.gz'} is a file, not a folder to write into"]),
         # a folder named "sal.nii.gz" was made and filled
         "saliency out named like a file": (synth(ws, "sal-file", t1, extra=["--saliency-out", ws["out"] / "sal.nii.gz"]),
                                            ["sal.nii.gz: names an image file, but --saliency-out takes a folder"]),
@@ -302,7 +308,7 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name",
     "demo out named like a file", "z-scored input", "evaluate t1 on another grid", "saliency reference without maps",
     "evaluate empty lesion mask", "evaluate empty brain mask", "output is the brain mask", "output is the lesion mask",
-    "saliency map onto its reference", "saliency out named like a file"])
+    "saliency map onto its reference", "saliency out named like a file", "out under a file", "demo out under a file"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
