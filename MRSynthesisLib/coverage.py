@@ -4,14 +4,19 @@ Resampled onto another input's grid (``--resample-to``, the panel's resample box
 as a slab, an input is exactly zero where it was not measured. Fed to a network as it is,
 those zeros read as a black brain: FLAIR from T1 and T2 with T2 zeroed over the top third of
 patient07's brain came out with SSIM 0.13 there, against 0.78 from T1 alone
-(``training/experiments/partial_coverage.py``, docs/results/partial_coverage). A model that takes any subset of its inputs
-can instead leave an input out wherever it holds no data; ``ChartsiasMIMO.fuse`` does that
-pixel by pixel from the masks made here.
+(``training/experiments/partial_coverage.py``, docs/results/partial_coverage). A model that
+takes any subset of its inputs can instead leave an input out wherever it holds no data;
+``ChartsiasMIMO.fuse`` does that pixel by pixel from the masks made here.
 
 Exact zeros inside the brain are the mark of "not measured": skull-stripped scans hold
 positive values throughout the brain (at most 0.013 % of the shared data's brain voxels are 0,
-single voxels of a contrast-enhanced T1), so an input is taken as partial only when more than
-``PARTIAL_FRACTION`` of the brain is zero in it.
+single voxels of a contrast-enhanced T1). But an input whose intensities were clipped at a low
+percentile and shifted to 0 holds zeros in its darkest tissue too, scattered through sulci and
+ventricles: taken for missing data, 1 % of patient07's T1 clipped that way would have left T1 out
+of 14 % of the brain. So the missing region is the zeros that form a solid block (they survive an
+opening by ``SOLID_VOXELS``) reaching the edge of the brain, as everything beyond a slab's or a
+field of view's limit does; an input is partial when that region exceeds ``PARTIAL_FRACTION`` of
+the brain.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 PARTIAL_FRACTION = 0.01
+SOLID_VOXELS = 2  # the opening's iterations (3 x 3 x 3 cube): zero regions thinner than 5 voxels are tissue
 # Where an input's data end, its encoder sees zeros within its receptive field: it is left out this
 # many voxels (in the slice plane of a 2D model) before its data end wherever another input covers.
 # Measured on a field of view cut in the slice plane (docs/results/partial_coverage), in the 8
@@ -46,6 +52,32 @@ class Coverage:
         return bool(self.used)
 
 
+def _beyond_the_data(zeros: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Where an input was not measured: the connected regions of ``zeros`` that hold a solid block reaching
+    the edge of ``brain`` (thin parts of such a region, a gyrus cut by the slab, belong to it as well)."""
+    solid = ndi.binary_opening(zeros, np.ones((3, 3, 3), bool), iterations=SOLID_VOXELS)
+    edge = brain & ~ndi.binary_erosion(brain, border_value=0)
+    if not (solid & edge).any():
+        return np.zeros_like(zeros)
+    labels, _ = ndi.label(zeros)
+    reaching = np.unique(labels[edge & solid])
+    return np.isin(labels, reaching[reaching > 0])
+
+
+def _held_around_the_brain(held: Mapping[str, np.ndarray], brain: np.ndarray, slice_axis: int | None
+                           ) -> dict[str, np.ndarray]:
+    """``held`` (inside the brain) extended outside it: there an input holds data where the nearest brain voxel,
+    in the slice plane of a 2D model, does. Everything outside the brain is 0, measured or not; the decoders see
+    it around the brain's edge, so an input is left out of the background beyond its limit and kept in its own."""
+    sampling = [1.0, 1.0, 1.0]
+    if slice_axis is not None:
+        sampling[slice_axis] = 1e3  # the nearest brain voxel in the same slice, where the slice has brain
+    index = np.empty((3, *brain.shape), np.int32)
+    ndi.distance_transform_edt(~brain, sampling=sampling, return_distances=False, return_indices=True,
+                               indices=index)
+    return {n: h[tuple(index)] for n, h in held.items()}
+
+
 def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources: Mapping[str, str], *,
                    slice_axis: int | None, edge: int = EDGE_VOXELS) -> Coverage:
     """Coverage of each of ``inputs`` ((z, y, x) arrays) inside ``brain``; ``sources`` names them in notes.
@@ -53,18 +85,20 @@ def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources:
     ``slice_axis``: the array axis a 2D model slices along (its encoders see nothing across it, so
     the edge margin stays in the slice plane); None for a 3D model."""
     brain_voxels = int(np.count_nonzero(brain))
-    holds = {n: a != 0 for n, a in inputs.items()}
-    partial = [n for n, held in holds.items()
-               if np.count_nonzero(brain & ~held) > PARTIAL_FRACTION * brain_voxels]
+    limit = PARTIAL_FRACTION * brain_voxels
+    zeros = {n: brain & (a == 0) for n, a in inputs.items()}
+    beyond = {n: _beyond_the_data(z, brain) for n, z in zeros.items() if np.count_nonzero(z) > limit}
+    partial = [n for n, region in beyond.items() if np.count_nonzero(region) > limit]
     if not partial:
         return Coverage()
+    holds = _held_around_the_brain({n: brain & ~beyond[n] for n in partial}, brain, slice_axis)
     structure = ndi.generate_binary_structure(3, 1)
     if slice_axis is not None:
         np.moveaxis(structure, slice_axis, 0)[[0, 2]] = False  # no growth across slices
     coverage = Coverage()
     for n in partial:
         missing = brain & ~holds[n]
-        near = ndi.binary_dilation(missing, structure, iterations=edge) if edge > 0 else missing
+        near = ndi.binary_dilation(~holds[n], structure, iterations=edge) if edge > 0 else ~holds[n]
         coverage.held[n] = holds[n]
         coverage.used[n] = holds[n] & ~near
         share = 100.0 * np.count_nonzero(missing) / brain_voxels
@@ -73,7 +107,7 @@ def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources:
                               "of view or slab; " + (f"synthesised there from {rest} alone" if rest else
                                                      "nothing is synthesised there"))
     if len(partial) == len(inputs):  # no input covers the whole brain
-        held_by_any = brain & np.logical_or.reduce([holds[n] for n in partial])
+        held_by_any = np.logical_or.reduce([holds[n] for n in partial])
         lost = held_by_any & ~np.logical_or.reduce([coverage.used[n] for n in partial])
         for n in partial:  # where the margin took every input away, those holding data are used after all
             coverage.used[n] |= holds[n] & lost

@@ -27,6 +27,22 @@ def test_complete_inputs_and_a_few_dark_voxels_change_nothing():
     assert not coverage.partial and coverage.notes == [] and coverage.uncovered is None
 
 
+def test_zeros_of_clipped_dark_tissue_are_data_not_a_missing_field_of_view():
+    """Intensities clipped at a low percentile and shifted to 0: zeros scattered through the brain and a solid
+    block inside it (a ventricle) are tissue; taken for missing data they would leave the input out around them."""
+    brain, inputs = brain_and_inputs()
+    rng = np.random.default_rng(1)
+    inputs["T1"][brain & (rng.uniform(size=SHAPE) < 0.05)] = 0  # 5 % of the brain, scattered
+    inputs["T1"][12:18, 16:24, 16:24] = 0  # a solid dark block that does not reach the brain's edge
+    assert np.count_nonzero(brain & (inputs["T1"] == 0)) > 5 * PARTIAL_FRACTION * brain.sum()
+    assert not input_coverage(inputs, brain, SOURCES, slice_axis=0).partial
+    inputs["T1"][20:] = 0  # a slab limit as well: that part, and only that, is missing
+    coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0)
+    missing = brain & ~coverage.held["T1"]
+    assert missing[20:].sum() == brain[20:].sum()
+    assert missing[:20].sum() < 0.01 * brain[:20].sum()  # only dark voxels touching the slab's zeros join it
+
+
 def test_a_slab_is_left_out_where_it_holds_no_data_and_its_margin_stays_in_the_slice_plane():
     brain, inputs = brain_and_inputs()
     inputs["T2"][20:] = 0  # a slab ending between slices 19 and 20
@@ -34,7 +50,8 @@ def test_a_slab_is_left_out_where_it_holds_no_data_and_its_margin_stays_in_the_s
     coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0)
     assert list(coverage.used) == ["T2"] and coverage.uncovered is None
     used, held = coverage.used["T2"], coverage.held["T2"]
-    np.testing.assert_array_equal(held, inputs["T2"] != 0)
+    np.testing.assert_array_equal(held & brain, brain & (inputs["T2"] != 0))
+    assert not held[20:].any() and held[:20, :, :30].all()  # around the brain: as the nearest brain voxel
     assert not used[20:].any()
     assert used[19, 20, 4:30 - EDGE_VOXELS].all() and not used[19, 20, 30 - EDGE_VOXELS:].any()  # in-plane margin
     assert used[19, 20, 10] and used[18, 20, 10]  # no margin across slices
@@ -47,7 +64,8 @@ def test_a_3d_model_gets_its_margin_in_3d():
     brain, inputs = brain_and_inputs()
     inputs["T2"][20:] = 0
     used = input_coverage(inputs, brain, SOURCES, slice_axis=None).used["T2"]
-    assert not used[20 - EDGE_VOXELS:].any() and used[20 - EDGE_VOXELS - 1, 20, 20]
+    assert not used[20 - EDGE_VOXELS:].any() and used[20 - EDGE_VOXELS - 1, 20, 20]  # in every direction
+    assert used[:20 - EDGE_VOXELS].all()
 
 
 def test_when_every_input_is_partial_the_margin_never_leaves_a_voxel_without_one():

@@ -47,6 +47,8 @@ def test_the_experiment_runs_every_arm_on_both_cuts_and_renders(tmp_path, tiny_m
     for row in results["rows"]:
         assert set(row["scores"]) == arms and 0.1 < row["share_of_brain"] < 0.5
         assert all(set(v) == {"cut", "band", "kept"} for v in row["scores"].values())
+    assert results["clipped"] == {f"{m} at {p} %": [] for p in pc.CLIP_PERCENTILES for m in ("T1", "T2")}
     text = pc.markdown([results], "tiny", "python -m x")
+    assert "- subject: T1 at 1 %: none; T2 at 1 %: none;" in text
     share = results["rows"][0]["share_of_brain"]
     assert f"| subject ({100 * share:.0f} % cut) | left out, edge {pc.EDGE_VOXELS} (default) |" in text
