@@ -52,9 +52,13 @@ class Coverage:
         return bool(self.used)
 
 
-def _beyond_the_data(zeros: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Where an input was not measured: the connected regions of ``zeros`` that hold a solid block reaching
-    the edge of ``brain`` (thin parts of such a region, a gyrus cut by the slab, belong to it as well)."""
+def not_measured(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The brain voxels ``image`` was not measured in: the connected regions of its zeros that hold a solid
+    block reaching the edge of ``brain`` (thin parts of such a region, a gyrus cut by a slab, belong to it too).
+    Empty at once when at most ``PARTIAL_FRACTION`` of the brain is 0."""
+    zeros = brain & (image == 0)
+    if np.count_nonzero(zeros) <= PARTIAL_FRACTION * np.count_nonzero(brain):
+        return np.zeros_like(zeros)
     solid = ndi.binary_opening(zeros, np.ones((3, 3, 3), bool), iterations=SOLID_VOXELS)
     edge = brain & ~ndi.binary_erosion(brain, border_value=0)
     if not (solid & edge).any():
@@ -85,10 +89,8 @@ def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources:
     ``slice_axis``: the array axis a 2D model slices along (its encoders see nothing across it, so
     the edge margin stays in the slice plane); None for a 3D model."""
     brain_voxels = int(np.count_nonzero(brain))
-    limit = PARTIAL_FRACTION * brain_voxels
-    zeros = {n: brain & (a == 0) for n, a in inputs.items()}
-    beyond = {n: _beyond_the_data(z, brain) for n, z in zeros.items() if np.count_nonzero(z) > limit}
-    partial = [n for n, region in beyond.items() if np.count_nonzero(region) > limit]
+    beyond = {n: not_measured(a, brain) for n, a in inputs.items()}
+    partial = [n for n, region in beyond.items() if np.count_nonzero(region) > PARTIAL_FRACTION * brain_voxels]
     if not partial:
         return Coverage()
     holds = _held_around_the_brain({n: brain & ~beyond[n] for n in partial}, brain, slice_axis)

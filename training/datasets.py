@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from MRSynthesisLib import manifest, modalities
-from MRSynthesisLib.coverage import PARTIAL_FRACTION
+from MRSynthesisLib.coverage import PARTIAL_FRACTION, not_measured
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.logic import model_grid, voxel_size_text
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
@@ -245,7 +245,7 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
         volumes = {m: resample_to(v, target) for m, v in volumes.items()}
     brain = foreground_mask([volumes[m].array for m in inputs])
     for m in needed:  # inference leaves such an input out where it holds none; training would learn the zeros
-        share = np.count_nonzero(brain & (volumes[m].array == 0)) / np.count_nonzero(brain)
+        share = np.count_nonzero(not_measured(volumes[m].array, brain)) / np.count_nonzero(brain)
         if share > PARTIAL_FRACTION:
             raise InputError(f"{files.images[m]}: subject {files.subject}'s {m} holds no data (zeros) in "
                              f"{100 * share:.0f} % of its brain (a slab or a smaller field of view): training would "
