@@ -43,6 +43,24 @@ def test_zeros_of_clipped_dark_tissue_are_data_not_a_missing_field_of_view():
     assert missing[:20].sum() < 0.01 * brain[:20].sum()  # only dark voxels touching the slab's zeros join it
 
 
+def test_an_oblique_limit_counts_and_a_dark_band_across_the_brain_does_not():
+    """Beyond an oblique limit the zeros fill about half their bounding box; a solid dark tube that crosses
+    the brain diagonally from corner to corner (tissue clipped to 0) fills a tenth of its box."""
+    brain, inputs = brain_and_inputs()
+    z, y, x = np.indices(SHAPE)
+    points = np.stack([z - 2, y - 4, x - 4], -1).astype(float)
+    axis = np.array([26.0, 32.0, 32.0]) / np.linalg.norm([26.0, 32.0, 32.0])
+    tube = brain & (np.linalg.norm(points - (points @ axis)[..., None] * axis, axis=-1) < 4.5)
+    inputs["T1"][tube] = 0
+    assert np.count_nonzero(tube) > 5 * PARTIAL_FRACTION * brain.sum()
+    assert not input_coverage(inputs, brain, SOURCES, slice_axis=0).partial
+    oblique = brain & (z + y > 45)
+    inputs["T2"][oblique] = 0
+    coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0)
+    assert list(coverage.used) == ["T2"]
+    np.testing.assert_array_equal(brain & ~coverage.held["T2"], oblique)
+
+
 def test_a_slab_is_left_out_where_it_holds_no_data_and_its_margin_stays_in_the_slice_plane():
     brain, inputs = brain_and_inputs()
     inputs["T2"][20:] = 0  # a slab ending between slices 19 and 20
