@@ -31,7 +31,9 @@ PARTIAL_FRACTION = 0.01
 SOLID_VOXELS = 2  # the opening's iterations (3 x 3 x 3 cube): zero regions thinner than 5 voxels are tissue
 # Of the brain in its bounding box, a region beyond a slab's or field of view's limit fills 1.00 (an
 # axis-aligned third cut: patient07, patient19, BraTS) or 0.45-0.54 (cut obliquely at 45 degrees); the
-# zeros of T2 clipped at its 5th or 10th percentile, connected through the dark white matter, 0.02-0.10.
+# zeros of T2 clipped at its 5th or 10th percentile, connected through the dark white matter, 0.02-0.10
+# (measured once on those subjects when the rule was set; docs/results/partial_coverage shows what the
+# rule then finds).
 MIN_FILL = 0.25
 # Where an input's data end, its encoder sees zeros within its receptive field: it is left out this
 # many voxels (in the slice plane of a 2D model) before its data end wherever another input covers.
