@@ -81,13 +81,23 @@ def _held_around_the_brain(held: Mapping[str, np.ndarray], brain: np.ndarray, sl
     """``held`` (inside the brain) extended outside it: there an input holds data where the nearest brain voxel,
     in the slice plane of a 2D model, does. Everything outside the brain is 0, measured or not; the decoders see
     it around the brain's edge, so an input is left out of the background beyond its limit and kept in its own."""
-    sampling = [1.0, 1.0, 1.0]
-    if slice_axis is not None:
-        sampling[slice_axis] = 1e3  # the nearest brain voxel in the same slice, where the slice has brain
-    index = np.empty((3, *brain.shape), np.int32)
-    ndi.distance_transform_edt(~brain, sampling=sampling, return_distances=False, return_indices=True,
-                               indices=index)
-    return {n: h[tuple(index)] for n, h in held.items()}
+    if slice_axis is None:
+        index = ndi.distance_transform_edt(~brain, return_distances=False, return_indices=True)
+        return {n: h[tuple(index)] for n, h in held.items()}
+    around = {n: np.moveaxis(h.copy(), slice_axis, 0) for n, h in held.items()}  # slice by slice: little memory
+    for k, section in enumerate(np.moveaxis(brain, slice_axis, 0)):
+        if section.any():  # (a slice without brain is not synthesised)
+            index = tuple(ndi.distance_transform_edt(~section, return_distances=False, return_indices=True))
+            for h in around.values():
+                h[k] = h[k][index]
+    return {n: np.moveaxis(h, 0, slice_axis) for n, h in around.items()}
+
+
+def partial_inputs(inputs: Mapping[str, np.ndarray], brain: np.ndarray) -> dict[str, np.ndarray]:
+    """The inputs not measured in more than ``PARTIAL_FRACTION`` of ``brain``, with where (``not_measured``)."""
+    limit = PARTIAL_FRACTION * np.count_nonzero(brain)
+    regions = {n: not_measured(a, brain) for n, a in inputs.items()}
+    return {n: r for n, r in regions.items() if np.count_nonzero(r) > limit}
 
 
 def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources: Mapping[str, str], *,
@@ -97,8 +107,8 @@ def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources:
     ``slice_axis``: the array axis a 2D model slices along (its encoders see nothing across it, so
     the edge margin stays in the slice plane); None for a 3D model."""
     brain_voxels = int(np.count_nonzero(brain))
-    beyond = {n: not_measured(a, brain) for n, a in inputs.items()}
-    partial = [n for n, region in beyond.items() if np.count_nonzero(region) > PARTIAL_FRACTION * brain_voxels]
+    beyond = partial_inputs(inputs, brain)
+    partial = list(beyond)
     if not partial:
         return Coverage()
     holds = _held_around_the_brain({n: brain & ~beyond[n] for n in partial}, brain, slice_axis)

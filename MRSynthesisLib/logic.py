@@ -16,7 +16,7 @@ import numpy as np
 
 from . import modalities
 from .cards import LoadedModel
-from .coverage import Coverage, input_coverage
+from .coverage import Coverage, input_coverage, partial_inputs
 from .devices import choose_device, choose_precision
 from .errors import InputError
 from .inference import (
@@ -184,13 +184,14 @@ class SynthesisLogic:
         lesion = check_mask(masks["lesion"]) & brain if "lesion" in masks else None
 
         slice_axis = grid.geometry.axis_for(plane) if card.spatial_dims == 2 else None
-        cover = input_coverage({n: v.array for n, v in inputs.items()}, brain, {n: v.source for n, v in inputs.items()},
-                               slice_axis=slice_axis)
-        if cover.partial and not getattr(self.model.network, "PARTIAL_COVERAGE", False):
+        arrays = {n: v.array for n, v in inputs.items()}
+        if getattr(self.model.network, "PARTIAL_COVERAGE", False):
+            cover = input_coverage(arrays, brain, {n: v.source for n, v in inputs.items()}, slice_axis=slice_axis)
+        else:
+            cover = Coverage()
             said.extend(f"{inputs[n].source}: holds no data (zeros) in part of the brain; {card.name} cannot leave an "
                         "input out where it holds none, so the result there is unreliable (leave this input out, or "
-                        "use a Chartsias model)" for n in cover.used)
-            cover = Coverage()
+                        "use a Chartsias model)" for n in partial_inputs(arrays, brain))
         said.extend(cover.notes)
         spec = NormalisationSpec.from_dict(card.normalisation)
         # statistics from where each input holds data: zeros outside a slab would lower its mean
