@@ -122,9 +122,12 @@ def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources:
         coverage.held[n] = holds[n]
         coverage.used[n] = holds[n] & ~near
         share = 100.0 * np.count_nonzero(missing) / brain_voxels
-        rest = "+".join(m for m in inputs if m != n)
+        others = [m for m in inputs if m != n]
+        rest = "+".join(others)
+        where = " alone" if len(partial) < len(inputs) else (  # every input partial: the others not everywhere
+            " where it holds data" if len(others) == 1 else " where they hold data")
         coverage.notes.append(f"{sources[n]}: holds no data (zeros) in {share:.0f} % of the brain, outside its field "
-                              "of view or slab; " + (f"synthesised there from {rest} alone" if rest else
+                              "of view or slab; " + (f"synthesised there from {rest}{where}" if rest else
                                                      "nothing is synthesised there"))
     if len(partial) == len(inputs):  # no input covers the whole brain
         held_by_any = np.logical_or.reduce([holds[n] for n in partial])

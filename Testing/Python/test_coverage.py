@@ -98,6 +98,7 @@ def test_when_every_input_is_partial_the_margin_never_leaves_a_voxel_without_one
     np.testing.assert_array_equal(coverage.uncovered, brain & ~held_by_any)
     share = 100 * np.count_nonzero(coverage.uncovered) / brain.sum()
     assert coverage.notes[-1] == f"{share:.1f} % of the brain holds data in no input: the outputs are 0 there"
+    assert coverage.notes[0].endswith("synthesised there from T2 where it holds data")  # not "T2 alone"
 
 
 def test_a_single_partial_input_says_nothing_is_synthesised_where_it_holds_none():
