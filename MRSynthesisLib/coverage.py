@@ -117,11 +117,10 @@ def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources:
         np.moveaxis(structure, slice_axis, 0)[[0, 2]] = False  # no growth across slices
     coverage = Coverage()
     for n in partial:
-        missing = brain & ~holds[n]
         near = ndi.binary_dilation(~holds[n], structure, iterations=edge) if edge > 0 else ~holds[n]
         coverage.held[n] = holds[n]
         coverage.used[n] = holds[n] & ~near
-        share = 100.0 * np.count_nonzero(missing) / brain_voxels
+        share = 100.0 * np.count_nonzero(beyond[n]) / brain_voxels
         others = [m for m in inputs if m != n]
         rest = "+".join(others)
         where = " alone" if len(partial) < len(inputs) else (  # every input partial: the others not everywhere

@@ -131,13 +131,16 @@ def default_batch_size(device_type: str, spatial_dims: int) -> int:
 
 
 class SynthesisLogic:
-    """Runs one loaded model; ``progress(fraction, message)`` and ``cancelled()`` are injected."""
+    """Runs one loaded model; ``progress(fraction, message)`` and ``cancelled()`` are injected, and so is the
+    rule that finds inputs holding data over part of the brain (``coverage.input_coverage``; experiments
+    compare others)."""
 
     def __init__(self, model: LoadedModel, progress: ProgressCallback | None = None,
-                 cancelled: CancelCheck | None = None) -> None:
+                 cancelled: CancelCheck | None = None, coverage: Callable[..., Coverage] = input_coverage) -> None:
         self.model = model
         self.progress = progress or (lambda fraction, message: None)
         self.cancelled = cancelled or (lambda: False)
+        self.coverage = coverage
 
     def run(self, request: SynthesisRequest) -> SynthesisResult:
         card = self.model.card
@@ -186,7 +189,7 @@ class SynthesisLogic:
         slice_axis = grid.geometry.axis_for(plane) if card.spatial_dims == 2 else None
         arrays = {n: v.array for n, v in inputs.items()}
         if getattr(self.model.network, "PARTIAL_COVERAGE", False):
-            cover = input_coverage(arrays, brain, {n: v.source for n, v in inputs.items()}, slice_axis=slice_axis)
+            cover = self.coverage(arrays, brain, {n: v.source for n, v in inputs.items()}, slice_axis=slice_axis)
         else:
             cover = Coverage()
             said.extend(f"{inputs[n].source}: holds no data (zeros) in part of the brain; {card.name} cannot leave an "

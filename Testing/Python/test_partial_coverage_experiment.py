@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import LAS, make_subject
-from MRSynthesisLib import logic as logic_module
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.coverage import Coverage, input_coverage
 from MRSynthesisLib.logic import SynthesisLogic
@@ -36,7 +35,7 @@ def test_the_product_arm_is_the_run_without_the_input_where_a_slab_removed_it(tm
     zero_filled = pc.synthesise(logic, given, "FLAIR", lambda *a, **k: Coverage())
     np.testing.assert_array_equal(left_out[removed], without[removed])
     assert np.abs(zero_filled[removed] - without[removed]).max() > 1e-2
-    assert logic_module.input_coverage is input_coverage  # the product's rule is back
+    assert logic.coverage is input_coverage  # the product's rule, injected by default
 
 
 def test_the_experiment_runs_every_arm_on_both_cuts_and_renders(tmp_path, tiny_model):

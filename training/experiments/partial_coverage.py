@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from MRSynthesisLib import logic as logic_module
 from MRSynthesisLib import metrics, registry
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.coverage import EDGE_VOXELS, Coverage, input_coverage
@@ -76,12 +75,8 @@ def cut_mask(volume: Volume, brain: np.ndarray, cut: str) -> np.ndarray:
 
 def synthesise(logic: SynthesisLogic, given: dict[str, Volume], target: str, coverage=input_coverage) -> np.ndarray:
     """The product's synthesis with ``coverage`` as its coverage rule (the product's, another edge, none)."""
-    original = logic_module.input_coverage
-    logic_module.input_coverage = coverage
-    try:
-        result = logic.run(SynthesisRequest(given, [target], device="cpu", precision="fp32"))
-    finally:
-        logic_module.input_coverage = original
+    result = SynthesisLogic(logic.model, coverage=coverage).run(
+        SynthesisRequest(given, [target], device="cpu", precision="fp32"))
     return result.outputs[target].array
 
 
