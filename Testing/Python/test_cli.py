@@ -141,7 +141,7 @@ def bad_cases(ws):
         "one file as two modalities": (synth(ws, "one-file", t1, f"T2={s['T1']}"),
                                        [f"{Path(s['T1']).resolve()}: is given as T1 and T2"]),
         "z-scored input": (synth(ws, "zscored", t1, f"T2={b / 'T2_zscored.nii.gz'}"),
-                           ["T2_zscored.nii.gz: ", "% of its non-zero voxels are negative"]),
+                           ["T2_zscored.nii.gz: ", "% of its positive ones"]),
         # a new folder named like a file is a mistake for a file name
         "out named like a file": (["synthesize", "--model", ws["model"], "--input", t1, "--target", "FLAIR",
                                    "--out", ws["out"] / "flair.png"],
