@@ -107,3 +107,36 @@ def test_a_single_partial_input_says_nothing_is_synthesised_where_it_holds_none(
     coverage = input_coverage({"T1": inputs["T1"]}, brain, SOURCES, slice_axis=0)
     assert coverage.notes[0].endswith("nothing is synthesised there") and len(coverage.notes) == 1
     np.testing.assert_array_equal(coverage.uncovered, brain & (inputs["T1"] == 0))
+
+
+def test_a_slab_that_misses_a_few_slices_at_the_top_of_the_brain_is_found():
+    """Too thin for the solid-block rule and under PARTIAL_FRACTION: the vertex a slab did not reach. A brain
+    section in which an input is 0 throughout is not measured whatever its size."""
+    brain, inputs = brain_and_inputs()
+    brain[28, 18:22, 18:22] = True  # the vertex: a small top section
+    for n in inputs:
+        inputs[n][28, 18:22, 18:22] = 60.0
+    inputs["T2"][26:] = 0  # the top three brain sections
+    missing = np.count_nonzero(brain[26:])
+    assert missing > PARTIAL_FRACTION * brain.sum()  # 8 % of this brain: only the thickness hid it before
+    coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0)
+    assert list(coverage.used) == ["T2"]
+    np.testing.assert_array_equal(brain & ~coverage.held["T2"], brain & (np.arange(SHAPE[0]) >= 26)[:, None, None])
+    inputs["T2"][:28] = np.where(brain[:28], 70.0, 0.0)  # now only the 16 voxels of the top section
+    coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0)
+    assert np.count_nonzero(brain & ~coverage.held["T2"]) == 16
+    assert coverage.notes == ["t2.nii.gz: holds no data (zeros) in 0.06 % of the brain, outside its field of view "
+                              "or slab; synthesised there from T1 alone"]
+
+
+def test_an_empty_section_counts_only_beside_sections_that_hold_data():
+    """A dropped slice inside the brain is missing; the outermost section of an image clipped at a low
+    percentile is 0 throughout too, but so is much of the section beside it: that is dark tissue."""
+    brain, inputs = brain_and_inputs()
+    inputs["T2"][14] = 0  # one slice of a 2D acquisition lost
+    coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0)
+    np.testing.assert_array_equal(brain & ~coverage.held["T2"], brain & (np.arange(SHAPE[0]) == 14)[:, None, None])
+    brain, inputs = brain_and_inputs()
+    inputs["T1"][2] = 0  # the outermost section, dark edge tissue clipped to 0
+    inputs["T1"][3, :, 4:20] = 0  # and half of the next one
+    assert not input_coverage(inputs, brain, SOURCES, slice_axis=0).partial

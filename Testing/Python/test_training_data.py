@@ -20,7 +20,7 @@ from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from MRSynthesisLib.models.losses_chartsias import chartsias_loss
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
-from training.augment import Geometry2D, crop
+from training.augment import Geometry2D, ThickSlices, crop, draw_thick_slices, thick_slice, thick_slice_operator
 from training.batches import TRAIN_STREAM, all_subsets, build_batch, step_subset
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.config import AugmentConfig, TrainConfig
@@ -166,7 +166,7 @@ def test_training_refuses_shifted_intensities_as_inference_does(tmp_path):
     z = sitk.GetImageFromArray(np.where(brain, (t2 - t2[brain].mean()) / t2[brain].std(), 0).astype(np.float32))
     z.CopyInformation(image)
     sitk.WriteImage(z, str(folder / "T2.nii.gz"))
-    with pytest.raises(InputError, match="T2.nii.gz: .* of its non-zero voxels are negative"):
+    with pytest.raises(InputError, match="T2.nii.gz: its negative voxels sum to .* of its positive ones"):
         load_subject(discover([str(tmp_path)])[0], ["T1", "T2"], ["FLAIR"], lesion_input=False,
                      lesion_fallback="zeros", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
 
@@ -303,6 +303,67 @@ def test_intensity_augmentation_touches_inputs_only(tmp_path):
     assert torch.equal(augmented.lesion, plain.lesion)
     assert not torch.allclose(augmented.inputs["T1"], plain.inputs["T1"])
     assert torch.equal(augmented.inputs["T1"] == 0, plain.inputs["T1"] == 0)  # background stays 0
+
+
+def test_thick_slice_operator_averages_each_slab_and_interpolates_between_their_centres():
+    rng = np.random.default_rng(0)
+    line = rng.uniform(0, 1, 12)
+    assert np.allclose(thick_slice_operator(12, 1.0, 0.0), np.eye(12))  # 1-voxel slices are the voxels
+    # 3-voxel slabs on voxel boundaries (the first centred at voxel 1): each the mean of its 3 voxels, read back
+    # linearly between the slab centres 1, 4, 7, 10 and as the outer slab beyond them
+    slabs = line.reshape(4, 3).mean(1)
+    expected = np.interp(np.arange(12), [1, 4, 7, 10], slabs)
+    assert np.allclose(thick_slice_operator(12, 3.0, 1.0) @ line, expected)
+    for thickness, offset in ((2.5, 0.3), (4.7, 4.0), (7.0, 6.9)):
+        operator = thick_slice_operator(30, thickness, offset)
+        assert np.allclose(operator.sum(1), 1) and (operator >= 0).all()  # a constant stays that constant
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_thick_slice_of_one_slice_is_the_volume_acquired_along_that_axis(axis):
+    volume = np.random.default_rng(1).uniform(0, 1, (9, 11, 13)).astype(np.float32)
+    thick = ThickSlices(axis, 3.4, 1.2)
+    operator = thick_slice_operator(volume.shape[axis], thick.thickness, thick.offset)
+    whole = np.moveaxis(np.tensordot(operator, np.moveaxis(volume, axis, 0), axes=1), 0, axis)
+    for z in (0, 4, 8):
+        assert np.allclose(thick_slice(volume, z, thick), whole[z], atol=1e-6)
+
+
+def test_thick_slices_are_drawn_only_when_asked_and_in_voxels_of_the_axis():
+    off = AugmentConfig()
+    rng = np.random.default_rng(2)
+    state = rng.bit_generator.state
+    assert draw_thick_slices(rng, (1.0, 1.0, 1.0), off) is None and rng.bit_generator.state == state  # no draw
+    on = AugmentConfig(thick_slice_mm=6.0, thick_slice_probability=1.0)
+    drawn = [draw_thick_slices(np.random.default_rng(s), (1.0, 0.5, 4.0), on) for s in range(200)]
+    made = [t for t in drawn if t is not None]
+    assert 40 < len(drawn) - len(made) < 95  # the third of the draws that picked the 4 mm axis
+    assert {t.axis for t in made} == {0, 1}  # 6 mm is not 2 voxels of 4 mm: that axis is never made thick
+    assert all(2 <= t.thickness <= 6.0 / (1.0, 0.5)[t.axis] and 0 <= t.offset < t.thickness for t in made)
+    assert max(t.thickness for t in made if t.axis == 1) > 6  # 0.5 mm voxels: up to 12 of them
+
+
+def test_thick_slice_augmentation_touches_inputs_only(tmp_path):
+    roots = write_dataset(tmp_path)
+    subject = load_subject(discover(roots)[0], ["T1", "T2"], ["T1", "FLAIR"], lesion_input=True,
+                           lesion_fallback="flair", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)[0]
+    kwargs = dict(seed=0, stream=TRAIN_STREAM, step=3, subset=("T1", "T2"), outputs=("T1", "FLAIR"), crop_size=16,
+                  lesion_input=True)
+    none = dict(flip=False, rotate_degrees=0, scale=0, gamma=0, intensity_scale=0, bias_field=0)
+    thick = build_batch([subject], range(6), augment=AugmentConfig(**none, thick_slice_mm=5.0,
+                                                                     thick_slice_probability=1.0), **kwargs)
+    plain = build_batch([subject], range(6), augment=None, **kwargs)
+    assert all(torch.equal(thick.references[m], plain.references[m]) for m in ("T1", "FLAIR"))  # T1 out stays sharp
+    assert not torch.allclose(thick.inputs["T1"], plain.inputs["T1"])
+    assert not torch.allclose(thick.inputs["T2"], plain.inputs["T2"])
+    # a recipe without thick slices draws the same batches whatever thick_slice_probability says
+    same = [build_batch([subject], range(6), augment=AugmentConfig(thick_slice_probability=p), **kwargs)
+            for p in (0.25, 1.0)]
+    assert torch.equal(same[0].inputs["T2"], same[1].inputs["T2"])
+    with pytest.raises(ValueError, match="thick_slice_probability"):
+        AugmentConfig(thick_slice_probability=1.5).validate()
+    with pytest.raises(ValueError, match="thick_slice_mm"):
+        AugmentConfig(thick_slice_mm=-1).validate()
 
 
 def test_a_batch_split_in_shares_is_the_global_batch(tmp_path):
@@ -458,6 +519,11 @@ def test_resume_accepts_a_checkpoint_written_before_a_config_key_existed():
     _check_resumable(saved, config, steps_done=200)
     with pytest.raises(ValueError, match="lesion_crop_fraction"):
         _check_resumable({**saved, "lesion_crop_fraction": 0.5}, config, steps_done=200)
+    for key in ("thick_slice_mm", "thick_slice_probability"):  # an augment key added since
+        del saved["augment"][key]
+    _check_resumable(saved, config, steps_done=200)
+    with pytest.raises(ValueError, match="augment"):
+        _check_resumable({**saved, "augment": {**saved["augment"], "thick_slice_mm": 5.0}}, config, steps_done=200)
 
 
 def test_subject_spacing_is_recorded_along_the_patient_axes(tmp_path):
@@ -474,6 +540,7 @@ def test_subject_spacing_is_recorded_along_the_patient_axes(tmp_path):
     subject = load_subject(discover([str(tmp_path)])[0], ["T1"], ["FLAIR"], lesion_input=False,
                            lesion_fallback="zeros", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)[0]
     assert subject.spacing_mm == pytest.approx((1.1, 0.9, 3.0))
+    assert subject.voxel_mm == pytest.approx((3.0, 1.1, 0.9))  # the (slices, H, W) arrays' axes: I-S, L-R, A-P
     assert training_spacing([subject.spacing_mm, (1.0, 1.0, 1.0), (1.0, 1.2, 1.0)]) == pytest.approx([1.0, 1.0, 1.0])
     assert training_spacing([subject.spacing_mm, None]) is None and training_spacing([]) is None
 
