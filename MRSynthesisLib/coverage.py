@@ -17,9 +17,11 @@ of 14 % of the brain. So the missing region is zeros that form a solid block (th
 opening by ``SOLID_VOXELS``) reaching the edge of the brain and fill most of the brain around them
 (``MIN_FILL``), as everything beyond a slab's or a field of view's limit does; an input is partial
 when that region exceeds ``PARTIAL_FRACTION`` of the brain. A plane of the grid in which an input is 0
-over all of the brain counts whatever its size: no scan is 0 over a whole brain section, but a slab
+over all of the brain, beside planes in which it holds data, counts whatever its size
+(``empty_sections``): no scan is 0 over a whole brain section, but a slab
 that misses the top few millimetres of the brain leaves too few voxels for the rules above (6 mm of
-patient07's vertex, 0.3 % of its brain, came out with SSIM 0.27 there, against 0.82 from T1 alone).
+patient07's vertex, 0.3 % of its brain, came out with SSIM 0.27 there, against 0.82 from T1 alone: the
+bundled model, T1 + T2 -> FLAIR, measured ad hoc).
 """
 
 from __future__ import annotations
