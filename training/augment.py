@@ -8,6 +8,9 @@ Crop, flips, rotation and scaling are one resampling: a sampling grid of the cro
 centred on a brain pixel of the slice, is flipped, rotated and scaled about that pixel and
 read with ``grid_sample`` (bilinear for images, nearest for the lesion mask). Without
 rotation or scaling the crop is cut by indexing instead: an exact copy of the pixels.
+
+Thick slices make an input look like a clinical 2D acquisition (a 5 mm axial T2 beside a 1 mm
+3D T1) resampled onto the other inputs' grid, as the product does with ``--resample-to``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,64 @@ from monai.transforms import AdjustContrast, RandBiasField
 from monai.utils import convert_to_tensor
 
 from .config import AugmentConfig
+
+
+@dataclass(frozen=True)
+class ThickSlices:
+    """An input as if acquired in slices ``thickness`` voxels thick along ``axis`` of its (slices, rows,
+    columns) volume, the first one centred at ``offset`` (voxels), then resampled back linearly."""
+
+    axis: int
+    thickness: float
+    offset: float
+
+
+def draw_thick_slices(rng: np.random.Generator, voxel_mm: tuple[float, float, float],
+                      config: AugmentConfig) -> ThickSlices | None:
+    """With ``config.thick_slice_probability``, slices along a random axis, from 2 voxels up to
+    ``config.thick_slice_mm`` thick, at a random offset; None when the input stays as it is.
+
+    Every axis is equally likely: the 2D network slices axially, so a thick axial acquisition (the
+    clinical T2 or FLAIR) is blurred across its slices, a thick coronal or sagittal one within them."""
+    if not config.thick_slice_mm or rng.random() >= config.thick_slice_probability:
+        return None
+    axis = int(rng.integers(3))
+    most = config.thick_slice_mm / voxel_mm[axis]
+    if most <= 2:
+        return None
+    thickness = float(rng.uniform(2, most))
+    return ThickSlices(axis, thickness, float(rng.uniform(0, thickness)))
+
+
+def thick_slice_operator(n: int, thickness: float, offset: float) -> np.ndarray:
+    """The (n, n) matrix taking n samples along an axis to slices ``thickness`` samples thick (a boxcar
+    slice profile over the voxels it overlaps) centred at ``offset + k * thickness``, read back at the n
+    sample positions by linear interpolation between slice centres (beyond the outer centres: the outer
+    slice), as resampling a 2D acquisition onto a fine grid does."""
+    first = offset - thickness * np.ceil((offset + 0.5 + thickness / 2) / thickness)
+    centres = np.arange(first, n - 0.5 + thickness / 2, thickness)
+    edges = np.arange(n + 1) - 0.5  # voxel j spans [j - 0.5, j + 0.5]
+    low = np.maximum(edges[None, :-1], (centres - thickness / 2)[:, None])
+    high = np.minimum(edges[None, 1:], (centres + thickness / 2)[:, None])
+    overlap = np.clip(high - low, 0, None)
+    keep = overlap.sum(1) > 0
+    centres, overlap = centres[keep], overlap[keep]
+    acquire = overlap / overlap.sum(1, keepdims=True)
+    positions = np.arange(n, dtype=np.float64)
+    interpolate = np.stack([np.interp(positions, centres, column) for column in np.eye(len(centres))], 1)
+    return interpolate @ acquire
+
+
+def thick_slice(volume: np.ndarray, z: int, thick: ThickSlices) -> np.ndarray:
+    """Slice ``z`` of the (slices, rows, columns) ``volume`` as acquired with ``thick`` and resampled back."""
+    operator = thick_slice_operator(volume.shape[thick.axis], thick.thickness, thick.offset)
+    if thick.axis == 0:
+        weights = operator[z]
+        used = np.flatnonzero(weights)
+        return np.tensordot(weights[used], volume[used], axes=1).astype(np.float32)
+    if thick.axis == 1:
+        return (operator @ volume[z]).astype(np.float32)
+    return (volume[z] @ operator.T).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .augment import crop, draw_geometry, jitter_intensity
+from .augment import crop, draw_geometry, draw_thick_slices, jitter_intensity, thick_slice
 from .config import AugmentConfig
 from .datasets import Subject
 
@@ -63,7 +63,8 @@ def build_batch(subjects: Sequence[Subject], indices: Sequence[int], *, seed: in
     With ``lesion_crop_fraction`` that fraction of the crops of a subject with an expert
     lesion mask is centred on one of its lesion voxels instead (uniform over the voxels), so
     a light lesion load (1,300 voxels in the shared patient07) is seen often enough to learn
-    its contrast from. The batch carries cost weights when a subject has an ``ignore`` region
+    its contrast from. With ``augment.thick_slice_mm`` an input of a sample may be made a thick-slice
+    acquisition (the targets never are). The batch carries cost weights when a subject has an ``ignore`` region
     (weight 0) or when ``lesion_weight`` is not 1 (the lesion channel's pixels weigh that
     much; masks are resampled nearest-neighbour, so weights stay 0, 1 and ``lesion_weight``).
     """
@@ -85,9 +86,15 @@ def build_batch(subjects: Sequence[Subject], indices: Sequence[int], *, seed: in
         masks = [subject.lesion[z]]
         if weighted:
             masks.append(np.zeros_like(subject.lesion[z]) if subject.ignore is None else subject.ignore[z])
-        images, cropped = crop({m: subject.images[m][z] for m in needed}, np.stack(masks), geometry, crop_size)
+        slices = {m: subject.images[m][z] for m in needed}
+        for m in subset if augment is not None else ():
+            thick = draw_thick_slices(rng, subject.voxel_mm, augment)
+            if thick is not None:  # under its own key: an input that is also a target stays sharp as the target
+                slices[f"{m} thick"] = thick_slice(subject.images[m], z, thick)
+        images, cropped = crop(slices, np.stack(masks), geometry, crop_size)
         for m in subset:
-            inputs[m].append(jitter_intensity(images[m], rng, augment) if augment is not None else images[m])
+            image = images.get(f"{m} thick", images[m])
+            inputs[m].append(jitter_intensity(image, rng, augment) if augment is not None else image)
         for m in outputs:
             references[m].append(images[m])
         lesions.append(cropped[:1])

@@ -48,16 +48,21 @@ class AugmentConfig:
     intensity_scale: float = 0.1  # multiply by uniform [1 - s, 1 + s]
     # MONAI RandBiasField coefficients in [0, b], degree 3 (0.05: field within ~0.85-1.3 on a 64-pixel crop)
     bias_field: float = 0.05
-    probability: float = 0.5  # each transform but flips applies to a crop with this probability
+    probability: float = 0.5  # each transform but flips and thick slices applies to a crop with this probability
+    # An input as if acquired in thick 2D slices along one random axis and resampled back (augment.py):
+    # slices up to this thick (mm; 0 = off), for each input of a sample with thick_slice_probability.
+    thick_slice_mm: float = 0.0
+    thick_slice_probability: float = 0.25
 
     def validate(self) -> None:
-        for name in ("rotate_degrees", "scale", "gamma", "intensity_scale", "bias_field"):
+        for name in ("rotate_degrees", "scale", "gamma", "intensity_scale", "bias_field", "thick_slice_mm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name} must be >= 0")
         if self.scale >= 1 or self.intensity_scale >= 1:
             raise ValueError("augment.scale and augment.intensity_scale must be < 1")
-        if not 0 <= self.probability <= 1:
-            raise ValueError("augment.probability must be in [0, 1]")
+        for name in ("probability", "thick_slice_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"augment.{name} must be in [0, 1]")
 
 
 def check_spacing(spacing_mm: list[float] | None) -> None:

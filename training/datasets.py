@@ -183,6 +183,7 @@ class Subject:
     spacing_mm: tuple[float, float, float] | None = None  # ``Geometry.anatomical_spacing`` of its images
     resampled_from: tuple[float, float, float] | None = None  # the files' spacing, when the config's replaced it
     axial_axis: int = 0  # the file's (z, y, x) axis that was moved first
+    voxel_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)  # spacing along the (slices, H, W) axes
 
     def supervised(self, index) -> np.ndarray:
         """The brain pixels of slices ``index`` that the cost and validation may look at."""
@@ -282,7 +283,9 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     brain_first = first(brain)
     area = brain_first.reshape(len(brain_first), -1).sum(1)
     slices = np.flatnonzero(area >= min_slice_brain_fraction * area.max())
+    spacing = tuple(float(v) for v in reversed(grid.spacing))  # the (z, y, x) arrays' axes
     subject = Subject(files.subject, {m: first(a) for m, a in normalised.items()}, first(lesion), brain_first,
                       slices, source, None if ignore is None else first(ignore), grid.anatomical_spacing(),
-                      geometry.anatomical_spacing() if target is not None else None, axis)
+                      geometry.anatomical_spacing() if target is not None else None, axis,
+                      (spacing[axis], *(v for k, v in enumerate(spacing) if k != axis)))
     return subject, {m: volumes[m].array for m in outputs}, brain

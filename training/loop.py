@@ -122,7 +122,8 @@ def _tensorboard(folder: Path) -> Any:
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, steps_done: int) -> None:
     current = config.to_dict()
     # a key the saved config lacks was added to TrainConfig since: it ran with the default
-    saved = {**TrainConfig(name="defaults", data=["-"], inputs=["T1"], outputs=["T2"]).to_dict(), **saved}
+    defaults = TrainConfig(name="defaults", data=["-"], inputs=["T1"], outputs=["T2"]).to_dict()
+    saved = {**defaults, **saved, "augment": {**defaults["augment"], **saved.get("augment", {})}}
     changed = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES + SCHEDULE_KEYS + AVERAGE_KEYS)
     if changed:

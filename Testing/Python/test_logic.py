@@ -21,7 +21,7 @@ from MRSynthesisLib.devices import choose_device, choose_precision
 from MRSynthesisLib.inference import RunSettings, _run_in_batches
 from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest, model_grid
 from MRSynthesisLib.preprocessing import foreground_mask
-from MRSynthesisLib.volume import Geometry, Volume
+from MRSynthesisLib.volume import Geometry, Volume, resample_to
 
 # An asymmetric 3x3 kernel: a transposed or flipped slice gives a different result.
 KERNEL = torch.tensor([[0.0, 1.0, 0.5], [2.0, -1.0, 0.0], [0.25, 0.0, 3.0]])
@@ -701,6 +701,36 @@ def test_coarse_inputs_are_synthesised_on_the_model_spacing_and_returned_on_thei
     np.testing.assert_array_equal(kept.outputs["T2"].array, plain.outputs["T2"].array)
     assert any("coarser than the 0.5 x 0.6 x 0.45 mm" in n and "synthesised on them as asked (--native-spacing)" in n
                for n in kept.notes)
+
+
+def test_an_input_resampled_from_thick_slices_is_said(tmp_path):
+    """A 2D acquisition's thick slices resampled onto a 3D scan's grid hold no detail across them; the note
+    says whether the model was trained on such inputs (its recipe's augment.thick_slice_mm)."""
+    vols, _ = volumes()  # voxels of 1 x 1.2 x 0.9 mm, LAS: ITK z runs inferior-superior
+
+    def acquired(spacing: tuple[float, float, float]) -> Volume:
+        moved = resample_to(vols["T2"], vols["T2"].geometry.respaced(spacing))
+        return moved.with_array(moved.array, "/data/T2_2d.nii.gz")
+
+    def thick_notes(model, t2: Volume, **options) -> list[str]:
+        notes = run(model, {"T1": vols["T1"], "T2": t2}, ["FLAIR"], resample=True, **options).notes
+        return [n for n in notes if "holds no detail finer" in n]
+
+    plain = probe(tmp_path, "copy")
+    said = thick_notes(plain, acquired((1.0, 1.2, 2.7)))
+    assert said == ["/data/T2_2d.nii.gz: voxels of 1 x 1.2 x 2.7 mm, resampled onto the 1 x 1.2 x 0.9 mm grid of "
+                    "/data/T1.nii.gz: along the inferior-superior axis it holds no detail finer than its 2.7 mm; "
+                    f"{plain.card.name} was not trained on inputs so coarse (the bundled model with a 5 mm T2 beside "
+                    "a 1 mm T1 scored below T1 alone on both shared MS subjects: docs/results/thick_slices): compare "
+                    "with the result without this input"]
+    assert thick_notes(plain, acquired((1.0, 1.2, 1.5))) == []  # 1.7 times the grid's: not said
+    assert thick_notes(plain, acquired((2.4, 1.2, 0.9)))[0].count("along the left-right axis") == 1
+    on_its_grid = run(plain, {"T2": acquired((1.0, 1.2, 2.7)), "T1": vols["T1"]}, ["FLAIR"], resample=True).notes
+    assert not [n for n in on_its_grid if "holds no detail finer" in n]  # the outputs take the thick grid
+    recipe = {"recipe": {"config": {"augment": {"thick_slice_mm": 6.0}}}}
+    trained = probe(tmp_path, "copy", training=recipe)
+    assert thick_notes(trained, acquired((1.0, 1.2, 2.7)))[0].endswith("no detail finer than its 2.7 mm")
+    assert "was not trained on inputs so coarse" in thick_notes(trained, acquired((1.0, 1.2, 7.2)))[0]
 
 
 def test_a_foreground_the_size_of_a_head_is_said(tmp_path):

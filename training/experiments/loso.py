@@ -128,9 +128,10 @@ def population_mean(card: Any, target: str) -> float:
 
 
 def model_predict(folder: Path, case: Case, inputs: list[str], target: str, use_lesion: bool,
-                  trained_on: bool = False) -> np.ndarray:
+                  trained_on: bool = False, replaced: dict[str, Any] | None = None) -> np.ndarray:
     """A model's target from ``inputs`` on the held-out case (or, with ``trained_on``, on one of
-    its training subjects), on the mean_in_brain scale, axial axis first."""
+    its training subjects), on the mean_in_brain scale, axial axis first; ``replaced``: modality ->
+    a degraded copy of that input (on its grid) given instead, the brain still that of the files."""
     from MRSynthesisLib.cards import load_model
     from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
 
@@ -145,6 +146,7 @@ def model_predict(folder: Path, case: Case, inputs: list[str], target: str, use_
     volumes = {m: read_volume(case.files.images[m]) for m in inputs}
     grid = volumes[inputs[0]]
     brain = foreground_mask([v.array for v in volumes.values()])  # what load_subject used
+    volumes.update({m: v for m, v in (replaced or {}).items() if m in volumes})
     lesion = None
     if use_lesion:
         if case.files.lesion is None:
@@ -299,6 +301,21 @@ def versions() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return found
+
+
+def train_recipe(out: Path, name: str, config: Path, python: str = sys.executable) -> Path:
+    """One run of ``config`` with ``python -m training.train`` (its output in ``out``/train.log), unless the model
+    folder ``out``/``name`` exists already; the experiments that train their own arms use it."""
+    folder = out / name
+    if (folder / "card.json").is_file():
+        return folder
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.log", "w") as log:
+        done = subprocess.run([python, "-m", "training.train", "--config", str(config)], stdout=log,
+                              stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"run {name} failed (exit {done.returncode}); see {out / 'train.log'}")
+    return folder
 
 
 def write_results(out: Path, results: dict[str, Any], text: str) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +45,7 @@ from MRSynthesisLib.volume import read_volume, resample_to, write_volume
 
 from ..datasets import discover
 from .input_spacing import degrade
-from .loso import evaluate, load_case, model_predict, versions, write_results
+from .loso import evaluate, load_case, model_predict, train_recipe, versions, write_results
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside the repository
 TRAINING_MS = DATA / "ms/patient19"
@@ -92,21 +91,6 @@ def recipe(arm: str, coarse_case: Path, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def train(run: str, config: Path, python: str = sys.executable) -> Path:
-    """One run with ``python -m training.train`` (its output in train.log beside it), unless its model exists."""
-    out = WORK / run
-    folder = out / f"mixed-spacing-{run}"
-    if (folder / "card.json").is_file():
-        return folder
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "train.log", "w") as log:
-        done = subprocess.run([python, "-m", "training.train", "--config", str(config)], stdout=log,
-                              stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"run {run} failed (exit {done.returncode}); see {out / 'train.log'}")
-    return folder
-
-
 def markdown(results: dict[str, Any], command: str) -> str:
     lines = ["# Training on a cohort of mixed voxel sizes: resample a coarse subject to the fine scale?", "",
              f"Command: `{command}`  ", f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}",
@@ -145,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         configs[arm, seed].parent.mkdir(parents=True, exist_ok=True)
         configs[arm, seed].write_text(json.dumps(recipe(arm, cases[arm], seed), indent=2) + "\n")
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        folders = list(pool.map(lambda key: train(run_name(*key), configs[key]), runs))
+        folders = list(pool.map(lambda key: train_recipe(WORK / run_name(*key), f"mixed-spacing-{run_name(*key)}",
+                                                         configs[key]), runs))
     case = load_case(discover([str(HELD_OUT)])[0], INPUTS, TARGET)
     rows = []
     for (arm, seed), folder in zip(runs, folders):
