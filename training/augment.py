@@ -31,7 +31,8 @@ from .config import AugmentConfig
 @dataclass(frozen=True)
 class ThickSlices:
     """An input as if acquired in slices ``thickness`` voxels thick along ``axis`` of its (slices, rows,
-    columns) volume, the first one centred at ``offset`` (voxels), then resampled back linearly."""
+    columns) volume, centred at ``offset`` plus whole multiples of ``thickness`` (voxels), then resampled
+    back linearly."""
 
     axis: int
     thickness: float
