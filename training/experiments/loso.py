@@ -146,7 +146,10 @@ def model_predict(folder: Path, case: Case, inputs: list[str], target: str, use_
     volumes = {m: read_volume(case.files.images[m]) for m in inputs}
     grid = volumes[inputs[0]]
     brain = foreground_mask([v.array for v in volumes.values()])  # what load_subject used
-    volumes.update({m: v for m, v in (replaced or {}).items() if m in volumes})
+    unknown = sorted(set(replaced or {}) - set(inputs))
+    if unknown:  # a degraded copy that no input takes would leave the condition unmeasured without a word
+        raise ValueError(f"replaced {', '.join(unknown)}: not among the inputs {', '.join(inputs)}")
+    volumes.update(replaced or {})
     lesion = None
     if use_lesion:
         if case.files.lesion is None:
