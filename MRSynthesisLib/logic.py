@@ -33,6 +33,7 @@ from .preprocessing import (
     foreground_mask,
     normalise,
 )
+from .spikes import remove_spikes
 from .tiling import run_tiled
 from .validation import align, check_magnitude, check_mask, check_values
 from .volume import Geometry, Volume, resample_to
@@ -65,9 +66,9 @@ HEAD_LIKE_LITRES = 2.5
 # (training/experiments/thick_slices.py, docs/results/thick_slices; T1 + T2 -> FLAIR, the T2 made a 5 mm
 # axial acquisition and resampled onto the T1's 1 mm grid): the bundled model, trained without thick slices,
 # SSIM in the brain 0.650 / 0.580 (patient07 / patient19) against 0.686 / 0.622 from T1 alone and
-# 0.693 / 0.613 with the 1 mm T2; at 3 mm 0.681 / 0.602 (the note starts at twice the grid's voxels). Models trained with
-# thick slices (augment.thick_slice_mm) lost as much on patient07 and less on patient19, still below T1 alone
-# there. Hence the advice to compare with the result without the input.
+# 0.693 / 0.613 with the 1 mm T2; at 3 mm 0.681 / 0.602 (the note starts at twice the grid's voxels). Models
+# trained with thick slices (augment.thick_slice_mm) lost as much on patient07 and less on patient19, still below
+# T1 alone there. Hence the advice to compare with the result without the input.
 THICK_INPUT_RATIO = 2.0
 
 
@@ -159,16 +160,16 @@ class SynthesisLogic:
         masks = {k: v for k, v in (("lesion", request.lesion_mask), ("brain", request.brain_mask),
                                    ("region", request.saliency_region)) if v is not None}
         references = {self._canonical(t, "saliency reference"): v for t, v in request.saliency_references.items()}
-        masks.update({f"reference:{t}": v for t, v in references.items()})
         reference = self._canonical(request.reference, "reference") if request.reference else next(iter(inputs))
-        for volume in [*inputs.values(), *references.values()]:
-            check_values(volume)
-            check_magnitude(volume)
+        despiked: list[str] = []  # on the user's grid, before resampling spreads a spike over its neighbours
+        inputs = {n: self._checked(v, despiked) for n, v in inputs.items()}
+        references = {t: self._checked(v, despiked) for t, v in references.items()}
+        masks.update({f"reference:{t}": v for t, v in references.items()})
         acquired = {n: (v.source, v.geometry.anatomical_spacing()) for n, v in inputs.items()}
         inputs, masks = align(inputs, reference, resample=request.resample, masks=masks)
         # Checked and said on the user's grid (voxel counts, volumes), before any change of grid.
         native_brain = self._brain(inputs, masks)
-        said = self._thick_inputs(inputs, acquired, reference)
+        said = despiked + self._thick_inputs(inputs, acquired, reference)
         if "brain" not in masks:
             litres = float(np.count_nonzero(native_brain)) * float(np.prod(inputs[reference].geometry.spacing)) / 1e6
             if litres > HEAD_LIKE_LITRES:
@@ -286,6 +287,16 @@ class SynthesisLogic:
         return SynthesisResult(outputs, saliency, contributions, settings.device.type,
                                str(settings.dtype).replace("torch.", "") if settings.dtype else "float32",
                                settings.notes, objective, region_contributions, means)
+
+    @staticmethod
+    def _checked(volume: Volume, notes: list[str]) -> Volume:
+        """``volume`` checked as an MR image, its spikes replaced (``spikes.remove_spikes``, said in ``notes``)."""
+        check_values(volume)
+        volume, note = remove_spikes(volume)
+        if note:
+            notes.append(note)
+        check_magnitude(volume)  # after: a few hugely negative voxels are spikes, not a shifted image
+        return volume
 
     def _thick_inputs(self, inputs: dict[str, Volume], acquired: dict[str, tuple[str, tuple[float, float, float]]],
                       reference: str) -> list[str]:

@@ -29,6 +29,7 @@ from MRSynthesisLib.coverage import PARTIAL_FRACTION, not_measured
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.logic import model_grid, voxel_size_text
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
+from MRSynthesisLib.spikes import remove_spikes
 from MRSynthesisLib.validation import check_magnitude, check_mask
 from MRSynthesisLib.volume import read_volume, reoriented_onto, resample_to
 
@@ -184,6 +185,7 @@ class Subject:
     resampled_from: tuple[float, float, float] | None = None  # the files' spacing, when the config's replaced it
     axial_axis: int = 0  # the file's (z, y, x) axis that was moved first
     voxel_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)  # spacing along the (slices, H, W) axes
+    notes: tuple[str, ...] = ()  # what loading changed in its images (``spikes.remove_spikes``)
 
     def supervised(self, index) -> np.ndarray:
         """The brain pixels of slices ``index`` that the cost and validation may look at."""
@@ -232,8 +234,12 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
         found = ", ".join(f"{m} ({p})" for m, p in files.images.items()) or "none"
         raise InputError(f"subject {files.subject} has no {', '.join(missing)} image; it has {found}")
     volumes = {m: read_volume(files.images[m]) for m in needed}
-    for volume in volumes.values():  # what inference refuses, training never learns from
-        check_magnitude(volume)
+    notes = []
+    for m, volume in volumes.items():  # what inference repairs or refuses, training does alike
+        volumes[m], note = remove_spikes(volume)
+        if note:
+            notes.append(note)
+        check_magnitude(volumes[m])
     geometry = volumes[needed[0]].geometry
     for m, volume in volumes.items():  # the same grid, stored in any voxel order (as inference takes them)
         volumes[m] = reoriented_onto(volume, geometry)
@@ -287,5 +293,5 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     subject = Subject(files.subject, {m: first(a) for m, a in normalised.items()}, first(lesion), brain_first,
                       slices, source, None if ignore is None else first(ignore), grid.anatomical_spacing(),
                       geometry.anatomical_spacing() if target is not None else None, axis,
-                      (spacing[axis], *(v for k, v in enumerate(spacing) if k != axis)))
+                      (spacing[axis], *(v for k, v in enumerate(spacing) if k != axis)), tuple(notes))
     return subject, {m: volumes[m].array for m in outputs}, brain

@@ -155,6 +155,8 @@ def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool, nor
         if verbose:
             print(f"  {name}: {len(subject.slices)} axial slices of {subject.brain.shape[1:]}{resampled(subject)}, "
                   f"lesion channel from {subject.lesion_source} ({int(subject.lesion.sum())} voxels)", flush=True)
+            for note in subject.notes:
+                print(f"warning: {note}", flush=True)
     return subjects, raws, brains
 
 

@@ -54,4 +54,6 @@ def load_volumes(config: Train3DConfig, names: Sequence[str], files: Mapping[str
         if verbose:
             print(f"  {name}: {volume.brain.shape} voxels{resampled(subject)}, {int(volume.brain.sum())} in the "
                   f"brain, lesion channel from {volume.lesion_source}", flush=True)
+            for note in subject.notes:
+                print(f"warning: {note}", flush=True)
     return volumes, raws, brains
