@@ -16,7 +16,7 @@ import numpy as np
 
 from . import modalities
 from .cards import LoadedModel
-from .coverage import Coverage, input_coverage, partial_inputs
+from .coverage import Coverage, input_coverage, partial_inputs, percent
 from .devices import choose_device, choose_precision
 from .errors import InputError
 from .inference import (
@@ -61,6 +61,13 @@ COARSER_THAN_MODEL = 1.2
 # Above this volume the foreground is said to look like a head (a note: a large brain or a wide mask
 # may reach it too).
 HEAD_LIKE_LITRES = 2.5
+# A given brain mask covering less than this share of the inputs' foreground is not a brain: a lesion mask
+# given as the brain mask made patient07's synthetic FLAIR in its lesions darker than the real brain's mean,
+# where the real lesions are 1.4 times it (the inputs are normalised by their mean inside the mask). A brain
+# is all of the foreground of skull-stripped inputs (the shared data, the MNI template) and, with the skull on,
+# roughly half of the head's (not measured: no such scan here); the lesion masks of the shared MS subjects
+# cover 0.11 % and 4.6 % of their foreground.
+SMALL_BRAIN_SHARE = 0.2
 # An input resampled onto the reference grid from voxels at least this many times as large along a patient
 # axis (a 2D acquisition's thick slices) holds no detail of its own there, and is said. Measured
 # (training/experiments/thick_slices.py, docs/results/thick_slices; T1 + T2 -> FLAIR, the T2 made a 5 mm
@@ -177,6 +184,13 @@ class SynthesisLogic:
                             "skull-stripped brain (1.1-1.9 L): if the skull is still on, strip it first (e.g. "
                             "SynthStrip or HD-BET) or give a brain mask; the models were trained on skull-stripped "
                             "brains")
+        else:
+            share = np.count_nonzero(native_brain) / max(np.count_nonzero(self._brain(inputs, {})), 1)
+            if share < SMALL_BRAIN_SHARE:
+                said.append(f"brain mask {masks['brain'].source}: covers {percent(share)} of the inputs' "
+                            "foreground, less than any brain does: only its voxels are synthesised, with the inputs "
+                            "normalised by their mean there; if it is a lesion or region mask, give it as "
+                            "--lesion-mask or --saliency-region")
         if "lesion" in masks:
             if not card.lesion_input:
                 raise InputError(f"model {card.name!r} was not trained with a lesion channel; "

@@ -438,6 +438,23 @@ def test_brain_mask_option(tmp_path):
     assert not out[~box].any()
 
 
+def test_a_brain_mask_far_smaller_than_the_foreground_is_said(tmp_path):
+    """A lesion mask given as the brain mask normalises the inputs by their mean in the lesion: said."""
+    model = probe(tmp_path, "copy", source="T1")
+    vols, p = volumes()
+    inputs = {"T1": vols["T1"], "T2": vols["T2"]}
+    lesion = vols["lesion"].with_array(p["lesion"].astype(np.float32), source="/data/lesion.nii.gz")
+    share = np.count_nonzero(p["lesion"]) / np.count_nonzero(p["brain"])
+    assert share < 0.2
+    notes = run(model, inputs, ["FLAIR"], brain_mask=lesion).notes
+    assert notes == [f"brain mask /data/lesion.nii.gz: covers {100 * share:.0f} % of the inputs' foreground, less "
+                     "than any brain does: only its voxels are synthesised, with the inputs normalised by their mean "
+                     "there; if it is a lesion or region mask, give it as --lesion-mask or --saliency-region"]
+    assert run(model, inputs, ["FLAIR"], brain_mask=vols["brain"]).notes == []  # the brain itself
+    half = vols["brain"].with_array(np.where(np.arange(p["T1"].shape[0])[:, None, None] < 10, p["brain"], 0))
+    assert run(model, inputs, ["FLAIR"], brain_mask=half).notes == []  # a brain inside a head with its skull on
+
+
 def test_brain_mask_errors(tmp_path):
     model = probe(tmp_path)
     vols, p = volumes()
