@@ -182,6 +182,7 @@ class MRSynthesisTest(ScriptedLoadableModuleTest):
         results = logic.synthesize([(t1, "T1"), (t2, "T2")], ["FLAIR"], model=str(model), device="cpu", saliency=True)
         flair = results.outputs["FLAIR"]
         self.assertEqual(flair.GetName(), "FLAIR synthetic (T1+T2)")
+        self.assertEqual(flair.GetAttribute("MRSynthesis.Synthetic"), "true")  # the mark a saved scene keeps
         self.assertEqual(slicer.util.arrayFromVolume(flair).shape, shape)
         expected, actual = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
         t1.GetIJKToRASMatrix(expected)

@@ -23,6 +23,7 @@ from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult, voxel_size
 from .manifest import ManifestSubject, read_manifest
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
+from .provenance import run_description, sidecar, sidecar_path, sidecars
 from .report import Panel, orthogonal_views, saliency_figure
 from .validation import check_mask, check_values
 from .volume import (
@@ -112,18 +113,30 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
     """
     created: list[Path] = []
 
-    def write(volume: Volume, path: Path) -> str:
+    def write(volume: Volume, path: Path, description: str) -> str:
         existed = path.exists()
-        done = write_volume(volume, path, overwrite=overwrite)
+        done = write_volume(volume, path, overwrite=overwrite, description=description)
         if not existed:
             created.append(done)
         return str(done)
 
+    def write_sidecar(target: str, image: Path) -> None:
+        path = sidecar_path(image)
+        existed = path.exists()
+        write_json(path, sidecar(target, result.provenance, image))
+        if not existed:
+            created.append(path)
+
+    model = result.provenance["model"]["name"]  # type: ignore[index]
     try:
-        written = {t: write(result.outputs[t], paths[t]) for t in paths}
+        written = {}
+        for t, path in paths.items():
+            written[t] = write(result.outputs[t], path, run_description(t, result.provenance))
+            write_sidecar(t, path)
         maps = {}
         for (t, n), path in saliency.items():
-            maps.setdefault(t, {})[n] = write(result.saliency[t][n], path)
+            maps.setdefault(t, {})[n] = write(result.saliency[t][n], path,
+                                             f"MRSynthesis P3S saliency of synthetic {t} to input {n} ({model})")
         summary: dict[str, object] = {"outputs": written, "device": result.device, "precision": result.precision,
                                       "notes": result.notes}
         if saliency:
@@ -181,7 +194,10 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
     # Every file the user gave is an input that no output may replace: images, masks, saliency references.
     given = [p for _, p in [*args.input, *args.saliency_reference]]
     given += [p for p in (args.lesion_mask, args.brain_mask, args.saliency_region) if p]
-    check_writable([*paths.values(), *saliency.values(), *extras], [Path(p) for p in given], args.overwrite)
+    theirs, ours = sidecars(list(paths.values()))
+    check_writable([*paths.values(), *theirs, *saliency.values(), *extras], [Path(p) for p in given],
+                   args.overwrite)
+    check_writable(ours, [Path(p) for p in given], True)
     request = SynthesisRequest(
         inputs=inputs, targets=targets, lesion_mask=_read_optional(args.lesion_mask),
         brain_mask=_read_optional(args.brain_mask), reference=args.resample_to, resample=bool(args.resample_to),
@@ -245,16 +261,19 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
         masks = {c: str(p.resolve()) for c, p in subject.masks.items()}
         targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)
         paths = output_paths(Path(args.out) / name, targets, args.format)
+        theirs, left = sidecars(list(paths.values()))
+        files = [*paths.values(), *theirs, *left]
         marker = Path(args.out) / name / WRITING
         try:
-            ours = _created_by_an_interrupted_run(marker)
-            if not args.overwrite and not ours and all(p.exists() for p in paths.values()):
+            interrupted = _created_by_an_interrupted_run(marker)
+            ours = interrupted | {p.name for p in left}
+            if not args.overwrite and not interrupted and all(p.exists() for p in paths.values()):
                 reporter.event("skipped", subject=name, reason="outputs exist")
                 continue
             logic.progress = lambda f, m, i=index: reporter.progress((i + f) / len(subjects), f"{name}: {m}")
             sources = [Path(p) for p in [*inputs.values(), *masks.values(), args.manifest]]
-            check_writable([p for p in paths.values() if p.name not in ours], sources, args.overwrite)
-            check_writable([p for p in paths.values() if p.name in ours], sources, True)
+            check_writable([p for p in files if p.name not in ours], sources, args.overwrite)
+            check_writable([p for p in files if p.name in ours], sources, True)
             request = SynthesisRequest(
                 inputs={n: read_volume(p) for n, p in inputs.items()}, targets=targets,
                 lesion_mask=_read_optional(masks.get("lesion_mask")),
@@ -265,7 +284,7 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
             result = logic.run(request)
             for note in result.notes:  # what the logic says of this subject (a lesion off the brain, coarse voxels)
                 reporter.note(f"{name}: {note}")
-            created = sorted(p.name for p in paths.values() if p.name in ours or not p.exists())
+            created = sorted(p.name for p in files if p.name in ours or not p.exists())
             write_json(marker, {"created": created})
             try:
                 summary = write_result(result, paths, {}, overwrite=True)  # check_writable allowed what exists

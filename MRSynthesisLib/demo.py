@@ -20,6 +20,7 @@ from .cards import load_model
 from .errors import EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest
 from .progress import Reporter
+from .provenance import description
 from .report import Panel, orthogonal_views
 from .volume import Volume, read_volume, write_volume
 
@@ -89,8 +90,10 @@ def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, repo
         results.update({f"{t}+lesion": lesioned.outputs[t] for t in targets})
         results["lesion"] = lesion
     reporter.close()
-    for key, volume in results.items():
-        write_volume(volume, names[key], overwrite=overwrite)
+    for key, volume in results.items():  # the synthetic ones say so in their headers
+        target, _, painted = key.partition("+")
+        said = "" if key == "lesion" else description(target, ["T1"], card.name, lesion=bool(painted))
+        write_volume(volume, names[key], overwrite=overwrite, description=said)
     panels = [Panel("T1 (MNI152 input)", template)] + [Panel(f"{t} synthetic", results[t]) for t in targets]
     if lesion is not None:  # the lesioned scan as a reader sees it, and what the lesion changed (outlined)
         shown = targets[-1]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import modalities
+from . import __version__, modalities
 from .cards import LoadedModel
 from .coverage import Coverage, input_coverage, partial_inputs, percent
 from .devices import choose_device, choose_precision
@@ -112,6 +112,8 @@ class SynthesisResult:
     saliency_objective: str | None = None
     region_contributions: dict[str, dict[str, float]] = field(default_factory=dict)  # same, in the region
     saliency_means: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # t -> n -> where -> mean
+    # how the outputs came about, for the files written beside them (``provenance.sidecar``)
+    provenance: dict[str, object] = field(default_factory=dict)
 
 
 def model_grid(geometry: Geometry, spacing_mm: Sequence[float] | None, plane: str | None, *,
@@ -297,10 +299,21 @@ class SynthesisLogic:
                             if t in saliency_refs else
                             "|d sum(prediction in brain) / d input| (target-free P3S variant)")
                 for t in targets)
+        precision = str(settings.dtype).replace("torch.", "") if settings.dtype else "float32"
+        provenance = {
+            "software": f"MRSynthesis {__version__}",
+            "model": {"name": card.name, "architecture": card.architecture, "folder": str(self.model.folder),
+                      "weights_sha256": card.weights_sha256},
+            "inputs": {n: source for n, (source, _) in acquired.items()},
+            "lesion_mask": request.lesion_mask.source if request.lesion_mask is not None else None,
+            "brain_mask": request.brain_mask.source if request.brain_mask is not None else None,
+            "grid_of": acquired[reference][0],
+            "options": {"plane": plane, "resampled": request.resample, "native_spacing": request.native_spacing,
+                        "device": settings.device.type, "precision": precision},
+            "notes": list(settings.notes)}
         self.progress(1.0, "done")
-        return SynthesisResult(outputs, saliency, contributions, settings.device.type,
-                               str(settings.dtype).replace("torch.", "") if settings.dtype else "float32",
-                               settings.notes, objective, region_contributions, means)
+        return SynthesisResult(outputs, saliency, contributions, settings.device.type, precision,
+                               settings.notes, objective, region_contributions, means, provenance)
 
     @staticmethod
     def _checked(volume: Volume, notes: list[str]) -> Volume:

@@ -208,20 +208,28 @@ def suffix_of(path: str | os.PathLike) -> str:
     raise InputError(f"{path}: unsupported output format; use one of {', '.join(WRITABLE_SUFFIXES)}")
 
 
+DESCRIPTION_BYTES = 79  # NIfTI-1's descrip: 80 bytes with the terminating NUL
+
+
 def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = False,
-                 dtype: np.dtype | type = np.float32) -> Path:
+                 dtype: np.dtype | type = np.float32, description: str = "") -> Path:
     """Write atomically: to a temporary name in the same folder, then rename.
 
     An interrupted run therefore never leaves a half-written file under ``path``; and an
     existing file is only replaced when ``overwrite`` is set, so nothing the user had is lost.
+    ``description`` goes into the header (NIfTI's ``descrip``, a NRRD or MetaImage field), cut to
+    ``DESCRIPTION_BYTES`` of ASCII in every format, so that they all hold the same line.
     """
     path = Path(path)
     suffix = suffix_of(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists; choose another name or pass --overwrite")
     with replacing(path, suffix) as temporary:
+        image = volume.to_sitk(dtype)
+        if description:  # ITK's writers put it in each format's notes; its NIfTI writer refuses more than 79 bytes
+            image.SetMetaData("ITK_FileNotes", description.encode("ascii", "replace")[:DESCRIPTION_BYTES].decode())
         try:
-            sitk.WriteImage(volume.to_sitk(dtype), str(temporary),
+            sitk.WriteImage(image, str(temporary),
                             useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
             short = None if truncation(temporary) is None else "the file came out short"
         except RuntimeError as error:  # ITK's NRRD and MetaImage writers raise on a short write

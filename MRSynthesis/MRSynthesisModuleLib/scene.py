@@ -9,6 +9,7 @@ IJK-to-RAS geometry survives the trip. Nodes the user made are only ever read.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -18,6 +19,8 @@ import vtk
 LESION_SEGMENT_NAME = "lesion"
 LESION_COLOR = (1.0, 0.2, 0.1)
 SALIENCY_COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"  # built in (vtkMRMLColorLogic.h), black-red-yellow
+SYNTHETIC_ATTRIBUTE = "MRSynthesis.Synthetic"
+PROVENANCE_ATTRIBUTE = "MRSynthesis.Provenance"  # JSON: the output's sidecar (MRSynthesisLib.provenance)
 SALIENCY_HIDDEN_BELOW = 0.01  # fraction of the map's maximum drawn transparent, so the input shows through
 
 
@@ -105,6 +108,13 @@ class SceneBridge:
         if high > 0:
             display.SetApplyThreshold(1)
             display.SetThreshold(SALIENCY_HIDDEN_BELOW * high, high)
+
+    def mark_synthetic(self, node: Any, record: dict) -> None:
+        """Say on the node that it is synthetic, and how it was made (the command line's sidecar, with the
+        inputs named as the user knows them): attributes are saved with the scene, so the mark outlives the
+        session; a node renamed or saved alone still carries it while the scene holds it."""
+        node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
+        node.SetAttribute(PROVENANCE_ATTRIBUTE, json.dumps(record))
 
     def remove(self, nodes: list[Any]) -> None:
         for node in nodes:

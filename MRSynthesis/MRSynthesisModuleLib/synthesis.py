@@ -115,6 +115,17 @@ class PreparedRun:
             text = text.replace(path, label)
         return text
 
+    def _provenance(self, image: str) -> dict:
+        """The command line's sidecar of ``image`` with this run's temporary files named as the user knows them."""
+        from MRSynthesisLib.provenance import sidecar_path
+
+        record = json.loads(sidecar_path(image).read_text(encoding="utf-8"))
+        record["inputs"] = {m: self._labels.get(p, p) for m, p in record["inputs"].items()}
+        for key in ("lesion_mask", "brain_mask", "grid_of"):
+            record[key] = self._labels.get(record[key], record[key])
+        record["notes"] = [self.explain(note) for note in record["notes"]]
+        return record
+
     def evaluate_arguments(self, synthesis: Outcome) -> Optional[list[str]]:
         """The off-plane measurement to run after ``synthesis``, when a reference was given to a 2D model."""
         if self.reference is None or self.reference[2] is None:
@@ -135,6 +146,7 @@ class PreparedRun:
         try:
             for target, path in result.outputs.items():
                 loaded.outputs[target] = self.bridge.load_volume(path, self.job.output_name(target), self.first_input)
+                self.bridge.mark_synthetic(loaded.outputs[target], self._provenance(path))
             for target, maps in result.saliency.items():
                 for modality, path in maps.items():
                     node = self.bridge.load_volume(path, saliency_name(target, modality), self.first_input)

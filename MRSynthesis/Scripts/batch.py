@@ -18,6 +18,7 @@ success, 2 on bad input (with the reason on stderr), 1 on an internal error.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -104,9 +105,12 @@ def check_folder(path: str, option: str, alternative: str = "") -> None:
 def save_all(files: Any, saves: Sequence[tuple[Any, str]]) -> None:
     """Save every node under a temporary name beside its file and rename it into place; when one
     fails, the files this call created are removed again, as the command line does: all or nothing."""
-    from MRSynthesisLib.atomic import replacing
+    from MRSynthesisModuleLib.scene import PROVENANCE_ATTRIBUTE
+
+    from MRSynthesisLib.atomic import replacing, write_json
     from MRSynthesisLib.errors import InputError
     from MRSynthesisLib.nifti_checks import truncation
+    from MRSynthesisLib.provenance import sidecar_path
 
     created: list[str] = []
     try:
@@ -120,6 +124,13 @@ def save_all(files: Any, saves: Sequence[tuple[Any, str]]) -> None:
                     raise InputError(f"{path}: could not save {node.GetName()} completely; is the disk full?")
             if not existed:
                 created.append(path)
+            record = node.GetAttribute(PROVENANCE_ATTRIBUTE)
+            if record:  # a synthetic image: its sidecar, as the command line writes it
+                sidecar = str(sidecar_path(path))
+                existed = os.path.exists(sidecar)
+                write_json(sidecar, {**json.loads(record), "image": os.path.basename(path)})
+                if not existed:
+                    created.append(sidecar)
             print(f"{node.GetName()}: {path}")
     except BaseException:
         for path in created:
@@ -138,6 +149,7 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
     from MRSynthesisLib.atomic import check_writable
     from MRSynthesisLib.modalities import canonical, check_given_once
     from MRSynthesisLib.nifti_checks import truncation
+    from MRSynthesisLib.provenance import sidecars
 
     try:
         args = build_parser().parse_args(list(argv))
@@ -160,7 +172,9 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
                 for target in targets for modality, _ in pairs] if args.saliency_out else []
         given = [path for _, path in pairs] + [p for p in (args.lesion_mask, args.brain_mask) if p]
         given += list(references.values())
-        check_writable([*outputs.values(), *maps], given, args.overwrite)  # before any work; inputs never replaced
+        theirs, ours = sidecars(list(outputs.values()))  # one of ours beside no image describes nothing
+        check_writable([*outputs.values(), *theirs, *maps], given, args.overwrite)  # inputs never replaced
+        check_writable(ours, given, True)
         rows = []
         for modality, path in pairs:
             problem = truncation(path) if os.path.isfile(path) else None  # Slicer would read it zero-filled

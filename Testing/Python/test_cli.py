@@ -243,13 +243,24 @@ def test_synthesize_writes_outputs_on_the_reference_grid(runs, ws):
     result = runs["synthesize"]
     assert result.returncode == 0, explain(result)
     out = ws["out"] / "ok"
-    assert files_under(out) == ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]
+    assert files_under(out) == ["FLAIR_synthetic.json", "FLAIR_synthetic.nii.gz", "T1c_synthetic.json",
+                                "T1c_synthetic.nii.gz"]
     reference = read_volume(ws["subject"]["T1"])
     for name in ("FLAIR", "T1c"):
         volume = read_volume(out / f"{name}_synthetic.nii.gz")
         assert volume.geometry.differences(reference.geometry, 1e-5) == []
         assert np.isfinite(volume.array).all()
         assert not volume.array[ws["subject"].arrays["brain"] == 0].any()
+        # a synthetic image says so in itself and beside itself, whatever it is renamed to
+        said = f"MRSynthesis synthetic {name} from T1+T2 (tiny)"
+        assert nib.load(out / f"{name}_synthetic.nii.gz").header["descrip"].item().decode() == said
+        record = json.loads((out / f"{name}_synthetic.json").read_text())
+        assert record["synthetic"] is True and record["modality"] == name and record["description"] == said
+        assert record["image"] == f"{name}_synthetic.nii.gz"
+        assert record["model"]["name"] == "tiny" and len(record["model"]["weights_sha256"]) == 64
+        assert record["inputs"] == {"T1": str(ws["subject"]["T1"]), "T2": str(ws["subject"]["T2"])}
+        assert record["lesion_mask"] is None and record["brain_mask"] is None
+        assert record["options"]["device"] == "cpu" and record["software"].startswith("MRSynthesis ")
     assert f"FLAIR: {out / 'FLAIR_synthetic.nii.gz'}" in result.stdout
     assert result.stderr == ""
 
@@ -285,16 +296,17 @@ def test_resample_to_fixes_a_grid_mismatch_and_default_targets(runs, ws):
     result = runs["resample"]
     assert result.returncode == 0, explain(result)
     # the model outputs T1, T1c, T2, FLAIR; T1 and T2 were given
-    assert files_under(ws["out"] / "resample") == ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]
+    assert files_under(ws["out"] / "resample") == ["FLAIR_synthetic.json", "FLAIR_synthetic.nii.gz",
+                                                   "T1c_synthetic.json", "T1c_synthetic.nii.gz"]
     reference = read_volume(ws["subject"]["T1"]).geometry
-    for path in (ws["out"] / "resample").iterdir():
+    for path in (ws["out"] / "resample").glob("*.nii.gz"):
         assert read_volume(path).geometry.differences(reference, 1e-5) == []
 
 
 def test_out_may_be_an_image_file_name(runs, ws):
     result = runs["file name out"]
     assert result.returncode == 0, explain(result)
-    assert files_under(ws["out"] / "single") == ["my_flair.mha"]
+    assert files_under(ws["out"] / "single") == ["my_flair.json", "my_flair.mha"]
     assert "tile 32 ignored" in result.stdout + result.stderr  # a 3D option given to a 2D model is said, not dropped
 
 
@@ -354,7 +366,7 @@ def test_overwrite_replaces_an_existing_output(run_cli, ws, tmp_path):
     result = run_cli(*args)
     assert result.returncode == 0, explain(result)
     assert read_volume(target).array.shape == ws["subject"].arrays["T1"].shape
-    assert files_under(tmp_path) == ["FLAIR.nii.gz"]
+    assert files_under(tmp_path) == ["FLAIR.json", "FLAIR.nii.gz"]
 
 
 # --- other commands ---------------------------------------------------------------------------------
@@ -471,8 +483,9 @@ def test_batch_writes_all_then_resumes(runs, ws, run_cli):
     done, skipped, final = batch_events(first)
     assert done == {"s1", "s2", "s3"} and skipped == set()
     assert final == {"event": "done", "rank": 0, "world_size": 1, "subjects": 3, "failed": {}}
-    expected = ["s1", "s1/T1c_synthetic.nii.gz", "s2", "s2/T1c_synthetic.nii.gz",
-                "s3", "s3/FLAIR_synthetic.nii.gz", "s3/T1c_synthetic.nii.gz"]  # s3 has no FLAIR input
+    expected = ["s1", "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz", "s2", "s2/T1c_synthetic.json",
+                "s2/T1c_synthetic.nii.gz", "s3", "s3/FLAIR_synthetic.json", "s3/FLAIR_synthetic.nii.gz",
+                "s3/T1c_synthetic.json", "s3/T1c_synthetic.nii.gz"]  # s3 has no FLAIR input
     assert files_under(out) == expected
     reference = read_volume(ws["cohort"] / "s2" / "T1.nii.gz").geometry
     assert read_volume(out / "s2" / "T1c_synthetic.nii.gz").geometry.differences(reference, 1e-5) == []
@@ -486,7 +499,7 @@ def test_batch_writes_all_then_resumes(runs, ws, run_cli):
     assert done == set() and skipped == {"s1", "s2", "s3"}
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == stamps
 
-    (out / "s2" / "T1c_synthetic.nii.gz").unlink()
+    (out / "s2" / "T1c_synthetic.nii.gz").unlink()  # its sidecar stays, and is ours to replace
     third = run_cli(*args)
     assert third.returncode == 0, explain(third)
     done, skipped, _ = batch_events(third)
@@ -500,7 +513,7 @@ def test_batch_shards_by_torchrun_rank(runs, ws):
     assert result.returncode == 0, explain(result)
     done, skipped, final = batch_events(result)
     assert done == {"s2"} and final["rank"] == 1 and final["world_size"] == 2 and final["subjects"] == 1
-    assert files_under(ws["out"] / "batch-rank1") == ["s2", "s2/T1c_synthetic.nii.gz"]
+    assert files_under(ws["out"] / "batch-rank1") == ["s2", "s2/T1c_synthetic.json", "s2/T1c_synthetic.nii.gz"]
 
 
 def test_batch_goes_on_after_a_bad_subject(runs, ws):
@@ -508,7 +521,7 @@ def test_batch_goes_on_after_a_bad_subject(runs, ws):
     assert result.returncode == 2, explain(result)
     done, _, final = batch_events(result)
     assert done == {"s1"} and set(final["failed"]) == {"broken"} and "no such file" in final["failed"]["broken"]
-    assert files_under(ws["out"] / "batch-bad") == ["s1", "s1/T1c_synthetic.nii.gz"]
+    assert files_under(ws["out"] / "batch-bad") == ["s1", "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz"]
 
 
 # --- cancellation -----------------------------------------------------------------------------------
@@ -583,12 +596,36 @@ def test_cancel_while_writing_leaves_no_output(ws, tmp_path, monkeypatch, in_pro
     assert files_under(tmp_path / "out") == [] and files_under(tmp_path / "saliency") == []
 
 
+def test_a_json_beside_the_output_is_replaced_only_when_it_is_ours(ws, tmp_path, in_process_cli, capsys):
+    """The sidecar takes the image's name with .json, as BIDS does: a scan's own sidecar there is the user's
+    and is never replaced without --overwrite; one of ours left beside no image (the image deleted to be
+    made again) describes nothing and is."""
+    args = ["synthesize", "--model", str(ws["model"]), "--input", f"T1={ws['subject']['T1']}", "--target", "FLAIR",
+            "--out", str(tmp_path / "sub-01_FLAIR.nii.gz"), "--precision", "fp32", "--progress", "none"]
+    theirs = tmp_path / "sub-01_FLAIR.json"
+    theirs.write_text('{"RepetitionTime": 9.0}')
+    assert in_process_cli(args) == 2
+    assert f"{theirs}: already exists; choose another name or pass --overwrite" in capsys.readouterr().err
+    assert theirs.read_text() == '{"RepetitionTime": 9.0}' and files_under(tmp_path) == ["sub-01_FLAIR.json"]
+    theirs.unlink()
+    assert in_process_cli(args) == 0
+    first = json.loads(theirs.read_text())
+    assert first["synthetic"] is True and first["image"] == "sub-01_FLAIR.nii.gz"
+    (tmp_path / "sub-01_FLAIR.nii.gz").unlink()
+    first["created"] = "then"
+    theirs.write_text(json.dumps(first))
+    assert in_process_cli(args) == 0
+    assert json.loads(theirs.read_text())["created"] != "then"
+    assert files_under(tmp_path) == ["sub-01_FLAIR.json", "sub-01_FLAIR.nii.gz"]
+
+
 def test_batch_resumes_a_subject_cancelled_while_writing(ws, tmp_path, monkeypatch, in_process_cli):
     args = ["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
             "--out", str(tmp_path / "out"), "--precision", "fp32", "--progress", "none"]
     cancel_on_write(monkeypatch, 4)  # s1 and s2 write one output each, s3 two: cancel between s3's two
     assert in_process_cli(args) == 130
-    assert files_under(tmp_path / "out") == ["s1", "s1/T1c_synthetic.nii.gz", "s2", "s2/T1c_synthetic.nii.gz", "s3"]
+    assert files_under(tmp_path / "out") == ["s1", "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz", "s2",
+                                             "s2/T1c_synthetic.json", "s2/T1c_synthetic.nii.gz", "s3"]
     monkeypatch.undo()
     assert in_process_cli(args) == 0  # s3 is redone, not refused because one of its outputs exists
     assert "s3/FLAIR_synthetic.nii.gz" in files_under(tmp_path / "out")
@@ -612,20 +649,21 @@ def test_batch_redoes_a_subject_killed_while_writing(ws, tmp_path, monkeypatch, 
     assert in_process_cli(args) == 0
     assert seen and all(recorded for _, recorded in seen)  # the record exists while outputs are written
     s3 = tmp_path / "out" / "s3"
-    assert sorted(p.name for p in s3.iterdir()) == ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]  # record gone
-    # the state kill -9 leaves between s3's two renames
+    both = ["FLAIR_synthetic.json", "FLAIR_synthetic.nii.gz", "T1c_synthetic.json", "T1c_synthetic.nii.gz"]
+    assert sorted(p.name for p in s3.iterdir()) == both  # the record is gone
+    # the state kill -9 leaves between s3's two image renames (a sidecar left beside no image is ours to replace)
     (s3 / "FLAIR_synthetic.nii.gz").unlink()
     (s3 / commands.WRITING).write_text('{"created": ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]}')
     kept = (s3 / "T1c_synthetic.nii.gz").stat().st_mtime_ns
     seen.clear()
     assert in_process_cli(args) == 0
     assert [name for name, _ in seen] == ["T1c_synthetic.nii.gz", "FLAIR_synthetic.nii.gz"]  # s3 only, both
-    assert sorted(p.name for p in s3.iterdir()) == ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]
+    assert sorted(p.name for p in s3.iterdir()) == both
     assert (s3 / "T1c_synthetic.nii.gz").stat().st_mtime_ns != kept
     # without the record a partial set is the user's: refused, left as it is
     (s3 / "FLAIR_synthetic.nii.gz").unlink()
     assert in_process_cli(args) == 2
-    assert sorted(p.name for p in s3.iterdir()) == ["T1c_synthetic.nii.gz"]
+    assert sorted(p.name for p in s3.iterdir()) == ["FLAIR_synthetic.json", *both[2:]]
 
 
 
@@ -683,6 +721,7 @@ def test_a_full_disk_is_said_and_leaves_nothing(ws, full_disk, in_process_cli, c
     error = capsys.readouterr().err
     assert code == 2, error
     assert f"mrsynthesis: error: {full_disk}{os.sep}" in error  # T2's or FLAIR's file, whichever filled the disk
-    assert f"_synthetic{suffix}: could not be written (" in error
-    assert "is the disk full or the folder read-only?); nothing was left under that name" in error
+    # an image's file or its sidecar, whichever met the full disk
+    assert f"_synthetic{suffix}: could not be written (" in error or "_synthetic.json: could not be written (" in error
+    assert "nothing was left under that name" in error
     assert files_under(full_disk) == [".filler"]

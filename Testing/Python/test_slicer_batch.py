@@ -3,6 +3,7 @@ and the real command line doing the work."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,6 +44,11 @@ def test_batch_synthesises_and_saves_the_results(tmp_path, tiny_model, cli_home,
     np.testing.assert_allclose(resample_to(flair, expected.geometry, nearest=True).array, expected.array, atol=1e-5)
     assert np.abs(expected.array).max() > 0
     assert sorted(p.name for p in saliency.iterdir()) == ["P3S_FLAIR_from_T1.nii.gz", "P3S_FLAIR_from_T2.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == ["FLAIR_synthetic.json", "FLAIR_synthetic.nii.gz"]
+    record = json.loads((out / "FLAIR_synthetic.json").read_text())  # the inputs named as given, not temporary
+    assert record["synthetic"] is True and record["image"] == "FLAIR_synthetic.nii.gz"
+    assert record["inputs"] == {"T1": str(subject["T1"]), "T2": str(subject["T2"])}
+    assert record["description"] == "MRSynthesis synthetic FLAIR from T1+T2 (tiny)"
     assert f"FLAIR synthetic (T1+T2): {out / 'FLAIR_synthetic.nii.gz'}" in printed.out
     assert "FLAIR contributions: T1 " in printed.out
     assert "saliency maps: FLAIR: |d sum(prediction in brain) / d input| (target-free P3S variant)" in printed.out

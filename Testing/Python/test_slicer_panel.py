@@ -144,6 +144,12 @@ def test_apply_synthesises_a_lesioned_flair_with_saliency_and_off_plane_figures(
     assert max(np.diff(ticks)) < 0.5  # the GUI thread never waited on the process
     output = panel.results.outputs["FLAIR"]
     assert output.GetName() == "FLAIR synthetic (T1+T2, lesion)"
+    assert output.GetAttribute("MRSynthesis.Synthetic") == "true"  # saved with the scene, whatever its name
+    record = json.loads(output.GetAttribute("MRSynthesis.Provenance"))
+    assert record["inputs"] == {"T1": '"sub-01_T1"', "T2": '"sub-01_T2"'}  # the nodes, not the temporary files
+    assert record["modality"] == "FLAIR"
+    assert record["lesion_mask"].startswith("the lesion segment of ")
+    assert record["description"].endswith("+lesion (tiny)")
     np.testing.assert_allclose(support.ijk_to_ras(output), support.ijk_to_ras(nodes["T1"]), atol=1e-6)
     assert slicer.util.arrayFromVolume(output).shape == arrays["T1"].shape
     saliency = panel.results.saliency["FLAIR"]

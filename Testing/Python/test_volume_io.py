@@ -14,8 +14,8 @@ import SimpleITK as sitk
 from conftest import DATA, LAS, LPS, NO_DATA, write_image
 from MRSynthesisLib import volume as volume_module
 from MRSynthesisLib.errors import InputError
-from MRSynthesisLib.volume import (Geometry, Volume, read_volume, reoriented_onto, resample_to, suffix_of,
-                                   write_volume)
+from MRSynthesisLib.volume import (DESCRIPTION_BYTES, Geometry, Volume, read_volume, reoriented_onto, resample_to,
+                                   suffix_of, write_volume)
 
 
 def rotation(ax: float, ay: float, az: float) -> tuple[float, ...]:
@@ -85,6 +85,26 @@ def test_write_dtype_option(tmp_path):
     mask = random_volume().with_array(np.ones((5, 6, 7), np.float32))
     path = write_volume(mask, tmp_path / "mask.nii.gz", dtype=np.uint8)
     assert nib.load(path).get_data_dtype() == np.uint8
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_write_puts_the_description_in_the_header(tmp_path, suffix):
+    """A synthetic image says so in itself (provenance.description), in every output format."""
+    said = "MRSynthesis synthetic FLAIR from T1+T2 (tiny)"
+    path = write_volume(random_volume(), tmp_path / f"a{suffix}", description=said)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    key = "descrip" if suffix.startswith(".nii") else "ITK_FileNotes"
+    assert reader.GetMetaData(key) == said
+    plain = write_volume(random_volume(), tmp_path / f"b{suffix}")
+    reader.SetFileName(str(plain))
+    reader.ReadImageInformation()
+    assert not reader.HasMetaDataKey(key) or reader.GetMetaData(key) == ""
+    long = "MRSynthesis P3S saliency of synthetic FLAIR to input T1 (a-model-n\u00e4me-" + "x" * 40 + ")"
+    reader.SetFileName(str(write_volume(random_volume(), tmp_path / f"c{suffix}", description=long)))
+    reader.ReadImageInformation()  # ITK's NIfTI writer refuses more than 79 bytes: every format gets them cut
+    assert reader.GetMetaData(key) == long.encode("ascii", "replace")[:DESCRIPTION_BYTES].decode()
 
 
 # --- writing safely -------------------------------------------------------------------------
