@@ -141,6 +141,21 @@ def percent(fraction: float) -> str:
     return f"{value:.0f} %" if value >= 1 else f"{value:.1g} %"
 
 
+def _between_held_sections(region: np.ndarray, brain: np.ndarray) -> bool:
+    """Whether ``region`` is whole brain sections along some axis that neither the brain's first nor its last
+    section is among (slices lost from a 2D acquisition, ``empty_sections``), rather than what lies beyond a
+    field of view or a slab, which reaches the brain's first or last section."""
+    for axis in range(3):
+        others = tuple(k for k in range(3) if k != axis)
+        planes = np.flatnonzero(np.any(region, axis=others))
+        extent = np.flatnonzero(np.any(brain, axis=others))
+        whole = np.array_equal(np.count_nonzero(region, axis=others)[planes],
+                               np.count_nonzero(brain, axis=others)[planes])
+        if planes.size and whole and planes[0] > extent[0] and planes[-1] < extent[-1]:
+            return True
+    return False
+
+
 def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources: Mapping[str, str], *,
                    slice_axis: int | None, edge: int = EDGE_VOXELS) -> Coverage:
     """Coverage of each of ``inputs`` ((z, y, x) arrays) inside ``brain``; ``sources`` names them in notes.
@@ -166,9 +181,10 @@ def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources:
         rest = "+".join(others)
         where = " alone" if len(partial) < len(inputs) else (  # every input partial: the others not everywhere
             " where it holds data" if len(others) == 1 else " where they hold data")
-        coverage.notes.append(f"{sources[n]}: holds no data (zeros) in {share} of the brain, outside its field "
-                              "of view or slab; " + (f"synthesised there from {rest}{where}" if rest else
-                                                     "nothing is synthesised there"))
+        place = ("in sections lost between sections that hold data" if _between_held_sections(beyond[n], brain)
+                 else "outside its field of view or slab")
+        coverage.notes.append(f"{sources[n]}: holds no data (zeros) in {share} of the brain, {place}; "
+                              + (f"synthesised there from {rest}{where}" if rest else "nothing is synthesised there"))
     if len(partial) == len(inputs):  # no input covers the whole brain
         held_by_any = np.logical_or.reduce([holds[n] for n in partial])
         lost = held_by_any & ~np.logical_or.reduce([coverage.used[n] for n in partial])

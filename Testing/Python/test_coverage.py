@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from MRSynthesisLib.coverage import EDGE_VOXELS, PARTIAL_FRACTION, input_coverage
+from MRSynthesisLib.coverage import EDGE_VOXELS, PARTIAL_FRACTION, input_coverage, percent
 
 SHAPE = (30, 40, 40)  # (z, y, x)
 SOURCES = {"T1": "t1.nii.gz", "T2": "t2.nii.gz"}
@@ -136,6 +136,9 @@ def test_an_empty_section_counts_only_beside_sections_that_hold_data():
     inputs["T2"][14] = 0  # one slice of a 2D acquisition lost
     coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0)
     np.testing.assert_array_equal(brain & ~coverage.held["T2"], brain & (np.arange(SHAPE[0]) == 14)[:, None, None])
+    share = percent(np.count_nonzero(brain[14]) / np.count_nonzero(brain))
+    assert coverage.notes == [f"t2.nii.gz: holds no data (zeros) in {share} of the brain, in sections lost between "
+                              "sections that hold data; synthesised there from T1 alone"]
     brain, inputs = brain_and_inputs()
     inputs["T1"][2] = 0  # the outermost section, dark edge tissue clipped to 0
     inputs["T1"][3, :, 4:20] = 0  # and half of the next one

@@ -71,3 +71,23 @@ def test_scores_are_kept_for_the_weights_they_were_made_with(tmp_path, monkeypat
     retrained = make_tiny_model(tmp_path / "run" / "model", seed=1)  # trained again: other weights
     ts.cached_scores(retrained, "patient07")
     assert len(calls) == 2
+
+
+def test_a_degraded_copy_is_taken_only_for_one_of_the_inputs(tmp_path):
+    """A degraded copy of a modality that is not among the inputs used to be dropped without a word, leaving
+    that condition unmeasured; it is refused, and a copy of an input is what the model sees."""
+    from conftest import make_subject
+    from MRSynthesisLib.volume import read_volume
+    from training.datasets import SubjectFiles
+    from training.experiments.loso import Case, model_predict
+
+    subject = make_subject(tmp_path / "s")
+    case = Case("s", SubjectFiles("s", {"T1": subject["T1"], "T2": subject["T2"]}), {}, None, None, None, None)
+    folder = make_tiny_model(tmp_path / "model")
+    t2 = read_volume(subject["T2"])
+    with pytest.raises(ValueError, match="replaced T2: not among the inputs T1"):
+        model_predict(folder, case, ["T1"], "FLAIR", False, replaced={"T2": t2})
+    plain = model_predict(folder, case, ["T1", "T2"], "FLAIR", False)
+    assert np.array_equal(model_predict(folder, case, ["T1", "T2"], "FLAIR", False, replaced={"T2": t2}), plain)
+    darker = t2.with_array(np.sqrt(t2.array))  # another contrast in the T2 slot: another result
+    assert not np.allclose(model_predict(folder, case, ["T1", "T2"], "FLAIR", False, replaced={"T2": darker}), plain)
