@@ -163,9 +163,19 @@ def read_volume(path: str | os.PathLike) -> Volume:
         image = image[:, :, :, 0]
     if image.GetDimension() != 3:
         raise InputError(f"{path}: is {image.GetDimension()}D {tuple(image.GetSize())}; a 3D volume is expected")
+    if image.GetSize()[2] == 1 and _is_dicom(path):  # read as a volume of one slice, it would be synthesised so
+        raise InputError(f"{path}: is one DICOM file, one slice of a series; give the whole series as a NIfTI, NRRD "
+                         "or MHA file (convert it first, e.g. with dcm2niix, or load it in Slicer's DICOM module and "
+                         "use the panel)")
     volume = Volume.from_sitk(image, source=str(path))
     _restore_nifti_nonfinite(path, image, volume.array)
     return volume
+
+
+def _is_dicom(path: Path) -> bool:
+    """A DICOM Part 10 file: a 128-byte preamble, then "DICM"."""
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
 
 
 def _last_line(error: Exception) -> str:

@@ -193,6 +193,22 @@ def test_folder_is_not_a_file(tmp_path):
     assert str(error.value).startswith(f"{tmp_path}: is a folder, not an image file") and "DICOM" in str(error.value)
 
 
+def test_one_dicom_file_is_one_slice_of_a_series(tmp_path):
+    """ITK reads a DICOM file as a volume of one slice, which would be synthesised as one: refused, saying what
+    to give instead."""
+    image = random_volume((1, 12, 10)).to_sitk(np.int16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(tmp_path / "IM0001.dcm"))
+    writer.Execute(image[:, :, 0])
+    with pytest.raises(InputError) as error:
+        read_volume(tmp_path / "IM0001.dcm")
+    assert str(error.value).startswith(f"{tmp_path / 'IM0001.dcm'}: is one DICOM file, one slice of a series")
+    assert "dcm2niix" in str(error.value)
+    path = write_volume(random_volume((1, 12, 10)), tmp_path / "one_slice.nii.gz")
+    assert read_volume(path).array.shape == (1, 12, 10)  # a one-slice NIfTI is what it says it is
+
+
 def test_unreadable_file(tmp_path):
     path = tmp_path / "garbage.nii.gz"
     path.write_bytes(os.urandom(64) + b"this is not an image" * 20)
