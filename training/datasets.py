@@ -14,9 +14,10 @@ at inference.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,7 @@ class Subject:
     axial_axis: int = 0  # the file's (z, y, x) axis that was moved first
     voxel_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)  # spacing along the (slices, H, W) axes
     notes: tuple[str, ...] = ()  # what loading changed in its images (``spikes.remove_spikes``)
+    scans: dict[str, tuple[str, str]] = field(default_factory=dict)  # modality -> (voxel digest, file)
 
     def supervised(self, index) -> np.ndarray:
         """The brain pixels of slices ``index`` that the cost and validation may look at."""
@@ -200,6 +202,32 @@ class Subject:
         points = np.argwhere(self.lesion[self.slices] > 0.5)
         points[:, 0] = self.slices[points[:, 0]]
         return points
+
+
+def voxel_digest(array: np.ndarray) -> str:
+    """A digest of an image's voxels and shape: the same scan under another name, in another file or
+    format, re-saved with another header, has the same one."""
+    digest = hashlib.blake2b(str(array.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(array, np.float32).data)
+    return digest.hexdigest()
+
+
+def check_distinct_scans(scans: Mapping[str, Mapping[str, tuple[str, str]]]) -> None:
+    """Refuse one scan given twice: under two subjects' names (a data set listed twice, or BraTS releases that
+    renamed the same cases), it would sit on both sides of the split, in training and in the validation that
+    picks the epoch; as two modalities of one subject, one of them is the wrong file. ``scans``: subject ->
+    modality -> (``voxel_digest``, file)."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for subject, per in scans.items():
+        for modality, (digest, path) in per.items():
+            if digest in seen:
+                first, first_modality, first_path = seen[digest]
+                raise InputError(f"{path} (subject {subject}'s {modality}) holds the same voxels as {first_path} "
+                                 f"(subject {first}'s {first_modality}): " + (
+                                     "one of them is the wrong file" if first == subject else
+                                     "the same scan under two names would be trained on and validated on; keep "
+                                     "one of the subjects"))
+            seen[digest] = (subject, modality, path)
 
 
 def resampled(subject: Subject) -> str:
@@ -234,6 +262,8 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
         found = ", ".join(f"{m} ({p})" for m, p in files.images.items()) or "none"
         raise InputError(f"subject {files.subject} has no {', '.join(missing)} image; it has {found}")
     volumes = {m: read_volume(files.images[m]) for m in needed}
+    scans = {m: (voxel_digest(v.array), str(files.images[m])) for m, v in volumes.items()}
+    check_distinct_scans({files.subject: scans})
     notes = []
     for m, volume in volumes.items():  # what inference repairs or refuses, training does alike
         volumes[m], note = remove_spikes(volume)
@@ -293,5 +323,5 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     subject = Subject(files.subject, {m: first(a) for m, a in normalised.items()}, first(lesion), brain_first,
                       slices, source, None if ignore is None else first(ignore), grid.anatomical_spacing(),
                       geometry.anatomical_spacing() if target is not None else None, axis,
-                      (spacing[axis], *(v for k, v in enumerate(spacing) if k != axis)), tuple(notes))
+                      (spacing[axis], *(v for k, v in enumerate(spacing) if k != axis)), tuple(notes), scans)
     return subject, {m: volumes[m].array for m in outputs}, brain

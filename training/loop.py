@@ -33,8 +33,8 @@ from . import averaging, distributed
 from .batches import TRAIN_STREAM, build_batch, step_subset
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import AVERAGE_KEYS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
-from .datasets import (NORMALISATION, Subject, check_same_data, data_record, discover, load_subject, resampled,
-                       split_subjects)
+from .datasets import (NORMALISATION, Subject, check_distinct_scans, check_same_data, data_record, discover,
+                       load_subject, resampled, split_subjects)
 from .export import output_intensity, spacing_outliers, training_spacing, write_model_folder
 from .extend import load_base, working_config
 from .schedule import Schedule
@@ -210,6 +210,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     intensity = output_intensity({m: [r[m] for r in raws] for m in work.outputs}, brains, spec) if main else {}
     del raws, brains
     val_subjects = _load(work, val_names, files, main, spec)[0] if main else []
+    check_distinct_scans({s.name: s.scans for s in [*train_subjects, *val_subjects]})
 
     device = context.device
     model = (base.network if base else build_network(config)).to(device)

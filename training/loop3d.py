@@ -29,7 +29,7 @@ from MRSynthesisLib.errors import InputError
 from .batches import TRAIN_STREAM, VALIDATION_STREAM, step_subset
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config3d import RESUMABLE_CHANGES, Train3DConfig
-from .datasets import check_same_data, data_record, discover, split_subjects
+from .datasets import check_distinct_scans, check_same_data, data_record, discover, split_subjects
 from .early_stopping import up_stops
 from .export import output_intensity, spacing_outliers, training_spacing
 from .export3d import write_model_folder
@@ -161,6 +161,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
     intensity = output_intensity({m: [r[m] for r in raws] for m in config.outputs}, brains, config.normalisation)
     del raws, brains
     val_volumes = load_volumes(config, val_names, files, True)[0]
+    check_distinct_scans({v.name: v.scans for v in [*volumes, *val_volumes]})
     sampler = make_sampler(config, volumes, TRAIN_STREAM)
     val_patches = make_sampler(config, val_volumes, VALIDATION_STREAM).fixed(config.validation_patches) \
         if val_volumes else []

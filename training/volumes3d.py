@@ -10,7 +10,7 @@ so the volumes are put back in that order: the network trains on the axis order 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class Volume3D:
     brain: np.ndarray
     lesion_source: str
     spacing_mm: tuple[float, float, float] | None = None  # ``Geometry.anatomical_spacing`` of its images
+    scans: dict[str, tuple[str, str]] = field(default_factory=dict)  # ``Subject.scans``
 
 
 def _file_order(array: np.ndarray, axis: int) -> np.ndarray:
@@ -47,7 +48,8 @@ def load_volumes(config: Train3DConfig, names: Sequence[str], files: Mapping[str
             plane=None)
         axis = subject.axial_axis
         volume = Volume3D(name, {m: _file_order(a, axis) for m, a in subject.images.items()},
-                          _file_order(subject.lesion, axis), brain, subject.lesion_source, subject.spacing_mm)
+                          _file_order(subject.lesion, axis), brain, subject.lesion_source, subject.spacing_mm,
+                          subject.scans)
         volumes.append(volume)
         raws.append(raw)
         brains.append(brain)

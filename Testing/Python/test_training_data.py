@@ -171,6 +171,19 @@ def test_training_refuses_shifted_intensities_as_inference_does(tmp_path):
                      lesion_fallback="zeros", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
 
 
+def test_training_refuses_one_scan_given_as_two_modalities(tmp_path):
+    """The T2 file copied over the FLAIR's name (inference refuses one file given twice, by name)."""
+    folder = write_ms_subject(tmp_path, "p", 1)
+    image = sitk.ReadImage(str(folder / "T2.nii.gz"))
+    image.SetMetaData("descrip", "re-saved")
+    sitk.WriteImage(image, str(folder / "FLAIR.nii.gz"))  # other bytes, the same voxels
+    with pytest.raises(InputError) as error:
+        load_subject(discover([str(tmp_path)])[0], ["T1", "T2"], ["FLAIR"], lesion_input=False,
+                     lesion_fallback="zeros", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
+    assert str(error.value) == (f"{folder / 'FLAIR.nii.gz'} (subject p's FLAIR) holds the same voxels as "
+                                f"{folder / 'T2.nii.gz'} (subject p's T2): one of them is the wrong file")
+
+
 def test_training_refuses_an_image_with_data_over_part_of_the_brain(tmp_path):
     """Inference leaves such an input out where it holds no data; training would learn its zeros as tissue."""
     folder = write_ms_subject(tmp_path, "p", 1)

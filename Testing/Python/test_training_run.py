@@ -157,6 +157,24 @@ def test_resume_refuses_data_that_changed_under_the_run(tmp_path):
     assert len(log_rows(out)) == 2
 
 
+def test_one_scan_under_two_subjects_names_is_refused_before_training(tmp_path):
+    """A data set listed twice, or BraTS releases that renamed the same cases: the copy, re-saved in another
+    format, would be trained on and validated on. Found by its voxels, whatever the file."""
+    sources = write_dataset(tmp_path / "data")
+    copy = tmp_path / "data" / "ms" / "patient09"
+    shutil.copytree(tmp_path / "data" / "ms" / "patient01", copy)
+    for name in ("T1", "T2", "FLAIR"):
+        path = copy / f"{name}.nii.gz"
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(copy / f"{name}.nrrd"))  # another file, the same voxels
+        path.unlink()
+    with pytest.raises(InputError) as error:
+        run(sources, tmp_path / "run", validation_subjects=["patient09"])
+    message = str(error.value)
+    assert f"{copy / 'T1.nrrd'} (subject patient09's T1) holds the same voxels as " in message
+    assert "(subject patient01's T1): the same scan under two names would be trained on and validated on" in message
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
 def test_an_anneal_resumed_from_a_constant_run_equals_the_annealed_run(reference, tmp_path):
     """A run whose last epoch is annealed equals the constant-rate run resumed with the anneal
     added (how the LOSO anneal runs were made), and differs from the same epochs at a constant rate."""
