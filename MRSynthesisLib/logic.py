@@ -35,7 +35,7 @@ from .preprocessing import (
 )
 from .spikes import remove_spikes
 from .tiling import run_tiled
-from .validation import align, check_magnitude, check_mask, check_values
+from .validation import align, check_distinct, check_magnitude, check_mask, check_values
 from .volume import Geometry, Volume, resample_to
 
 TILE = 96  # default core edge of a 3D model's tiles (memory vs halo overhead)
@@ -171,6 +171,7 @@ class SynthesisLogic:
         references = {self._canonical(t, "saliency reference"): v for t, v in request.saliency_references.items()}
         reference = self._canonical(request.reference, "reference") if request.reference else next(iter(inputs))
         despiked: list[str] = []  # on the user's grid, before resampling spreads a spike over its neighbours
+        check_distinct(inputs)
         inputs = {n: self._checked(v, despiked) for n, v in inputs.items()}
         references = {t: self._checked(v, despiked) for t, v in references.items()}
         masks.update({f"reference:{t}": v for t, v in references.items()})

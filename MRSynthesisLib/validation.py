@@ -6,6 +6,7 @@ resampling onto a named reference, or the error names both files and how they di
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -58,6 +59,27 @@ def check_magnitude(volume: Volume) -> None:
         raise InputError(f"{volume.source}: {problem}; the models take MR intensities as acquired or bias-corrected "
                          "(0 and above), not z-scored or shifted ones: give the image before that normalisation "
                          "(a little below 0 at edges, as resampling leaves, is accepted)")
+
+
+def voxel_digest(array: np.ndarray) -> str:
+    """A digest of an image's voxels and shape: the same scan under another name, in another file or
+    format, re-saved with another header, has the same one."""
+    digest = hashlib.blake2b(str(array.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(array, np.float32).data)
+    return digest.hexdigest()
+
+
+def check_distinct(volumes: Mapping[str, Volume]) -> None:
+    """Refuse one scan given as two modalities (a file copied under another name): the model would take
+    one contrast for another without a word. ``volumes``: modality -> volume."""
+    seen: dict[str, str] = {}
+    for modality, volume in volumes.items():
+        digest = voxel_digest(volume.array)
+        if digest in seen:
+            first = seen[digest]
+            raise InputError(f"{volume.source} (given as {modality}) holds the same voxels as "
+                             f"{volumes[first].source} (given as {first}): one of them is the wrong file")
+        seen[digest] = modality
 
 
 def check_mask(volume: Volume) -> np.ndarray:

@@ -14,7 +14,6 @@ at inference.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.logic import model_grid, voxel_size_text
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
 from MRSynthesisLib.spikes import remove_spikes
-from MRSynthesisLib.validation import check_magnitude, check_mask
+from MRSynthesisLib.validation import check_magnitude, check_mask, voxel_digest
 from MRSynthesisLib.volume import read_volume, reoriented_onto, resample_to
 
 from .lesions import flair_hyperintensity_mask
@@ -202,14 +201,6 @@ class Subject:
         points = np.argwhere(self.lesion[self.slices] > 0.5)
         points[:, 0] = self.slices[points[:, 0]]
         return points
-
-
-def voxel_digest(array: np.ndarray) -> str:
-    """A digest of an image's voxels and shape: the same scan under another name, in another file or
-    format, re-saved with another header, has the same one."""
-    digest = hashlib.blake2b(str(array.shape).encode(), digest_size=16)
-    digest.update(np.ascontiguousarray(array, np.float32).data)
-    return digest.hexdigest()
 
 
 def check_distinct_scans(scans: Mapping[str, Mapping[str, tuple[str, str]]]) -> None:

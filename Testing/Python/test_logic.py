@@ -468,6 +468,18 @@ def test_brain_mask_errors(tmp_path):
 
 # --- refusals ---------------------------------------------------------------------------------
 
+def test_one_scan_given_as_two_modalities_is_refused(tmp_path):
+    """A T2 file copied over the FLAIR's name: other paths, the same voxels."""
+    model = probe(tmp_path)
+    vols, p = volumes()
+    copy = vols["T2"].with_array(p["T2"].astype(np.float32).copy(), source="/data/FLAIR.nii.gz")
+    with pytest.raises(InputError) as error:
+        run(model, {"T1": vols["T1"], "T2": vols["T2"], "FLAIR": copy}, ["T1c"])
+    assert str(error.value) == ("/data/FLAIR.nii.gz (given as FLAIR) holds the same voxels as /data/T2.nii.gz "
+                                "(given as T2): one of them is the wrong file")
+    run(model, {"T1": vols["T1"], "T2": vols["T2"], "FLAIR": vols["FLAIR"]}, ["T1c"])
+
+
 def test_all_required_refuses_a_subset(tmp_path):
     model = probe(tmp_path, missing_inputs="all_required")
     vols, _ = volumes()
