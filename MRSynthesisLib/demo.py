@@ -20,7 +20,7 @@ from .cards import load_model
 from .errors import EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest
 from .progress import Reporter
-from .provenance import description
+from .provenance import run_description, sidecar, sidecar_path
 from .report import Panel, orthogonal_views
 from .volume import Volume, read_volume, write_volume
 
@@ -78,7 +78,9 @@ def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, repo
     if lesion is not None:
         names.update({f"{t}+lesion": out / f"{t}_synthetic_lesion.nii.gz" for t in targets})
         names["lesion"] = out / "demo_lesion_mask.nii.gz"
-    check_writable([*names.values(), out / "report.png", out / "summary.json"], [], overwrite)  # before the work
+    synthetic = [p for k, p in names.items() if k != "lesion"]
+    check_writable([*names.values(), *map(sidecar_path, synthetic), out / "report.png", out / "summary.json"], [],
+                   overwrite)  # before the work
     print(f"model: {card.name} ({folder}); synthesising {', '.join(targets)}")
 
     logic = SynthesisLogic(loaded, reporter.progress)
@@ -90,10 +92,14 @@ def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, repo
         results.update({f"{t}+lesion": lesioned.outputs[t] for t in targets})
         results["lesion"] = lesion
     reporter.close()
-    for key, volume in results.items():  # the synthetic ones say so in their headers
+    for key, volume in results.items():  # the synthetic ones say so in their headers and sidecars
+        if key == "lesion":
+            write_volume(volume, names[key], overwrite=overwrite)
+            continue
         target, _, painted = key.partition("+")
-        said = "" if key == "lesion" else description(target, ["T1"], card.name, lesion=bool(painted))
-        write_volume(volume, names[key], overwrite=overwrite, description=said)
+        run = (lesioned if painted else healthy).provenance
+        write_volume(volume, names[key], overwrite=overwrite, description=run_description(target, run))
+        write_json(sidecar_path(names[key]), sidecar(target, run, names[key]))
     panels = [Panel("T1 (MNI152 input)", template)] + [Panel(f"{t} synthetic", results[t]) for t in targets]
     if lesion is not None:  # the lesioned scan as a reader sees it, and what the lesion changed (outlined)
         shown = targets[-1]

@@ -619,6 +619,19 @@ def test_a_json_beside_the_output_is_replaced_only_when_it_is_ours(ws, tmp_path,
     assert files_under(tmp_path) == ["sub-01_FLAIR.json", "sub-01_FLAIR.nii.gz"]
 
 
+def test_the_demo_writes_synthetic_images_that_say_so(ws, tmp_path, in_process_cli, capsys):
+    """The demo's outputs carry the header line and the sidecar as the synthesize command's do."""
+    assert in_process_cli(["demo", "--model", str(ws["model"]), "--out", str(tmp_path / "demo"), "--device", "cpu",
+                           "--progress", "none"]) == 0, capsys.readouterr().err
+    for name, lesion in (("FLAIR_synthetic", False), ("FLAIR_synthetic_lesion", True)):
+        said = f"MRSynthesis synthetic FLAIR from T1{'+lesion' if lesion else ''} (tiny)"
+        assert nib.load(tmp_path / "demo" / f"{name}.nii.gz").header["descrip"].item().decode() == said
+        record = json.loads((tmp_path / "demo" / f"{name}.json").read_text())
+        assert record["description"] == said and record["synthetic"] is True
+        assert (record["lesion_mask"] is not None) == lesion
+    assert not (tmp_path / "demo" / "demo_lesion_mask.json").exists()  # the painted mask is no synthesis
+
+
 def test_batch_resumes_a_subject_cancelled_while_writing(ws, tmp_path, monkeypatch, in_process_cli):
     args = ["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
             "--out", str(tmp_path / "out"), "--precision", "fp32", "--progress", "none"]
