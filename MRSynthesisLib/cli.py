@@ -54,6 +54,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="2D models: slice in this plane instead of the card's (view transfer)")
     parser.add_argument("--resample-to", metavar="MODALITY",
                         help="resample inputs on other grids onto this input's grid (otherwise they are refused)")
+    parser.add_argument("--register", action="store_true",
+                        help="register the other inputs rigidly onto the first one (or the --resample-to one), by "
+                             "mutual information, before synthesis: for inputs of a session the patient moved in "
+                             "(2-4 s per input)")
     parser.add_argument("--native-spacing", action="store_true",
                         help="synthesise on the inputs' own voxels even where they are coarser than the model's "
                              "training voxels (by default such inputs are synthesised on the model's spacing and "

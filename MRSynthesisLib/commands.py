@@ -204,7 +204,8 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
         device=args.device, precision=args.precision, batch_size=args.batch_size, plane=args.plane,
         saliency=bool(args.saliency_out),
         saliency_references=_read_pairs(args.saliency_reference, "--saliency-reference"),
-        saliency_region=_read_optional(args.saliency_region), tile=args.tile, native_spacing=args.native_spacing)
+        saliency_region=_read_optional(args.saliency_region), tile=args.tile, native_spacing=args.native_spacing,
+        register=args.register)
     result = SynthesisLogic(model, reporter.progress).run(request)
     for note in result.notes:
         reporter.note(note)
@@ -280,7 +281,7 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
                 brain_mask=_read_optional(masks.get("brain_mask")),
                 reference=args.resample_to, resample=bool(args.resample_to), device=args.device,
                 precision=args.precision, batch_size=args.batch_size, plane=args.plane, tile=args.tile,
-                native_spacing=args.native_spacing)
+                native_spacing=args.native_spacing, register=args.register)
             result = logic.run(request)
             for note in result.notes:  # what the logic says of this subject (a lesion off the brain, coarse voxels)
                 reporter.note(f"{name}: {note}")

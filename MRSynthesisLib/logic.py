@@ -33,6 +33,7 @@ from .preprocessing import (
     foreground_mask,
     normalise,
 )
+from .registration import register_onto
 from .spikes import remove_spikes
 from .tiling import run_tiled
 from .validation import align, check_distinct, check_magnitude, check_mask, check_values
@@ -99,6 +100,7 @@ class SynthesisRequest:
     saliency_region: Volume | None = None
     tile: int | None = None  # 3D models: core edge of the exact tiles; None: TILE (a 2D model notes it ignored)
     native_spacing: bool = False  # synthesise on the inputs' own voxels even where they are coarser than the model's
+    register: bool = False  # register the other inputs rigidly onto the reference (``registration``)
 
 
 @dataclass
@@ -170,16 +172,22 @@ class SynthesisLogic:
                                    ("region", request.saliency_region)) if v is not None}
         references = {self._canonical(t, "saliency reference"): v for t, v in request.saliency_references.items()}
         reference = self._canonical(request.reference, "reference") if request.reference else next(iter(inputs))
-        despiked: list[str] = []  # on the user's grid, before resampling spreads a spike over its neighbours
+        early: list[str] = []  # said of the inputs on the user's grid (spikes before resampling spreads them)
         check_distinct(inputs)
-        inputs = {n: self._checked(v, despiked) for n, v in inputs.items()}
-        references = {t: self._checked(v, despiked) for t, v in references.items()}
+        inputs = {n: self._checked(v, early) for n, v in inputs.items()}
+        references = {t: self._checked(v, early) for t, v in references.items()}
         masks.update({f"reference:{t}": v for t, v in references.items()})
         acquired = {n: (v.source, v.geometry.anatomical_spacing()) for n, v in inputs.items()}
+        if request.register:
+            for name in [n for n in inputs if n != reference]:
+                self.progress(0.0, f"registering {name} onto {reference}")
+                inputs[name], moved = register_onto(inputs[reference], inputs[name])
+                early.append(f"{acquired[name][0]}: registered rigidly onto {acquired[reference][0]}, which "
+                             f"moved its brain by up to {moved:.1f} mm (--register)")
         inputs, masks = align(inputs, reference, resample=request.resample, masks=masks)
         # Checked and said on the user's grid (voxel counts, volumes), before any change of grid.
         native_brain = self._brain(inputs, masks)
-        said = despiked + self._thick_inputs(inputs, acquired, reference)
+        said = early + self._thick_inputs(inputs, acquired, reference)
         if "brain" not in masks:
             litres = float(np.count_nonzero(native_brain)) * float(np.prod(inputs[reference].geometry.spacing)) / 1e6
             if litres > HEAD_LIKE_LITRES:
@@ -309,7 +317,8 @@ class SynthesisLogic:
             "lesion_mask": request.lesion_mask.source if request.lesion_mask is not None else None,
             "brain_mask": request.brain_mask.source if request.brain_mask is not None else None,
             "grid_of": acquired[reference][0],
-            "options": {"plane": plane, "resampled": request.resample, "native_spacing": request.native_spacing,
+            "options": {"plane": plane, "resampled": request.resample, "registered": request.register,
+                        "native_spacing": request.native_spacing,
                         "device": settings.device.type, "precision": precision},
             "notes": list(settings.notes)}
         self.progress(1.0, "done")

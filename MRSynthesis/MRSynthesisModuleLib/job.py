@@ -33,6 +33,7 @@ class SynthesisJob:
     saliency_references: dict[str, str] = field(default_factory=dict)  # target -> a real scan of it (paper's P3S)
     resample_to: Optional[str] = None  # an input modality: the others are resampled onto its grid
     native_spacing: bool = False  # synthesise on the inputs' voxels even where coarser than the model's
+    register: bool = False  # register the other inputs rigidly onto the first (the command line's --register)
     precision: str = "auto"
     plane: Optional[str] = None  # 2D models: slice in this plane instead of the card's
 
@@ -60,6 +61,8 @@ class SynthesisJob:
             args += ["--resample-to", self.resample_to]
         if self.native_spacing:
             args.append("--native-spacing")
+        if self.register:
+            args.append("--register")
         return args
 
     def output_name(self, target: str) -> str:

@@ -80,6 +80,7 @@ class SynthesisPanel:
             combo.currentIndexChanged.connect(lambda *_: self._changed())
         self.ui.resampleCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.nativeSpacingCheckBox.toggled.connect(lambda *_: self._changed())
+        self.ui.registerCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.saliencyCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.offPlaneTargetComboBox.currentIndexChanged.connect(lambda *_: self._changed())
         self.lesion_selector.currentNodeChanged.connect(lambda *_: self._changed())
@@ -122,6 +123,7 @@ class SynthesisPanel:
             self.ui.planeComboBox.setCurrentIndex(PLANES.index(params.plane) + 1 if params.plane in PLANES else 0)
             self.ui.resampleCheckBox.setChecked(params.resample)
             self.ui.nativeSpacingCheckBox.setChecked(params.native_spacing)
+            self.ui.registerCheckBox.setChecked(params.register)
             self.ui.saliencyCheckBox.setChecked(params.saliency)
             for selector, (segmentation, segment_id) in ((self.lesion_selector, params.lesion),
                                                          (self.brain_selector, params.brain)):
@@ -147,6 +149,7 @@ class SynthesisPanel:
         params.plane = self.plane or ""
         params.resample = self.ui.resampleCheckBox.isChecked()
         params.native_spacing = self.ui.nativeSpacingCheckBox.isChecked()
+        params.register = self.ui.registerCheckBox.isChecked()
         params.saliency = self.ui.saliencyCheckBox.isChecked()
         params.lesion = (self.lesion_selector.currentNode(), self.lesion_selector.currentSegmentID())
         params.brain = (self.brain_selector.currentNode(), self.brain_selector.currentSegmentID())
@@ -458,7 +461,8 @@ class SynthesisPanel:
                 saliency=self.ui.saliencyCheckBox.isChecked(),
                 reference=(reference, target, measured_in) if reference is not None and target else None,
                 resample=self.ui.resampleCheckBox.isChecked(),
-                native_spacing=self.ui.nativeSpacingCheckBox.isChecked(), precision=self.precision, plane=plane)
+                native_spacing=self.ui.nativeSpacingCheckBox.isChecked(),
+                register=self.ui.registerCheckBox.isChecked(), precision=self.precision, plane=plane)
         except (OSError, ValueError) as error:
             self.ui.errorLabel.setText(f"Could not write the inputs: {error}")
             return

@@ -111,6 +111,7 @@ class SynthesisParameters:
     # On/off choices, stored as "true"/"false" strings; each is off unless the user chose it.
     resample = _Flag("Resample", "Resample the other inputs onto the first input's grid.")
     native_spacing = _Flag("NativeSpacing", "Synthesise on the inputs' own voxels even where coarser than the model's.")
+    register = _Flag("Register", "Register the other inputs rigidly onto the first input before synthesis.")
     saliency = _Flag("Saliency", "Compute per-input P3S saliency maps.")
 
     lesion = _Segment("lesionSegmentation", "LesionSegmentID", "The segment used as the lesion mask.")

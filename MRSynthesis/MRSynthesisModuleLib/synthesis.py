@@ -50,14 +50,16 @@ class PreparedRun:
                  brain_file: Optional[str] = None, saliency: bool = False,
                  saliency_reference_files: Optional[Mapping[str, str]] = None,
                  reference: Optional[tuple[Any, str, str]] = None, resample: bool = False,
-                 native_spacing: bool = False, precision: str = "auto", plane: Optional[str] = None,
+                 native_spacing: bool = False, register: bool = False, precision: str = "auto",
+                 plane: Optional[str] = None,
                  labels: Optional[Mapping[str, str]] = None) -> None:
         """``rows``: (volume node, modality), the first one's grid being the outputs' grid;
         ``lesion``: (segmentation node, segment ID) or ``lesion_file``: a mask file; ``brain`` or
         ``brain_file`` the same for the brain mask (default: the command line takes the inputs' foreground);
         ``resample``: inputs (and the mask) on other grids are resampled onto the first one's
         instead of refused; ``native_spacing``: synthesise on the inputs' own voxels even where they
-        are coarser than the model's (the command line's ``--native-spacing``);
+        are coarser than the model's (the command line's ``--native-spacing``); ``register``: the other
+        inputs are registered rigidly onto the first one (``--register``);
         ``reference``: (real volume node, the target it is a scan of, the plane a 2D model slices in or None):
         with ``saliency`` the maps are the paper's P3S against it, and with a plane its off-plane consistency
         is measured;
@@ -104,6 +106,7 @@ class PreparedRun:
                                 saliency_dir=self._path("saliency") if saliency else None,
                                 saliency_references=references,
                                 resample_to=rows[0][1] if resample else None, native_spacing=native_spacing,
+                                register=register,
                                 precision=precision, plane=plane)
 
     def _path(self, name: str) -> str:

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resample", action="store_true",
                         help="resample the other inputs and the lesion mask onto the first input's grid where they lie "
                              "on another one (otherwise they are refused), as the panel's checkbox does")
+    parser.add_argument("--register", action="store_true",
+                        help="register the other inputs rigidly onto the first one before synthesis (mutual "
+                             "information on edges), as the panel's checkbox does")
     parser.add_argument("--native-spacing", action="store_true",
                         help="synthesise on the inputs' own voxels even where they are coarser than the model's")
     return parser
@@ -193,7 +196,8 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
                                       plane=args.plane, lesion_file=args.lesion_mask, brain_file=args.brain_mask,
                                       saliency=bool(args.saliency_out), saliency_reference_files=references,
                                       resample=args.resample,
-                                      native_spacing=args.native_spacing, labels=dict(pairs))
+                                      native_spacing=args.native_spacing, register=args.register,
+                                      labels=dict(pairs))
     except SynthesisFailed as error:
         hint = ("\nIn batch mode: register the inputs first, or pass --resample to resample them onto the first "
                 "input's grid." if "different grids" in str(error) and not args.resample else "")

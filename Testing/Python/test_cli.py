@@ -699,10 +699,12 @@ def test_batch_passes_every_run_option(ws, tmp_path, in_process_cli, capsys):
     """--tile reached the logic from synthesize but not from batch (it was dropped without a word), and batch
     printed none of the logic's notes (a lesion off the brain, an oblique grid, coarse voxels)."""
     args = ["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
-            "--out", str(tmp_path / "out"), "--precision", "fp32", "--progress", "none", "--tile", "8"]
+            "--out", str(tmp_path / "out"), "--precision", "fp32", "--progress", "none", "--tile", "8", "--register"]
     assert in_process_cli(args) == 0
     said = capsys.readouterr().err
     assert all(f"{s}: tile 8 ignored" in said for s in ("s1", "s2", "s3"))
+    assert all(f"{s}: {ws['cohort'] / s / 'T2.nii.gz'}: registered rigidly onto " in said for s in ("s1", "s2", "s3"))
+    assert json.loads((tmp_path / "out" / "s1" / "T1c_synthetic.json").read_text())["options"]["registered"] is True
 
 
 def test_batch_never_writes_over_a_subjects_mask(ws, tmp_path, in_process_cli, capsys):

@@ -266,7 +266,8 @@ def test_help_documents_the_arguments(capsys):
     assert batch.run(["--help"], files=None) == 0
     usage = capsys.readouterr().out
     for option in ("--input MODALITY=PATH", "--target MODALITY", "--out", "--model", "--device", "--lesion-mask",
-                   "--saliency-out", "--native-spacing", "--resample", "--brain-mask", "--precision", "--plane",
+                   "--saliency-out", "--native-spacing", "--resample", "--register", "--brain-mask", "--precision",
+                   "--plane",
                    "--saliency-reference TARGET=PATH"):
         assert option in usage
     assert batch.run([], files=None) == 2  # --input, --target and --out are required

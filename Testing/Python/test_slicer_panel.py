@@ -232,12 +232,14 @@ def test_inputs_on_different_grids_are_refused_unless_the_user_asks_to_resample_
     panel.set_targets(["FLAIR"])
     assert not panel.ui.resampleCheckBox.isChecked()  # resampling changes data: never by default
     assert not panel.ui.nativeSpacingCheckBox.isChecked()  # coarse voxels go on the model's spacing by default
+    assert not panel.ui.registerCheckBox.isChecked()  # registration moves data: only when asked
     ids_before = support.node_ids(scene)
 
     panel.ui.applyButton.click()
     support.wait_until(lambda: not panel.running, 120, app.processEvents)
 
     assert "--resample-to" not in recording.arguments[-1] and "--native-spacing" not in recording.arguments[-1]
+    assert "--register" not in recording.arguments[-1]
     message = panel.ui.errorLabel.text()
     assert "different grids" in message and "Traceback" not in message
     # the volumes as the user knows them, not the run's temporary files
@@ -382,6 +384,7 @@ def test_a_saved_scene_restores_the_panel(app, listing):
     panel.ui.saliencyCheckBox.setChecked(True)
     panel.ui.resampleCheckBox.setChecked(True)
     panel.ui.nativeSpacingCheckBox.setChecked(True)
+    panel.ui.registerCheckBox.setChecked(True)
     panel.ui.precisionComboBox.setCurrentIndex(2)  # bf16
     panel.ui.planeComboBox.setCurrentIndex(3)  # sagittal
     segmentation, segment_id = panel.paint_lesion()
@@ -410,6 +413,7 @@ def test_a_saved_scene_restores_the_panel(app, listing):
     assert restored.targets == ["T1c", "FLAIR"]  # in the card's order
     assert restored.ui.deviceComboBox.currentText() == "CPU" and restored.ui.saliencyCheckBox.isChecked()
     assert restored.ui.resampleCheckBox.isChecked() and restored.ui.nativeSpacingCheckBox.isChecked()
+    assert restored.ui.registerCheckBox.isChecked()
     assert restored.lesion_selector.currentNode().GetName() == segmentation.GetName()
     assert restored.lesion_selector.currentSegmentID() == segment_id
     assert restored.brain_selector.currentNode().GetName() == segmentation.GetName()

@@ -135,6 +135,8 @@ def test_the_job_asks_to_resample_onto_the_chosen_input_only_when_told():
 def test_the_job_asks_for_the_inputs_own_voxels_only_when_told():
     assert "--native-spacing" not in SynthesisJob({"T1": "a"}, ["FLAIR"], "o").arguments()
     assert "--native-spacing" in SynthesisJob({"T1": "a"}, ["FLAIR"], "o", native_spacing=True).arguments()
+    assert "--register" not in SynthesisJob({"T1": "a", "T2": "b"}, ["FLAIR"], "o").arguments()
+    assert "--register" in SynthesisJob({"T1": "a", "T2": "b"}, ["FLAIR"], "o", register=True).arguments()
 
 
 def test_the_command_finds_mrsynthesislib_from_any_folder_without_pythonpath(tmp_path):

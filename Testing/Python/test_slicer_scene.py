@@ -134,7 +134,7 @@ def test_the_panel_state_survives_saving_and_loading_the_scene():
     flair = add_volume(scene, np.ones(SHAPE, np.float32), "FLAIR")
     segmentation, segment_id = SceneBridge(scene).create_lesion_segment(t1)
     params = SynthesisParameters(scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
-    assert not params.resample and not params.native_spacing  # off until the user chooses them
+    assert not params.resample and not params.native_spacing and not params.register  # off until chosen
     params.inputs = [(t1, "T1"), (None, "PD"), (t2, "T2")]
     params.model = ("tiny", "/models/tiny")
     params.targets = ["FLAIR", "T1c"]
@@ -142,6 +142,7 @@ def test_the_panel_state_survives_saving_and_loading_the_scene():
     params.saliency = True
     params.resample = True
     params.native_spacing = True
+    params.register = True
     params.lesion = (segmentation, segment_id)
     params.reference = (flair, "FLAIR")
 
@@ -157,6 +158,7 @@ def test_the_panel_state_survives_saving_and_loading_the_scene():
     assert restored.model == ("tiny", "/models/tiny")
     assert restored.targets == ["FLAIR", "T1c"]
     assert (restored.device, restored.saliency, restored.resample, restored.native_spacing) == ("cpu", True, True, True)
+    assert restored.register
     restored.saliency = False
     assert restored.node.GetParameter("Saliency") == "false" and not restored.saliency
     assert restored.lesion[0].GetName() == segmentation.GetName() and restored.lesion[1] == segment_id

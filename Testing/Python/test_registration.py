@@ -1,0 +1,72 @@
+"""Rigid registration of an input onto the reference (``--register``): a known motion is found and undone,
+an input in register stays (nearly) where it is, and the logic says what it moved."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import LAS, phantom
+from MRSynthesisLib.registration import largest_displacement, register_onto, rigid_transform
+from MRSynthesisLib.volume import Geometry, Volume
+
+SHAPE = (48, 56, 52)  # (z, y, x): large enough for the 4-voxel level of the pyramid
+GRID = Geometry(tuple(reversed(SHAPE)), (1.0, 1.0, 1.0), (-26.0, 28.0, -24.0), LAS)
+
+
+def moved(volume: Volume, degrees: float, shift_mm: tuple[float, float, float]) -> tuple[Volume, sitk.Transform]:
+    """``volume`` moved rigidly (about its centre), on its own grid, and the transform that undoes it."""
+    image = volume.to_sitk()
+    motion = sitk.Euler3DTransform()
+    motion.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+    motion.SetRotation(np.radians(degrees), 0.0, 0.0)
+    motion.SetTranslation(shift_mm)
+    array = sitk.GetArrayFromImage(sitk.Resample(image, image, motion, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    return volume.with_array(array, source="/data/T2_moved.nii.gz"), motion
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[Volume, Volume]:
+    images = phantom(SHAPE, seed=3)
+    return (Volume(images["T1"], GRID, "/data/T1.nii.gz"), Volume(images["T2"], GRID, "/data/T2.nii.gz"))
+
+
+def test_a_known_motion_of_another_contrast_is_found_and_undone(pair):
+    t1, t2 = pair
+    moving, motion = moved(t2, 4.0, (0.0, 2.0, 1.0))
+    truth = largest_displacement(motion, t1)
+    assert truth > 3.0
+    registered, found = register_onto(t1, moving)
+    assert found == pytest.approx(truth, abs=0.8)
+    brain = t1.array > 0
+    undone = sitk.GetArrayFromImage(sitk.Resample(moving.to_sitk(), t1.to_sitk(), motion.GetInverse(),
+                                                  sitk.sitkLinear, 0.0, sitk.sitkFloat32))  # the truth's best
+    before, after, best = (np.corrcoef(a[brain], t2.array[brain])[0, 1] for a in (moving.array, registered.array,
+                                                                                    undone))
+    # back where the T2 was acquired, up to interpolation and the pyramid's finest level (2 voxels)
+    assert after > best - 0.05 and before < best - 0.2
+    assert registered.geometry == t1.geometry and registered.source == "/data/T2_moved.nii.gz (registered)"
+
+
+def test_an_input_in_register_stays_where_it_is(pair):
+    t1, t2 = pair
+    assert largest_displacement(rigid_transform(t1, t2), t1) < 0.5
+
+
+def test_the_logic_registers_onto_the_reference_and_says_how_far(pair, tiny_model):
+    from MRSynthesisLib.cards import load_model
+    from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
+
+    t1, t2 = pair
+    moving, _ = moved(t2, 4.0, (0.0, 2.0, 1.0))
+    logic = SynthesisLogic(load_model(tiny_model))
+    asked = logic.run(SynthesisRequest({"T1": t1, "T2": moving}, ["FLAIR"], device="cpu", precision="fp32",
+                                       register=True))
+    said = [n for n in asked.notes if "registered rigidly" in n]
+    assert len(said) == 1 and said[0].startswith("/data/T2_moved.nii.gz: registered rigidly onto /data/T1.nii.gz, "
+                                                 "which moved its brain by up to ")
+    assert asked.provenance["options"]["registered"] is True
+    plain = logic.run(SynthesisRequest({"T1": t1, "T2": moving}, ["FLAIR"], device="cpu", precision="fp32"))
+    assert not any("registered" in n for n in plain.notes)
+    assert not np.allclose(plain.outputs["FLAIR"].array, asked.outputs["FLAIR"].array)
