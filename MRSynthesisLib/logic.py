@@ -37,7 +37,7 @@ from .registration import register_onto
 from .spikes import remove_spikes
 from .tiling import run_tiled
 from .validation import align, check_distinct, check_magnitude, check_mask, check_values
-from .volume import Geometry, Volume, resample_to
+from .volume import Geometry, Volume, reoriented_onto, resample_to
 
 TILE = 96  # default core edge of a 3D model's tiles (memory vs halo overhead)
 # A 2D model slices the grid along the voxel axis nearest to its plane; beyond this tilt of the slices
@@ -184,7 +184,13 @@ class SynthesisLogic:
                 inputs[name], moved = register_onto(inputs[reference], inputs[name])
                 early.append(f"{acquired[name][0]}: registered rigidly onto {acquired[reference][0]}, which "
                              f"moved its brain by up to {moved:.1f} mm (--register)")
+        given = dict(inputs)
         inputs, masks = align(inputs, reference, resample=request.resample, masks=masks)
+        early.extend(f"{acquired[n][0]}: resampled onto the grid of {acquired[reference][0]} by scanner coordinates "
+                     "only, so any motion of the patient between the two scans stays in it (a T2 1 mm out of "
+                     "register cost the FLAIR more than the T2 brought: MRSynthesisLib/registration.py); "
+                     "--register aligns it first" for n in inputs
+                     if n != reference and reoriented_onto(given[n], inputs[reference].geometry) is None)
         # Checked and said on the user's grid (voxel counts, volumes), before any change of grid.
         native_brain = self._brain(inputs, masks)
         said = early + self._thick_inputs(inputs, acquired, reference)

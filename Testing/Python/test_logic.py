@@ -529,6 +529,13 @@ def test_grid_mismatch_names_both_files_and_resample_fixes_it(tmp_path):
     assert "/data/T2_moved.nii.gz" in message and "/data/T1.nii.gz" in message and "origin" in message
     result = run(model, {"T1": vols["T1"], "T2": t2}, ["FLAIR"], resample=True)
     assert result.outputs["FLAIR"].geometry == vols["T1"].geometry
+    # scanner coordinates carry no correction for motion between the scans: said, with what corrects it
+    assert ("/data/T2_moved.nii.gz: resampled onto the grid of /data/T1.nii.gz by scanner coordinates only, so any "
+            "motion of the patient between the two scans stays in it") in " ".join(result.notes)
+    assert not [n for n in run(model, {"T1": vols["T1"], "T2": t2}, ["FLAIR"], resample=True, register=True).notes
+                if "by scanner coordinates" in n]
+    same = run(model, {"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"], resample=True).notes
+    assert not [n for n in same if "by scanner coordinates" in n]  # nothing to resample: nothing said
     onto_t2 = run(model, {"T1": vols["T1"], "T2": t2}, ["FLAIR"], resample=True, reference="t2w")
     assert onto_t2.outputs["FLAIR"].geometry == moved
 
