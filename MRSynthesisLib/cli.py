@@ -57,7 +57,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--register", action="store_true",
                         help="register the other inputs rigidly onto the first one (or the --resample-to one), by "
                              "mutual information, before synthesis: for inputs of a session the patient moved in "
-                             "(2-4 s per input)")
+                             "(2-5 s per input)")
     parser.add_argument("--native-spacing", action="store_true",
                         help="synthesise on the inputs' own voxels even where they are coarser than the model's "
                              "training voxels (by default such inputs are synthesised on the model's spacing and "
