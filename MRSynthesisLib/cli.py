@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from . import __version__
 from .devices import DEVICES, PRECISIONS
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError
+from .formats import WRITABLE_SUFFIXES
 from .progress import MODES, Reporter
-from .volume import WRITABLE_SUFFIXES
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,6 +19,7 @@ from . import metrics, modalities, registry
 from .atomic import check_writable, read_json, write_json
 from .cards import LoadedModel, load_model
 from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+from .formats import WRITABLE_SUFFIXES, suffix_of
 from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult, voxel_size_text
 from .manifest import ManifestSubject, read_manifest
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
@@ -26,15 +27,7 @@ from .progress import Reporter
 from .provenance import run_description, sidecar, sidecar_path, sidecars
 from .report import Panel, orthogonal_views, saliency_figure
 from .validation import check_mask, check_values
-from .volume import (
-    WRITABLE_SUFFIXES,
-    Volume,
-    read_volume,
-    reoriented_onto,
-    resample_to,
-    suffix_of,
-    write_volume,
-)
+from .volume import Volume, read_volume, reoriented_onto, resample_to, write_volume
 
 
 def _targets(values: Sequence[str]) -> list[str]:

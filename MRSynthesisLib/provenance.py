@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .volume import suffix_of
+from .formats import suffix_of
 
 SIDECAR_SUFFIX = ".json"
 

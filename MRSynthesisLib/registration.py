@@ -15,8 +15,9 @@ FLAIR's SSIM fell from 0.559 to 0.409; on edges it moved it by 1.8 mm and the SS
 Measured ad hoc with the bundled model, T1 + T2 -> FLAIR, SSIM in the brain against the real
 FLAIR, without / with ``--register``: patient07 0.692 / 0.695, patient19 0.620 / 0.625, BraTS
 0.559 / 0.610; T1 + T1c + T2 -> FLAIR: patient07 0.690 / 0.694, patient19 0.629 / 0.630, BraTS
-0.562 / 0.613 (the T1c moved by 0.2 mm on the MS subjects, 1.1 mm on BraTS); the T2 moved by 3 degrees and 2 mm (6.0-6.3 mm
-at most in the brain): patient07 0.571 / 0.694, patient19 0.557 / 0.621, the motion found as
+0.562 / 0.613 (the T1c moved by 0.2 mm on the MS subjects, 1.1 mm on BraTS); the T2 moved by 3
+degrees and 2 mm (6.0-6.3 mm at most in the brain): patient07 0.571 / 0.694, patient19 0.557 /
+0.621, the motion found as
 6.4-6.6 mm. On the shared scans as given it moved the T2 by 0.6-1.8 mm and raised the SSIM on all
 three: they may not be quite in register with their T1. Not done by default: it costs 2-5 s per
 input on 2 cores, and three subjects are too few to trust it unasked.

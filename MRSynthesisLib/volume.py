@@ -19,9 +19,9 @@ import SimpleITK as sitk
 
 from .atomic import replacing
 from .errors import InputError
+from .formats import suffix_of
 from .nifti_checks import is_nifti2, truncation
 
-WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 # The physical (LPS) axis normal to each plane: x = L-R, y = P-A, z = I-S.
 PLANE_NORMALS = {"sagittal": 0, "coronal": 1, "axial": 2}
 # Geometry equality tolerance: 1e-4 mm / 1e-4 direction cosine is far below a voxel and
@@ -208,14 +208,6 @@ def _restore_nifti_nonfinite(path: Path, image: sitk.Image, array: np.ndarray) -
     bad = ~np.isfinite(values)
     if values.shape == array.shape and bad.any():
         array[bad] = values[bad]
-
-
-def suffix_of(path: str | os.PathLike) -> str:
-    name = str(path).lower()
-    for suffix in WRITABLE_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    raise InputError(f"{path}: unsupported output format; use one of {', '.join(WRITABLE_SUFFIXES)}")
 
 
 DESCRIPTION_BYTES = 79  # NIfTI-1's descrip: 80 bytes with the terminating NUL

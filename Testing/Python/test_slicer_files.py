@@ -70,6 +70,21 @@ def test_the_command_lines_imports_are_in_slicers_python_or_installed_by_torchse
     assert third_party <= SLICER_BUNDLED | set(REQUIRED), third_party - SLICER_BUNDLED - set(REQUIRED)
 
 
+def test_what_slicer_batch_mode_imports_itself_needs_neither_torch_nor_nibabel():
+    """Batch mode checks its arguments, names the outputs' sidecars and saves in Slicer's own Python, before
+    (and whether or not) the packages the command line needs are installed there: an import of nibabel on that
+    path, through ``volume``, turned a missing package into a traceback."""
+    import subprocess
+    import sys
+
+    modules = ("atomic", "errors", "modalities", "nifti_checks", "provenance")
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+            + "; ".join(f"import MRSynthesisLib.{m}" for m in modules)
+            + "; print(sorted({'nibabel', 'torch', 'matplotlib'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 def test_the_extension_icon_and_screenshot_urls_name_files_of_this_repository():
     """The extension catalogue shows these; a URL into the repository must name a file it has."""
     cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
