@@ -41,9 +41,12 @@ def is_ours(path: str | Path, image: str | Path) -> bool:
 def sidecars(images: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
     """The sidecars of ``images``: those that are not ours (the user's, or none yet: never replaced without
     ``--overwrite``), and ours left beside an image (``is_ours``: replaced)."""
-    pairs = [(sidecar_path(image), image) for image in images]
-    return ([path for path, image in pairs if not is_ours(path, image)],
-            [path for path, image in pairs if is_ours(path, image)])
+    theirs: list[Path] = []
+    ours: list[Path] = []
+    for image in images:
+        path = sidecar_path(image)
+        (ours if is_ours(path, image) else theirs).append(path)
+    return theirs, ours
 
 
 def description(target: str, inputs: Sequence[str], model: str, lesion: bool = False) -> str:
