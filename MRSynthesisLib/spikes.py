@@ -82,9 +82,9 @@ def remove_spikes(volume: Volume) -> tuple[Volume, str | None]:
     repaired = array.copy()
     repaired[spikes] = medians.astype(array.dtype)
     peak = float(np.abs(array[spikes]).max()) / (limit / SPIKE_FACTOR)
-    note = (f"{volume.source}: {count} isolated voxel{'s' if count > 1 else ''} far outside its range (up to "
+    several = count > 1
+    note = (f"{volume.source}: {count} isolated voxel{'s' if several else ''} far outside its range (up to "
             f"{peak:.3g} times its {SPIKE_PERCENTILE:g}th percentile, where tissue stays below {SPIKE_FACTOR:g} times "
-            "it) "
-            f"{'were' if count > 1 else 'was'} replaced by the median of {'their' if count > 1 else 'its'} "
+            f"it) {'were' if several else 'was'} replaced by the median of {'their' if several else 'its'} "
             "neighbours: spikes would skew its normalisation and the synthesis around them")
     return volume.with_array(repaired), note

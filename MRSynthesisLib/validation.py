@@ -7,12 +7,15 @@ resampling onto a named reference, or the error names both files and how they di
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 import numpy as np
 
 from .errors import InputError
 from .volume import Volume, reoriented_onto, resample_to
+
+K = TypeVar("K")
 
 
 def check_values(volume: Volume, *, allow_empty: bool = False) -> None:
@@ -69,17 +72,24 @@ def voxel_digest(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def repeated_scan(digests: Iterable[tuple[K, str]]) -> tuple[K, K] | None:
+    """The first key whose ``voxel_digest`` an earlier key has, with that earlier key; None when all differ."""
+    seen: dict[str, K] = {}
+    for key, digest in digests:
+        if digest in seen:
+            return key, seen[digest]
+        seen[digest] = key
+    return None
+
+
 def check_distinct(volumes: Mapping[str, Volume]) -> None:
     """Refuse one scan given as two modalities (a file copied under another name): the model would take
     one contrast for another without a word. ``volumes``: modality -> volume."""
-    seen: dict[str, str] = {}
-    for modality, volume in volumes.items():
-        digest = voxel_digest(volume.array)
-        if digest in seen:
-            first = seen[digest]
-            raise InputError(f"{volume.source} (given as {modality}) holds the same voxels as "
-                             f"{volumes[first].source} (given as {first}): one of them is the wrong file")
-        seen[digest] = modality
+    repeated = repeated_scan((m, voxel_digest(v.array)) for m, v in volumes.items())
+    if repeated:
+        modality, first = repeated
+        raise InputError(f"{volumes[modality].source} (given as {modality}) holds the same voxels as "
+                         f"{volumes[first].source} (given as {first}): one of them is the wrong file")
 
 
 def check_mask(volume: Volume) -> np.ndarray:

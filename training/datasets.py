@@ -30,7 +30,7 @@ from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.logic import model_grid, voxel_size_text
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
 from MRSynthesisLib.spikes import remove_spikes
-from MRSynthesisLib.validation import check_magnitude, check_mask, voxel_digest
+from MRSynthesisLib.validation import check_magnitude, check_mask, repeated_scan, voxel_digest
 from MRSynthesisLib.volume import read_volume, reoriented_onto, resample_to
 
 from .lesions import flair_hyperintensity_mask
@@ -208,17 +208,14 @@ def check_distinct_scans(scans: Mapping[str, Mapping[str, tuple[str, str]]]) -> 
     renamed the same cases), it would sit on both sides of the split, in training and in the validation that
     picks the epoch; as two modalities of one subject, one of them is the wrong file. ``scans``: subject ->
     modality -> (``voxel_digest``, file)."""
-    seen: dict[str, tuple[str, str, str]] = {}
-    for subject, per in scans.items():
-        for modality, (digest, path) in per.items():
-            if digest in seen:
-                first, first_modality, first_path = seen[digest]
-                raise InputError(f"{path} (subject {subject}'s {modality}) holds the same voxels as {first_path} "
-                                 f"(subject {first}'s {first_modality}): " + (
-                                     "one of them is the wrong file" if first == subject else
-                                     "the same scan under two names would be trained on and validated on; keep "
-                                     "one of the subjects"))
-            seen[digest] = (subject, modality, path)
+    repeated = repeated_scan(((s, m), digest) for s, per in scans.items() for m, (digest, _) in per.items())
+    if repeated:
+        (subject, modality), (first, first_modality) = repeated
+        raise InputError(f"{scans[subject][modality][1]} (subject {subject}'s {modality}) holds the same voxels as "
+                         f"{scans[first][first_modality][1]} (subject {first}'s {first_modality}): " + (
+                             "one of them is the wrong file" if first == subject else
+                             "the same scan under two names would be trained on and validated on; keep one of the "
+                             "subjects"))
 
 
 def resampled(subject: Subject) -> str:
