@@ -50,6 +50,10 @@ HELD_SECTION_ZEROS = 0.05
 # six: MSE with 0 / 4 / 8 / 16 voxels 0.0620 / 0.0610 / 0.0632 / 0.0634, SSIM 0.617 / 0.641 / 0.642 /
 # 0.640. 4 has the lowest MSE (best in 4 of the 6), SSIM within 0.001 of the best.
 EDGE_VOXELS = 4
+# Lost sections are the whole brain outline over their planes (1.0); a band of them carried through a registration
+# tilts by a fraction of a voxel and still covers nearly all of it. Lesser shares, e.g. a notch in the brain's side,
+# are said as beyond a field of view.
+THROUGH_THE_BRAIN = 0.9
 
 
 @dataclass
@@ -129,9 +133,12 @@ def _held_around_the_brain(held: Mapping[str, np.ndarray], brain: np.ndarray, sl
     return {n: np.moveaxis(h, 0, slice_axis) for n, h in around.items()}
 
 
-def partial_inputs(inputs: Mapping[str, np.ndarray], brain: np.ndarray) -> dict[str, np.ndarray]:
-    """The inputs not measured in part of ``brain``, with where (``not_measured``)."""
-    regions = {n: not_measured(a, brain) for n, a in inputs.items()}
+def partial_inputs(inputs: Mapping[str, np.ndarray], brain: np.ndarray,
+                   known: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The inputs not measured in part of ``brain``, with where (``not_measured``, and ``known``: regions found
+    before the input was resampled, e.g. by ``registration``)."""
+    known = known or {}
+    regions = {n: not_measured(a, brain) | (brain & known[n] if n in known else False) for n, a in inputs.items()}
     return {n: r for n, r in regions.items() if r.any()}
 
 
@@ -142,28 +149,33 @@ def percent(fraction: float) -> str:
 
 
 def _between_held_sections(region: np.ndarray, brain: np.ndarray) -> bool:
-    """Whether ``region`` is whole brain sections along some axis that neither the brain's first nor its last
-    section is among (slices lost from a 2D acquisition, ``empty_sections``), rather than what lies beyond a
-    field of view or a slab, which reaches the brain's first or last section."""
+    """Whether ``region`` cuts through the brain along some axis (it covers ``THROUGH_THE_BRAIN`` of the brain's
+    outline over its sections) without reaching the brain's first or last section there: slices lost from a 2D
+    acquisition (``empty_sections``; after ``--register`` a band across the grid's sections), rather than what
+    lies beyond a field of view or a slab, which reaches the brain's first or last section."""
     for axis in range(3):
         others = tuple(k for k in range(3) if k != axis)
         planes = np.flatnonzero(np.any(region, axis=others))
         extent = np.flatnonzero(np.any(brain, axis=others))
-        whole = np.array_equal(np.count_nonzero(region, axis=others)[planes],
-                               np.count_nonzero(brain, axis=others)[planes])
-        if planes.size and whole and planes[0] > extent[0] and planes[-1] < extent[-1]:
+        if not planes.size or planes[0] <= extent[0] or planes[-1] >= extent[-1]:
+            continue
+        span = slice(planes[0], planes[-1] + 1)
+        outline = np.count_nonzero(np.moveaxis(brain, axis, 0)[span].any(axis=0))
+        if np.count_nonzero(np.moveaxis(region, axis, 0)[span].any(axis=0)) >= THROUGH_THE_BRAIN * outline:
             return True
     return False
 
 
 def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources: Mapping[str, str], *,
-                   slice_axis: int | None, edge: int = EDGE_VOXELS) -> Coverage:
+                   slice_axis: int | None, edge: int = EDGE_VOXELS,
+                   known: Mapping[str, np.ndarray] | None = None) -> Coverage:
     """Coverage of each of ``inputs`` ((z, y, x) arrays) inside ``brain``; ``sources`` names them in notes.
 
     ``slice_axis``: the array axis a 2D model slices along (its encoders see nothing across it, so
-    the edge margin stays in the slice plane); None for a 3D model."""
+    the edge margin stays in the slice plane); None for a 3D model. ``known``: per input, voxels already known
+    to hold no data (``partial_inputs``)."""
     brain_voxels = int(np.count_nonzero(brain))
-    beyond = partial_inputs(inputs, brain)
+    beyond = partial_inputs(inputs, brain, known)
     partial = list(beyond)
     if not partial:
         return Coverage()

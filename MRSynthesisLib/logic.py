@@ -181,9 +181,13 @@ class SynthesisLogic:
         if request.register:
             for name in [n for n in inputs if n != reference]:
                 self.progress(0.0, f"registering {name} onto {reference}")
-                inputs[name], moved = register_onto(inputs[reference], inputs[name])
+                registered = register_onto(inputs[reference], inputs[name])
+                inputs[name] = registered.volume
+                if registered.unmeasured is not None:  # travels with the masks onto the grid synthesised on
+                    masks[f"unmeasured:{name}"] = registered.volume.with_array(
+                        registered.unmeasured.astype(np.float32), source=f"{name} holds no data")
                 early.append(f"{acquired[name][0]}: registered rigidly onto {acquired[reference][0]}, which "
-                             f"moved its brain by up to {moved:.1f} mm (--register)")
+                             f"moved its brain by up to {registered.moved_mm:.1f} mm (--register)")
         given = dict(inputs)
         inputs, masks = align(inputs, reference, resample=request.resample, masks=masks)
         early.extend(f"{acquired[n][0]}: resampled onto the grid of {acquired[reference][0]} by scanner coordinates "
@@ -230,13 +234,15 @@ class SynthesisLogic:
 
         slice_axis = grid.geometry.axis_for(plane) if card.spatial_dims == 2 else None
         arrays = {n: v.array for n, v in inputs.items()}
+        known = {n: masks[f"unmeasured:{n}"].array > 0 for n in inputs if f"unmeasured:{n}" in masks}
         if getattr(self.model.network, "PARTIAL_COVERAGE", False):
-            cover = self.coverage(arrays, brain, {n: v.source for n, v in inputs.items()}, slice_axis=slice_axis)
+            cover = self.coverage(arrays, brain, {n: v.source for n, v in inputs.items()}, slice_axis=slice_axis,
+                                  known=known)
         else:
             cover = Coverage()
             said.extend(f"{inputs[n].source}: holds no data (zeros) in part of the brain; {card.name} cannot leave an "
                         "input out where it holds none, so the result there is unreliable (leave this input out, or "
-                        "use a Chartsias model)" for n in partial_inputs(arrays, brain))
+                        "use a Chartsias model)" for n in partial_inputs(arrays, brain, known))
         said.extend(cover.notes)
         spec = NormalisationSpec.from_dict(card.normalisation)
         # statistics from where each input holds data: zeros outside a slab would lower its mean

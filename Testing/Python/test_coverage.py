@@ -143,3 +143,21 @@ def test_an_empty_section_counts_only_beside_sections_that_hold_data():
     inputs["T1"][2] = 0  # the outermost section, dark edge tissue clipped to 0
     inputs["T1"][3, :, 4:20] = 0  # and half of the next one
     assert not input_coverage(inputs, brain, SOURCES, slice_axis=0).partial
+
+
+def test_regions_known_beforehand_count_and_a_tilted_band_of_lost_slices_is_said_as_lost_slices():
+    """After ``--register`` a band of lost slices lies across the grid's sections, and registration hands it over
+    (``known``): too thin to be found in the resampled image, it is left out and said as lost slices; a notch in
+    the brain's side is not."""
+    brain, inputs = brain_and_inputs()
+    z, y, _ = np.indices(SHAPE)
+    band = brain & (np.abs(z - 14 - 0.06 * (y - 20)) < 1.0)  # 2 voxels thick, tilted by 3.4 degrees
+    assert not input_coverage(inputs, brain, SOURCES, slice_axis=0).partial  # no zeros: nothing found by itself
+    coverage = input_coverage(inputs, brain, SOURCES, slice_axis=0, known={"T2": band})
+    np.testing.assert_array_equal(brain & ~coverage.held["T2"], band)
+    share = percent(np.count_nonzero(band) / np.count_nonzero(brain))
+    assert coverage.notes == [f"t2.nii.gz: holds no data (zeros) in {share} of the brain, in sections lost between "
+                              "sections that hold data; synthesised there from T1 alone"]
+    notch = brain & (np.abs(z - 14) < 4) & (y < 12)
+    said = input_coverage(inputs, brain, SOURCES, slice_axis=0, known={"T2": notch}).notes
+    assert "outside its field of view or slab" in said[0]
