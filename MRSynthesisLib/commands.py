@@ -24,7 +24,7 @@ from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult, voxel_size
 from .manifest import ManifestSubject, read_manifest
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
-from .provenance import run_description, sidecar, sidecar_path, sidecars
+from .provenance import run_description, saliency_description, sidecar, sidecar_path, sidecars
 from .report import Panel, orthogonal_views, saliency_figure
 from .validation import check_mask, check_values
 from .volume import Volume, read_volume, reoriented_onto, resample_to, write_volume
@@ -128,8 +128,7 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
             write_sidecar(t, path)
         maps = {}
         for (t, n), path in saliency.items():
-            maps.setdefault(t, {})[n] = write(result.saliency[t][n], path,
-                                             f"MRSynthesis P3S saliency of synthetic {t} to input {n} ({model})")
+            maps.setdefault(t, {})[n] = write(result.saliency[t][n], path, saliency_description(t, n, model))
         summary: dict[str, object] = {"outputs": written, "device": result.device, "precision": result.precision,
                                       "notes": result.notes}
         if saliency:

@@ -55,6 +55,11 @@ def description(target: str, inputs: Sequence[str], model: str, lesion: bool = F
     return f"MRSynthesis synthetic {target} from {'+'.join([*inputs, *(['lesion'] if lesion else [])])} ({model})"
 
 
+def saliency_description(target: str, source: str, model: str) -> str:
+    """The header's line of a P3S saliency map: what ``target`` took from the input ``source``."""
+    return f"MRSynthesis P3S saliency of synthetic {target} to input {source} ({model})"
+
+
 def run_description(target: str, run: Mapping[str, Any]) -> str:
     """``description`` of ``target`` from a run's record (``SynthesisResult.provenance``)."""
     return description(target, list(run["inputs"]), run["model"]["name"], run["lesion_mask"] is not None)

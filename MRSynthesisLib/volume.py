@@ -17,6 +17,7 @@ import nibabel
 import numpy as np
 import SimpleITK as sitk
 
+from . import header_notes
 from .atomic import replacing
 from .errors import InputError
 from .formats import suffix_of
@@ -210,8 +211,6 @@ def _restore_nifti_nonfinite(path: Path, image: sitk.Image, array: np.ndarray) -
         array[bad] = values[bad]
 
 
-DESCRIPTION_BYTES = 79  # NIfTI-1's descrip: 80 bytes with the terminating NUL
-
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = False,
                  dtype: np.dtype | type = np.float32, description: str = "") -> Path:
@@ -220,7 +219,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     An interrupted run therefore never leaves a half-written file under ``path``; and an
     existing file is only replaced when ``overwrite`` is set, so nothing the user had is lost.
     ``description`` goes into the header (NIfTI's ``descrip``, a NRRD or MetaImage field), cut to
-    ``DESCRIPTION_BYTES`` of ASCII in every format, so that they all hold the same line.
+    ``header_notes.DESCRIPTION_BYTES`` of ASCII in every format, so that they all hold the same line.
     """
     path = Path(path)
     suffix = suffix_of(path)
@@ -229,7 +228,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
     with replacing(path, suffix) as temporary:
         image = volume.to_sitk(dtype)
         if description:  # ITK's writers put it in each format's notes; its NIfTI writer refuses more than 79 bytes
-            image.SetMetaData("ITK_FileNotes", description.encode("ascii", "replace")[:DESCRIPTION_BYTES].decode())
+            image.SetMetaData(header_notes.KEY, header_notes.header_line(description))
         try:
             sitk.WriteImage(image, str(temporary),
                             useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))

@@ -10,8 +10,9 @@ Slicer passes arguments it does not know to the script; the ``--`` stops it from
 any that follow, which ``--help`` needs (Slicer would show its own help). Inputs are read
 with ``slicer.util.loadVolume`` (any format Slicer reads), synthesised by the MRSynthesisLib
 command line exactly as the panel does, and the results saved with ``slicer.util.saveNode``
-under a temporary name, then renamed: an interrupted run leaves no half-written file, an
-existing file is replaced only with ``--overwrite``, an input never. Slicer exits with 0 on
+under a temporary name, given the command line's header line (``header_notes``), then
+renamed: an interrupted run leaves no half-written file, an existing file is replaced only
+with ``--overwrite``, an input never. Slicer exits with 0 on
 success, 2 on bad input (with the reason on stderr), 1 on an internal error.
 """
 
@@ -105,19 +106,21 @@ def check_folder(path: str, option: str, alternative: str = "") -> None:
                          f"name a folder without an extension {alternative}".rstrip())
 
 
-def save_all(files: Any, saves: Sequence[tuple[Any, str]]) -> None:
-    """Save every node under a temporary name beside its file and rename it into place; when one
-    fails, the files this call created are removed again, as the command line does: all or nothing."""
+def save_all(files: Any, saves: Sequence[tuple[Any, str, str]]) -> None:
+    """Save every (node, path, header line) under a temporary name beside its file, with the line the command line
+    writes in the header (MRML storage writes none: ``header_notes``), and rename it into place; when one fails,
+    the files this call created are removed again, as the command line does: all or nothing."""
     from MRSynthesisModuleLib.scene import PROVENANCE_ATTRIBUTE
 
     from MRSynthesisLib.atomic import replacing, write_json
     from MRSynthesisLib.errors import InputError
+    from MRSynthesisLib.header_notes import write_note
     from MRSynthesisLib.nifti_checks import truncation
     from MRSynthesisLib.provenance import sidecar_path
 
     created: list[str] = []
     try:
-        for node, path in saves:
+        for node, path, line in saves:
             existed = os.path.exists(path)
             suffix = next(s for s in OUTPUT_SUFFIXES if path.lower().endswith(s))
             with replacing(path, suffix=suffix) as temporary:
@@ -125,6 +128,7 @@ def save_all(files: Any, saves: Sequence[tuple[Any, str]]) -> None:
                     raise OSError(f"could not save {node.GetName()} to {path}")
                 if truncation(temporary):  # ITK's NIfTI writer reports a short write as success
                     raise InputError(f"{path}: could not save {node.GetName()} completely; is the disk full?")
+                write_note(temporary, line)
             if not existed:
                 created.append(path)
             record = node.GetAttribute(PROVENANCE_ATTRIBUTE)
@@ -145,14 +149,14 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
     """Parse, load, synthesise, save; returns the exit status (messages go to stderr)."""
     from MRSynthesisModuleLib import paths
     from MRSynthesisModuleLib.process import CliLauncher
-    from MRSynthesisModuleLib.scene import SceneBridge
+    from MRSynthesisModuleLib.scene import PROVENANCE_ATTRIBUTE, SceneBridge
     from MRSynthesisModuleLib.synthesis import SynthesisFailed, synthesize_and_wait
 
     paths.ensure_importable()
     from MRSynthesisLib.atomic import check_writable
     from MRSynthesisLib.modalities import canonical, check_given_once
     from MRSynthesisLib.nifti_checks import truncation
-    from MRSynthesisLib.provenance import sidecars
+    from MRSynthesisLib.provenance import saliency_description, sidecars
 
     try:
         args = build_parser().parse_args(list(argv))
@@ -203,8 +207,10 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
                 "input's grid." if "different grids" in str(error) and not args.resample else "")
         print(f"batch.py: error: {error}{hint}", file=sys.stderr)
         return error.exit_code
-    saves = [(results.outputs[target], path) for target, path in outputs.items()]
-    saves += [(node, os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz"))
+    records = {target: json.loads(results.outputs[target].GetAttribute(PROVENANCE_ATTRIBUTE)) for target in outputs}
+    saves = [(results.outputs[target], path, records[target]["description"]) for target, path in outputs.items()]
+    saves += [(node, os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz"),
+               saliency_description(target, modality, records[target]["model"]["name"]))
               for target, per_input in results.saliency.items() for modality, node in per_input.items()]
     try:
         save_all(files, saves)

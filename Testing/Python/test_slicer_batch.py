@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
 
+import slicer  # noqa: E402
 import slicer_support as support  # noqa: E402
 from conftest import cli_command, cli_env, make_subject, make_tiny_model, write_image  # noqa: E402
 
@@ -49,6 +50,13 @@ def test_batch_synthesises_and_saves_the_results(tmp_path, tiny_model, cli_home,
     assert record["synthetic"] is True and record["image"] == "FLAIR_synthetic.nii.gz"
     assert record["inputs"] == {"T1": str(subject["T1"]), "T2": str(subject["T2"])}
     assert record["description"] == "MRSynthesis synthetic FLAIR from T1+T2 (tiny)"
+    reader = sitk.ImageFileReader()  # MRML storage writes no header note: the same line as the command line's
+    for path, line in ((out / "FLAIR_synthetic.nii.gz", record["description"]), (direct, record["description"]),
+                       (saliency / "P3S_FLAIR_from_T2.nii.gz", "MRSynthesis P3S saliency of synthetic FLAIR to input "
+                                                               "T2 (tiny)")):
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        assert reader.GetMetaData("descrip") == line, path
     assert f"FLAIR synthetic (T1+T2): {out / 'FLAIR_synthetic.nii.gz'}" in printed.out
     assert "FLAIR contributions: T1 " in printed.out
     assert "saliency maps: FLAIR: |d sum(prediction in brain) / d input| (target-free P3S variant)" in printed.out
@@ -227,14 +235,16 @@ def test_a_truncated_input_is_refused_before_slicer_loads_it(tmp_path, capsys):
 
 
 def test_a_full_disk_is_said_and_leaves_nothing(tmp_path, tiny_model, cli_home, full_disk, capsys):
-    """MRML's NIfTI storage node, as ITK's writer under it, reports a short write as a success."""
+    """MRML's NIfTI storage node, as ITK's writer under it, reports a short write as a success. Whichever file
+    the disk fills on (the tiny first image may fit in the 4 kB left, its sidecar then not), the run says so and
+    removes what it had written."""
     subject = make_subject(tmp_path / "subject")
     status = batch.run(["--input", f"T1={subject['T1']}", "--target", "FLAIR", "--target", "T2",
                         "--out", str(full_disk), "--model", str(tiny_model), "--device", "cpu"],
                        support.CoreFiles(support.new_scene()), CliLauncher(base_env=cli_env(cli_home)))
     error = capsys.readouterr().err
     assert status == 2, error
-    assert "could not save" in error and "is the disk full?" in error
+    assert ("could not save" in error and "is the disk full?" in error) or "(No space left on device)" in error
     assert sorted(p.name for p in full_disk.iterdir()) == [".filler"]
 
 
@@ -260,6 +270,26 @@ def test_a_failed_save_leaves_no_output_behind(tmp_path, tiny_model, cli_home, c
     assert status == 1 and "could not save" in capsys.readouterr().err
     assert len(files.saves) == 2 and all(os.path.basename(p).startswith(".") for p in files.saves)  # temporary names
     assert sorted(os.listdir(out)) == [] and sorted(os.listdir(saliency)) == []
+
+
+@pytest.mark.parametrize("suffix", batch.OUTPUT_SUFFIXES)
+def test_every_output_format_saved_through_mrml_carries_the_header_note_and_reads_back_in_slicer(tmp_path, suffix):
+    """Slicer's storage writes NIfTI and MetaImage through ITK and NRRD through teem, none of them with a note."""
+    scene = support.new_scene()
+    array = np.random.default_rng(0).normal(size=(6, 7, 8)).astype(np.float32)
+    node = support.add_volume(scene, array, "FLAIR synthetic")
+    path = str(tmp_path / f"FLAIR{suffix}")
+    line = "MRSynthesis synthetic FLAIR from T1+T2 (tiny)"
+    files = support.CoreFiles(scene)
+    batch.save_all(files, [(node, path, line)])
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    assert reader.GetMetaData("ITK_FileNotes") == line
+    again = files.load_volume(path, "again")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(again), array)
+    np.testing.assert_allclose(support.ijk_to_ras(again), support.OBLIQUE, atol=1e-6)
+    assert sorted(os.listdir(tmp_path)) == [f"FLAIR{suffix}"]  # no sidecar: the node has no record
 
 
 def test_help_documents_the_arguments(capsys):

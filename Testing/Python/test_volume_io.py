@@ -14,8 +14,8 @@ import SimpleITK as sitk
 from conftest import DATA, LAS, LPS, NO_DATA, write_image
 from MRSynthesisLib import volume as volume_module
 from MRSynthesisLib.errors import InputError
-from MRSynthesisLib.volume import (DESCRIPTION_BYTES, Geometry, Volume, read_volume, reoriented_onto, resample_to,
-                                   suffix_of, write_volume)
+from MRSynthesisLib.header_notes import DESCRIPTION_BYTES
+from MRSynthesisLib.volume import Geometry, Volume, read_volume, reoriented_onto, resample_to, suffix_of, write_volume
 
 
 def rotation(ax: float, ay: float, az: float) -> tuple[float, ...]:
