@@ -19,6 +19,7 @@ from typing import Any
 from .formats import suffix_of
 
 SIDECAR_SUFFIX = ".json"
+OUTPUT_MARK = "MRSynthesis "  # how every output's header line starts (``description``, ``saliency_description``)
 
 
 def sidecar_path(image: str | Path) -> Path:
@@ -52,12 +53,17 @@ def sidecars(images: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
 def description(target: str, inputs: Sequence[str], model: str, lesion: bool = False) -> str:
     """The header's one line, ``MRSynthesis synthetic FLAIR from T1+T2+lesion (model)`` (``lesion``: a
     painted lesion mask was an input); ``volume.write_volume`` cuts it to what NIfTI holds."""
-    return f"MRSynthesis synthetic {target} from {'+'.join([*inputs, *(['lesion'] if lesion else [])])} ({model})"
+    return f"{OUTPUT_MARK}synthetic {target} from {'+'.join([*inputs, *(['lesion'] if lesion else [])])} ({model})"
 
 
 def saliency_description(target: str, source: str, model: str) -> str:
     """The header's line of a P3S saliency map: what ``target`` took from the input ``source``."""
-    return f"MRSynthesis P3S saliency of synthetic {target} to input {source} ({model})"
+    return f"{OUTPUT_MARK}P3S saliency of synthetic {target} to input {source} ({model})"
+
+
+def is_output(header_line: str) -> bool:
+    """Whether an image's header line (``volume.Volume.description``) marks it as an MRSynthesis output."""
+    return header_line.startswith(OUTPUT_MARK)
 
 
 def run_description(target: str, run: Mapping[str, Any]) -> str:

@@ -106,11 +106,13 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Volume:
-    """A float32 (z, y, x) array on a ``Geometry``; ``source`` names it in messages."""
+    """A float32 (z, y, x) array on a ``Geometry``; ``source`` names it in messages; ``description``: the note in
+    the header of the file it was read from (``header_notes``; an MRSynthesis output says so there)."""
 
     array: np.ndarray
     geometry: Geometry
     source: str = "<array>"
+    description: str = ""
 
     def __post_init__(self) -> None:
         if self.array.shape != self.geometry.shape:
@@ -118,8 +120,9 @@ class Volume:
                              f"the geometry's {self.geometry.shape}")
 
     def with_array(self, array: np.ndarray, source: str | None = None) -> "Volume":
-        """The same grid with other voxels (an output takes its reference's geometry)."""
-        return replace(self, array=array, source=source or self.source)
+        """The same grid with other voxels (an output takes its reference's geometry), so no longer what the file's
+        ``description`` describes."""
+        return replace(self, array=array, source=source or self.source, description="")
 
     def to_sitk(self, dtype: np.dtype | type = np.float32) -> sitk.Image:
         image = sitk.GetImageFromArray(np.ascontiguousarray(self.array, dtype=dtype))
@@ -156,6 +159,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                          "a scalar 3D image is expected")
+    description = image.GetMetaData(header_notes.KEY).strip() if image.HasMetaDataKey(header_notes.KEY) else ""
     if image.GetDimension() == 4:
         size = image.GetSize()
         if size[3] != 1:
@@ -168,7 +172,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
         raise InputError(f"{path}: is one DICOM file, one slice of a series; give the whole series as a NIfTI, NRRD "
                          "or MHA file (convert it first, e.g. with dcm2niix, or load it in Slicer's DICOM module and "
                          "use the panel)")
-    volume = Volume.from_sitk(image, source=str(path))
+    volume = replace(Volume.from_sitk(image, source=str(path)), description=description)
     _restore_nifti_nonfinite(path, image, volume.array)
     return volume
 

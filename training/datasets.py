@@ -29,6 +29,7 @@ from MRSynthesisLib.coverage import PARTIAL_FRACTION, not_measured
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.logic import model_grid, voxel_size_text
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
+from MRSynthesisLib.provenance import is_output
 from MRSynthesisLib.spikes import remove_spikes
 from MRSynthesisLib.validation import check_magnitude, check_mask, repeated_scan, voxel_digest
 from MRSynthesisLib.volume import read_volume, reoriented_onto, resample_to
@@ -252,7 +253,9 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     volumes = {m: read_volume(files.images[m]) for m in needed}
     scans = {m: (voxel_digest(v.array), str(files.images[m])) for m, v in volumes.items()}
     check_distinct_scans({files.subject: scans})
-    notes = []
+    notes = [f"{files.images[m]}: its header says \"{v.description}\": not an acquired scan but an MRSynthesis "
+             "output; trained on, it teaches the network what the model that made it does" for m, v in volumes.items()
+             if is_output(v.description)]
     for m, volume in volumes.items():  # what inference repairs or refuses, training does alike
         volumes[m], note = remove_spikes(volume)
         if note:

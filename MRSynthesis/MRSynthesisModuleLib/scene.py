@@ -37,11 +37,18 @@ class SceneBridge:
         return [node for node in nodes if not node.IsA("vtkMRMLLabelMapVolumeNode")]
 
     def write_volume(self, node: Any, path: str) -> None:
-        """Write a volume node's voxels and geometry (its parent transform is not applied)."""
+        """Write a volume node's voxels and geometry (its parent transform is not applied); a synthetic one
+        (``mark_synthetic``) with the header line the command line gave it, which MRML's storage does not write,
+        so that the command line sees it for what it is when it comes back as an input."""
         with self._storage(path) as storage:
             storage.UseCompressionOff()
             if not storage.WriteData(node):
                 raise OSError(f"could not write {node.GetName()!r} to {path}")
+        line = json.loads(node.GetAttribute(PROVENANCE_ATTRIBUTE) or "{}").get("description")
+        if line:
+            from MRSynthesisLib.header_notes import write_note
+
+            write_note(path, line)
 
     def load_volume(self, path: str, name: str, like: Any) -> Any:
         """A new scalar volume node read from ``path``, in the same transform as ``like``.

@@ -41,6 +41,20 @@ def test_a_written_volume_is_what_the_command_line_reads(tmp_path):
     np.testing.assert_allclose(np.reshape(volume.geometry.direction, (3, 3)), lps, atol=1e-6)
 
 
+def test_a_synthetic_node_written_for_the_command_line_says_so_in_its_header(tmp_path):
+    """A panel output taken as an input again: MRML's storage writes no header line, the bridge adds the node's."""
+    scene = new_scene()
+    bridge = SceneBridge(scene)
+    node = add_volume(scene, np.random.default_rng(0).random(SHAPE, dtype=np.float32), "T2 synthetic")
+    bridge.write_volume(node, str(tmp_path / "plain.nrrd"))
+    bridge.mark_synthetic(node, {"synthetic": True, "description": "MRSynthesis synthetic T2 from T1 (tiny)"})
+    bridge.write_volume(node, str(tmp_path / "marked.nrrd"))
+    assert read_volume(tmp_path / "plain.nrrd").description == ""
+    marked = read_volume(tmp_path / "marked.nrrd")
+    assert marked.description == "MRSynthesis synthetic T2 from T1 (tiny)"
+    np.testing.assert_array_equal(marked.array, read_volume(tmp_path / "plain.nrrd").array)
+
+
 def test_a_result_becomes_a_new_node_on_the_input_grid(tmp_path):
     scene = new_scene()
     source = add_volume(scene, np.ones(SHAPE, np.float32), "T1")

@@ -184,6 +184,22 @@ def test_training_refuses_one_scan_given_as_two_modalities(tmp_path):
                                 f"{folder / 'T2.nii.gz'} (subject p's T2): one of them is the wrong file")
 
 
+def test_training_says_which_images_are_mrsynthesis_outputs(tmp_path):
+    """A cohort whose missing FLAIRs were filled in with synthetic ones: trained on, they teach the old model."""
+    folder = write_ms_subject(tmp_path, "p", 1)
+    options = dict(lesion_input=False, lesion_fallback="zeros", flair_z=3.0, min_voxels=5,
+                   min_slice_brain_fraction=0.05)
+    acquired, _, _ = load_subject(discover([str(tmp_path)])[0], ["T1", "T2"], ["FLAIR"], **options)
+    assert acquired.notes == ()
+    image = sitk.ReadImage(str(folder / "FLAIR.nii.gz"))
+    image.SetMetaData("ITK_FileNotes", "MRSynthesis synthetic FLAIR from T1+T2 (tiny)")
+    sitk.WriteImage(image, str(folder / "FLAIR.nii.gz"))
+    subject, _, _ = load_subject(discover([str(tmp_path)])[0], ["T1", "T2"], ["FLAIR"], **options)
+    assert subject.notes == (f'{folder / "FLAIR.nii.gz"}: its header says "MRSynthesis synthetic FLAIR from T1+T2 '
+                             '(tiny)": not an acquired scan but an MRSynthesis output; trained on, it teaches the '
+                             "network what the model that made it does",)
+
+
 def test_training_refuses_an_image_with_data_over_part_of_the_brain(tmp_path):
     """Inference leaves such an input out where it holds no data; training would learn its zeros as tissue."""
     folder = write_ms_subject(tmp_path, "p", 1)

@@ -105,6 +105,9 @@ def test_write_puts_the_description_in_the_header(tmp_path, suffix):
     reader.SetFileName(str(write_volume(random_volume(), tmp_path / f"c{suffix}", description=long)))
     reader.ReadImageInformation()  # ITK's NIfTI writer refuses more than 79 bytes: every format gets them cut
     assert reader.GetMetaData(key) == long.encode("ascii", "replace")[:DESCRIPTION_BYTES].decode()
+    read = read_volume(path)  # what the file says it is comes back with it, and leaves with its voxels
+    assert read.description == said and read_volume(plain).description == ""
+    assert read.with_array(read.array * 2).description == ""
 
 
 # --- writing safely -------------------------------------------------------------------------
