@@ -276,9 +276,9 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
         share = np.count_nonzero(not_measured(volumes[m].array, brain)) / np.count_nonzero(brain)
         if share > PARTIAL_FRACTION:
             raise InputError(f"{files.images[m]}: subject {files.subject}'s {m} holds no data (zeros) in "
-                             f"{100 * share:.0f} % of its brain (a slab or a smaller field of view): training would "
-                             "take them for dark tissue; crop the subject to where every image holds data, or leave "
-                             "it out")
+                             f"{100 * share:.0f} % of its brain (a slab, a smaller field of view or a tighter "
+                             "skull-stripping mask): training would take them for dark tissue; crop the subject to "
+                             "where every image holds data, give its images one brain mask, or leave it out")
     normalised = {m: normalise(volumes[m].array, normalisation, brain)[0] for m in needed}
     lesion = np.zeros(brain.shape, np.float32)
     ignore = None
