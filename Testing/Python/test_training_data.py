@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage as ndi
 
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
@@ -215,8 +216,16 @@ def test_training_refuses_an_image_with_data_over_part_of_the_brain(tmp_path):
         with pytest.raises(InputError) as error:
             load_subject(discover([str(tmp_path)])[0], inputs, outputs, **options)
         assert str(error.value).startswith(f"{folder / 'FLAIR.nii.gz'}: subject p's FLAIR holds no data (zeros) in ")
-        assert "crop the subject to where every image holds data, or leave it out" in str(error.value)
+        assert ("crop the subject to where every image holds data, give its images one brain mask, or leave it "
+                "out") in str(error.value)
     load_subject(discover([str(tmp_path)])[0], ["T1"], ["T2"], **options)  # without it the subject loads
+    t2 = sitk.ReadImage(str(folder / "T2.nii.gz"))  # and a T2 skull-stripped tighter than the T1
+    brain = sitk.GetArrayFromImage(t2) > 0
+    tighter = sitk.GetImageFromArray(np.where(ndi.binary_erosion(brain, iterations=2), sitk.GetArrayFromImage(t2), 0))
+    tighter.CopyInformation(t2)
+    sitk.WriteImage(tighter, str(folder / "T2.nii.gz"))
+    with pytest.raises(InputError, match="subject p's T2 holds no data .*a tighter skull-stripping mask"):
+        load_subject(discover([str(tmp_path)])[0], ["T1"], ["T2"], **options)
 
 
 def test_split_is_by_subject_and_seeded():
