@@ -34,7 +34,7 @@ from .preprocessing import (
     normalise,
 )
 from .provenance import is_output
-from .registration import register_onto
+from .registration import OUT_OF_REGISTER_MM, apparent_motion, register_onto
 from .spikes import remove_spikes
 from .tiling import run_tiled
 from .validation import align, check_distinct, check_magnitude, check_mask, check_values
@@ -194,6 +194,14 @@ class SynthesisLogic:
                         registered.unmeasured.astype(np.float32), source=f"{name} holds no data")
                 early.append(f"{acquired[name][0]}: registered rigidly onto {acquired[reference][0]}, which "
                              f"moved its brain by up to {registered.moved_mm:.1f} mm (--register)")
+        else:  # a quick check (registration.CHECK_MM) that the inputs are in register
+            for name in [n for n in inputs if n != reference]:
+                motion = apparent_motion(inputs[reference], inputs[name])
+                if motion is not None and motion > OUT_OF_REGISTER_MM:
+                    early.append(f"{acquired[name][0]}: seems out of register with {acquired[reference][0]}: a quick "
+                                 f"rigid registration moves its brain by about {motion:.0f} mm; --register aligns it "
+                                 "first (a T2 6 mm out of register gave patient07's FLAIR SSIM 0.571, where T1 alone "
+                                 "gives 0.685)")
         given = dict(inputs)
         inputs, masks = align(inputs, reference, resample=request.resample, masks=masks)
         early.extend(f"{acquired[n][0]}: resampled onto the grid of {acquired[reference][0]} by scanner coordinates "

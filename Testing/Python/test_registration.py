@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import DATA, LAS, NO_DATA, phantom
-from MRSynthesisLib.registration import largest_displacement, register_onto, rigid_transform
+from MRSynthesisLib.registration import (OUT_OF_REGISTER_MM, apparent_motion, largest_displacement, register_onto,
+                                         rigid_transform)
 from MRSynthesisLib.volume import Geometry, Volume
 
 SHAPE = (48, 56, 52)  # (z, y, x): large enough for the 4-voxel level of the pyramid
@@ -73,6 +74,30 @@ def test_slices_the_moving_input_lost_are_carried_onto_the_reference_grid(pair):
     assert np.count_nonzero(found & ~truth) < 0.2 * np.count_nonzero(truth)
 
 
+def test_without_register_an_input_far_out_of_register_is_said(pair, tiny_model):
+    """The quick check on 4 mm voxels: an input in register stays quiet, one moved by 10 degrees and 4 mm (7.4 mm
+    at most in the brain) is said, with --register it is aligned instead."""
+    from MRSynthesisLib.cards import load_model
+    from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
+
+    t1, t2 = pair
+    far, _ = moved(t2, 10.0, (0.0, 4.0, 0.0))
+    assert apparent_motion(t1, t2) < 1.0 and apparent_motion(t1, far) > OUT_OF_REGISTER_MM
+    logic = SynthesisLogic(load_model(tiny_model))
+
+    def said(inputs, register=False):
+        notes = logic.run(SynthesisRequest(inputs, ["FLAIR"], device="cpu", precision="fp32", register=register)).notes
+        return [n for n in notes if "out of register" in n]
+
+    assert said({"T1": t1, "T2": t2}) == []
+    (note,) = said({"T1": t1, "T2": far})
+    assert note.startswith("/data/T2_moved.nii.gz: seems out of register with /data/T1.nii.gz: a quick rigid "
+                           "registration moves its brain by about ") and "--register aligns it first" in note
+    assert said({"T1": t1, "T2": far}, register=True) == []
+    small = Volume(t1.array[:20, :20, :20].copy(), Geometry((20, 20, 20), (1.0, 1.0, 1.0), GRID.origin, LAS), "small")
+    assert apparent_motion(small, small) is None  # 5 coarse voxels a side: too few to tell
+
+
 def test_the_logic_registers_onto_the_reference_and_says_how_far(pair, tiny_model):
     from MRSynthesisLib.cards import load_model
     from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
@@ -113,9 +138,11 @@ def test_on_real_data_a_moved_t2_is_brought_back_and_its_synthesis_with_it():
     brain = flair.array > 0
     real = flair.array / flair.array[brain].mean()
 
-    def score(register: bool) -> float:
+    def score(register: bool) -> tuple[float, list[str]]:
         out = logic.run(SynthesisRequest({"T1": t1, "T2": moving}, ["FLAIR"], device="cpu", register=register))
         synthetic = out.outputs["FLAIR"].array
-        return ssim(synthetic / synthetic[brain].mean(), real, brain)
+        return ssim(synthetic / synthetic[brain].mean(), real, brain), out.notes
 
-    assert score(register=False) < 0.60 and score(register=True) > 0.68
+    (plain, notes), (aligned, _) = score(register=False), score(register=True)
+    assert plain < 0.60 and aligned > 0.68
+    assert any("seems out of register with" in n for n in notes)  # said without --register
