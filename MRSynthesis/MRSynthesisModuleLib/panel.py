@@ -552,11 +552,18 @@ class SynthesisPanel:
             message += f'\nIn this panel: register the inputs first, or tick "{box}" (under Inputs) to resample them.'
         return message
 
+    def _notes_text(self, notes: list[str]) -> str:
+        """The command line's notes, and the boxes of this panel that the options they name are."""
+        boxes = {"--register": self.ui.registerCheckBox, "--native-spacing": self.ui.nativeSpacingCheckBox}
+        named = [f'{option} is the "{prop(box, "text")}" box' for option, box in boxes.items()
+                 if any(option in note for note in notes)]
+        return "\n".join([*notes, *([f"In this panel (under Inputs): {'; '.join(named)}."] if named else [])])
+
     def _show_results(self) -> None:
         results = self.results
         names = ", ".join(node.GetName() for node in results.outputs.values())
         self._set_status(f"Done on {results.device}: {names}.")
-        self.ui.notesLabel.setText("\n".join(results.notes))
+        self.ui.notesLabel.setText(self._notes_text(results.notes))
         if results.off_plane_problem:
             self.ui.errorLabel.setText(f"Off-plane consistency not measured: {results.off_plane_problem}")
         modalities_used = list(results.inputs)

@@ -261,6 +261,9 @@ def test_inputs_on_different_grids_are_refused_unless_the_user_asks_to_resample_
     assert arguments[arguments.index("--resample-to") + 1] == "T2"  # the first row's modality
     assert panel.ui.errorLabel.text() == "", panel.ui.errorLabel.text()
     assert panel.ui.statusLabel.text().startswith("Done")
+    notes = panel.ui.notesLabel.text()  # resampled by scanner coordinates: the advice names the panel's box
+    assert "--register aligns it first" in notes
+    assert notes.endswith(f'In this panel (under Inputs): --register is the "{panel.ui.registerCheckBox.text()}" box.')
     objective = panel.ui.saliencyObjectiveLabel.text()
     assert "target-free P3S variant" in objective and "A real volume of the target (below)" in objective
     output = panel.results.outputs["FLAIR"]
