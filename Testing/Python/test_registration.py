@@ -145,4 +145,5 @@ def test_on_real_data_a_moved_t2_is_brought_back_and_its_synthesis_with_it():
 
     (plain, notes), (aligned, _) = score(register=False), score(register=True)
     assert plain < 0.60 and aligned > 0.68
-    assert any("seems out of register with" in n for n in notes)  # said without --register
+    # not checked: with its lost slices it holds data over part of the brain, where the check was unreliable
+    assert not any("seems out of register with" in n for n in notes)
