@@ -37,7 +37,7 @@ from .provenance import is_output
 from .registration import OUT_OF_REGISTER_MM, apparent_motion, register_onto
 from .spikes import remove_spikes
 from .tiling import run_tiled
-from .validation import align, check_distinct, check_magnitude, check_mask, check_values
+from .validation import align, check_distinct, check_magnitude, check_mask, check_values, nan_as_no_data
 from .volume import Geometry, Volume, reoriented_onto, resample_to
 
 TILE = 96  # default core edge of a 3D model's tiles (memory vs halo overhead)
@@ -349,7 +349,11 @@ class SynthesisLogic:
 
     @staticmethod
     def _checked(volume: Volume, notes: list[str]) -> Volume:
-        """``volume`` checked as an MR image, its spikes replaced (``spikes.remove_spikes``, said in ``notes``)."""
+        """``volume`` checked as an MR image, NaN taken as no data and spikes replaced (``nan_as_no_data``,
+        ``spikes.remove_spikes``, said in ``notes``)."""
+        volume, note = nan_as_no_data(volume)
+        if note:
+            notes.append(note)
         check_values(volume)
         volume, note = remove_spikes(volume)
         if note:

@@ -34,6 +34,23 @@ def check_values(volume: Volume, *, allow_empty: bool = False) -> None:
         raise InputError(f"{volume.source}: is constant (every voxel is {low:g}); it carries no contrast")
 
 
+def nan_as_no_data(volume: Volume) -> tuple[Volume, str | None]:
+    """``volume`` with its NaN voxels set to 0, and a note saying how many (None and the volume itself when it has
+    none). NaN means "no value": SPM's reslicing, for one, writes it outside an image's field of view; as 0 such a
+    region is what the rest of the pipeline takes for no data (``coverage``). Infinite voxels are not so
+    explained and stay refused (``check_values``), as does an image that is NaN throughout."""
+    missing = np.isnan(volume.array)
+    count = int(np.count_nonzero(missing))
+    if not count:
+        return volume, None
+    if count == missing.size:
+        raise InputError(f"{volume.source}: every voxel is NaN (no value)")
+    share = 100.0 * count / missing.size
+    return (volume.with_array(np.where(missing, np.float32(0), volume.array)),
+            f"{volume.source}: {count} voxels ({share:.2g} % of the image) are NaN (no value), as some tools (SPM's "
+            "reslicing, for one) write where an image holds no data; taken as 0, no data")
+
+
 # MR magnitude images are 0 or above, but resampling rings below 0 at sharp edges: a little (0.1-1.0 % of
 # the non-zero voxels of the shared MS scans, registered to MNI space), or a lot after a B-spline or
 # windowed-sinc interpolation (elastix's default, ANTs' and Slicer's options): 12-42 % of the non-zero

@@ -47,9 +47,9 @@ def ws(tmp_path_factory):
     nib.save(nib.Nifti1Image(np.ones((24, 28, 20, 3), np.float32), np.eye(4)), bad / "dwi4d.nii.gz")
     write_image(np.zeros(shape, np.float32), bad / "empty.nii.gz")
     write_image(np.full(shape, 42.0, np.float32), bad / "constant.nii.gz")
-    nan = subject.arrays["T2"].copy()
-    nan[5, 5, 5] = np.nan
-    write_image(nan, bad / "nan.nii.gz")
+    infinite = subject.arrays["T2"].copy()
+    infinite[5, 5, 5] = np.inf  # (NaN is taken as no data, with a note: test_logic)
+    write_image(infinite, bad / "inf.nii.gz")
     write_image(subject.arrays["T2"], bad / "T2_shifted.nii.gz", origin=(-10.0, 14.0, -15.0))
     write_image(subject.arrays["labels"], bad / "labels.nii.gz")
     write_image(subject.arrays["FLAIR"], bad / "P3S_FLAIR_from_T1.nii.gz")  # a real FLAIR named like a saliency map
@@ -107,8 +107,8 @@ def bad_cases(ws):
         "empty volume": (synth(ws, "empty", t1, f"T2={b / 'empty.nii.gz'}"), ["empty.nii.gz: is empty"]),
         "constant volume": (synth(ws, "constant", f"T1={b / 'constant.nii.gz'}", t2),
                             ["constant.nii.gz: is constant (every voxel is 42)"]),
-        "NaN volume": (synth(ws, "nan", t1, f"T2={b / 'nan.nii.gz'}"),
-                       ["nan.nii.gz: contains 1 NaN or infinite voxels"]),
+        "infinite voxel": (synth(ws, "inf", t1, f"T2={b / 'inf.nii.gz'}"),
+                           ["inf.nii.gz: contains 1 NaN or infinite voxels"]),
         "grids differ": (synth(ws, "grids", t1, f"T2={b / 'T2_shifted.nii.gz'}"),
                          [str(b / "T2_shifted.nii.gz"), str(s["T1"]), "different grids", "origin", "--resample-to T1"]),
         "unknown modality": (synth(ws, "unknown", t1, f"T2star={s['T2']}"), ["unknown modality 'T2star'"]),
@@ -313,7 +313,7 @@ def test_out_may_be_an_image_file_name(runs, ws):
 # --- bad inputs: exit 2, one clear line, nothing written ---------------------------------------------
 
 @pytest.mark.parametrize("case", [
-    "missing file", "unreadable file", "2D image", "4D image", "empty volume", "constant volume", "NaN volume",
+    "missing file", "unreadable file", "2D image", "4D image", "empty volume", "constant volume", "infinite voxel",
     "grids differ", "unknown modality", "modality not accepted", "output exists", "output is an input",
     "malformed model", "usage error", "bad pair", "modality given twice", "aliases of one modality",
     "manifest repeats a column", "one file as two modalities", "evaluate figure onto an input",

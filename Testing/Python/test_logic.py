@@ -534,6 +534,23 @@ def test_bad_values_are_refused_naming_the_file(tmp_path, fill, words):
     assert "/data/bad_T2.nii.gz" in str(error.value)
 
 
+def test_nan_where_an_input_holds_no_data_is_taken_as_no_data(chartsias):
+    """SPM's reslicing writes NaN outside an image's field of view: as 0 it is what coverage leaves the input out
+    of, and the run says so (NaN was refused before; ITK alone reads it as 0 without a word)."""
+    vols, p = volumes()
+    t2 = p["T2"].astype(np.float32).copy()
+    t2[14:] = np.nan  # beyond the field of view of a resliced T2: the top of the brain
+    given = vols["T2"].with_array(t2, source="/data/rT2.nii.gz")
+    result = run(chartsias, {"T1": vols["T1"], "T2": given}, ["FLAIR"])
+    count = int(np.count_nonzero(np.isnan(t2)))
+    assert result.notes[0] == (f"/data/rT2.nii.gz: {count} voxels ({100 * count / t2.size:.2g} % of the image) are "
+                               "NaN (no value), as some tools (SPM's reslicing, for one) write where an image holds "
+                               "no data; taken as 0, no data")
+    assert any(n.startswith("/data/rT2.nii.gz: holds no data (zeros) in ") for n in result.notes)
+    zeroed = run(chartsias, {"T1": vols["T1"], "T2": given.with_array(np.nan_to_num(t2))}, ["FLAIR"])
+    np.testing.assert_array_equal(result.outputs["FLAIR"].array, zeroed.outputs["FLAIR"].array)
+
+
 def test_grid_mismatch_names_both_files_and_resample_fixes_it(tmp_path):
     model = probe(tmp_path, "copy", source="T1")
     vols, p = volumes()

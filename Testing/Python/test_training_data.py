@@ -172,6 +172,23 @@ def test_training_refuses_shifted_intensities_as_inference_does(tmp_path):
                      lesion_fallback="zeros", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)
 
 
+def test_training_takes_nan_as_no_data_as_inference_does(tmp_path):
+    """NaN in the background (as some tools mask): 0 there, as the files without it, and said."""
+    folder = write_ms_subject(tmp_path, "p", 1)
+    options = dict(lesion_input=False, lesion_fallback="zeros", flair_z=3.0, min_voxels=5,
+                   min_slice_brain_fraction=0.05)
+    clean, _, _ = load_subject(discover([str(tmp_path)])[0], ["T1", "T2"], ["FLAIR"], **options)
+    image = sitk.ReadImage(str(folder / "T2.nii.gz"))
+    t2 = sitk.GetArrayFromImage(image)
+    masked = sitk.GetImageFromArray(np.where(t2 > 0, t2, np.nan).astype(np.float32))
+    masked.CopyInformation(image)
+    sitk.WriteImage(masked, str(folder / "T2.nii.gz"))
+    subject, _, _ = load_subject(discover([str(tmp_path)])[0], ["T1", "T2"], ["FLAIR"], **options)
+    (note,) = subject.notes
+    assert note.startswith(f"{folder / 'T2.nii.gz'}: {int(np.count_nonzero(t2 <= 0))} voxels (")
+    np.testing.assert_allclose(subject.images["T2"], clean.images["T2"], rtol=1e-6)
+
+
 def test_training_refuses_one_scan_given_as_two_modalities(tmp_path):
     """The T2 file copied over the FLAIR's name (inference refuses one file given twice, by name)."""
     folder = write_ms_subject(tmp_path, "p", 1)

@@ -8,7 +8,8 @@ import SimpleITK as sitk
 
 from conftest import LAS, LPS, phantom
 from MRSynthesisLib.errors import InputError
-from MRSynthesisLib.validation import NEGATIVE_LIMIT, align, check_magnitude, check_mask, check_values
+from MRSynthesisLib.validation import (NEGATIVE_LIMIT, align, check_magnitude, check_mask, check_values,
+                                       nan_as_no_data)
 from MRSynthesisLib.volume import Geometry, Volume
 
 GRID = Geometry((24, 28, 20), (1.0, 1.0, 1.5), (-12.0, 14.0, -15.0), LAS)
@@ -42,6 +43,19 @@ def test_check_values_rejects_nan_and_inf(bad):
     with pytest.raises(InputError, match="contains 2 NaN or infinite voxels") as error:
         check_values(vol(array, source="/x/FLAIR.nii.gz"))
     assert "/x/FLAIR.nii.gz" in str(error.value)
+
+
+def test_nan_is_taken_as_no_data_but_not_everywhere():
+    array = phantom()["T1"].copy()
+    array[:3] = np.nan
+    volume, note = nan_as_no_data(vol(array, source="/x/rT1.nii.gz"))
+    assert not np.isnan(volume.array).any() and (volume.array[:3] == 0).all()
+    np.testing.assert_array_equal(volume.array[3:], array[3:])
+    assert note.startswith(f"/x/rT1.nii.gz: {3 * array[0].size} voxels (")
+    clean = vol(phantom()["T1"])
+    assert nan_as_no_data(clean) == (clean, None)
+    with pytest.raises(InputError, match="/x/all.nii.gz: every voxel is NaN"):
+        nan_as_no_data(vol(np.full(GRID.shape, np.nan), source="/x/all.nii.gz"))
 
 
 def resampled(array: np.ndarray, interpolator: int) -> np.ndarray:
