@@ -219,7 +219,8 @@ def input_coverage(inputs: Mapping[str, np.ndarray], brain: np.ndarray, sources:
         where = " alone" if len(partial) < len(inputs) else (  # every input partial: the others not everywhere
             " where it holds data" if len(others) == 1 else " where they hold data")
         if np.count_nonzero(beyond[n] & outer) >= TIGHTER_MASK_EDGE * np.count_nonzero(outer):
-            place = "in a shell around its edge, as if skull-stripped with a tighter mask"
+            place = ("in a shell around its edge, as if skull-stripped with a tighter mask than the brain taken "
+                     "(the other inputs' foreground, or the brain mask given)")
         elif _between_held_sections(beyond[n], brain):
             place = "in sections lost between sections that hold data"
         else:

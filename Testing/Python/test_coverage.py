@@ -177,7 +177,8 @@ def test_an_input_stripped_with_a_tighter_mask_is_left_out_in_the_shell_around_t
     np.testing.assert_array_equal(brain & ~coverage.held["T1"], brain & ~inner)
     share = percent(np.count_nonzero(brain & ~inner) / np.count_nonzero(brain))
     assert coverage.notes == [f"t1.nii.gz: holds no data (zeros) in {share} of the brain, in a shell around its edge, "
-                              "as if skull-stripped with a tighter mask; synthesised there from T2 alone"]
+                              "as if skull-stripped with a tighter mask than the brain taken (the other inputs' "
+                              "foreground, or the brain mask given); synthesised there from T2 alone"]
     brain, inputs = brain_and_inputs()
     surface = brain & ~inner
     rng = np.random.default_rng(2)
