@@ -35,9 +35,8 @@ from .preprocessing import (
 )
 from .provenance import is_output
 from .registration import OUT_OF_REGISTER_MM, apparent_motion, register_onto
-from .spikes import remove_spikes
 from .tiling import run_tiled
-from .validation import align, check_distinct, check_magnitude, check_mask, check_values, nan_as_no_data
+from .validation import align, check_distinct, check_mask, checked_image
 from .volume import Geometry, Volume, reoriented_onto, resample_to
 
 TILE = 96  # default core edge of a 3D model's tiles (memory vs halo overhead)
@@ -180,8 +179,10 @@ class SynthesisLogic:
             "subjects, the bundled model); give the acquired scan, or leave it out" for v in inputs.values()
             if is_output(v.description)]
         check_distinct(inputs)
-        inputs = {n: self._checked(v, early) for n, v in inputs.items()}
-        references = {t: self._checked(v, early) for t, v in references.items()}
+        for group in (inputs, references):
+            for name, volume in group.items():
+                group[name], changed = checked_image(volume)
+                early.extend(changed)
         masks.update({f"reference:{t}": v for t, v in references.items()})
         acquired = {n: (v.source, v.geometry.anatomical_spacing()) for n, v in inputs.items()}
         if request.register:
@@ -346,20 +347,6 @@ class SynthesisLogic:
         self.progress(1.0, "done")
         return SynthesisResult(outputs, saliency, contributions, settings.device.type, precision,
                                settings.notes, objective, region_contributions, means, provenance)
-
-    @staticmethod
-    def _checked(volume: Volume, notes: list[str]) -> Volume:
-        """``volume`` checked as an MR image, NaN taken as no data and spikes replaced (``nan_as_no_data``,
-        ``spikes.remove_spikes``, said in ``notes``)."""
-        volume, note = nan_as_no_data(volume)
-        if note:
-            notes.append(note)
-        check_values(volume)
-        volume, note = remove_spikes(volume)
-        if note:
-            notes.append(note)
-        check_magnitude(volume)  # after: a few hugely negative voxels are spikes, not a shifted image
-        return volume
 
     @staticmethod
     def _out_of_register(inputs: Mapping[str, Volume], reference: str, partial: set[str],

@@ -13,6 +13,7 @@ from typing import TypeVar
 import numpy as np
 
 from .errors import InputError
+from .spikes import remove_spikes
 from .volume import Volume, reoriented_onto, resample_to
 
 K = TypeVar("K")
@@ -79,6 +80,18 @@ def check_magnitude(volume: Volume) -> None:
         raise InputError(f"{volume.source}: {problem}; the models take MR intensities as acquired or bias-corrected "
                          "(0 and above), not z-scored or shifted ones: give the image before that normalisation "
                          "(a little below 0 at edges, as resampling leaves, is accepted)")
+
+
+def checked_image(volume: Volume) -> tuple[Volume, list[str]]:
+    """``volume`` checked as an MR image, inference's and training's alike: NaN taken as no data
+    (``nan_as_no_data``), infinite, empty or constant images refused (``check_values``), spikes replaced
+    (``spikes.remove_spikes``), shifted intensities refused after that (``check_magnitude``: a few hugely negative
+    voxels are spikes, not a shifted image); with the notes of what was changed."""
+    volume, nan = nan_as_no_data(volume)
+    check_values(volume)
+    volume, spikes = remove_spikes(volume)
+    check_magnitude(volume)
+    return volume, [n for n in (nan, spikes) if n]
 
 
 def voxel_digest(array: np.ndarray) -> str:

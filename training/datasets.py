@@ -30,9 +30,7 @@ from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.logic import model_grid, voxel_size_text
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
 from MRSynthesisLib.provenance import is_output
-from MRSynthesisLib.spikes import remove_spikes
-from MRSynthesisLib.validation import (check_magnitude, check_mask, check_values, nan_as_no_data, repeated_scan,
-                                       voxel_digest)
+from MRSynthesisLib.validation import check_mask, checked_image, repeated_scan, voxel_digest
 from MRSynthesisLib.volume import read_volume, reoriented_onto, resample_to
 
 from .lesions import flair_hyperintensity_mask
@@ -258,11 +256,8 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
              "output; trained on, it teaches the network what the model that made it does" for m, v in volumes.items()
              if is_output(v.description)]
     for m, volume in volumes.items():  # what inference repairs or refuses, training does alike
-        volumes[m], note = nan_as_no_data(volume)
-        check_values(volumes[m])
-        volumes[m], spikes = remove_spikes(volumes[m])
-        notes.extend(n for n in (note, spikes) if n)
-        check_magnitude(volumes[m])
+        volumes[m], changed = checked_image(volume)
+        notes.extend(changed)
     geometry = volumes[needed[0]].geometry
     for m, volume in volumes.items():  # the same grid, stored in any voxel order (as inference takes them)
         volumes[m] = reoriented_onto(volume, geometry)
