@@ -186,9 +186,10 @@ class SynthesisLogic:
         masks.update({f"reference:{t}": v for t, v in references.items()})
         acquired = {n: (v.source, v.geometry.anatomical_spacing()) for n, v in inputs.items()}
         if request.register:
+            reference_brain = foreground_mask([inputs[reference].array])  # once for every input registered onto it
             for name in [n for n in inputs if n != reference]:
                 self.progress(0.0, f"registering {name} onto {reference}")
-                registered = register_onto(inputs[reference], inputs[name])
+                registered = register_onto(inputs[reference], inputs[name], reference_brain)
                 inputs[name] = registered.volume
                 if registered.unmeasured is not None:  # travels with the masks onto the grid synthesised on
                     masks[f"unmeasured:{name}"] = registered.volume.with_array(

@@ -132,10 +132,12 @@ class Registration:
     unmeasured: np.ndarray | None  # reference voxels where the moving input holds no data (None: nowhere)
 
 
-def unmeasured_onto(reference: Volume, moving: Volume, transform: sitk.Transform) -> np.ndarray | None:
+def unmeasured_onto(reference: Volume, moving: Volume, transform: sitk.Transform,
+                    reference_brain: np.ndarray | None = None) -> np.ndarray | None:
     """The voxels of ``reference``'s grid in which ``moving`` holds no data, found on ``moving``'s own grid
     within the brain there (its own foreground and the reference's carried back, which covers what it lost) and
-    carried through ``transform`` (a voxel counts when most of its interpolated value would come from there)."""
+    carried through ``transform`` (a voxel counts when most of its interpolated value would come from there).
+    ``reference_brain``: the reference's foreground, when the caller registers several inputs onto it."""
     fixed, other = reference.to_sitk(), moving.to_sitk()
 
     def on(grid: sitk.Image, array: np.ndarray) -> sitk.Image:
@@ -143,9 +145,11 @@ def unmeasured_onto(reference: Volume, moving: Volume, transform: sitk.Transform
         image.CopyInformation(grid)
         return image
 
-    reference_brain = on(fixed, foreground_mask([reference.array]).astype(np.uint8))
-    brain = foreground_mask([moving.array]) | sitk.GetArrayFromImage(sitk.Resample(
-        reference_brain, other, transform.GetInverse(), sitk.sitkNearestNeighbor, 0)).astype(bool)
+    if reference_brain is None:
+        reference_brain = foreground_mask([reference.array])
+    carried_back = sitk.Resample(on(fixed, reference_brain.astype(np.uint8)), other, transform.GetInverse(),
+                                 sitk.sitkNearestNeighbor, 0)
+    brain = foreground_mask([moving.array]) | sitk.GetArrayFromImage(carried_back).astype(bool)
     region = not_measured(moving.array, brain)
     if not region.any():
         return None
@@ -153,11 +157,11 @@ def unmeasured_onto(reference: Volume, moving: Volume, transform: sitk.Transform
     return sitk.GetArrayFromImage(carried) >= 0.5
 
 
-def register_onto(reference: Volume, moving: Volume) -> Registration:
+def register_onto(reference: Volume, moving: Volume, reference_brain: np.ndarray | None = None) -> Registration:
     """``moving`` registered rigidly onto ``reference`` and resampled onto its grid, with how far it moved and
-    where it holds no data there."""
+    where it holds no data there (``reference_brain``: see ``unmeasured_onto``)."""
     transform = rigid_transform(reference, moving)
     image = sitk.Resample(moving.to_sitk(), reference.to_sitk(), transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     registered = reference.with_array(sitk.GetArrayFromImage(image), source=f"{moving.source} (registered)")
     return Registration(registered, largest_displacement(transform, reference),
-                        unmeasured_onto(reference, moving, transform))
+                        unmeasured_onto(reference, moving, transform, reference_brain))
