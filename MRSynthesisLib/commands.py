@@ -336,11 +336,23 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         return reordered
 
     synthetic = on_grid(args.synthetic)
+    # NaN is "no value" (SPM's reslicing writes it outside a field of view; inference takes it so): such
+    # voxels are compared nowhere, rather than the whole comparison refused. Infinite ones stay refused.
+    with_nan = [v.source for v in (synthetic, reference) if np.isnan(v.array).any()]
+    unvalued = np.isnan(synthetic.array) | np.isnan(reference.array)
+    if with_nan:
+        synthetic, reference = (v.with_array(np.where(unvalued, np.float32(0), v.array))
+                                for v in (synthetic, reference))
     for volume in (synthetic, reference):
         check_values(volume)
     brain = check_mask(on_grid(args.brain_mask)) if args.brain_mask else foreground_mask([reference.array])
+    left_out = int(np.count_nonzero(brain & unvalued))
+    brain &= ~unvalued
     if not brain.any():
-        raise InputError(f"{args.brain_mask}: the brain mask is empty")
+        raise InputError(f"{args.brain_mask or args.reference}: the brain mask is empty"
+                         + (" where both images hold a value (not NaN)" if left_out else ""))
+    unvalued_line = (f"\nNaN (no value) in {' and '.join(map(str, with_nan))}: {left_out} brain voxels left out of "
+                     "every figure" if with_nan else "")
     try:
         spec = NormalisationSpec.from_dict({"scheme": args.normalisation})
     except ValueError as error:
@@ -387,7 +399,8 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     if args.json:
         write_json(Path(args.json), values)
     print(f"synthetic: {synthetic.source}\nreference: {reference.source}\nnormalisation: {spec.scheme}; "
-          f"data range: max-min of the normalised reference" + dropped + (f"\nfigure: {figure}" if figure else "")
+          f"data range: max-min of the normalised reference" + unvalued_line + dropped
+          + (f"\nfigure: {figure}" if figure else "")
           + "\n")
     print(metrics.format_table(values))
     return EXIT_OK

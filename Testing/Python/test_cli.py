@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 from conftest import (DATA, NO_DATA, REPO, cli_command, cli_env, make_subject, make_tiny_model, phantom, run_cli_many,
                       write_image)
-from MRSynthesisLib.volume import read_volume
+from MRSynthesisLib.volume import read_volume, write_volume
 
 
 def files_under(folder: Path) -> list[str]:
@@ -454,6 +454,32 @@ def test_evaluate_leaves_out_snr_where_the_normalisation_zeroes_the_mean(runs):
     rows = table(result.stdout)
     assert "snr_brain" not in rows and np.isfinite(rows["ssim_brain"])
     assert "snr_brain left out: it needs the reference's brain mean, which zscore sets to 0" in result.stdout
+
+
+def test_evaluate_leaves_nan_voxels_out_of_every_figure(ws, tmp_path, in_process_cli, capsys):
+    """A reference with a NaN slab (SPM's reslicing writes NaN outside a field of view) was refused whole; now
+    it scores as the same comparison with those voxels left out of the brain mask."""
+    s = ws["subject"]
+    reference, brain = read_volume(s["FLAIR"]), read_volume(s["brain_mask"]).array > 0
+    slab = np.zeros(brain.shape, bool)
+    slab[brain.shape[0] // 2:brain.shape[0] // 2 + 2] = True
+    assert (slab & brain).any()
+    write_volume(reference.with_array(np.where(slab, np.nan, reference.array)), tmp_path / "nan.nii.gz")
+    write_volume(reference.with_array((brain & ~slab).astype(np.float32)), tmp_path / "brain_cut.nii.gz")
+    common = ["evaluate", "--synthetic", str(s["T2"]), "--json"]
+    assert in_process_cli([*common, str(tmp_path / "nan.json"), "--reference", str(tmp_path / "nan.nii.gz"),
+                           "--brain-mask", str(s["brain_mask"])]) == 0, capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert f"NaN (no value) in {tmp_path / 'nan.nii.gz'}: {int((slab & brain).sum())} brain voxels left out" in said
+    assert in_process_cli([*common, str(tmp_path / "cut.json"), "--reference", str(s["FLAIR"]),
+                           "--brain-mask", str(tmp_path / "brain_cut.nii.gz")]) == 0, capsys.readouterr().err
+    with_nan, cut = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("nan", "cut"))
+    assert {k: v for k, v in with_nan.items() if k.endswith("_brain")} == pytest.approx(
+        {k: v for k, v in cut.items() if k.endswith("_brain")})
+    # infinite voxels are not "no value": still refused
+    write_volume(reference.with_array(np.where(slab, np.inf, reference.array)), tmp_path / "inf.nii.gz")
+    assert in_process_cli([*common, str(tmp_path / "inf.json"), "--reference", str(tmp_path / "inf.nii.gz")]) == 2
+    assert "infinite" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
