@@ -35,6 +35,15 @@ _ALIASES: dict[str, str] = {
 }
 
 
+# A contrast agent named anywhere in a T1's name makes it the post-contrast T1: BIDS's ``ce-<agent>``
+# entity (``sub-01_ce-gadolinium_T1w``) or a marker beside the sequence's name (``T1w_gd``, ``MPRAGE_post``).
+# Guessed as the native T1, such a scan would be read by the wrong encoder, or trained on as a native T1.
+# A "pre"/"native" token keeps it native (``T1_pre_gd``: before gadolinium).
+_CONTRAST_AGENT = frozenset({"ce", "gd", "gad", "gado", "gadolinium", "post", "postcontrast", "postgd", "contrast",
+                             "enhanced"})
+_NATIVE = frozenset({"pre", "precontrast", "native", "nc", "noncontrast", "none"})
+
+
 def _key(name: str) -> str:
     # '*' is kept: T2* (T2-star, gradient echo) is a different contrast from T2.
     return re.sub(r"[^a-z0-9*]", "", name.lower())
@@ -61,21 +70,22 @@ def guess(name: str) -> str | None:
     """Guess a modality from a file or node name such as ``sub-01_t2f.nii.gz`` or ``T1 POST``.
 
     Tries the whole stem first, then its '_'/'-'/'.'/space separated tokens from the
-    right (BIDS-like names put the contrast last). Returns None when nothing matches.
+    right (BIDS-like names put the contrast last). A T1 whose name also names a contrast agent
+    is the post-contrast T1 (``_CONTRAST_AGENT``). Returns None when nothing matches.
     """
     stem = Path(name).name
     for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
         if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
             break
-    if is_known(stem):
-        return canonical(stem)
     tokens = [t for t in re.split(r"[_\-. ]+", stem) if t]
-    for i in range(len(tokens) - 1, -1, -1):
-        for j in (2, 1):  # two-token names first: "T1 POST" before "T1"
-            if i + j <= len(tokens) and is_known("".join(tokens[i:i + j])):
-                return canonical("".join(tokens[i:i + j]))
-    return None
+    found = canonical(stem) if is_known(stem) else next(
+        (canonical("".join(tokens[i:i + j])) for i in range(len(tokens) - 1, -1, -1)
+         for j in (2, 1) if i + j <= len(tokens) and is_known("".join(tokens[i:i + j]))), None)  # "T1 POST" before "T1"
+    keys = {_key(t) for t in tokens}
+    if found == "T1" and keys & _CONTRAST_AGENT and not keys & _NATIVE:
+        return "T1c"
+    return found
 
 
 def check_given_once(pairs: Sequence[tuple[str, str]], option: str) -> None:

@@ -71,6 +71,15 @@ def test_unknown_name_lists_the_known_ones(name):
     ("case3_T2_FLAIR.mha", "FLAIR"),
     ("T2 FLAIR", "FLAIR"),
     ("t1_gd", "T1c"),
+    # a contrast agent named beside a T1 (these were guessed as the native T1)
+    ("sub-01_ce-gadolinium_T1w.nii.gz", "T1c"),
+    ("sub-01_ce-Gd_run-1_T1w.nii.gz", "T1c"),
+    ("T1w_gd.nii.gz", "T1c"),
+    ("T1_MPRAGE_GD.nii.gz", "T1c"),
+    ("MPRAGE post contrast", "T1c"),
+    ("T1_pre_gd.nii.gz", "T1"),
+    ("sub-01_ce-none_T1w.nii.gz", "T1"),
+    ("FLAIR_post_gd.nii.gz", "FLAIR"),
     ("flair", "FLAIR"),
     ("T2", "T2"),
 ])
