@@ -91,6 +91,10 @@ class TrainConfig:
     validation_subjects: list[str] = field(default_factory=list)
     validation_fraction: float = 0.0
     split_seed: int = 0
+    # Train on subjects that lack some sequences (each serves the steps whose inputs it holds, and the cost
+    # skips the outputs it lacks: training/README.md "Incomplete cohorts"). Off by default: a sequence the
+    # folder naming did not recognise would otherwise be left out without a word.
+    incomplete_subjects: bool = False
     # lesion channel
     lesion_input: bool = True
     # for subjects without a lesion mask; training/README.md "The lesion channel" compares the choices

@@ -1,8 +1,10 @@
 """Finding subjects on disk, splitting them, and loading them preprocessed as inference does.
 
-Three layouts are understood: a folder tree in BraTS naming (``<case>/<case>-t1n.nii.gz``
+Four layouts are understood: a folder tree in BraTS naming (``<case>/<case>-t1n.nii.gz``
 or ``<case>/t1n.nii.gz``), the same in the shared MS naming (``patientXX/T1.nii.gz``,
-``T1POST``, ``T2``, ``FLAIR``, ``lesion_mask``), and a CSV manifest. Modality names go
+``T1POST``, ``T2``, ``FLAIR``, ``lesion_mask``), BIDS (``sub-01/[ses-1/]anat/sub-01_T1w.nii.gz``;
+each session a subject, the sessions of one ``sub-`` a patient that the split keeps on one
+side), and a CSV manifest. Modality names go
 through ``MRSynthesisLib.modalities`` so that every alias a collection uses maps to one
 canonical name.
 
@@ -46,11 +48,16 @@ NORMALISATION = NormalisationSpec("mean_in_brain")  # the paper's scheme, as the
 
 @dataclass
 class SubjectFiles:
-    """Where one subject's images are: canonical modality -> path, and an optional lesion mask."""
+    """Where one subject's images are: canonical modality -> path, and an optional lesion mask.
+
+    ``patient``: the person a BIDS session belongs to (its ``sub-`` folder), so that the split keeps
+    a patient's sessions together; None when the subject is its own patient.
+    """
 
     subject: str
     images: dict[str, Path]
     lesion: Path | None = None
+    patient: str | None = None
 
 
 def _stem(path: Path) -> str | None:
@@ -59,6 +66,19 @@ def _stem(path: Path) -> str | None:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return None
+
+
+def bids_subject(folder: Path) -> tuple[str, str] | None:
+    """(subject name, patient) of a BIDS ``sub-<label>/[ses-<label>/]anat`` folder, else None: every such
+    folder is called ``anat``, so its name cannot be the subject's."""
+    if folder.name != "anat":
+        return None
+    parent, session = folder.parent, None
+    if parent.name.startswith("ses-"):
+        parent, session = parent.parent, parent.name
+    if not parent.name.startswith("sub-"):
+        return None
+    return (f"{parent.name}_{session}" if session else parent.name), parent.name
 
 
 def _folder_subject(folder: Path) -> SubjectFiles | None:
@@ -78,7 +98,10 @@ def _folder_subject(folder: Path) -> SubjectFiles | None:
         if modality in images:
             raise InputError(f"{folder}: both {images[modality].name} and {path.name} are {modality}")
         images[modality] = path
-    return SubjectFiles(folder.name, images, lesion) if images else None
+    if not images:
+        return None
+    name, patient = bids_subject(folder) or (folder.name, None)
+    return SubjectFiles(name, images, lesion, patient)
 
 
 def discover_folder(root: Path) -> list[SubjectFiles]:
@@ -145,18 +168,30 @@ def check_same_data(saved: Mapping[str, Any] | None, current: Mapping[str, Any])
 
 
 def split_subjects(names: Sequence[str], validation: Sequence[str], fraction: float,
-                   seed: int) -> tuple[list[str], list[str]]:
-    """(training, validation) subject names: by subject, never by slice, so no scan is in both."""
+                   seed: int, patients: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """(training, validation) subject names: by subject, never by slice, so no scan is in both; and by
+    patient (``patients``: subject -> patient, for BIDS sessions), so that no person is in both.
+
+    ``validation`` may name subjects or patients (all of a patient's sessions); a session named
+    while another session of its patient would train is refused. ``fraction`` draws patients."""
     names = list(names)
+    patient = {n: (patients or {}).get(n, n) for n in names}
     if validation:
-        unknown = sorted(set(validation) - set(names))
+        unknown = sorted(set(validation) - set(names) - set(patient.values()))
         if unknown:
             raise InputError(f"validation subjects {unknown} are not among the subjects found: {names}")
-        held = [n for n in names if n in set(validation)]
+        held = [n for n in names if n in set(validation) or patient[n] in set(validation)]
+        split = sorted({patient[n] for n in held} & {patient[n] for n in names if n not in held})
+        if split:
+            sessions = "; ".join(p + ": " + ", ".join(n for n in names if patient[n] == p) for p in split)
+            raise InputError(f"validation subjects {held} leave other sessions of the same patient in training "
+                             f"({sessions}): name the patient, or all of its sessions")
     elif fraction > 0:
-        count = max(1, round(fraction * len(names)))
-        order = np.random.default_rng(seed).permutation(len(names))
-        held = [names[i] for i in sorted(order[:count])]
+        groups = list(dict.fromkeys(patient.values()))  # the names themselves when each is its own patient
+        count = max(1, round(fraction * len(groups)))
+        order = np.random.default_rng(seed).permutation(len(groups))
+        chosen = {groups[i] for i in order[:count]}
+        held = [n for n in names if patient[n] in chosen]
     else:
         held = []
     train = [n for n in names if n not in set(held)]
@@ -167,7 +202,8 @@ def split_subjects(names: Sequence[str], validation: Sequence[str], fraction: fl
 
 @dataclass
 class Subject:
-    """One preprocessed subject: modality -> (slices, H, W) float32, axial axis first.
+    """One preprocessed subject: modality -> (slices, H, W) float32, axial axis first, for the sequences
+    it holds (all the recipe's, unless ``incomplete_subjects``).
 
     ``lesion_source`` says where the lesion channel came from: "mask", "flair" (derived),
     "zeros" (taken as lesion-free), "ignored" (all zeros, and ``ignore`` marks the derived
@@ -228,7 +264,7 @@ def resampled(subject: Subject) -> str:
 def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[str], *, lesion_input: bool,
                  lesion_fallback: str, flair_z: float, min_voxels: int,
                  min_slice_brain_fraction: float, normalisation: NormalisationSpec = NORMALISATION,
-                 spacing_mm: Sequence[float] | None = None, plane: str | None = "axial"
+                 spacing_mm: Sequence[float] | None = None, plane: str | None = "axial", incomplete: bool = False
                  ) -> tuple[Subject, dict[str, np.ndarray], np.ndarray]:
     """Read, check, mask and normalise one subject exactly as ``SynthesisLogic`` does.
 
@@ -241,14 +277,27 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
     ``finer``). Coarser subjects keep their voxels: resampled up, a 2 mm training case taught the network
     its blur at the fine scale and lowered the held-out SSIM (docs/results/mixed_spacing).
 
-    Also returns the raw output arrays and the brain mask on the grid trained on (the file's, or the
+    With ``incomplete`` (the recipe's ``incomplete_subjects``) a subject may lack some of the sequences, as
+    long as it holds an input and an output: it is loaded with those it has (its brain mask from the inputs
+    it has, as inference takes it from the inputs given), and the steps use it where it serves
+    (``batches.trains``).
+
+    Also returns the raw output arrays it holds and the brain mask on the grid trained on (the file's, or the
     recipe's spacing), which ``preprocessing.reference_stats`` needs for the card's output intensity scale.
     """
     needed = list(dict.fromkeys([*inputs, *outputs]))
     missing = [m for m in needed if m not in files.images]
-    if missing:
-        found = ", ".join(f"{m} ({p})" for m, p in files.images.items()) or "none"
-        raise InputError(f"subject {files.subject} has no {', '.join(missing)} image; it has {found}")
+    found = ", ".join(f"{m} ({p})" for m, p in files.images.items()) or "none"
+    if missing and not incomplete:
+        raise InputError(f"subject {files.subject} has no {', '.join(missing)} image; it has {found} (with "
+                         "\"incomplete_subjects\": true in the recipe it trains on the sequences it has)")
+    for role, names in (("inputs", inputs), ("outputs", outputs)):
+        if not any(m in files.images for m in names):
+            raise InputError(f"subject {files.subject} has none of the {role} {', '.join(names)}; it has {found}: "
+                             "it cannot serve a training step; leave it out")
+    needed = [m for m in needed if m in files.images]
+    inputs = [m for m in inputs if m in files.images]
+    outputs = [m for m in outputs if m in files.images]
     volumes = {m: read_volume(files.images[m]) for m in needed}
     scans = {m: (voxel_digest(v.array), str(files.images[m])) for m, v in volumes.items()}
     check_distinct_scans({files.subject: scans})
@@ -291,6 +340,10 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
             lesion, source = check_mask(mask).astype(np.float32), "mask"  # 0/1 only, as inference takes it
             if target is not None:
                 lesion = resample_to(mask.with_array(lesion), target, nearest=True).array
+        elif lesion_fallback != "zeros" and "FLAIR" not in volumes:
+            raise InputError(f"subject {files.subject} has neither a lesion mask nor a FLAIR to derive its lesion "
+                             f"channel from (lesion_fallback \"{lesion_fallback}\"); give its lesion mask, or "
+                             "leave it out")
         elif lesion_fallback == "flair":
             lesion = flair_hyperintensity_mask(volumes["FLAIR"].array, brain, flair_z, min_voxels).astype(np.float32)
             source = "flair"

@@ -25,10 +25,12 @@ from .config import TrainConfig
 from .datasets import NORMALISATION
 
 
-def output_intensity(raw: Mapping[str, Sequence[np.ndarray]], brains: Sequence[np.ndarray],
+def output_intensity(raws: Sequence[Mapping[str, np.ndarray]], brains: Sequence[np.ndarray], outputs: Sequence[str],
                      spec: NormalisationSpec = NORMALISATION) -> dict[str, dict]:
-    """{output: IntensityStats dict} over the training volumes (``raw[m]`` in the order of ``brains``)."""
-    return {m: reference_stats(list(arrays), list(brains), spec).to_dict() for m, arrays in raw.items()}
+    """{output: IntensityStats dict} over the training volumes: ``raws`` a subject's output -> raw array, in the
+    order of ``brains``; an output is taken over the subjects that hold it (``incomplete_subjects``)."""
+    return {m: reference_stats([r[m] for r in raws if m in r], [b for r, b in zip(raws, brains) if m in r],
+                               spec).to_dict() for m in outputs}
 
 
 def training_spacing(spacings: Sequence[Sequence[float] | None]) -> list[float] | None:

@@ -30,7 +30,7 @@ from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from MRSynthesisLib.models.losses_chartsias import chartsias_loss
 
 from . import averaging, distributed
-from .batches import TRAIN_STREAM, build_batch, step_subset
+from .batches import TRAIN_STREAM, all_subsets, build_batch, step_subset, trainable_subsets
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import AVERAGE_KEYS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
 from .datasets import (NORMALISATION, Subject, check_distinct_scans, check_same_data, data_record, discover,
@@ -38,7 +38,7 @@ from .datasets import (NORMALISATION, Subject, check_distinct_scans, check_same_
 from .export import output_intensity, spacing_outliers, training_spacing, write_model_folder
 from .extend import load_base, working_config
 from .schedule import Schedule
-from .validate import validate
+from .validate import subject_tasks, validate
 
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
@@ -140,6 +140,22 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, steps_done: int
                          "(start a new run in another --out for anything else)")
 
 
+def missing_sequences(subject: Subject, config: TrainConfig) -> list[str]:
+    """The recipe's inputs and outputs that ``subject`` lacks (``incomplete_subjects``)."""
+    return [m for m in dict.fromkeys([*config.inputs, *config.outputs]) if m not in subject.images]
+
+
+def check_cohort(subjects: list[Subject], config: TrainConfig) -> None:
+    """Refuse an incomplete cohort in which an output or input is held by no training subject: its decoder
+    or encoder would never be trained, yet the model folder would offer it."""
+    for role, names in (("output", config.outputs), ("input", config.inputs)):
+        unheld = [m for m in names if not any(m in s.images for s in subjects)]
+        if unheld:
+            raise InputError(f"no training subject holds the {role}(s) {', '.join(unheld)}: the network would "
+                             f"never learn {'to synthesise' if role == 'output' else 'to read'} them; drop them from "
+                             f"the recipe's {role}s or add subjects that hold them")
+
+
 def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool, normalisation=NORMALISATION
           ) -> tuple[list[Subject], list[dict[str, np.ndarray]], list[np.ndarray]]:
     subjects, raws, brains = [], [], []
@@ -148,13 +164,16 @@ def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool, nor
                                            lesion_fallback=config.lesion_fallback, flair_z=config.lesion_flair_z,
                                            min_voxels=config.lesion_min_voxels,
                                            min_slice_brain_fraction=config.min_slice_brain_fraction,
-                                           normalisation=normalisation, spacing_mm=config.spacing_mm, plane="axial")
+                                           normalisation=normalisation, spacing_mm=config.spacing_mm, plane="axial",
+                                           incomplete=config.incomplete_subjects)
         subjects.append(subject)
         raws.append(raw)
         brains.append(brain)
         if verbose:
+            lacks = missing_sequences(subject, config)
             print(f"  {name}: {len(subject.slices)} axial slices of {subject.brain.shape[1:]}{resampled(subject)}, "
-                  f"lesion channel from {subject.lesion_source} ({int(subject.lesion.sum())} voxels)", flush=True)
+                  f"lesion channel from {subject.lesion_source} ({int(subject.lesion.sum())} voxels)"
+                  + (f", without {', '.join(lacks)}" if lacks else ""), flush=True)
             for note in subject.notes:
                 print(f"warning: {note}", flush=True)
     return subjects, raws, brains
@@ -196,7 +215,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
 
     files = {s.subject: s for s in discover(config.data)}
     train_names, val_names = split_subjects(list(files), config.validation_subjects, config.validation_fraction,
-                                            config.split_seed)
+                                            config.split_seed, {n: f.patient for n, f in files.items() if f.patient})
     data = data_record(files, train_names, val_names)
     if resume:  # before any volume is loaded
         check_same_data(checkpoint_state(out / CHECKPOINT).get("data"), data)
@@ -207,9 +226,19 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     if main:
         for line in spacing_outliers(train_names, [s.spacing_mm for s in train_subjects], slice_plane_only=True):
             print(f"warning: {line}", flush=True)
-    intensity = output_intensity({m: [r[m] for r in raws] for m in work.outputs}, brains, spec) if main else {}
+    check_cohort(train_subjects, work)
+    subsets = trainable_subsets(train_subjects, config.inputs, work.outputs, config.input_subsets)
+    untrained = [s for s in all_subsets(config.inputs) if s not in subsets] if config.input_subsets == "random" else []
+    if main and untrained:
+        print(f"warning: no training subject holds the inputs {'; '.join('+'.join(s) for s in untrained)} together "
+              "(with an output): the steps never fuse them, though the model will accept them", flush=True)
+    intensity = output_intensity(raws, brains, work.outputs, spec) if main else {}
     del raws, brains
     val_subjects = _load(work, val_names, files, main, spec)[0] if main else []
+    unscored = [s.name for s in val_subjects if not subject_tasks(s, work.inputs, work.outputs)]
+    if unscored:
+        raise InputError(f"validation subject(s) {', '.join(unscored)} hold no input with another output to score "
+                         "it against; choose other validation subjects")
     check_distinct_scans({s.name: s.scans for s in [*train_subjects, *val_subjects]})
 
     device = context.device
@@ -260,7 +289,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
                      file=sys.stderr, mininterval=5, dynamic_ncols=True)
         for i in steps:
             step = epoch * config.steps_per_epoch + i
-            subset = step_subset(config.inputs, config.input_subsets, config.seed, step)
+            subset = step_subset(subsets, config.seed, step)
             batch = build_batch(train_subjects, share, seed=config.seed, stream=TRAIN_STREAM, step=step, subset=subset,
                                 outputs=work.outputs, crop_size=config.crop_size, lesion_input=config.lesion_input,
                                 augment=config.augment, lesion_crop_fraction=config.lesion_crop_fraction,
@@ -270,7 +299,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss, parts = chartsias_loss(model, batch.inputs, batch.references, batch.lesion, weights,
-                                             mask=batch.weight)
+                                             mask=batch.weight, present=batch.present)
             loss.backward()
             distributed.average_gradients(model, context)
             optimizer.step()
@@ -331,8 +360,11 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
                "normalised_scale": "MSE/SSIM on mean_in_brain-normalised images, in the brain, every "
                                    f"{config.val_slice_stride}th axial slice",
                **{k: v for k, v in best_row.items() if k.startswith(("val_", "mse[", "ssim[", "averaged_steps"))}}
-    subjects = {"training": [{"subject": s.name, "lesion_channel": s.lesion_source} for s in train_subjects],
-                "validation": [{"subject": s.name, "lesion_channel": s.lesion_source} for s in val_subjects]}
+    def entry(s: Subject) -> dict[str, Any]:
+        lacks = missing_sequences(s, work)
+        return {"subject": s.name, "lesion_channel": s.lesion_source, **({"without": lacks} if lacks else {})}
+
+    subjects = {"training": [entry(s) for s in train_subjects], "validation": [entry(s) for s in val_subjects]}
     folder = write_model_folder(model.to(memory_format=torch.contiguous_format), config, out / config.name,
                                 intensity=intensity, subjects=subjects, metrics=metrics, command=command,
                                 spacing_mm=training_spacing([s.spacing_mm for s in train_subjects]), base=base)

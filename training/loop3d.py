@@ -26,7 +26,7 @@ from tqdm import tqdm
 from MRSynthesisLib.atomic import write_json
 from MRSynthesisLib.errors import InputError
 
-from .batches import TRAIN_STREAM, VALIDATION_STREAM, step_subset
+from .batches import TRAIN_STREAM, VALIDATION_STREAM, all_subsets, step_subset
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config3d import RESUMABLE_CHANGES, Train3DConfig
 from .datasets import check_distinct_scans, check_same_data, data_record, discover, split_subjects
@@ -149,7 +149,8 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
     torch.manual_seed(config.seed)
 
     files = {s.subject: s for s in discover(config.data)}
-    train_names, val_names = split_subjects(list(files), config.validation_subjects, 0.0, 0)
+    train_names, val_names = split_subjects(list(files), config.validation_subjects, 0.0, 0,
+                                            {n: f.patient for n, f in files.items() if f.patient})
     data = data_record(files, train_names, val_names)
     if resume:  # before any volume is loaded
         check_same_data(checkpoint_state(out / CHECKPOINT).get("data"), data)
@@ -158,7 +159,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
     volumes, raws, brains = load_volumes(config, train_names, files, True)
     for line in spacing_outliers(train_names, [v.spacing_mm for v in volumes]):
         print(f"warning: {line}", flush=True)
-    intensity = output_intensity({m: [r[m] for r in raws] for m in config.outputs}, brains, config.normalisation)
+    intensity = output_intensity(raws, brains, config.outputs, config.normalisation)
     del raws, brains
     val_volumes = load_volumes(config, val_names, files, True)[0]
     check_distinct_scans({v.name: v.scans for v in [*volumes, *val_volumes]})
@@ -190,7 +191,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
     reason = f"{config.epochs} epochs done"
     # Input dropout: each step gives a uniformly drawn non-empty subset of the inputs (the
     # others absent: zero channels, presence flags 0), one subset per step as in the 2D training.
-    subsets = "random" if config.input_dropout else "all"
+    subsets = all_subsets(config.inputs) if config.input_dropout else [tuple(config.inputs)]
     for epoch in range(state["epoch"], config.epochs):
         stop = _stop_reason(config, state, bool(val_volumes))
         if stop:
@@ -202,7 +203,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
                      mininterval=30, dynamic_ncols=True)
         for i in steps:
             step = epoch * config.steps_per_epoch + i
-            subset = step_subset(config.inputs, subsets, config.seed, step)
+            subset = step_subset(subsets, config.seed, step)
             patches = [sampler(step * config.batch_size + j) for j in range(config.batch_size)]
             batch = cut_batch(volumes, patches, size=size, margin=margin, inputs=subset, outputs=config.outputs,
                               lesion_input=config.lesion_input).to(device)

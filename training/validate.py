@@ -19,7 +19,7 @@ from MRSynthesisLib import metrics
 from MRSynthesisLib.inference import RunSettings, run_slicewise
 from MRSynthesisLib.models.losses_chartsias import chartsias_loss
 
-from .batches import VALIDATION_STREAM, build_batch
+from .batches import VALIDATION_STREAM, build_batch, trainable_subsets
 from .config import TrainConfig
 from .datasets import Subject
 
@@ -38,6 +38,17 @@ def validation_tasks(inputs: Sequence[str], outputs: Sequence[str]) -> list[tupl
     return tasks
 
 
+def subject_tasks(subject: Subject, inputs: Sequence[str],
+                  outputs: Sequence[str]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The ``validation_tasks`` a subject holds the sequences of (given inputs, and the targets it has)."""
+    tasks = []
+    for given, targets in validation_tasks(inputs, outputs):
+        held = tuple(t for t in targets if t in subject.images)
+        if held and all(m in subject.images for m in given):
+            tasks.append((given, held))
+    return tasks
+
+
 def _slice_ssim(synthetic: np.ndarray, reference: np.ndarray, brain: np.ndarray) -> float:
     """Mean 2D SSIM over the brain pixels of a stack of (non-adjacent) slices; one data range for the stack."""
     data_range = metrics.data_range_of(reference)
@@ -47,17 +58,20 @@ def _slice_ssim(synthetic: np.ndarray, reference: np.ndarray, brain: np.ndarray)
 
 def validate(model: nn.Module, subjects: Sequence[Subject], config: TrainConfig, device: torch.device,
              dtype: torch.dtype | None) -> dict[str, float]:
-    """Validation figures, flat: ``val_c1..val_total``, ``val_mse``, ``val_ssim`` and per-task ``mse[...]``/``ssim[...]``."""
+    """Validation figures, flat: ``val_c1..val_total``, ``val_mse``, ``val_ssim`` and per-task
+    ``mse[...]``/``ssim[...]``."""
     model.eval()
     settings = RunSettings(device, dtype, batch_size=config.batch_size)
     parts: dict[str, list[float]] = {}
+    # every input; in an incomplete cohort the largest set of inputs a validation subject holds
+    subset = max(trainable_subsets(subjects, config.inputs, config.outputs, "random"), key=len)
     for step in range(config.val_loss_batches):
         batch = build_batch(subjects, range(config.batch_size), seed=config.seed, stream=VALIDATION_STREAM, step=step,
-                            subset=config.inputs, outputs=config.outputs, crop_size=config.crop_size,
+                            subset=subset, outputs=config.outputs, crop_size=config.crop_size,
                             lesion_input=config.lesion_input, augment=None).to(device, config.channels_last)
         with torch.no_grad(), settings.autocast():
             _, values = chartsias_loss(model, batch.inputs, batch.references, batch.lesion,
-                                       tuple(config.loss_weights), mask=batch.weight)
+                                       tuple(config.loss_weights), mask=batch.weight, present=batch.present)
         for k, v in values.items():
             parts.setdefault(k, []).append(v)
     result = {f"val_{k}": float(np.mean(v)) for k, v in parts.items()}
@@ -79,7 +93,8 @@ def task_scores(model: nn.Module, subjects: Sequence[Subject], inputs: Sequence[
 
     Every ``stride``-th training slice of each subject is synthesised whole through ``run_slicewise``
     (the product's path) and scored in its supervised brain pixels on the normalised scale; the
-    subject's lesion channel is given when the model has one.
+    subject's lesion channel is given when the model has one. A subject lacking a sequence
+    (``incomplete_subjects``) scores the tasks and targets it holds.
     """
     scores: dict[str, list[float]] = {}
     for subject in subjects:
@@ -87,7 +102,7 @@ def task_scores(model: nn.Module, subjects: Sequence[Subject], inputs: Sequence[
         brain = subject.brain[index]
         scored = subject.supervised(index)
         lesion = subject.lesion[index] > 0.5 if lesion_input else None
-        for given, targets in validation_tasks(inputs, outputs):
+        for given, targets in subject_tasks(subject, inputs, outputs):
             out = run_slicewise(model, {m: subject.images[m][index] for m in given}, targets, axis=0, mask=brain,
                                 settings=settings, lesion=lesion).outputs
             for t in targets:

@@ -16,7 +16,12 @@ per-input latents Z_i and fused latent Z_a:
 MAE is the mean absolute error over all pixels of an image (eq. 2), then averaged over the
 batch (eq. 7 sums over the minibatch; ref's Keras losses average, which keeps the scale
 independent of the batch size). A ``mask`` (N, 1, H, W) of pixel weights turns every mean
-over pixels (c1, c2 and c3) into a weighted mean pooled over the batch.
+over pixels (c1, c2 and c3) into a weighted mean pooled over the batch. ``present`` (output ->
+(N,) 0/1) says which samples hold that output's reference (a subject of an incomplete cohort may lack
+a sequence): c1 and c3 then look at an output only in the samples that hold it, and average over the
+outputs that some sample of the batch holds. Every output is still decoded, so every decoder has a
+gradient (0 where no sample holds its output) and the parts name the same outputs on every step and
+every rank (``training/distributed.py`` all-reduces them as one flat list).
 Besides the terms, the parts hold ``active[<output>]``: the fraction of that output's
 decoded pixels above 0. It is a health check, not a cost: a decoder whose output ReLU has
 died gives exactly 0 there (``training/loop.py`` stops such a run).
@@ -45,6 +50,19 @@ def _masked_mean(x: Tensor, mask: Optional[Tensor], dims: tuple[int, ...]) -> Te
     return (x * w).sum(dims) / w.sum(dims).clamp_min(1e-12)
 
 
+def _output_mask(mask: Optional[Tensor], present: Tensor) -> Tensor:
+    """The pixel weights of one output's cost: ``mask`` (or 1), zero in the samples without its reference."""
+    held = present.to(torch.float32).view(-1, 1, 1, 1)
+    return held if mask is None else mask * held
+
+
+def _mean_over_held(values: list[Tensor], held: list[Tensor]) -> Tensor:
+    """The mean of per-output terms over the outputs some sample holds; an output none holds adds its
+    term (0) times 0, which keeps its decoder in the graph without counting it."""
+    weights = torch.stack(held)
+    return (torch.stack(values) * weights).sum() / weights.sum().clamp_min(1)
+
+
 def chartsias_loss(
     model: ChartsiasMIMO,
     inputs: Mapping[str, Tensor],
@@ -52,12 +70,14 @@ def chartsias_loss(
     lesion: Optional[Tensor] = None,
     weights: tuple[float, float, float] = PAPER_WEIGHTS,
     mask: Optional[Tensor] = None,
+    present: Optional[Mapping[str, Tensor]] = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Total w1*c1 + w2*c2 + w3*c3 (float32 scalar) and the parts {"c1", "c2", "c3", "total",
     "active[<output>]" per decoded output}.
 
     ``references`` maps model outputs to their ground truth (N, 1, H, W); only those
-    outputs are decoded (e.g. just a new decoder's modality in Sec. VI-E training).
+    outputs are decoded (e.g. just a new decoder's modality in Sec. VI-E training). ``present``
+    (output -> (N,) 0/1, for every reference): the samples whose reference is real (module docstring).
     """
     w1, w2, w3 = (float(w) for w in weights)
     if min(w1, w2, w3) < 0 or not (w1 or w2 or w3):
@@ -73,6 +93,9 @@ def chartsias_loss(
     bad = [t for t, y in references.items() if y.shape != shape]
     if bad or (mask is not None and mask.shape != shape):
         raise ValueError(f"references {bad} and mask must have the inputs' shape {tuple(shape)}")
+    if present is not None and (set(present) != set(references)
+                                or any(p.shape != shape[:1] for p in present.values())):
+        raise ValueError(f"present must give each of the references {sorted(references)} a ({shape[0]},) vector")
     n = len(latents)
     terms: dict[str, Tensor] = {}
     active: dict[str, Tensor] = {}
@@ -86,20 +109,22 @@ def chartsias_loss(
             zs.append(model.fuse(latents))
         targets = [t for t in model.outputs if t in references]
         outs = model.decode(torch.cat(zs), targets)
-        c1, c3 = [], []
+        c1, c3, held = [], [], []
         for t in targets:
             ref = references[t].float()
             pred = outs[t].float().unflatten(0, (len(zs), -1))
             active[f"active[{t}]"] = (pred.detach() > 0).float().mean()
+            weight = mask if present is None else _output_mask(mask, present[t])
+            if present is not None:
+                held.append((weight.sum() > 0).float())
             if w1:
-                c1.append(_masked_mean((pred[:n] - ref).abs(), mask, (1, 2, 3, 4)).sum())
+                c1.append(_masked_mean((pred[:n] - ref).abs(), weight, (1, 2, 3, 4)).sum())
             if w3:
                 fused = pred[-1] if separate_fused else pred[:n].mean(0)
-                c3.append(_masked_mean((fused - ref).abs(), mask, (0, 1, 2, 3)))
-        if w1:
-            terms["c1"] = torch.stack(c1).mean()
-        if w3:
-            terms["c3"] = torch.stack(c3).mean()
+                c3.append(_masked_mean((fused - ref).abs(), weight, (0, 1, 2, 3)))
+        for name, values in (("c1", c1), ("c3", c3)):
+            if values:
+                terms[name] = torch.stack(values).mean() if present is None else _mean_over_held(values, held)
     if w2:
         stack = torch.stack([z.float() for z in latents.values()])
         terms["c2"] = _masked_mean(stack.var(0, correction=0), mask, (0, 1, 2, 3))

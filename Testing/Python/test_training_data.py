@@ -257,6 +257,41 @@ def test_split_is_by_subject_and_seeded():
         split_subjects(names, ["nobody"], 0, 0)
 
 
+def write_bids_session(root: Path, subject: str, session: str | None, seed: int) -> Path:
+    """``sub-<subject>/[ses-<session>/]anat/`` with T1w, ce-gadolinium T1w, T2w and FLAIR, BIDS-named."""
+    labels = tissue_map(seed)
+    stem = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+    anat = root / f"sub-{subject}" / (f"ses-{session}" if session else "") / "anat"
+    files = {"T1": "T1w", "T1c": "ce-gadolinium_T1w", "T2": "T2w", "FLAIR": "FLAIR"}
+    for m, image in images_of(labels, seed, 1.0).items():
+        write(image.astype(np.float32), anat / f"{stem}_{files[m]}.nii.gz", LAS)
+    (anat / f"{stem}_T1w.json").write_text("{}")  # BIDS sidecars beside the images are not images
+    return anat
+
+
+def test_discovery_of_bids_sessions_and_a_split_that_keeps_a_patient_on_one_side(tmp_path):
+    """Every BIDS anat folder is called "anat": as subject names they repeated and the data set was refused.
+    Sessions of one sub- are one person: a split by session would train and validate on the same brain."""
+    for subject, session, seed in (("01", "1", 1), ("01", "2", 2), ("02", None, 3), ("03", "1", 4)):
+        write_bids_session(tmp_path / "bids", subject, session, seed)
+    found = {s.subject: s for s in discover([str(tmp_path / "bids")])}
+    assert sorted(found) == ["sub-01_ses-1", "sub-01_ses-2", "sub-02", "sub-03_ses-1"]
+    assert {m: p.name for m, p in found["sub-01_ses-2"].images.items()} == {
+        "T1": "sub-01_ses-2_T1w.nii.gz", "T1c": "sub-01_ses-2_ce-gadolinium_T1w.nii.gz",
+        "T2": "sub-01_ses-2_T2w.nii.gz", "FLAIR": "sub-01_ses-2_FLAIR.nii.gz"}
+    patients = {n: f.patient for n, f in found.items() if f.patient}
+    assert patients == {"sub-01_ses-1": "sub-01", "sub-01_ses-2": "sub-01", "sub-02": "sub-02",
+                        "sub-03_ses-1": "sub-03"}
+    names = sorted(found)
+    for seed in range(8):  # a drawn split holds whole patients
+        train, held = split_subjects(names, [], 0.3, seed, patients)
+        assert not {patients[n] for n in train} & {patients[n] for n in held}
+    assert split_subjects(names, ["sub-01"], 0, 0, patients)[1] == ["sub-01_ses-1", "sub-01_ses-2"]
+    with pytest.raises(InputError, match=r"sub-01_ses-2'\] leave other sessions .*sub-01: sub-01_ses-1, sub-01_ses-2"):
+        split_subjects(names, ["sub-01_ses-2"], 0, 0, patients)
+    assert split_subjects(names, ["sub-01_ses-1", "sub-01_ses-2"], 0, 0, patients)[0] == ["sub-02", "sub-03_ses-1"]
+
+
 def test_subject_is_preprocessed_as_inference_does(tmp_path):
     """Same brain mask and normalisation as SynthesisLogic, axial axis first, whatever the file orientation."""
     folder = write_brats_subject(tmp_path, "c", 5)
@@ -437,9 +472,9 @@ def test_a_batch_split_in_shares_is_the_global_batch(tmp_path):
 
 def test_step_subsets_cover_every_combination():
     names = ("T1", "T2", "FLAIR")
-    drawn = {step_subset(names, "random", 0, step) for step in range(200)}
+    drawn = {step_subset(all_subsets(names), 0, step) for step in range(200)}
     assert drawn == set(all_subsets(names)) and len(drawn) == 7
-    assert step_subset(names, "all", 0, 5) == names
+    assert step_subset([names], 0, 5) == names
 
 
 def test_ignore_fallback_hides_an_unlabelled_lesion_from_the_cost(tmp_path):

@@ -25,7 +25,7 @@ import training.loop
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.cli import main as cli_main
 from MRSynthesisLib.errors import InputError
-from test_training_data import write_dataset, write_ms_subject
+from test_training_data import write_bids_session, write_dataset, write_ms_subject
 from training.config import TrainConfig
 from training.experiments.last_weights import write_last_weights
 from training.loop import BEST, CHECKPOINT, METRICS, DeadOutputError, train
@@ -75,6 +75,16 @@ def test_a_recipe_spacing_puts_every_subject_on_it_and_the_card_says_so(tmp_path
     kept = run(sources, tmp_path / "kept", spacing_mm=[0.8, 0.8, 1.0], epochs=1)
     assert load_model(kept).card.spacing_mm == pytest.approx([1.0, 1.0, 1.0])
     assert "resampled from" not in capsys.readouterr().out
+
+
+def test_a_bids_data_set_trains_with_a_patient_held_out(tmp_path, capsys):
+    for subject, session, seed in (("01", "1", 1), ("01", "2", 2), ("02", None, 3)):
+        write_bids_session(tmp_path / "bids", subject, session, seed)
+    folder = run([str(tmp_path / "bids")], tmp_path / "run", epochs=1, validation_subjects=["sub-01"])
+    assert "validation subjects: sub-01_ses-1, sub-01_ses-2" in capsys.readouterr().out
+    training = load_model(folder).card.training["subjects"]
+    assert [s["subject"] for s in training["training"]] == ["sub-02"]
+    assert [s["subject"] for s in training["validation"]] == ["sub-01_ses-1", "sub-01_ses-2"]
 
 
 def test_run_writes_a_model_folder_that_the_cli_runs(reference, tmp_path):
@@ -273,17 +283,22 @@ def test_a_run_whose_output_dies_stops_unless_gradients_pass_through(reference, 
         assert "FLAIR were 0 at every pixel" in capsys.readouterr().err
 
 
-def test_torchrun_two_processes_equal_one(reference, tmp_path):
-    """torchrun, 2 CPU processes (gloo), each running half of every global batch: the same weights."""
-    sources, out, _ = reference
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(tiny(sources, tmp_path / "ddp")))
+def torchrun_two_processes(config: Path) -> None:
+    """``python -m training.train --config`` under torchrun, 2 CPU processes (gloo), one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                                 "-m", "training.train", "--config", str(config)],
                                cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "x 2 process(es)" in completed.stdout
+
+
+def test_torchrun_two_processes_equal_one(reference, tmp_path):
+    """torchrun, 2 CPU processes (gloo), each running half of every global batch: the same weights."""
+    sources, out, _ = reference
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny(sources, tmp_path / "ddp")))
+    torchrun_two_processes(config)
     single, double = tensors(out), tensors(tmp_path / "ddp")
     weights = [k for k in single if k.startswith("model.")]
     assert weights and all(torch.allclose(single[k], double[k], rtol=1e-4, atol=1e-6) for k in weights)
