@@ -21,7 +21,7 @@ from .cards import LoadedModel, load_model
 from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
 from .formats import WRITABLE_SUFFIXES, suffix_of
 from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult, voxel_size_text
-from .manifest import ManifestSubject, read_manifest
+from .manifest import PATIENT_COLUMN, ManifestSubject, read_manifest
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
 from .provenance import run_description, saliency_description, sidecar, sidecar_path, sidecars
@@ -244,7 +244,7 @@ def _created_by_an_interrupted_run(marker: Path) -> set[str]:
 
 def batch(args: argparse.Namespace, reporter: Reporter) -> int:
     check_out(args.out, folder_only=True)
-    subjects, rank, world = shard(read_manifest(args.manifest, MASK_COLUMNS))
+    subjects, rank, world = shard(read_manifest(args.manifest, MASK_COLUMNS, [PATIENT_COLUMN]))
     model = load_model(registry.resolve(args.model))
     logic = SynthesisLogic(model)
     failures: dict[str, str] = {}

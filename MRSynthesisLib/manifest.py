@@ -14,27 +14,34 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import modalities
 from .errors import InputError
 
 SUBJECT_COLUMN = "subject"
+# Rows that are sessions of one person name it here: training keeps them on one side of its split, and
+# ``mrsynthesis batch`` takes the column (and leaves it alone), so one manifest serves both.
+PATIENT_COLUMN = "patient"
 
 
 @dataclass(frozen=True)
 class ManifestSubject:
-    """One row: canonical modality -> image file, and mask column -> file for the masks given."""
+    """One row: canonical modality -> image file, mask column -> file for the masks given, and label
+    column -> text for the labels given (training's ``patient``)."""
 
     subject: str
     images: dict[str, Path]
     masks: dict[str, Path]
+    labels: dict[str, str] = field(default_factory=dict)
 
 
-def read_manifest(path: str | os.PathLike, mask_columns: Sequence[str] = ()) -> list[ManifestSubject]:
-    """Every subject of the manifest at ``path``; columns other than ``subject`` and ``mask_columns``
-    must name modalities. Any problem is an ``InputError`` naming the file (and line)."""
+def read_manifest(path: str | os.PathLike, mask_columns: Sequence[str] = (),
+                  label_columns: Sequence[str] = ()) -> list[ManifestSubject]:
+    """Every subject of the manifest at ``path``; columns other than ``subject``, ``mask_columns`` (files)
+    and ``label_columns`` (text) must name modalities. Any problem is an ``InputError`` naming the file
+    (and line)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such manifest")
@@ -55,7 +62,7 @@ def read_manifest(path: str | os.PathLike, mask_columns: Sequence[str] = ()) -> 
         raise InputError(f"{path}: column {header.index('') + 1} of the header has no name")
     modality_of: dict[str, str] = {}
     for column in header:
-        if column == SUBJECT_COLUMN or column in mask_columns:
+        if column == SUBJECT_COLUMN or column in mask_columns or column in label_columns:
             continue
         try:
             modality = modalities.canonical(column)
@@ -87,5 +94,6 @@ def read_manifest(path: str | os.PathLike, mask_columns: Sequence[str] = ()) -> 
         if len({f.resolve() for f in images.values()}) < len(images):
             raise InputError(f"{path}:{line}: subject {subject!r} names one file for two modalities")
         masks = {c: f for c in mask_columns if (f := file(c)) is not None}
-        subjects.append(ManifestSubject(subject, images, masks))
+        labels = {c: cells[c] for c in label_columns if cells.get(c)}
+        subjects.append(ManifestSubject(subject, images, masks, labels))
     return subjects

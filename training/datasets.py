@@ -117,9 +117,11 @@ def discover_folder(root: Path) -> list[SubjectFiles]:
 
 def read_manifest(path: Path) -> list[SubjectFiles]:
     """The subjects of a CSV manifest (``MRSynthesisLib.manifest``, the reader ``mrsynthesis batch``
-    uses): a ``subject`` column, one column per modality (any alias), an optional ``lesion_mask``."""
-    return [SubjectFiles(row.subject, row.images, row.masks.get(LESION_COLUMN))
-            for row in manifest.read_manifest(path, [LESION_COLUMN])]
+    uses): a ``subject`` column, one column per modality (any alias), an optional ``lesion_mask``, and
+    an optional ``patient`` (rows that are sessions of one person name it, and the split keeps them
+    together)."""
+    return [SubjectFiles(row.subject, row.images, row.masks.get(LESION_COLUMN), row.labels.get(manifest.PATIENT_COLUMN))
+            for row in manifest.read_manifest(path, [LESION_COLUMN], [manifest.PATIENT_COLUMN])]
 
 
 def discover(sources: Sequence[str]) -> list[SubjectFiles]:

@@ -69,7 +69,9 @@ def ws(tmp_path_factory):
     rows = []
     for seed, name in enumerate(("s1", "s2", "s3"), start=1):
         s = make_subject(cohort / name, seed=seed)
-        rows.append({"subject": name, "t1n": f"{name}/T1.nii.gz", "t2w": f"{name}/T2.nii.gz",
+        # "patient": training's column for sessions of one person; batch takes the same manifest
+        rows.append({"subject": name, "patient": "" if name == "s3" else "p1", "t1n": f"{name}/T1.nii.gz",
+                     "t2w": f"{name}/T2.nii.gz",
                      "t2f": "" if name == "s3" else f"{name}/FLAIR.nii.gz",
                      "lesion_mask": f"{name}/lesion_mask.nii.gz"})
         assert s.paths["T1"].is_file()

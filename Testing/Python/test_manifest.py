@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from MRSynthesisLib.errors import InputError
-from MRSynthesisLib.manifest import ManifestSubject, read_manifest
+from MRSynthesisLib.manifest import PATIENT_COLUMN, ManifestSubject, read_manifest
 from training.datasets import discover
 
 
@@ -28,6 +28,14 @@ def test_reads_aliases_paths_masks_and_blank_cells(tmp_path):
                                  {"lesion_mask": tmp_path / "a/lesion.nii.gz"})
     # absolute paths kept, empty cells are files not given, a trailing empty cell is not an extra column
     assert s2 == ManifestSubject("s2", {"T1": Path("/data/b/t1n.nii.gz"), "FLAIR": tmp_path / "b/t2f.nii.gz"}, {})
+
+
+def test_label_columns_are_text_and_other_columns_must_be_modalities(tmp_path):
+    path = write(tmp_path, "subject,patient,T1\ns1,p1,a/T1.nii.gz\ns2,,b/T1.nii.gz\n")
+    s1, s2 = read_manifest(path, (), [PATIENT_COLUMN])
+    assert s1.labels == {"patient": "p1"} and s2.labels == {} and s1.images == {"T1": tmp_path / "a/T1.nii.gz"}
+    with pytest.raises(InputError, match="column 'patient': unknown modality"):
+        read_manifest(path)
 
 
 @pytest.mark.parametrize("text, message", [

@@ -292,6 +292,19 @@ def test_discovery_of_bids_sessions_and_a_split_that_keeps_a_patient_on_one_side
     assert split_subjects(names, ["sub-01_ses-1", "sub-01_ses-2"], 0, 0, patients)[0] == ["sub-02", "sub-03_ses-1"]
 
 
+def test_a_manifest_names_the_patient_of_each_session(tmp_path):
+    write_ms_subject(tmp_path, "a", 1)
+    (tmp_path / "list.csv").write_text("subject,patient,T1,FLAIR\n"
+                                       "a_visit1,a,a/T1.nii.gz,a/FLAIR.nii.gz\n"
+                                       "a_visit2,a,a/T2.nii.gz,a/T1POST.nii.gz\n"
+                                       "b,,a/T1POST.nii.gz,a/T2.nii.gz\n")
+    subjects = {s.subject: s for s in discover([str(tmp_path / "list.csv")])}
+    assert {n: s.patient for n, s in subjects.items()} == {"a_visit1": "a", "a_visit2": "a", "b": None}
+    patients = {n: s.patient for n, s in subjects.items() if s.patient}
+    with pytest.raises(InputError, match="leave other sessions of the same patient in training"):
+        split_subjects(list(subjects), ["a_visit1"], 0, 0, patients)
+
+
 def test_subject_is_preprocessed_as_inference_does(tmp_path):
     """Same brain mask and normalisation as SynthesisLogic, axial axis first, whatever the file orientation."""
     folder = write_brats_subject(tmp_path, "c", 5)
