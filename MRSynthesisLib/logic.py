@@ -246,15 +246,15 @@ class SynthesisLogic:
         if getattr(self.model.network, "PARTIAL_COVERAGE", False):
             cover = self.coverage(arrays, brain, {n: v.source for n, v in inputs.items()}, slice_axis=slice_axis,
                                   known=known)
-            partial = set(cover.used)
+            unmeasured = {n: brain & ~h for n, h in cover.held.items()}
         else:
             cover = Coverage()
-            partial = set(partial_inputs(arrays, brain, known))
+            unmeasured = partial_inputs(arrays, brain, known)
             said.extend(f"{inputs[n].source}: holds no data (zeros) in part of the brain; {card.name} cannot leave an "
                         "input out where it holds none, so the result there is unreliable (leave this input out, or "
-                        "use a Chartsias model)" for n in partial)
-        if not request.register and reference not in partial:
-            said.extend(self._out_of_register(inputs, reference, partial, acquired))
+                        "use a Chartsias model)" for n in unmeasured)
+        if not request.register and reference not in unmeasured:
+            said.extend(self._out_of_register(inputs, reference, unmeasured, acquired))
         said.extend(cover.notes)
         spec = NormalisationSpec.from_dict(card.normalisation)
         # statistics from where each input holds data: zeros outside a slab would lower its mean
@@ -350,14 +350,15 @@ class SynthesisLogic:
                                settings.notes, objective, region_contributions, means, provenance)
 
     @staticmethod
-    def _out_of_register(inputs: Mapping[str, Volume], reference: str, partial: set[str],
+    def _out_of_register(inputs: Mapping[str, Volume], reference: str, unmeasured: Mapping[str, np.ndarray],
                          acquired: Mapping[str, tuple[str, tuple[float, float, float]]]) -> list[str]:
         """Notes for the inputs a quick rigid registration (``registration.apparent_motion``) moves by more than
-        ``OUT_OF_REGISTER_MM``; inputs holding data over part of the brain are not checked (the edges of a slab
-        zeroed on the grid drew the check 4-9 mm off on the BraTS case)."""
+        ``OUT_OF_REGISTER_MM``; ``unmeasured``: the brain voxels where an input holding data over part of the
+        brain holds none, which keeps the check away from their edges (they drew it 4-30 mm off on the BraTS
+        case)."""
         notes = []
-        for name in [n for n in inputs if n != reference and n not in partial]:
-            motion = apparent_motion(inputs[reference], inputs[name])
+        for name in [n for n in inputs if n != reference]:
+            motion = apparent_motion(inputs[reference], inputs[name], unmeasured.get(name))
             if motion is not None and motion > OUT_OF_REGISTER_MM:
                 notes.append(f"{acquired[name][0]}: seems out of register with {acquired[reference][0]}: a quick rigid "
                              f"registration moves its brain by about {motion:.0f} mm; --register aligns it first (a T2 "
