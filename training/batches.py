@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .augment import crop, draw_geometry, draw_thick_slices, jitter_intensity, thick_slice
 from MRSynthesisLib.errors import InputError
 
+from .augment import crop, draw_geometry, draw_thick_slices, jitter_intensity, thick_slice
 from .config import AugmentConfig
 from .datasets import Subject
 
