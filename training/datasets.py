@@ -104,12 +104,37 @@ def _folder_subject(folder: Path) -> SubjectFiles | None:
     return SubjectFiles(name, images, lesion, patient)
 
 
+def _derived_lesion_masks(folders: Sequence[Path]) -> dict[str, Path]:
+    """BIDS subject name -> its lesion mask among ``folders`` (a data set's ``derivatives``); two for one
+    subject are refused, since which one was meant cannot be told."""
+    masks: dict[str, Path] = {}
+    for folder in folders:
+        named = bids_subject(folder)
+        for path in sorted(p for p in folder.iterdir() if p.is_file()) if named else ():
+            stem = _stem(path)
+            if stem is not None and _LESION_STEM.match(stem):
+                if named[0] in masks:
+                    raise InputError(f"{masks[named[0]]} and {path} are both lesion masks of {named[0]}; keep one")
+                masks[named[0]] = path
+    return masks
+
+
 def discover_folder(root: Path) -> list[SubjectFiles]:
-    """Every folder under ``root`` (``root`` included) that holds recognised images is a subject."""
+    """Every folder under ``root`` (``root`` included) that holds recognised images is a subject.
+
+    In a BIDS data set (``dataset_description.json`` at ``root``) the folders under ``derivatives`` and
+    ``sourcedata`` hold no subjects of their own (a pipeline's preprocessed T1w would repeat the
+    subject's name), but a lesion mask under ``derivatives`` is the subject's."""
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
-    found = [s for folder in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
-             if (s := _folder_subject(folder)) is not None]
+    folders = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
+    bids = (root / "dataset_description.json").is_file()
+    aside = {f for f in folders if bids and {"derivatives", "sourcedata"} & set(f.relative_to(root).parts)}
+    found = [s for folder in folders if folder not in aside and (s := _folder_subject(folder)) is not None]
+    derived = _derived_lesion_masks([f for f in folders if f in aside and "derivatives" in f.relative_to(root).parts])
+    for subject in found:
+        if subject.lesion is None and subject.subject in derived:
+            subject.lesion = derived[subject.subject]
     if not found:
         raise InputError(f"{root}: no subject folders with images named by modality (e.g. T1.nii.gz, case-t2f.nii.gz)")
     return found

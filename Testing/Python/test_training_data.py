@@ -292,6 +292,26 @@ def test_discovery_of_bids_sessions_and_a_split_that_keeps_a_patient_on_one_side
     assert split_subjects(names, ["sub-01_ses-1", "sub-01_ses-2"], 0, 0, patients)[0] == ["sub-02", "sub-03_ses-1"]
 
 
+def test_a_bids_data_set_takes_lesion_masks_from_its_derivatives_and_no_subjects(tmp_path):
+    root = tmp_path / "bids"
+    write_bids_session(root, "01", None, 1)
+    write_bids_session(root, "02", "1", 2)
+    (root / "dataset_description.json").write_text('{"Name": "test", "BIDSVersion": "1.9.0"}')
+    lesions = root / "derivatives" / "lesions"
+    mask = write((tissue_map(1) == 4).astype(np.uint8), lesions / "sub-01" / "anat" / "sub-01_label-lesion_mask.nii.gz",
+                 LAS)
+    # a pipeline's preprocessed T1w under derivatives: the subject's name again, not a subject
+    write(images_of(tissue_map(1), 1, 1.0)["T1"].astype(np.float32),
+          root / "derivatives" / "preproc" / "sub-01" / "anat" / "sub-01_desc-preproc_T1w.nii.gz", LAS)
+    found = {s.subject: s for s in discover([str(root)])}
+    assert sorted(found) == ["sub-01", "sub-02_ses-1"]
+    assert found["sub-01"].lesion == mask and found["sub-02_ses-1"].lesion is None
+    assert found["sub-01"].images["T1"].name == "sub-01_T1w.nii.gz"
+    write(np.zeros((2, 2, 2), np.uint8), lesions / "sub-01" / "anat" / "sub-01_desc-manual_lesion_mask.nii.gz", LAS)
+    with pytest.raises(InputError, match="are both lesion masks of sub-01"):
+        discover([str(root)])
+
+
 def test_a_manifest_names_the_patient_of_each_session(tmp_path):
     write_ms_subject(tmp_path, "a", 1)
     (tmp_path / "list.csv").write_text("subject,patient,T1,FLAIR\n"
