@@ -129,9 +129,9 @@ def discover_folder(root: Path) -> list[SubjectFiles]:
         raise InputError(f"{root}: no such folder")
     folders = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
     bids = (root / "dataset_description.json").is_file()
-    aside = {f for f in folders if bids and {"derivatives", "sourcedata"} & set(f.relative_to(root).parts)}
-    found = [s for folder in folders if folder not in aside and (s := _folder_subject(folder)) is not None]
-    derived = _derived_lesion_masks([f for f in folders if f in aside and "derivatives" in f.relative_to(root).parts])
+    kind = {f: ({"derivatives", "sourcedata"} & set(f.relative_to(root).parts) if bids else set()) for f in folders}
+    found = [s for folder in folders if not kind[folder] and (s := _folder_subject(folder)) is not None]
+    derived = _derived_lesion_masks([f for f in folders if "derivatives" in kind[f]])
     for subject in found:
         if subject.lesion is None and subject.subject in derived:
             subject.lesion = derived[subject.subject]
@@ -192,6 +192,11 @@ def check_same_data(saved: Mapping[str, Any] | None, current: Mapping[str, Any])
             found.append(f"other files for {role} subjects {changed}")
     raise InputError(f"--resume: the data are not those of the checkpoint's run ({'; '.join(found)}); restore them, "
                      "or start a new run in another --out")
+
+
+def patients(files: Mapping[str, SubjectFiles]) -> dict[str, str]:
+    """Subject -> patient for the subjects that are sessions of a patient (``split_subjects``)."""
+    return {n: f.patient for n, f in files.items() if f.patient}
 
 
 def split_subjects(names: Sequence[str], validation: Sequence[str], fraction: float,

@@ -34,7 +34,7 @@ from .batches import TRAIN_STREAM, all_subsets, build_batch, step_subset, traina
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import AVERAGE_KEYS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
 from .datasets import (NORMALISATION, Subject, check_distinct_scans, check_same_data, data_record, discover,
-                       load_subject, resampled, split_subjects)
+                       load_subject, patients, resampled, split_subjects)
 from .export import output_intensity, spacing_outliers, training_spacing, write_model_folder
 from .extend import load_base, working_config
 from .schedule import Schedule
@@ -215,7 +215,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
 
     files = {s.subject: s for s in discover(config.data)}
     train_names, val_names = split_subjects(list(files), config.validation_subjects, config.validation_fraction,
-                                            config.split_seed, {n: f.patient for n, f in files.items() if f.patient})
+                                            config.split_seed, patients(files))
     data = data_record(files, train_names, val_names)
     if resume:  # before any volume is loaded
         check_same_data(checkpoint_state(out / CHECKPOINT).get("data"), data)

@@ -29,7 +29,7 @@ from MRSynthesisLib.errors import InputError
 from .batches import TRAIN_STREAM, VALIDATION_STREAM, all_subsets, step_subset
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config3d import RESUMABLE_CHANGES, Train3DConfig
-from .datasets import check_distinct_scans, check_same_data, data_record, discover, split_subjects
+from .datasets import check_distinct_scans, check_same_data, data_record, discover, patients, split_subjects
 from .early_stopping import up_stops
 from .export import output_intensity, spacing_outliers, training_spacing
 from .export3d import write_model_folder
@@ -150,7 +150,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
 
     files = {s.subject: s for s in discover(config.data)}
     train_names, val_names = split_subjects(list(files), config.validation_subjects, 0.0, 0,
-                                            {n: f.patient for n, f in files.items() if f.patient})
+                                            patients(files))
     data = data_record(files, train_names, val_names)
     if resume:  # before any volume is loaded
         check_same_data(checkpoint_state(out / CHECKPOINT).get("data"), data)
