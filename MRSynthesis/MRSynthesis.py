@@ -7,6 +7,8 @@ process, then loads what it wrote as new nodes. Batch mode is ``Scripts/batch.py
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from typing import Any, Optional
 
@@ -30,6 +32,7 @@ from MRSynthesisModuleLib.synthesis import LoadedResults, synthesize_and_wait
 from MRSynthesisModuleLib.widgets import SlicerWidgetFactory
 
 paths.ensure_importable()  # a source checkout keeps MRSynthesisLib one folder up
+from MRSynthesisModuleLib.saved_files import SavedFileMarker  # noqa: E402  (imports MRSynthesisLib)
 
 
 class MRSynthesis(ScriptedLoadableModule):
@@ -49,6 +52,11 @@ class MRSynthesis(ScriptedLoadableModule):
         icon = paths.resource("Icons/MRSynthesis.png")
         if os.path.isfile(icon):  # Slicer finds it itself only in the installed layout
             self.parent.icon = qt.QIcon(icon)
+        # A synthetic node saved with Slicer's own writers (the Save dialog, saveNode) gets the header line and
+        # the sidecar the command line writes, whether or not the panel was opened in this session: the scene
+        # may come from an earlier one. The module holds the marker so that it lives as long as the connection.
+        self.savedFiles = SavedFileMarker(slicer.mrmlScene, logging.warning)
+        slicer.app.coreIOManager().fileSaved.connect(self.savedFiles)
 
 
 class SlicerActions:
@@ -192,6 +200,15 @@ class MRSynthesisTest(ScriptedLoadableModuleTest):
         self.assertEqual(sorted(results.saliency["FLAIR"]), ["T1", "T2"])
         self.assertAlmostEqual(sum(results.contributions["FLAIR"].values()), 1.0, places=4)
         self.delayDisplay("Synthesised FLAIR with saliency maps")
+
+        saved = os.path.join(tempfile.mkdtemp(), "flair.nrrd")  # as the Save dialog saves: Slicer's own writer
+        self.assertTrue(slicer.util.saveNode(flair, saved))
+        with open(saved, "rb") as handle:
+            header = handle.read(4096).split(b"\n\n")[0].decode("ascii", "replace")
+        self.assertIn("ITK_FileNotes:=MRSynthesis synthetic FLAIR from T1+T2 (selftest)", header.splitlines())
+        with open(saved[:-len(".nrrd")] + ".json", encoding="utf-8") as handle:
+            self.assertEqual(json.load(handle)["image"], "flair.nrrd")
+        self.delayDisplay("Saved FLAIR says it is synthetic")
 
         bridge = SceneBridge(slicer.mrmlScene)
         segmentation, segment_id = bridge.create_lesion_segment(t1)

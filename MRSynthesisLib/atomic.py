@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .errors import InputError
 
+PARTIAL = ".partial"  # in the name of every temporary file ``replacing`` makes
 # What the user's machine or path, not our code, is to blame for: a full disk or quota, no permission, a read-only
 # file system, a file where the path needs a folder (or the reverse).
 UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
@@ -31,6 +32,12 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named as ``replacing`` names its temporary files (``.FLAIR.nii.gz.x1y2.partial.nii.gz``)."""
+    name = Path(path).name
+    return name.startswith(".") and PARTIAL + "." in name + "."
 
 
 @contextlib.contextmanager
@@ -45,7 +52,7 @@ def replacing(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial" + suffix, dir=path.parent)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL + suffix, dir=path.parent)
         os.close(handle)
         yield Path(temporary)
         os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp made it private; give the usual mode

@@ -16,16 +16,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .formats import suffix_of
+from .formats import WRITABLE_SUFFIXES, suffix_of
 
 SIDECAR_SUFFIX = ".json"
 OUTPUT_MARK = "MRSynthesis "  # how every output's header line starts (``description``, ``saliency_description``)
 
 
 def sidecar_path(image: str | Path) -> Path:
-    """``FLAIR_synthetic.nii.gz`` -> ``FLAIR_synthetic.json``, beside it."""
+    """``FLAIR_synthetic.nii.gz`` -> ``FLAIR_synthetic.json``, beside it; also for the formats only Slicer
+    writes (``FLAIR.nhdr``, ``FLAIR.img.gz`` -> ``FLAIR.json``)."""
     image = Path(image)
-    return image.with_name(image.name[: -len(suffix_of(image))] + SIDECAR_SUFFIX)
+    name = image.name
+    if name.lower().endswith(WRITABLE_SUFFIXES):
+        stem = name[: -len(suffix_of(image))]
+    else:
+        stem = Path(name[:-3] if name.lower().endswith(".gz") else name).stem
+    return image.with_name(stem + SIDECAR_SUFFIX)
 
 
 def is_ours(path: str | Path, image: str | Path) -> bool:

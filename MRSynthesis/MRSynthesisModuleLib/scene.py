@@ -21,6 +21,7 @@ LESION_COLOR = (1.0, 0.2, 0.1)
 SALIENCY_COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"  # built in (vtkMRMLColorLogic.h), black-red-yellow
 SYNTHETIC_ATTRIBUTE = "MRSynthesis.Synthetic"
 PROVENANCE_ATTRIBUTE = "MRSynthesis.Provenance"  # JSON: the output's sidecar (MRSynthesisLib.provenance)
+SALIENCY_ATTRIBUTE = "MRSynthesis.Saliency"  # a P3S map's header line (MRSynthesisLib.provenance.saliency_description)
 SALIENCY_HIDDEN_BELOW = 0.01  # fraction of the map's maximum drawn transparent, so the input shows through
 
 
@@ -44,7 +45,7 @@ class SceneBridge:
             storage.UseCompressionOff()
             if not storage.WriteData(node):
                 raise OSError(f"could not write {node.GetName()!r} to {path}")
-        line = json.loads(node.GetAttribute(PROVENANCE_ATTRIBUTE) or "{}").get("description")
+        line = header_line(node)
         if line:
             from MRSynthesisLib.header_notes import write_note
 
@@ -123,7 +124,18 @@ class SceneBridge:
         node.SetAttribute(SYNTHETIC_ATTRIBUTE, "true")
         node.SetAttribute(PROVENANCE_ATTRIBUTE, json.dumps(record))
 
+    def mark_saliency(self, node: Any, line: str) -> None:
+        """Say on the node which input of which synthetic image it maps (the header line of the command line's map)."""
+        node.SetAttribute(SALIENCY_ATTRIBUTE, line)
+
     def remove(self, nodes: list[Any]) -> None:
         for node in nodes:
             if node is not None and node.GetScene() is not None:
                 self.scene.RemoveNode(node)
+
+
+def header_line(node: Any) -> str:
+    """The line the command line writes in the header of the file this node came from: a synthetic image's
+    description (``mark_synthetic``), a saliency map's (``mark_saliency``); "" for a node of the user's."""
+    record = node.GetAttribute(PROVENANCE_ATTRIBUTE)
+    return json.loads(record).get("description", "") if record else node.GetAttribute(SALIENCY_ATTRIBUTE) or ""

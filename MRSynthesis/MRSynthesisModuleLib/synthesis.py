@@ -139,6 +139,8 @@ class PreparedRun:
 
     def load(self, synthesis: Outcome, evaluation: Optional[Outcome] = None) -> LoadedResults:
         """New nodes for the outputs and saliency maps; nothing is added when a read fails."""
+        from MRSynthesisLib.provenance import saliency_description
+
         result = SynthesisResult.from_event(synthesis.result)
         loaded = LoadedResults(inputs=self.inputs, outputs={}, contributions=result.contributions,
                                region_contributions=result.region_contributions,
@@ -147,13 +149,17 @@ class PreparedRun:
                                saliency_objective=result.saliency_objective,
                                reference=self.reference[:2] if self.reference else None)
         try:
+            records = {}
             for target, path in result.outputs.items():
                 loaded.outputs[target] = self.bridge.load_volume(path, self.job.output_name(target), self.first_input)
-                self.bridge.mark_synthetic(loaded.outputs[target], self._provenance(path))
+                records[target] = self._provenance(path)
+                self.bridge.mark_synthetic(loaded.outputs[target], records[target])
             for target, maps in result.saliency.items():
                 for modality, path in maps.items():
                     node = self.bridge.load_volume(path, saliency_name(target, modality), self.first_input)
                     self.bridge.style_saliency(node)
+                    self.bridge.mark_saliency(node, saliency_description(target, modality,
+                                                                         records[target]["model"]["name"]))
                     loaded.saliency.setdefault(target, {})[modality] = node
         except BaseException:
             self.bridge.remove(loaded.nodes())

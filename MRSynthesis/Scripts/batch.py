@@ -19,7 +19,6 @@ success, 2 on bad input (with the reason on stderr), 1 on an internal error.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -106,11 +105,12 @@ def check_folder(path: str, option: str, alternative: str = "") -> None:
                          f"name a folder without an extension {alternative}".rstrip())
 
 
-def save_all(files: Any, saves: Sequence[tuple[Any, str, str]]) -> None:
-    """Save every (node, path, header line) under a temporary name beside its file, with the line the command line
-    writes in the header (MRML storage writes none: ``header_notes``), and rename it into place; when one fails,
-    the files this call created are removed again, as the command line does: all or nothing."""
-    from MRSynthesisModuleLib.scene import PROVENANCE_ATTRIBUTE
+def save_all(files: Any, saves: Sequence[tuple[Any, str]]) -> None:
+    """Save every (node, path) under a temporary name beside its file, with the line the command line writes in the
+    header (``scene.header_line``; MRML storage writes none: ``header_notes``), and rename it into place; when one
+    fails, the files this call created are removed again, as the command line does: all or nothing."""
+    from MRSynthesisModuleLib.saved_files import provenance, sidecar_record
+    from MRSynthesisModuleLib.scene import header_line
 
     from MRSynthesisLib.atomic import replacing, write_json
     from MRSynthesisLib.errors import InputError
@@ -120,7 +120,7 @@ def save_all(files: Any, saves: Sequence[tuple[Any, str, str]]) -> None:
 
     created: list[str] = []
     try:
-        for node, path, line in saves:
+        for node, path in saves:
             existed = os.path.exists(path)
             suffix = next(s for s in OUTPUT_SUFFIXES if path.lower().endswith(s))
             with replacing(path, suffix=suffix) as temporary:
@@ -128,14 +128,14 @@ def save_all(files: Any, saves: Sequence[tuple[Any, str, str]]) -> None:
                     raise OSError(f"could not save {node.GetName()} to {path}")
                 if truncation(temporary):  # ITK's NIfTI writer reports a short write as success
                     raise InputError(f"{path}: could not save {node.GetName()} completely; is the disk full?")
-                write_note(temporary, line)
+                write_note(temporary, header_line(node))
             if not existed:
                 created.append(path)
-            record = node.GetAttribute(PROVENANCE_ATTRIBUTE)
-            if record:  # a synthetic image: its sidecar, as the command line writes it
+            record = provenance(node)
+            if record is not None:  # a synthetic image: its sidecar, as the command line writes it
                 sidecar = str(sidecar_path(path))
                 existed = os.path.exists(sidecar)
-                write_json(sidecar, {**json.loads(record), "image": os.path.basename(path)})
+                write_json(sidecar, sidecar_record(record, path))
                 if not existed:
                     created.append(sidecar)
             print(f"{node.GetName()}: {path}")
@@ -149,14 +149,14 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
     """Parse, load, synthesise, save; returns the exit status (messages go to stderr)."""
     from MRSynthesisModuleLib import paths
     from MRSynthesisModuleLib.process import CliLauncher
-    from MRSynthesisModuleLib.scene import PROVENANCE_ATTRIBUTE, SceneBridge
+    from MRSynthesisModuleLib.scene import SceneBridge
     from MRSynthesisModuleLib.synthesis import SynthesisFailed, synthesize_and_wait
 
     paths.ensure_importable()
     from MRSynthesisLib.atomic import check_writable
     from MRSynthesisLib.modalities import canonical, check_given_once
     from MRSynthesisLib.nifti_checks import truncation
-    from MRSynthesisLib.provenance import saliency_description, sidecars
+    from MRSynthesisLib.provenance import sidecars
 
     try:
         args = build_parser().parse_args(list(argv))
@@ -207,10 +207,8 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
                 "input's grid." if "different grids" in str(error) and not args.resample else "")
         print(f"batch.py: error: {error}{hint}", file=sys.stderr)
         return error.exit_code
-    records = {target: json.loads(results.outputs[target].GetAttribute(PROVENANCE_ATTRIBUTE)) for target in outputs}
-    saves = [(results.outputs[target], path, records[target]["description"]) for target, path in outputs.items()]
-    saves += [(node, os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz"),
-               saliency_description(target, modality, records[target]["model"]["name"]))
+    saves = [(results.outputs[target], path) for target, path in outputs.items()]
+    saves += [(node, os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz"))
               for target, per_input in results.saliency.items() for modality, node in per_input.items()]
     try:
         save_all(files, saves)

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from MRSynthesisLib.atomic import check_writable, replacing, write_json
+from MRSynthesisLib.atomic import check_writable, is_temporary, replacing, write_json
 from MRSynthesisLib.errors import InputError
 
 
@@ -45,3 +45,13 @@ def test_check_writable_finds_a_file_in_the_way_before_any_work(tmp_path):
         check_writable([path], [], overwrite=False)
     assert str(error.value) == f"{path}: {tmp_path / 'results'} is a file, not a folder to write into"
     check_writable([tmp_path / "new" / "flair.nii.gz"], [], overwrite=False)  # a folder yet to be made is fine
+
+
+def test_the_temporary_files_of_replacing_are_told_from_the_users(tmp_path):
+    """Slicer's save hook (MRSynthesisModuleLib.saved_files) leaves batch mode's temporary files to batch mode."""
+    for name, suffix in (("FLAIR.nii.gz", ".nii.gz"), ("a.partial.nrrd", ".nrrd"), ("x", "")):
+        with replacing(tmp_path / name, suffix=suffix) as temporary:
+            assert is_temporary(temporary)
+            temporary.write_text("")
+    for name in ("FLAIR.nii.gz", "a.partial.nrrd", ".hidden.nii.gz", "flair.partial", "x", ".x.partially.nii"):
+        assert not is_temporary(tmp_path / name), name

@@ -16,7 +16,8 @@ RUN = {"software": "MRSynthesis 0.1.0", "model": {"name": "tiny"}, "inputs": {"T
 
 
 @pytest.mark.parametrize("name, expected", [("FLAIR_synthetic.nii.gz", "FLAIR_synthetic.json"),
-                                            ("a.b.nii", "a.b.json"), ("x.NRRD", "x.json"), ("y.mha", "y.json")])
+                                            ("a.b.nii", "a.b.json"), ("x.NRRD", "x.json"), ("y.mha", "y.json"),
+                                            ("z.nhdr", "z.json"), ("a.b.img.gz", "a.b.json")])  # Slicer's too
 def test_the_sidecar_takes_the_image_name_with_json(tmp_path, name, expected):
     assert sidecar_path(tmp_path / name) == tmp_path / expected
 

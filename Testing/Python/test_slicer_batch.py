@@ -21,6 +21,7 @@ from conftest import cli_command, cli_env, make_subject, make_tiny_model, write_
 import batch  # noqa: E402
 from MRSynthesisLib.volume import Geometry, read_volume, resample_to  # noqa: E402
 from MRSynthesisModuleLib.process import CliLauncher  # noqa: E402
+from MRSynthesisModuleLib.scene import SceneBridge  # noqa: E402
 
 
 def test_batch_synthesises_and_saves_the_results(tmp_path, tiny_model, cli_home, capsys):
@@ -279,9 +280,10 @@ def test_every_output_format_saved_through_mrml_carries_the_header_note_and_read
     array = np.random.default_rng(0).normal(size=(6, 7, 8)).astype(np.float32)
     node = support.add_volume(scene, array, "FLAIR synthetic")
     path = str(tmp_path / f"FLAIR{suffix}")
-    line = "MRSynthesis synthetic FLAIR from T1+T2 (tiny)"
+    line = "MRSynthesis P3S saliency of synthetic FLAIR to input T2 (tiny)"
+    SceneBridge(scene).mark_saliency(node, line)  # a node whose header line is known, without a sidecar record
     files = support.CoreFiles(scene)
-    batch.save_all(files, [(node, path, line)])
+    batch.save_all(files, [(node, path)])
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     reader.ReadImageInformation()
