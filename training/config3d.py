@@ -68,6 +68,9 @@ class Train3DConfig:
     lesion_flair_z: float = 3.0
     lesion_min_voxels: int = 20
     input_dropout: bool = False
+    # A subject lacking some of the sequences trains on those it holds (as training.config's key): its inputs
+    # only with input_dropout (a network without presence flags needs every input), its outputs in any case.
+    incomplete_subjects: bool = False
     # voxel size (mm; left-right, anterior-posterior, inferior-superior) that subjects with finer voxels (by
     # more than 20 % along any axis) are resampled to; coarser ones keep theirs (null: all keep theirs)
     spacing_mm: list[float] | None = None

@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,14 +141,15 @@ def _check_resumable(saved: dict[str, Any], config: TrainConfig, steps_done: int
                          "(start a new run in another --out for anything else)")
 
 
-def missing_sequences(subject: Subject, config: TrainConfig) -> list[str]:
-    """The recipe's inputs and outputs that ``subject`` lacks (``incomplete_subjects``)."""
+def missing_sequences(subject: Any, config: Any) -> list[str]:
+    """The recipe's inputs and outputs that ``subject`` (a ``Subject`` or a 3D ``Volume3D``) lacks
+    (``incomplete_subjects``)."""
     return [m for m in dict.fromkeys([*config.inputs, *config.outputs]) if m not in subject.images]
 
 
-def check_cohort(subjects: list[Subject], config: TrainConfig) -> None:
+def check_cohort(subjects: Sequence[Any], config: Any) -> None:
     """Refuse an incomplete cohort in which an output or input is held by no training subject: its decoder
-    or encoder would never be trained, yet the model folder would offer it."""
+    or encoder (a 3D network's channel) would never be trained, yet the model folder would offer it."""
     for role, names in (("output", config.outputs), ("input", config.inputs)):
         unheld = [m for m in names if not any(m in s.images for s in subjects)]
         if unheld:

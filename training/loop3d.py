@@ -26,14 +26,14 @@ from tqdm import tqdm
 from MRSynthesisLib.atomic import write_json
 from MRSynthesisLib.errors import InputError
 
-from .batches import TRAIN_STREAM, VALIDATION_STREAM, all_subsets, step_subset
+from .batches import TRAIN_STREAM, VALIDATION_STREAM, all_subsets, step_subset, trainable_subsets, trains
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config3d import RESUMABLE_CHANGES, Train3DConfig
 from .datasets import check_distinct_scans, check_same_data, data_record, discover, patients, split_subjects
 from .early_stopping import up_stops
 from .export import output_intensity, spacing_outliers, training_spacing
 from .export3d import write_model_folder
-from .loop import BEST, CHECKPOINT, METRICS, _write_csv, autocast_dtype
+from .loop import BEST, CHECKPOINT, METRICS, _write_csv, autocast_dtype, check_cohort, missing_sequences
 from .patches3d import (
     GridSampler,
     Patch,
@@ -54,13 +54,35 @@ def training_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def make_sampler(config: Train3DConfig, volumes: Sequence[Volume3D], stream: int) -> GridSampler | RandomCropSampler:
-    """The paper's sampling: Klingelhoefer's brain-centred grid, or random brain-centred windows for Wei."""
+def make_sampler(config: Train3DConfig, volumes: Sequence[Volume3D], stream: int,
+                 chosen: Sequence[int] | None = None) -> GridSampler | RandomCropSampler:
+    """The paper's sampling: Klingelhoefer's brain-centred grid, or random brain-centred windows for Wei;
+    over the volumes ``chosen`` (indices into ``volumes``; default all)."""
+    chosen = range(len(volumes)) if chosen is None else chosen
     if config.patch_step is not None:
-        patches = [p for i, v in enumerate(volumes)
-                   for p in grid_patches(v.brain, config.patch_size, config.margin, config.patch_step, i)]
+        patches = [p for i in chosen
+                   for p in grid_patches(volumes[i].brain, config.patch_size, config.margin, config.patch_step, i)]
         return GridSampler(patches, config.seed, stream)
-    return RandomCropSampler([v.brain for v in volumes], config.patch_size, config.margin, config.seed, stream)
+    return RandomCropSampler([volumes[i].brain for i in chosen], config.patch_size, config.margin, config.seed, stream,
+                             list(chosen))
+
+
+class SubsetSamplers:
+    """The training sampler of a step's input subset: over the volumes that hold the subset and an output
+    (``batches.trains``), as the 2D steps draw their subjects. In a complete cohort that is every volume for
+    every subset, so one sampler serves all steps, as before ``incomplete_subjects``. A sampler's sample is
+    still a pure function of (seed, stream, k), so a resumed run draws what an uninterrupted one would."""
+
+    def __init__(self, config: Train3DConfig, volumes: Sequence[Volume3D]) -> None:
+        self.config, self.volumes = config, volumes
+        self.every = make_sampler(config, volumes, TRAIN_STREAM)
+        self._made = {tuple(range(len(volumes))): self.every}
+
+    def __call__(self, subset: Sequence[str]) -> GridSampler | RandomCropSampler:
+        chosen = tuple(i for i, v in enumerate(self.volumes) if trains(v, subset, self.config.outputs))
+        if chosen not in self._made:
+            self._made[chosen] = make_sampler(self.config, self.volumes, TRAIN_STREAM, chosen)
+        return self._made[chosen]
 
 
 def make_optimiser(config: Train3DConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -89,25 +111,44 @@ def patch_errors(model: nn.Module, batch: PatchBatch) -> tuple[torch.Tensor, tor
     return difference.square(), difference.abs()
 
 
+def held_errors(errors: torch.Tensor, batch: PatchBatch) -> tuple[torch.Tensor, int]:
+    """``errors`` (from ``patch_errors``) with the targets a sample's subject lacks set to 0, and how many voxels
+    are left: an output a subject lacks adds nothing to the cost (``PatchBatch.present``)."""
+    if batch.present is None:
+        return errors, errors.numel()
+    held = batch.present[:, :, None, None, None]
+    return errors * held, int(batch.present.sum()) * errors[0, 0].numel()
+
+
 def train_loss(model: nn.Module, batch: PatchBatch, loss: str) -> torch.Tensor:
     squared, absolute = patch_errors(model, batch)
-    return (squared if loss == "mse" else absolute).mean()
+    errors = squared if loss == "mse" else absolute
+    if batch.present is None:
+        return errors.mean()
+    errors, count = held_errors(errors, batch)
+    return errors.sum() / count
 
 
 @torch.no_grad()
 def validate(model: nn.Module, volumes: Sequence[Volume3D], patches: Sequence[Patch], config: Train3DConfig,
              dtype: torch.dtype | None, device: torch.device) -> dict[str, float]:
-    """MSE and MAE (normalised scale) over the target crops of the fixed validation patches, all inputs given."""
+    """MSE and MAE (normalised scale) over the target crops of the fixed validation patches, every input a
+    patch's subject holds given (all of them in a complete cohort) and the outputs it holds scored."""
     model.eval()
     squared = absolute = 0.0
     count = 0
-    for first in range(0, len(patches), config.batch_size):
-        batch = cut_batch(volumes, patches[first:first + config.batch_size], size=config.patch_size,
-                          margin=config.margin, inputs=config.inputs, outputs=config.outputs,
-                          lesion_input=config.lesion_input).to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            sq, ab = patch_errors(model, batch)
-        squared, absolute, count = squared + float(sq.sum()), absolute + float(ab.sum()), count + sq.numel()
+    groups: dict[tuple[str, ...], list[Patch]] = {}  # one group, in the patches' order, in a complete cohort
+    for patch in patches:
+        groups.setdefault(tuple(m for m in config.inputs if m in volumes[patch.volume].images), []).append(patch)
+    for given, group in groups.items():
+        for first in range(0, len(group), config.batch_size):
+            batch = cut_batch(volumes, group[first:first + config.batch_size], size=config.patch_size,
+                              margin=config.margin, inputs=given, outputs=config.outputs,
+                              lesion_input=config.lesion_input).to(device)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                sq, ab = patch_errors(model, batch)
+            (sq, voxels), (ab, _) = held_errors(sq, batch), held_errors(ab, batch)
+            squared, absolute, count = squared + float(sq.sum()), absolute + float(ab.sum()), count + voxels
     model.train()
     return {"val_mse": squared / count, "val_mae": absolute / count}
 
@@ -159,16 +200,25 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
     volumes, raws, brains = load_volumes(config, train_names, files, True)
     for line in spacing_outliers(train_names, [v.spacing_mm for v in volumes]):
         print(f"warning: {line}", flush=True)
+    check_cohort(volumes, config)
+    # Input dropout: each step gives a uniformly drawn non-empty subset of the inputs (the others absent:
+    # zero channels, presence flags 0), one subset per step as in the 2D training; in an incomplete cohort
+    # among the subsets some subject holds with an output.
+    subsets = trainable_subsets(volumes, config.inputs, config.outputs, "random" if config.input_dropout else "all")
+    untrained = [s for s in all_subsets(config.inputs) if s not in subsets] if config.input_dropout else []
+    if untrained:
+        print(f"warning: no training subject holds the inputs {'; '.join('+'.join(s) for s in untrained)} together "
+              "(with an output): no step gives the network them alone, though the model will accept them", flush=True)
     intensity = output_intensity(raws, brains, config.outputs, config.normalisation)
     del raws, brains
     val_volumes = load_volumes(config, val_names, files, True)[0]
     check_distinct_scans({v.name: v.scans for v in [*volumes, *val_volumes]})
-    sampler = make_sampler(config, volumes, TRAIN_STREAM)
+    samplers = SubsetSamplers(config, volumes)
     val_patches = make_sampler(config, val_volumes, VALIDATION_STREAM).fixed(config.validation_patches) \
         if val_volumes else []
-    if isinstance(sampler, GridSampler):
-        print(f"{len(sampler.patches)} grid patches ({size}^3 in, {config.target_size}^3 target) in the training "
-              f"volumes; {config.steps_per_epoch * config.batch_size} per epoch", flush=True)
+    if isinstance(samplers.every, GridSampler):
+        print(f"{len(samplers.every.patches)} grid patches ({size}^3 in, {config.target_size}^3 target) in the "
+              f"training volumes; {config.steps_per_epoch * config.batch_size} per epoch", flush=True)
 
     device = training_device()
     model = config.build_network().to(device)
@@ -189,9 +239,6 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
 
     model.train()
     reason = f"{config.epochs} epochs done"
-    # Input dropout: each step gives a uniformly drawn non-empty subset of the inputs (the
-    # others absent: zero channels, presence flags 0), one subset per step as in the 2D training.
-    subsets = all_subsets(config.inputs) if config.input_dropout else [tuple(config.inputs)]
     for epoch in range(state["epoch"], config.epochs):
         stop = _stop_reason(config, state, bool(val_volumes))
         if stop:
@@ -204,6 +251,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
         for i in steps:
             step = epoch * config.steps_per_epoch + i
             subset = step_subset(subsets, config.seed, step)
+            sampler = samplers(subset)
             patches = [sampler(step * config.batch_size + j) for j in range(config.batch_size)]
             batch = cut_batch(volumes, patches, size=size, margin=margin, inputs=subset, outputs=config.outputs,
                               lesion_input=config.lesion_input).to(device)
@@ -246,8 +294,11 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
                                    f"{config.target_size}^3 target crops of {len(val_patches)} fixed validation "
                                    "patches, background included",
                **{k: v for k, v in best_row.items() if k.startswith("val_")}}
-    subjects = {"training": [{"subject": v.name, "lesion_channel": v.lesion_source} for v in volumes],
-                "validation": [{"subject": v.name, "lesion_channel": v.lesion_source} for v in val_volumes]}
+    def entry(v: Volume3D) -> dict[str, Any]:
+        lacks = missing_sequences(v, config)
+        return {"subject": v.name, "lesion_channel": v.lesion_source, **({"without": lacks} if lacks else {})}
+
+    subjects = {"training": [entry(v) for v in volumes], "validation": [entry(v) for v in val_volumes]}
     folder = write_model_folder(model, config, out / config.name, intensity=intensity, subjects=subjects,
                                 metrics=metrics, command=command,
                                 spacing_mm=training_spacing([v.spacing_mm for v in volumes]))

@@ -108,14 +108,20 @@ class GridSampler:
 
 
 class RandomCropSampler:
-    """Wei's windows: sample ``k`` is a uniformly drawn brain voxel of all the volumes, from (seed, stream, k)."""
+    """Wei's windows: sample ``k`` is a uniformly drawn brain voxel of all the volumes, from (seed, stream, k).
 
-    def __init__(self, brains: Sequence[np.ndarray], size: int, margin: int, seed: int, stream: int) -> None:
+    ``volumes``: the index each of ``brains`` has in the run's volume list (default 0, 1, ...), for a
+    sampler over some of the volumes only (those holding a step's inputs, ``incomplete_subjects``).
+    """
+
+    def __init__(self, brains: Sequence[np.ndarray], size: int, margin: int, seed: int, stream: int,
+                 volumes: Sequence[int] | None = None) -> None:
         self.voxels = [np.flatnonzero(b) for b in brains]
         if not all(len(v) for v in self.voxels):
             raise ValueError("a volume has an empty brain mask")
         self.shapes = [b.shape for b in brains]
         self.bounds = np.cumsum([len(v) for v in self.voxels])
+        self.volumes = list(range(len(brains))) if volumes is None else list(volumes)
         self.size, self.margin, self.seed, self.stream = size, margin, seed, stream
 
     def __call__(self, k: int) -> Patch:
@@ -123,7 +129,7 @@ class RandomCropSampler:
         volume = int(np.searchsorted(self.bounds, pick, side="right"))
         offset = pick - (int(self.bounds[volume - 1]) if volume else 0)
         centre = np.unravel_index(self.voxels[volume][offset], self.shapes[volume])
-        return centred_patch(centre, self.size, self.margin, volume)
+        return centred_patch(centre, self.size, self.margin, self.volumes[volume])
 
     def fixed(self, count: int) -> list[Patch]:
         """The first ``count`` samples of this sampler's stream: a fixed validation set."""
@@ -132,33 +138,46 @@ class RandomCropSampler:
 
 @dataclass
 class PatchBatch:
-    """Network inputs (n, 1, S, S, S) by modality, targets (n, 1, T, T, T), the lesion windows."""
+    """Network inputs (n, 1, S, S, S) by modality, targets (n, 1, T, T, T), the lesion windows, and
+    ``present`` (n, outputs): 1 where the sample's subject holds that output, else its target is 0 and
+    unseen by the cost (``incomplete_subjects``); None when every sample holds every output."""
 
     inputs: dict[str, torch.Tensor]
     targets: dict[str, torch.Tensor]
     lesion: torch.Tensor | None
+    present: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> PatchBatch:
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, non_blocking=True)
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
 
         return PatchBatch({k: move(v) for k, v in self.inputs.items()}, {k: move(v) for k, v in self.targets.items()},
-                          None if self.lesion is None else move(self.lesion))
+                          move(self.lesion), move(self.present))
 
 
 def cut_batch(volumes: Sequence[Volume3D], patches: Sequence[Patch], *, size: int, margin: int,
               inputs: Sequence[str], outputs: Sequence[str], lesion_input: bool) -> PatchBatch:
-    """Cut ``patches``: ``inputs`` (and the lesion mask) over the window, ``outputs`` over its central crop."""
+    """Cut ``patches``: ``inputs`` (and the lesion mask) over the window, ``outputs`` over its central crop.
+    Every patch's volume must hold ``inputs``; an output it lacks is a zero target marked in ``present``."""
     target = size - 2 * margin
+    lacking = sorted({volumes[p.volume].name for p in patches
+                      if not all(m in volumes[p.volume].images for m in inputs)})
+    if lacking:
+        raise ValueError(f"{', '.join(lacking)} lack some of the inputs {list(inputs)}")
 
     def stack(name: str | None, inner: bool) -> torch.Tensor:
         arrays = []
         for patch in patches:
             volume = volumes[patch.volume]
-            array = volume.lesion if name is None else volume.images[name]
             start = [s + margin for s in patch.start] if inner else patch.start
+            if name is not None and name not in volume.images:  # an output it lacks
+                arrays.append(np.zeros((target if inner else size,) * 3, np.float32))
+                continue
+            array = volume.lesion if name is None else volume.images[name]
             arrays.append(window(array, start, target if inner else size))
         return torch.from_numpy(np.stack(arrays)[:, None])
 
+    present = [[m in volumes[p.volume].images for m in outputs] for p in patches]
     return PatchBatch({m: stack(m, False) for m in inputs}, {m: stack(m, True) for m in outputs},
-                      stack(None, False) if lesion_input else None)
+                      stack(None, False) if lesion_input else None,
+                      None if all(map(all, present)) else torch.tensor(present, dtype=torch.float32))

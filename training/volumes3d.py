@@ -14,13 +14,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from MRSynthesisLib.errors import InputError
+
 from .config3d import Train3DConfig
 from .datasets import SubjectFiles, load_subject, resampled
+from .loop import missing_sequences
 
 
 @dataclass
 class Volume3D:
-    """One subject: normalised images by modality, lesion channel (0/1) and brain mask, file order."""
+    """One subject: normalised images by modality (those it holds, ``incomplete_subjects``), lesion channel (0/1)
+    and brain mask, file order."""
 
     name: str
     images: dict[str, np.ndarray]
@@ -45,7 +49,12 @@ def load_volumes(config: Train3DConfig, names: Sequence[str], files: Mapping[str
             files[name], config.inputs, config.outputs, lesion_input=config.lesion_input,
             lesion_fallback=config.lesion_fallback, flair_z=config.lesion_flair_z, min_voxels=config.lesion_min_voxels,
             min_slice_brain_fraction=0.0, normalisation=config.normalisation, spacing_mm=config.spacing_mm,
-            plane=None)
+            plane=None, incomplete=config.incomplete_subjects)
+        absent = [m for m in config.inputs if m not in subject.images]
+        if absent and not config.input_dropout:
+            raise InputError(f"subject {name} has no {', '.join(absent)} image; this network takes every input "
+                             "stacked as channels and cannot learn without one, unless trained with \"input_dropout\": "
+                             "true (then an absent input is a zero channel it is told of)")
         axis = subject.axial_axis
         volume = Volume3D(name, {m: _file_order(a, axis) for m, a in subject.images.items()},
                           _file_order(subject.lesion, axis), brain, subject.lesion_source, subject.spacing_mm,
@@ -54,8 +63,10 @@ def load_volumes(config: Train3DConfig, names: Sequence[str], files: Mapping[str
         raws.append(raw)
         brains.append(brain)
         if verbose:
+            lacks = missing_sequences(volume, config)
             print(f"  {name}: {volume.brain.shape} voxels{resampled(subject)}, {int(volume.brain.sum())} in the "
-                  f"brain, lesion channel from {volume.lesion_source}", flush=True)
+                  f"brain, lesion channel from {volume.lesion_source}"
+                  + (f", without {', '.join(lacks)}" if lacks else ""), flush=True)
             for note in subject.notes:
                 print(f"warning: {note}", flush=True)
     return volumes, raws, brains
