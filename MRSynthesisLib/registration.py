@@ -70,13 +70,15 @@ OUT_OF_REGISTER_MM = 4.0
 
 def _rigid(fixed: sitk.Image, other: sitk.Image, edges_mm: float, shrink: tuple[int, ...],
            smoothing_mm: tuple[float, ...], sampling: float, check: bool = False,
-           moving_mask: sitk.Image | None = None) -> sitk.Transform:
+           moving_mask: sitk.Image | None = None, fixed_mask: sitk.Image | None = None) -> sitk.Transform:
     """Mattes MI between the gradient magnitudes (Gaussian of ``edges_mm``) of two images, a rigid transform from
     their geometric centres, on a pyramid of ``shrink`` / ``smoothing_mm``, sampled in ``fixed``'s foreground
-    (and, with ``moving_mask``, where it maps into that mask of ``other``).
+    (within ``fixed_mask`` when given, and, with ``moving_mask``, where it maps into that mask of ``other``).
     ``check``: from where the scanner puts them instead (the question is whether they are in register there; a
     slab on its own smaller grid, centred onto the reference's, started 60 mm off and ended 23 mm off)."""
     mask = sitk.Cast(fixed > 0, sitk.sitkUInt8)
+    if fixed_mask is not None:
+        mask = sitk.And(mask, fixed_mask)
     fixed, other = (sitk.GradientMagnitudeRecursiveGaussian(i, edges_mm) for i in (fixed, other))
     if check:
         start = sitk.Euler3DTransform()
@@ -107,31 +109,43 @@ def rigid_transform(reference: Volume, moving: Volume) -> sitk.Transform:
     return _rigid(reference.to_sitk(), moving.to_sitk(), EDGES_MM, SHRINK, SMOOTHING_MM, SAMPLING)
 
 
-def apparent_motion(reference: Volume, moving: Volume, unmeasured: np.ndarray | None = None) -> float | None:
+def apparent_motion(reference: Volume, moving: Volume, unmeasured: np.ndarray | None = None,
+                    reference_unmeasured: np.ndarray | None = None) -> float | None:
     """How far (mm) a quick rigid registration of ``moving`` onto ``reference`` on voxels of about ``CHECK_MM``
     moves the reference's brain: a check that the inputs are in register, not a registration. None where it cannot
     tell: an image under ``CHECK_VOXELS`` coarse voxels along an axis, or a registration ITK gives up on.
-    ``unmeasured``: the brain voxels (of ``moving``'s grid) where it holds no data, if any; the metric then reads
-    it only ``CHECK_MARGIN`` coarse voxels away from them, and fewer than ``CHECK_VOXELS`` of its brain's coarse
-    voxels left along an axis is too little to tell (None)."""
+    ``unmeasured`` / ``reference_unmeasured``: the brain voxels (of ``moving``'s / ``reference``'s grid) where that
+    image holds no data, if any; the metric then reads each image only ``CHECK_MARGIN`` coarse voxels away from
+    them (the edge of a zeroed slab is an edge of neither anatomy), and fewer than ``CHECK_VOXELS`` of its brain's
+    coarse voxels left along an axis is too little to tell (None)."""
 
     def coarse(volume: Volume) -> sitk.Image:
         return sitk.BinShrink(volume.to_sitk(), [max(1, round(CHECK_MM / s)) for s in volume.geometry.spacing])
 
+    def away_from(volume: Volume, image: sitk.Image, lost: np.ndarray | None) -> tuple[bool, sitk.Image | None]:
+        """Whether enough of ``image``'s brain is far enough from ``lost`` to tell, and those coarse voxels as a
+        mask (None: nothing lost, the whole image)."""
+        if lost is None:
+            return True, None
+        near = sitk.GetArrayFromImage(coarse(volume.with_array(lost.astype(np.float32)))) > 0
+        kept = ~ndi.binary_dilation(near, iterations=CHECK_MARGIN)
+        brain = np.nonzero(kept & (sitk.GetArrayFromImage(image) > 0))
+        if not len(brain[0]) or min(np.ptp(i) + 1 for i in brain) < CHECK_VOXELS:  # as for a small image
+            return False, None
+        mask = sitk.GetImageFromArray(kept.astype(np.uint8))
+        mask.CopyInformation(image)
+        return True, mask
+
     fixed, other = coarse(reference), coarse(moving)
     if min(*fixed.GetSize(), *other.GetSize()) < CHECK_VOXELS:
         return None
-    mask = None
-    if unmeasured is not None:
-        lost = sitk.GetArrayFromImage(coarse(moving.with_array(unmeasured.astype(np.float32)))) > 0
-        kept = ~ndi.binary_dilation(lost, iterations=CHECK_MARGIN)
-        brain = np.nonzero(kept & (sitk.GetArrayFromImage(other) > 0))
-        if not len(brain[0]) or min(np.ptp(i) + 1 for i in brain) < CHECK_VOXELS:  # as for a small image
-            return None
-        mask = sitk.GetImageFromArray(kept.astype(np.uint8))
-        mask.CopyInformation(other)
+    (moving_enough, moving_mask), (fixed_enough, fixed_mask) = (away_from(moving, other, unmeasured),
+                                                                away_from(reference, fixed, reference_unmeasured))
+    if not (moving_enough and fixed_enough):
+        return None
     try:
-        transform = _rigid(fixed, other, CHECK_MM / 2, (1,), (0.0,), 0.5, check=True, moving_mask=mask)
+        transform = _rigid(fixed, other, CHECK_MM / 2, (1,), (0.0,), 0.5, check=True, moving_mask=moving_mask,
+                           fixed_mask=fixed_mask)
     except RuntimeError:  # e.g. too few samples inside both images: nothing to say, and the run goes on
         return None
     return largest_displacement(transform, reference)

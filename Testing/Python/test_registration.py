@@ -98,8 +98,9 @@ def test_without_register_an_input_far_out_of_register_is_said(pair, tiny_model)
     assert apparent_motion(small, small) is None  # 5 coarse voxels a side: too few to tell
 
 
-def test_an_input_holding_data_over_part_of_the_brain_is_checked_away_from_its_edge(tiny_model):
-    """Its zeroed part's edge is an edge the reference lacks: the check reads the input only away from it."""
+@pytest.mark.parametrize("partial", ["T2", "T1"])  # the moving input, or the reference the others are checked on
+def test_an_input_holding_data_over_part_of_the_brain_is_checked_away_from_its_edge(tiny_model, partial):
+    """Its zeroed part's edge is an edge the other image lacks: the check reads it only away from it."""
     from MRSynthesisLib.cards import load_model
     from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
 
@@ -111,11 +112,12 @@ def test_an_input_holding_data_over_part_of_the_brain_is_checked_away_from_its_e
     logic = SynthesisLogic(load_model(tiny_model))
 
     def said(moving):
-        top = moving.array.copy()
+        inputs = {"T1": t1, "T2": moving}
+        top = inputs[partial].array.copy()
         top[: top.shape[0] // 3] = 0  # a third of its sections lost: part of the brain
-        notes = logic.run(SynthesisRequest({"T1": t1, "T2": moving.with_array(top)}, ["FLAIR"], device="cpu",
-                                           precision="fp32")).notes
-        assert any("holds no data (zeros)" in n for n in notes)
+        inputs[partial] = inputs[partial].with_array(top)
+        notes = logic.run(SynthesisRequest(inputs, ["FLAIR"], device="cpu", precision="fp32")).notes
+        assert any(n.startswith(f"/data/{partial}") and "holds no data (zeros)" in n for n in notes)
         return [n for n in notes if "out of register" in n]
 
     assert said(t2) == []
@@ -125,7 +127,7 @@ def test_an_input_holding_data_over_part_of_the_brain_is_checked_away_from_its_e
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
 def test_on_real_data_a_slab_is_checked_without_its_edges():
-    """BraTS's T2 kept in a 60 mm axial slab: the slab's edges drew the unmasked check 4.1 mm off as given, 29.7 mm
+    """BraTS's T2 (then its T1, the reference) kept in a 60 mm axial slab: the slab's edges drew the unmasked check 4.1 mm off as given, 29.7 mm
     moved by 3 degrees and 2 mm; masked as ``logic`` masks it, in and out of register are told apart."""
     from MRSynthesisLib.coverage import input_coverage
     from MRSynthesisLib.preprocessing import foreground_mask
@@ -150,6 +152,14 @@ def test_on_real_data_a_slab_is_checked_without_its_edges():
         return apparent_motion(t1, moving, brain & ~cover.held["T2"])
 
     assert check(slab(t2)) < OUT_OF_REGISTER_MM < check(slab(moved(t2, 3.0, (0.0, 2.0, 0.0))[0]))
+
+    # The reference in a slab, the T2 whole: 4.0 mm as given unmasked (a note on the threshold), 3.1 masked.
+    reference = slab(t1)
+    arrays = {"T1": reference.array, "T2": t2.array}
+    brain = foreground_mask(list(arrays.values()))
+    lost = brain & ~input_coverage(arrays, brain, {"T1": "T1", "T2": "T2"}, slice_axis=axis).held["T1"]
+    assert apparent_motion(reference, t2, reference_unmeasured=lost) < OUT_OF_REGISTER_MM < apparent_motion(
+        reference, moved(t2, 3.0, (0.0, 2.0, 0.0))[0], reference_unmeasured=lost)
 
 
 def test_the_logic_registers_onto_the_reference_and_says_how_far(pair, tiny_model):
