@@ -18,7 +18,7 @@ from MRSynthesisLib import modalities
 from MRSynthesisLib.models import architecture_class
 from MRSynthesisLib.preprocessing import NormalisationSpec
 
-from .config import PRECISIONS, check_spacing
+from .config import PRECISIONS, AugmentConfig, check_spacing
 from .config_io import check_keys, load_config_file
 
 # The normalisation is the architecture's, as its paper describes it (see preprocessing.py):
@@ -71,6 +71,9 @@ class Train3DConfig:
     # A subject lacking some of the sequences trains on those it holds (as training.config's key): its inputs
     # only with input_dropout (a network without presence flags needs every input), its outputs in any case.
     incomplete_subjects: bool = False
+    # Flips, rotation, zoom and intensity jitter of the training windows (training.augment3d), the 2D recipe's
+    # keys; null (the papers): none. thick_slice_mm is the 2D trainer's only.
+    augment: AugmentConfig | None = None
     # voxel size (mm; left-right, anterior-posterior, inferior-superior) that subjects with finer voxels (by
     # more than 20 % along any axis) are resampled to; coarser ones keep theirs (null: all keep theirs)
     spacing_mm: list[float] | None = None
@@ -149,6 +152,10 @@ class Train3DConfig:
         if self.strips is not None and self.strips < 1:
             raise ValueError("strips must be >= 1, or null for a fixed schedule")
         check_spacing(self.spacing_mm)
+        if self.augment is not None:
+            self.augment.validate()
+            if self.augment.thick_slice_mm:
+                raise ValueError("augment.thick_slice_mm is the 2D trainer's; a 3D recipe takes 0 there")
         if self.strips is not None and not self.validation_subjects:
             raise ValueError("early stopping (strips) needs validation_subjects to measure the generalisation error")
         try:  # the network must accept the params; built once here so a bad key fails before data loading
@@ -170,8 +177,14 @@ class Train3DConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> Train3DConfig:
         """Parse a config; relative ``data`` paths are taken relative to ``base`` (the file's folder)."""
-        check_keys(cls, data)
+        check_keys(cls, data, custom=("augment",))
         values = dict(data)
+        augment = values.pop("augment", None)
+        if augment is not None:
+            if not isinstance(augment, dict):
+                raise ValueError(f"augment must be null or an object of keys, got {augment!r}")
+            check_keys(AugmentConfig, augment, "augment")
+            values["augment"] = AugmentConfig(**augment)
         if base is not None:
             values["data"] = [p if os.path.isabs(p) else str((base / p).resolve()) for p in values["data"]]
         config = cls(**values)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from MRSynthesisLib.atomic import write_json
 from MRSynthesisLib.errors import InputError
 
+from .augment3d import augmented_batch
 from .batches import TRAIN_STREAM, VALIDATION_STREAM, all_subsets, step_subset, trainable_subsets, trains
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config3d import RESUMABLE_CHANGES, Train3DConfig
@@ -253,8 +254,10 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
             subset = step_subset(subsets, config.seed, step)
             sampler = samplers(subset)
             patches = [sampler(step * config.batch_size + j) for j in range(config.batch_size)]
-            batch = cut_batch(volumes, patches, size=size, margin=margin, inputs=subset, outputs=config.outputs,
-                              lesion_input=config.lesion_input).to(device)
+            cut = dict(size=size, margin=margin, inputs=subset, outputs=config.outputs,
+                       lesion_input=config.lesion_input)
+            batch = (cut_batch(volumes, patches, **cut) if config.augment is None else
+                     augmented_batch(volumes, patches, config.augment, seed=config.seed, step=step, **cut)).to(device)
             optimiser.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = train_loss(model, batch, config.loss)

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .volumes3d import Volume3D
 
@@ -59,6 +61,23 @@ def window(array: np.ndarray, start: Sequence[int], size: int) -> np.ndarray:
         target.append(slice(low - begin, high - begin))
     out[tuple(target)] = array[tuple(source)]
     return out
+
+
+def window_through(array: np.ndarray, start: Sequence[int], size: int, geometry: Any,
+                   nearest: bool = False) -> np.ndarray:
+    """The ``size``^3 window at ``start`` read through ``geometry`` (``augment3d.Geometry3D``: flips, then a
+    rotation and zoom, about the window's centre); 0 outside ``array``. Flips alone are exact (indexing)."""
+    if not geometry.resamples:
+        flipped = [axis for axis, flip in enumerate(geometry.flips) if flip]
+        return np.ascontiguousarray(np.flip(window(array, start, size), flipped))
+    offsets = np.arange(size) - (size - 1) / 2
+    grid = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"), -1) * np.where(geometry.flips, -1.0, 1.0)
+    positions = np.asarray(start, float) + (size - 1) / 2 + grid @ np.asarray(geometry.matrix).T
+    normalised = 2 * positions / np.maximum(np.asarray(array.shape) - 1, 1) - 1
+    points = torch.from_numpy(normalised[..., ::-1].copy()).float()[None]  # grid_sample takes (x, y, z)
+    out = F.grid_sample(torch.from_numpy(array)[None, None].float(), points, mode="nearest" if nearest else "bilinear",
+                        padding_mode="zeros", align_corners=True)
+    return out[0, 0].numpy()
 
 
 def grid_patches(brain: np.ndarray, size: int, margin: int, step: int, volume: int = 0) -> list[Patch]:
@@ -95,7 +114,8 @@ class GridSampler:
 
     def _order(self, shuffle: int) -> np.ndarray:
         if self._shuffle is None or self._shuffle[0] != shuffle:
-            self._shuffle = (shuffle, np.random.default_rng([self.seed, self.stream, shuffle]).permutation(len(self.patches)))
+            order = np.random.default_rng([self.seed, self.stream, shuffle]).permutation(len(self.patches))
+            self._shuffle = (shuffle, order)
         return self._shuffle[1]
 
     def __call__(self, k: int) -> Patch:
@@ -156,9 +176,12 @@ class PatchBatch:
 
 
 def cut_batch(volumes: Sequence[Volume3D], patches: Sequence[Patch], *, size: int, margin: int,
-              inputs: Sequence[str], outputs: Sequence[str], lesion_input: bool) -> PatchBatch:
+              inputs: Sequence[str], outputs: Sequence[str], lesion_input: bool,
+              geometries: Sequence[Any] | None = None) -> PatchBatch:
     """Cut ``patches``: ``inputs`` (and the lesion mask) over the window, ``outputs`` over its central crop.
-    Every patch's volume must hold ``inputs``; an output it lacks is a zero target marked in ``present``."""
+    Every patch's volume must hold ``inputs``; an output it lacks is a zero target marked in ``present``.
+    ``geometries``: per patch, None or how to read its window (``window_through``; the target is then the
+    central crop of the window so read)."""
     target = size - 2 * margin
     lacking = sorted({volumes[p.volume].name for p in patches
                       if not all(m in volumes[p.volume].images for m in inputs)})
@@ -167,14 +190,19 @@ def cut_batch(volumes: Sequence[Volume3D], patches: Sequence[Patch], *, size: in
 
     def stack(name: str | None, inner: bool) -> torch.Tensor:
         arrays = []
-        for patch in patches:
+        for index, patch in enumerate(patches):
             volume = volumes[patch.volume]
             start = [s + margin for s in patch.start] if inner else patch.start
             if name is not None and name not in volume.images:  # an output it lacks
                 arrays.append(np.zeros((target if inner else size,) * 3, np.float32))
                 continue
             array = volume.lesion if name is None else volume.images[name]
-            arrays.append(window(array, start, target if inner else size))
+            geometry = geometries[index] if geometries is not None else None
+            if geometry is None:
+                arrays.append(window(array, start, target if inner else size))
+            else:
+                read = window_through(array, patch.start, size, geometry, nearest=name is None)
+                arrays.append(read[margin:size - margin, margin:size - margin, margin:size - margin] if inner else read)
         return torch.from_numpy(np.stack(arrays)[:, None])
 
     present = [[m in volumes[p.volume].images for m in outputs] for p in patches]

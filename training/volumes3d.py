@@ -33,6 +33,7 @@ class Volume3D:
     lesion_source: str
     spacing_mm: tuple[float, float, float] | None = None  # ``Geometry.anatomical_spacing`` of its images
     scans: dict[str, tuple[str, str]] = field(default_factory=dict)  # ``Subject.scans``
+    axial_axis: int = 0  # the (z, y, x) axis nearest superior-inferior (``Subject.axial_axis``), never flipped
 
 
 def _file_order(array: np.ndarray, axis: int) -> np.ndarray:
@@ -58,7 +59,7 @@ def load_volumes(config: Train3DConfig, names: Sequence[str], files: Mapping[str
         axis = subject.axial_axis
         volume = Volume3D(name, {m: _file_order(a, axis) for m, a in subject.images.items()},
                           _file_order(subject.lesion, axis), brain, subject.lesion_source, subject.spacing_mm,
-                          subject.scans)
+                          subject.scans, axis)
         volumes.append(volume)
         raws.append(raw)
         brains.append(brain)
