@@ -24,29 +24,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from .augment import jitter_intensity
 from .config import AugmentConfig
-from .patches3d import Patch, PatchBatch, cut_batch
+from .patches3d import Geometry3D, Patch, PatchBatch, cut_batch
 from .volumes3d import Volume3D
 
 AUGMENT_STREAM = 3  # beside batches.TRAIN_STREAM, SUBSET_STREAM, VALIDATION_STREAM
-
-
-@dataclass(frozen=True)
-class Geometry3D:
-    """Where a window's voxels are read: offsets from its centre flipped along ``flips``, then mapped by
-    ``matrix`` (rotation divided by zoom), in the volume's (z, y, x) voxel axes."""
-
-    flips: tuple[bool, bool, bool]
-    matrix: tuple[tuple[float, ...], ...]
-
-    @property
-    def resamples(self) -> bool:
-        return not np.allclose(self.matrix, np.eye(3))
 
 
 def rotation(angles: Sequence[float]) -> np.ndarray:

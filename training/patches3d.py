@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -63,10 +62,23 @@ def window(array: np.ndarray, start: Sequence[int], size: int) -> np.ndarray:
     return out
 
 
-def window_through(array: np.ndarray, start: Sequence[int], size: int, geometry: Any,
+@dataclass(frozen=True)
+class Geometry3D:
+    """Where a window's voxels are read: offsets from its centre flipped along ``flips``, then mapped by
+    ``matrix`` (rotation divided by zoom), in the volume's (z, y, x) voxel axes (``augment3d`` draws them)."""
+
+    flips: tuple[bool, bool, bool]
+    matrix: tuple[tuple[float, ...], ...]
+
+    @property
+    def resamples(self) -> bool:
+        return not np.allclose(self.matrix, np.eye(3))
+
+
+def window_through(array: np.ndarray, start: Sequence[int], size: int, geometry: Geometry3D,
                    nearest: bool = False) -> np.ndarray:
-    """The ``size``^3 window at ``start`` read through ``geometry`` (``augment3d.Geometry3D``: flips, then a
-    rotation and zoom, about the window's centre); 0 outside ``array``. Flips alone are exact (indexing)."""
+    """The ``size``^3 window at ``start`` read through ``geometry`` about the window's centre; 0 outside
+    ``array``. Flips alone are exact (indexing)."""
     if not geometry.resamples:
         flipped = [axis for axis, flip in enumerate(geometry.flips) if flip]
         return np.ascontiguousarray(np.flip(window(array, start, size), flipped))
@@ -177,7 +189,7 @@ class PatchBatch:
 
 def cut_batch(volumes: Sequence[Volume3D], patches: Sequence[Patch], *, size: int, margin: int,
               inputs: Sequence[str], outputs: Sequence[str], lesion_input: bool,
-              geometries: Sequence[Any] | None = None) -> PatchBatch:
+              geometries: Sequence[Geometry3D | None] | None = None) -> PatchBatch:
     """Cut ``patches``: ``inputs`` (and the lesion mask) over the window, ``outputs`` over its central crop.
     Every patch's volume must hold ``inputs``; an output it lacks is a zero target marked in ``present``.
     ``geometries``: per patch, None or how to read its window (``window_through``; the target is then the

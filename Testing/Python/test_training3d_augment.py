@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 from test_training3d import log_rows, run, tiny
 from test_training_data import write_dataset
 
-from training.augment3d import Geometry3D, augmented_batch, draw_geometry, rotation
+from training.augment3d import augmented_batch, draw_geometry, rotation
 from training.config import AugmentConfig
 from training.config3d import Train3DConfig
 from training.loop import CHECKPOINT
-from training.patches3d import Patch, cut_batch, window, window_through
+from training.patches3d import Geometry3D, Patch, cut_batch, window, window_through
 from training.volumes3d import Volume3D
 
 OFF = dict(flip=False, rotate_degrees=0.0, scale=0.0, gamma=0.0, intensity_scale=0.0, bias_field=0.0)
