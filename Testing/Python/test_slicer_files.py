@@ -73,15 +73,17 @@ def test_the_command_lines_imports_are_in_slicers_python_or_installed_by_torchse
 def test_what_slicer_batch_mode_imports_itself_needs_neither_torch_nor_nibabel():
     """Batch mode checks its arguments, names the outputs' sidecars and saves in Slicer's own Python, before
     (and whether or not) the packages the command line needs are installed there: an import of nibabel on that
-    path, through ``volume``, turned a missing package into a traceback."""
+    path, through ``volume``, turned a missing package into a traceback. The module imports the hook that marks
+    the files Slicer saves (``saved_files``) at start-up, so it is held to the same."""
     import subprocess
     import sys
 
     script = (REPO / "MRSynthesis" / "Scripts" / "batch.py").read_text(encoding="utf-8")
     modules = sorted(set(re.findall(r"from MRSynthesisLib\.(\w+) import", script)))
     assert {"header_notes", "provenance", "nifti_checks"} <= set(modules), modules  # the parse found them
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+    code = (f"import sys; sys.path[:0] = [{str(REPO)!r}, {str(MODULE_DIR)!r}]; "
             + "; ".join(f"import MRSynthesisLib.{m}" for m in modules)
+            + "; import MRSynthesisModuleLib.saved_files"
             + "; print(sorted({'nibabel', 'torch', 'matplotlib'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
