@@ -355,7 +355,8 @@ class SynthesisLogic:
         """Notes for the inputs a quick rigid registration (``registration.apparent_motion``) moves by more than
         ``OUT_OF_REGISTER_MM``; ``unmeasured``: the brain voxels where an input holding data over part of the
         brain holds none, the reference's included, which keeps the check away from their edges (a moving
-        input's drew it 4-30 mm off on the BraTS case; the reference's, 4.0 mm as given, against 3.1 kept away)."""
+        input's drew it 4-30 mm off on the BraTS case; a reference slab's to 4.0 mm as given, the threshold,
+        against 3.1 mm kept away)."""
         notes = []
         for name in [n for n in inputs if n != reference]:
             motion = apparent_motion(inputs[reference], inputs[name], unmeasured.get(name), unmeasured.get(reference))
