@@ -127,8 +127,9 @@ def test_an_input_holding_data_over_part_of_the_brain_is_checked_away_from_its_e
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
 def test_on_real_data_a_slab_is_checked_without_its_edges():
-    """BraTS's T2 (then its T1, the reference) kept in a 60 mm axial slab: the slab's edges drew the unmasked check 4.1 mm off as given, 29.7 mm
-    moved by 3 degrees and 2 mm; masked as ``logic`` masks it, in and out of register are told apart."""
+    """BraTS's T2 (then its T1, the reference) kept in a 60 mm axial slab: the T2 slab's edges drew the unmasked
+    check 4.1 mm off as given, 29.7 mm moved by 3 degrees and 2 mm; masked as ``logic`` masks it, in and out of
+    register are told apart."""
     from MRSynthesisLib.coverage import input_coverage
     from MRSynthesisLib.preprocessing import foreground_mask
     from MRSynthesisLib.volume import read_volume
