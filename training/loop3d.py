@@ -4,9 +4,9 @@ The run folder (``config.out``) holds what ``training.loop``'s does: ``checkpoin
 (model, optimiser and RNG states, rewritten atomically after every epoch), ``best.safetensors``
 (the lowest-validation-error epoch's weights; the last epoch's without validation),
 ``metrics.csv`` (one row per epoch, rewritten from the checkpoint's log), ``config.json``,
-and at the end the model folder ``<out>/<name>``. Samples and input subsets are pure
-functions of (seed, stream, step), so a seeded run is reproducible and a resumed run
-continues exactly as an uninterrupted one.
+TensorBoard events when ``tensorboard`` is installed, and at the end the model folder
+``<out>/<name>``. Samples and input subsets are pure functions of (seed, stream, step), so a
+seeded run is reproducible and a resumed run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -34,7 +34,16 @@ from .datasets import check_distinct_scans, check_same_data, data_record, discov
 from .early_stopping import up_stops
 from .export import output_intensity, spacing_outliers, training_spacing
 from .export3d import write_model_folder
-from .loop import BEST, CHECKPOINT, METRICS, _write_csv, autocast_dtype, check_cohort, missing_sequences
+from .loop import (
+    BEST,
+    CHECKPOINT,
+    METRICS,
+    _tensorboard,
+    _write_csv,
+    autocast_dtype,
+    check_cohort,
+    missing_sequences,
+)
 from .patches3d import (
     GridSampler,
     Patch,
@@ -234,6 +243,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
     dtype = autocast_dtype(config.precision, device)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config.to_dict())
+    writer = _tensorboard(out)  # TensorBoard events beside metrics.csv when the package is installed
     print(f"{config.architecture}: device {device.type}, precision {dtype or 'fp32'}, "
           f"{torch.get_num_threads()} thread(s), "
           f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
@@ -265,6 +275,8 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
             optimiser.step()
             value = float(loss.detach())
             total += value
+            if writer is not None:
+                writer.add_scalar(f"train/{config.loss}", value, step)
             steps.set_postfix(loss=f"{value:.4f}", refresh=False)
         steps.close()
         row: dict[str, Any] = {"epoch": epoch + 1, "steps": (epoch + 1) * config.steps_per_epoch,
@@ -284,6 +296,10 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
         state["epoch"] = epoch + 1
         save_checkpoint(out / CHECKPOINT, model, optimiser, state)
         _write_csv(out / METRICS, state["log"])
+        if writer is not None:
+            for k, v in row.items():
+                writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+            writer.flush()
         summary = "  ".join(f"{k} {row[k]:.4g}" for k in (f"train_{config.loss}", "val_mse", "val_mae") if k in row)
         print(f"epoch {epoch + 1}: {summary}  ({row['epoch_seconds']:.0f} s)", flush=True)
     print(reason, flush=True)
@@ -306,4 +322,6 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
                                 metrics=metrics, command=command,
                                 spacing_mm=training_spacing([v.spacing_mm for v in volumes]))
     print(f"model folder: {folder}", flush=True)
+    if writer is not None:
+        writer.close()
     return folder

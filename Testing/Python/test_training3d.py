@@ -317,3 +317,26 @@ def test_fixed_schedule_without_validation_exports_the_last_epoch(sources, tmp_p
     assert card.metrics["best_epoch"] == card.metrics["epochs_run"] == 3
     assert card.metrics["stopped"] == "3 epochs done" and card.training["subjects"]["validation"] == []
     assert "val_mse" not in log_rows(out)[0]
+
+
+def test_tensorboard_gets_each_step_and_epoch_when_installed(sources, tmp_path, monkeypatch):
+    """The 2D loop's writer (``loop._tensorboard``, None without the package): the step losses, every epoch row."""
+    class Recorder:
+        def __init__(self) -> None:
+            self.scalars, self.closed = [], False
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    recorder = Recorder()
+    monkeypatch.setattr("training.loop3d._tensorboard", lambda folder: recorder)
+    run(sources, tmp_path / "run")
+    assert [s for t, s in recorder.scalars if t == "train/mse"] == [0, 1, 2, 3] and recorder.closed
+    assert {t for t, s in recorder.scalars if s == 2 and t.startswith("epoch/")} >= {"epoch/train_mse",
+                                                                                        "epoch/val_mse"}
