@@ -147,6 +147,17 @@ def missing_sequences(subject: Any, config: Any) -> list[str]:
     return [m for m in dict.fromkeys([*config.inputs, *config.outputs]) if m not in subject.images]
 
 
+def card_subjects(training: Sequence[Any], validation: Sequence[Any], config: Any) -> dict[str, list[dict[str, Any]]]:
+    """The card's record of the subjects a model was trained and validated on: each one's lesion channel's
+    source and, in an incomplete cohort, the recipe's sequences it lacked."""
+    def entry(subject: Any) -> dict[str, Any]:
+        lacks = missing_sequences(subject, config)
+        return {"subject": subject.name, "lesion_channel": subject.lesion_source,
+                **({"without": lacks} if lacks else {})}
+
+    return {"training": [entry(s) for s in training], "validation": [entry(s) for s in validation]}
+
+
 def check_cohort(subjects: Sequence[Any], config: Any) -> None:
     """Refuse an incomplete cohort in which an output or input is held by no training subject: its decoder
     or encoder (a 3D network's channel) would never be trained, yet the model folder would offer it."""
@@ -362,11 +373,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
                "normalised_scale": "MSE/SSIM on mean_in_brain-normalised images, in the brain, every "
                                    f"{config.val_slice_stride}th axial slice",
                **{k: v for k, v in best_row.items() if k.startswith(("val_", "mse[", "ssim[", "averaged_steps"))}}
-    def entry(s: Subject) -> dict[str, Any]:
-        lacks = missing_sequences(s, work)
-        return {"subject": s.name, "lesion_channel": s.lesion_source, **({"without": lacks} if lacks else {})}
-
-    subjects = {"training": [entry(s) for s in train_subjects], "validation": [entry(s) for s in val_subjects]}
+    subjects = card_subjects(train_subjects, val_subjects, work)
     folder = write_model_folder(model.to(memory_format=torch.contiguous_format), config, out / config.name,
                                 intensity=intensity, subjects=subjects, metrics=metrics, command=command,
                                 spacing_mm=training_spacing([s.spacing_mm for s in train_subjects]), base=base)

@@ -41,8 +41,8 @@ from .loop import (
     _tensorboard,
     _write_csv,
     autocast_dtype,
+    card_subjects,
     check_cohort,
-    missing_sequences,
 )
 from .patches3d import (
     GridSampler,
@@ -313,11 +313,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
                                    f"{config.target_size}^3 target crops of {len(val_patches)} fixed validation "
                                    "patches, background included",
                **{k: v for k, v in best_row.items() if k.startswith("val_")}}
-    def entry(v: Volume3D) -> dict[str, Any]:
-        lacks = missing_sequences(v, config)
-        return {"subject": v.name, "lesion_channel": v.lesion_source, **({"without": lacks} if lacks else {})}
-
-    subjects = {"training": [entry(v) for v in volumes], "validation": [entry(v) for v in val_volumes]}
+    subjects = card_subjects(volumes, val_volumes, config)
     folder = write_model_folder(model, config, out / config.name, intensity=intensity, subjects=subjects,
                                 metrics=metrics, command=command,
                                 spacing_mm=training_spacing([v.spacing_mm for v in volumes]))
