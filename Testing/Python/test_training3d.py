@@ -202,6 +202,17 @@ def test_bundled_configs_parse_and_loso_folds_never_read_their_held_out_subject(
             assert not any(held in p for p in config.data), path
             assert config.validation_subjects == [] and config.strips is None and config.max_minutes is None
             assert config.out == f"runs/loso-{held}/{architecture}" and config.name == f"{architecture}-loso-{held}"
+    # the augmentation folds are their base recipe with augment on, nothing else changed
+    for architecture in ("wei-fcn3d", "klingelhoefer-ae3d"):
+        for held in ("patient07", "patient19"):
+            base = load_config(folder / "loso" / f"{architecture}-loso-{held}.json").to_dict()
+            augmented = load_config(folder / "loso" / f"{architecture}-augment-loso-{held}.json").to_dict()
+            changed = {k for k in base if base[k] != augmented[k]}
+            assert changed == {"name", "description", "out", "augment"} and augmented["augment"]["rotate_degrees"] > 0
+    for arm in ("incomplete", "complete-only"):  # the 3D incomplete-cohort experiment
+        config = load_config(folder / "incomplete" / f"wei-fcn3d-{arm}-loso-patient19.json")
+        assert config.input_dropout and config.incomplete_subjects == (arm == "incomplete")
+        assert not any("patient19" in p for p in config.data)
 
 
 # --- runs -----------------------------------------------------------------------------------
