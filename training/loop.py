@@ -34,8 +34,18 @@ from . import averaging, distributed
 from .batches import TRAIN_STREAM, all_subsets, build_batch, step_subset, trainable_subsets
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import AVERAGE_KEYS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
-from .datasets import (NORMALISATION, Subject, check_distinct_scans, check_same_data, data_record, discover,
-                       load_subject, patients, resampled, split_subjects)
+from .datasets import (
+    NORMALISATION,
+    Subject,
+    check_distinct_scans,
+    check_same_data,
+    data_record,
+    discover,
+    load_subject,
+    patients,
+    resampled,
+    split_subjects,
+)
 from .export import output_intensity, spacing_outliers, training_spacing, write_model_folder
 from .extend import load_base, working_config
 from .schedule import Schedule
