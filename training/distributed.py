@@ -4,7 +4,10 @@ Each step has one global batch of ``batch_size`` samples, built from per-sample 
 (``batches``); rank r builds and runs its contiguous share, and the gradients are
 averaged over ranks before Adam steps. Because the loss is a mean over samples, the mean
 of the ranks' gradients is the gradient of the global batch: N processes take the same
-step one process would, up to floating-point summation order.
+step one process would, up to floating-point summation order. Where the cost is a weighted
+mean (lesion pixels weighted, pixels ignored, samples lacking an output in an incomplete
+cohort), each rank's share holds a different total weight, so the cost divides by the
+ranks' mean of it (``pool``), which keeps that equality.
 
 The gradients are all-reduced here rather than by wrapping the network in
 ``DistributedDataParallel``: the Chartsias cost calls ``encode``/``fuse``/``decode``, not
@@ -18,6 +21,7 @@ and one flat all-reduce of those gradients is exact; parameters without a gradie
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +83,20 @@ def average_gradients(model: nn.Module, context: Context) -> None:
     flat /= context.world
     for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads)):
         grad.copy_(averaged)
+
+
+def pool(context: Context) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The mean over ranks of a tensor (no gradient), for the weighted means of
+    ``losses_chartsias.chartsias_loss``; None in one process, where there is nothing to pool."""
+    if context.world == 1:
+        return None
+
+    def mean(tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.detach().clone()
+        dist.all_reduce(total)
+        return total / context.world
+
+    return mean
 
 
 def mean_over_ranks(values: list[float], context: Context) -> list[float]:

@@ -285,6 +285,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     average_from = averaging.start(config.to_dict())
     weights = tuple(work.loss_weights)
     share = context.share(config.batch_size)
+    pool = distributed.pool(context)
     writer = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -322,7 +323,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss, parts = chartsias_loss(model, batch.inputs, batch.references, batch.lesion, weights,
-                                             mask=batch.weight, present=batch.present)
+                                             mask=batch.weight, present=batch.present, pool=pool)
             loss.backward()
             distributed.average_gradients(model, context)
             optimizer.step()

@@ -22,6 +22,12 @@ a sequence): c1 and c3 then look at an output only in the samples that hold it, 
 outputs that some sample of the batch holds. Every output is still decoded, so every decoder has a
 gradient (0 where no sample holds its output) and the parts name the same outputs on every step and
 every rank (``training/distributed.py`` all-reduces them as one flat list).
+Data-parallel training splits the batch over ranks and averages their gradients, which equals the
+global batch's gradient only where each rank's mean has the same denominator. A weighted mean's
+has not (the lesion pixels and the samples holding an output differ between shares), so ``pool``,
+given, turns each weighted mean's denominator (and whether some sample holds an output) into its
+mean over the ranks: every rank then divides by the same number, and the averaged gradients are
+those of the global batch's weighted means.
 Besides the terms, the parts hold ``active[<output>]``: the fraction of that output's
 decoded pixels above 0. It is a health check, not a cost: a decoder whose output ReLU has
 died gives exactly 0 there (``training/loop.py`` stops such a run).
@@ -32,7 +38,7 @@ zero weight is not computed and is left out of the returned parts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Optional
 
 import torch
@@ -43,11 +49,17 @@ from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 PAPER_WEIGHTS: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
-def _masked_mean(x: Tensor, mask: Optional[Tensor], dims: tuple[int, ...]) -> Tensor:
+Pool = Callable[[Tensor], Tensor]  # a tensor's mean over data-parallel ranks
+
+
+def _masked_mean(x: Tensor, mask: Optional[Tensor], dims: tuple[int, ...], pool: Optional[Pool] = None) -> Tensor:
     if mask is None:
         return x.mean(dims)
     w = mask.to(x.dtype).expand_as(x)
-    return (x * w).sum(dims) / w.sum(dims).clamp_min(1e-12)
+    denominator = w.sum(dims)
+    if pool is not None:
+        denominator = pool(denominator.detach())
+    return (x * w).sum(dims) / denominator.clamp_min(1e-12)
 
 
 def _output_mask(mask: Optional[Tensor], present: Tensor) -> Tensor:
@@ -71,13 +83,15 @@ def chartsias_loss(
     weights: tuple[float, float, float] = PAPER_WEIGHTS,
     mask: Optional[Tensor] = None,
     present: Optional[Mapping[str, Tensor]] = None,
+    pool: Optional[Pool] = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Total w1*c1 + w2*c2 + w3*c3 (float32 scalar) and the parts {"c1", "c2", "c3", "total",
     "active[<output>]" per decoded output}.
 
     ``references`` maps model outputs to their ground truth (N, 1, H, W); only those
     outputs are decoded (e.g. just a new decoder's modality in Sec. VI-E training). ``present``
-    (output -> (N,) 0/1, for every reference): the samples whose reference is real (module docstring).
+    (output -> (N,) 0/1, for every reference): the samples whose reference is real; ``pool``: the mean over
+    data-parallel ranks, for the weighted means' denominators (module docstring).
     """
     w1, w2, w3 = (float(w) for w in weights)
     if min(w1, w2, w3) < 0 or not (w1 or w2 or w3):
@@ -116,18 +130,19 @@ def chartsias_loss(
             active[f"active[{t}]"] = (pred.detach() > 0).float().mean()
             weight = mask if present is None else _output_mask(mask, present[t])
             if present is not None:
-                held.append((weight.sum() > 0).float())
+                held_here = weight.sum().detach()
+                held.append(((held_here if pool is None else pool(held_here)) > 0).float())
             if w1:
-                c1.append(_masked_mean((pred[:n] - ref).abs(), weight, (1, 2, 3, 4)).sum())
+                c1.append(_masked_mean((pred[:n] - ref).abs(), weight, (1, 2, 3, 4), pool).sum())
             if w3:
                 fused = pred[-1] if separate_fused else pred[:n].mean(0)
-                c3.append(_masked_mean((fused - ref).abs(), weight, (0, 1, 2, 3)))
+                c3.append(_masked_mean((fused - ref).abs(), weight, (0, 1, 2, 3), pool))
         for name, values in (("c1", c1), ("c3", c3)):
             if values:
                 terms[name] = torch.stack(values).mean() if present is None else _mean_over_held(values, held)
     if w2:
         stack = torch.stack([z.float() for z in latents.values()])
-        terms["c2"] = _masked_mean(stack.var(0, correction=0), mask, (0, 1, 2, 3))
+        terms["c2"] = _masked_mean(stack.var(0, correction=0), mask, (0, 1, 2, 3), pool)
 
     weight = {"c1": w1, "c2": w2, "c3": w3}
     names = [k for k in weight if k in terms]

@@ -354,3 +354,37 @@ def test_bad_coverage_raises():
         model(x, coverage={"DWI": torch.ones(2, 1, 32, 32, dtype=torch.bool)})
     with pytest.raises(ValueError, match="coverage of T2 must be"):
         model(x, coverage={"T2": torch.ones(2, 1, 16, 32, dtype=torch.bool)})
+
+
+def _gradients(model: ChartsiasMIMO, inputs, refs, mask, present, pool=None) -> torch.Tensor:
+    model.zero_grad()
+    loss, _ = chartsias_loss(model, inputs, refs, mask=mask, present=present, pool=pool)
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_pooled_denominators_make_two_shares_average_to_the_whole_batch():
+    """Data-parallel ranks average their gradients: with weighted pixels (lesions weighted, pixels ignored) and
+    samples lacking an output, that equals the whole batch's gradient only when each share divides by the mean
+    over shares of its denominators (``pool``), not by its own."""
+    model = make()
+    x, refs = images(n=4), images(["FLAIR", "T2"], n=4, seed=2)
+    mask = torch.ones(4, 1, 32, 32)
+    mask[0, :, :8] = 5.0  # a lesion in the first sample only
+    mask[3, :, 20:] = 0.0  # ignored pixels in the last
+    present = {"FLAIR": torch.tensor([1.0, 1.0, 1.0, 0.0]), "T2": torch.tensor([0.0, 0.0, 1.0, 1.0])}
+    whole = _gradients(model, x, refs, mask, present)
+    shares = [slice(0, 2), slice(2, 4)]
+    part = [({m: v[s] for m, v in x.items()}, {m: v[s] for m, v in refs.items()}, mask[s],
+             {m: v[s] for m, v in present.items()}) for s in shares]
+
+    recorded: list[list[torch.Tensor]] = [[], []]
+    for share, record in zip(part, recorded):  # each share's denominators, in the order the cost asks for them
+        _gradients(model, *share, pool=lambda d, record=record: record.append(d.clone()) or d)
+    pooled = []
+    for index, share in enumerate(part):
+        other = iter(recorded[1 - index])
+        pooled.append(_gradients(model, *share, pool=lambda d, other=other: (d + next(other)) / 2))
+    unpooled = [_gradients(model, *share) for share in part]
+    assert torch.allclose((pooled[0] + pooled[1]) / 2, whole, rtol=1e-4, atol=1e-7)
+    assert not torch.allclose((unpooled[0] + unpooled[1]) / 2, whole, rtol=1e-2, atol=1e-5)

@@ -302,3 +302,17 @@ def test_torchrun_two_processes_equal_one(reference, tmp_path):
     single, double = tensors(out), tensors(tmp_path / "ddp")
     weights = [k for k in single if k.startswith("model.")]
     assert weights and all(torch.allclose(single[k], double[k], rtol=1e-4, atol=1e-6) for k in weights)
+
+
+def test_torchrun_two_processes_equal_one_with_lesion_pixels_weighted_and_ignored(tmp_path):
+    """The bundled recipe's cost: lesion pixels weigh 5, pixels near an unlabelled subject's bright spots 0. Each
+    rank's share holds a different total weight, so each divides by the global batch's: the same weights."""
+    sources = write_dataset(tmp_path)
+    changes = dict(epochs=1, lesion_loss_weight=5.0, lesion_fallback="ignore")
+    run(sources, tmp_path / "one", **changes)
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny(sources, tmp_path / "ddp", **changes)))
+    torchrun_two_processes(config)
+    single, double = tensors(tmp_path / "one"), tensors(tmp_path / "ddp")
+    weights = [k for k in single if k.startswith("model.")]
+    assert weights and all(torch.allclose(single[k], double[k], rtol=1e-4, atol=1e-6) for k in weights)
