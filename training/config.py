@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from MRSynthesisLib import modalities
-from MRSynthesisLib.models.chartsias import FUSIONS, OUTPUT_GRADIENTS, ChartsiasMIMO
+from MRSynthesisLib.models.chartsias import OUTPUT_GRADIENTS, ChartsiasMIMO
 
 from .config_io import check_keys, load_config_file
+from .run_folder import check_model_name
 
 LESION_FALLBACKS = ("flair", "zeros", "ignore")
 INPUT_SUBSETS = ("random", "all")
 PRECISIONS = ("auto", "fp32", "bf16")
-MONITORS = ("val_mse", "val_loss")
+# What early stopping may watch, and the validation column each names: the synthesis tasks' mean MSE, or
+# the training cost (c1 + c2 + c3 as weighted for training) on the fixed validation crops.
+MONITORS = {"val_mse": "val_mse", "val_loss": "val_total"}
 # Keys that may change between a run and its --resume: they bound how long the run goes on,
 # how fast it computes, where its folder is or how the model is described, not what a step
 # computes. The anneal keys may change too where the steps already taken keep their rates
@@ -56,13 +59,29 @@ class AugmentConfig:
 
     def validate(self) -> None:
         for name in ("rotate_degrees", "scale", "gamma", "intensity_scale", "bias_field", "thick_slice_mm"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # not "< 0": NaN must fail too
                 raise ValueError(f"augment.{name} must be >= 0")
         if self.scale >= 1 or self.intensity_scale >= 1:
             raise ValueError("augment.scale and augment.intensity_scale must be < 1")
         for name in ("probability", "thick_slice_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"augment.{name} must be in [0, 1]")
+
+
+def check_common_ranges(config: Any) -> None:
+    """The ranges of the keys the 2D and 3D recipes share, which the key types alone do not bound."""
+    if not config.learning_rate > 0:
+        raise ValueError("learning_rate must be > 0")
+    if config.max_minutes is not None and not config.max_minutes > 0:
+        raise ValueError("max_minutes must be > 0, or null for no time budget")
+    if config.seed < 0:
+        raise ValueError("seed must be >= 0 (numpy's seeds are)")
+    if config.threads is not None and config.threads < 1:
+        raise ValueError("threads must be >= 1, or null for torch's default")
+    if not config.lesion_flair_z >= 0:
+        raise ValueError("lesion_flair_z must be >= 0")
+    if config.lesion_min_voxels < 0:
+        raise ValueError("lesion_min_voxels must be >= 0")
 
 
 def check_spacing(spacing_mm: list[float] | None) -> None:
@@ -148,8 +167,7 @@ class TrainConfig:
     threads: int | None = None
 
     def validate(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ValueError(f"name must be a non-empty folder name, got {self.name!r}")
+        check_model_name(self.name)
         if not self.data:
             raise ValueError("data must list at least one folder or CSV manifest")
         for label in ("inputs", "outputs"):
@@ -169,12 +187,10 @@ class TrainConfig:
             raise ValueError("lesion_loss_weight needs lesion_input (the lesion masks are read only with it)")
         if self.lesion_crop_fraction and not self.lesion_input:
             raise ValueError("lesion_crop_fraction needs lesion_input (the lesion masks are read only with it)")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}")
         if self.output_gradient not in OUTPUT_GRADIENTS:
             raise ValueError(f"output_gradient must be one of {OUTPUT_GRADIENTS}")
-        if len(self.loss_weights) != 3:
-            raise ValueError("loss_weights must be [w1, w2, w3]")
+        if len(self.loss_weights) != 3 or min(self.loss_weights) < 0 or not any(self.loss_weights):
+            raise ValueError(f"loss_weights must be [w1, w2, w3], none negative and not all 0, got {self.loss_weights}")
         if self.extend is not None and not (self.loss_weights[0] or self.loss_weights[2]):
             raise ValueError("extend trains only new decoders, which c2 does not reach: "
                              "loss_weights needs w1 or w3 > 0")
@@ -183,14 +199,21 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
         if self.monitor not in MONITORS:
-            raise ValueError(f"monitor must be one of {MONITORS}")
+            raise ValueError(f"monitor must be one of {list(MONITORS)}")
         if self.crop_size < ChartsiasMIMO.SIZE_MULTIPLE or self.crop_size % ChartsiasMIMO.SIZE_MULTIPLE:
             raise ValueError(f"crop_size must be a positive multiple of {ChartsiasMIMO.SIZE_MULTIPLE}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError("validation_fraction must be in [0, 1)")
-        for name in ("batch_size", "epochs", "steps_per_epoch", "patience", "val_slice_stride"):
+        if self.split_seed < 0:
+            raise ValueError("split_seed must be >= 0")
+        for name in ("batch_size", "epochs", "steps_per_epoch", "patience", "val_slice_stride", "val_loss_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        check_common_ranges(self)
+        if not 0 <= self.min_slice_brain_fraction < 1:
+            raise ValueError("min_slice_brain_fraction must be in [0, 1): the fraction of a slice that is brain")
+        # the network's own checks (fusion, filters, latent_channels), before any volume is loaded
+        ChartsiasMIMO.check_shape(self.filters, self.latent_channels, self.fusion)
         if not 0 <= self.lr_decay_epochs <= self.epochs:
             raise ValueError("lr_decay_epochs must be in [0, epochs]")
         if not 0 <= self.lr_final_fraction <= 1:

@@ -18,8 +18,9 @@ from MRSynthesisLib import modalities
 from MRSynthesisLib.models import architecture_class
 from MRSynthesisLib.preprocessing import NormalisationSpec
 
-from .config import PRECISIONS, AugmentConfig, check_spacing
+from .config import PRECISIONS, AugmentConfig, check_common_ranges, check_spacing
 from .config_io import check_keys, load_config_file
+from .run_folder import check_model_name
 
 # The normalisation is the architecture's, as its paper describes it (see preprocessing.py):
 # Wei et al. z-score every sequence, Klingelhoefer & Rousseau divide by 3x the mean of the
@@ -115,8 +116,7 @@ class Train3DConfig:
         return {**self.params, "input_dropout": self.input_dropout}
 
     def validate(self) -> None:
-        if not self.name or "/" in self.name:
-            raise ValueError(f"name must be a non-empty folder name, got {self.name!r}")
+        check_model_name(self.name)
         if self.architecture not in NORMALISATIONS:
             raise ValueError(f"architecture must be one of {sorted(NORMALISATIONS)}, got {self.architecture!r}")
         if not self.data:
@@ -144,8 +144,7 @@ class Train3DConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
-        if not self.learning_rate > 0:
-            raise ValueError("learning_rate must be > 0")
+        check_common_ranges(self)
         for name in ("batch_size", "epochs", "steps_per_epoch", "validation_patches", "strip_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

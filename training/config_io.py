@@ -12,6 +12,7 @@ Types come from the dataclass fields' annotations, which these modules keep as s
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, fields
@@ -26,7 +27,8 @@ Config = TypeVar("Config")
 _SCALARS: dict[str, Callable[[Any], bool]] = {
     "bool": lambda v: isinstance(v, bool),
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),  # JSON writes 1.0 as 1 too
+    # JSON writes 1.0 as 1 too; Python's json reads NaN and Infinity, which no recipe key means
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
     "str": lambda v: isinstance(v, str),
 }
 

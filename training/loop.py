@@ -10,9 +10,6 @@ holds an epoch the checkpoint lost), ``config.json``, TensorBoard events when
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 import random
 import sys
 import time
@@ -33,7 +30,7 @@ from MRSynthesisLib.models.losses_chartsias import chartsias_loss
 from . import averaging, distributed
 from .batches import TRAIN_STREAM, all_subsets, build_batch, step_subset, trainable_subsets
 from .checkpoint import checkpoint_state, load_checkpoint, load_weights, save_checkpoint, save_weights
-from .config import AVERAGE_KEYS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
+from .config import AVERAGE_KEYS, MONITORS, RESUMABLE_CHANGES, SCHEDULE_KEYS, TrainConfig
 from .datasets import (
     NORMALISATION,
     Subject,
@@ -48,12 +45,9 @@ from .datasets import (
 )
 from .export import output_intensity, spacing_outliers, training_spacing, write_model_folder
 from .extend import load_base, working_config
+from .run_folder import BEST, CHECKPOINT, CONFIG, METRICS, TENSORBOARD, tidy_resumed, write_csv
 from .schedule import Schedule
 from .validate import subject_tasks, validate
-
-CHECKPOINT = "checkpoint.safetensors"
-BEST = "best.safetensors"
-METRICS = "metrics.csv"
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -110,15 +104,10 @@ def check_outputs_alive(row: dict[str, Any], config: TrainConfig, out: Path, mai
                           "with \"output_gradient\": \"pass_through\" in the config, or with another --seed.")
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(partial, path)
+def said_resumed(removed: list[str]) -> None:
+    """Say which temporaries a killed write had left in the run folder (``run_folder.tidy_resumed``)."""
+    if removed:
+        print(f"removed what a killed run left half-written: {', '.join(removed)}", flush=True)
 
 
 def _tensorboard(folder: Path) -> Any:
@@ -127,7 +116,7 @@ def _tensorboard(folder: Path) -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(folder / "tensorboard"))
+    return SummaryWriter(str(folder / TENSORBOARD))
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, steps_done: int) -> None:
@@ -289,7 +278,9 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     writer = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", config.to_dict())
+        write_json(out / CONFIG, config.to_dict())
+        if resume:
+            said_resumed(tidy_resumed(out, state["log"]))
         writer = _tensorboard(out)
         print(f"device {device.type} x {context.world} process(es), precision {dtype or 'fp32'}, "
               f"channels_last {config.channels_last}, {torch.get_num_threads()} thread(s)", flush=True)
@@ -349,7 +340,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
         if main:
             if val_subjects:
                 row.update(validate(network, val_subjects, work, device, dtype))
-                value = row[config.monitor]
+                value = row[MONITORS[config.monitor]]
                 if state["best"] is None or value < state["best"]:
                     state.update(best=value, best_epoch=epoch + 1, stale=0)
                     save_weights(network, out / BEST)
@@ -364,7 +355,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
             state["log"].append(row)
             state["epoch"] = epoch + 1
             save_checkpoint(out / CHECKPOINT, model, optimizer, state, average)
-            _write_csv(out / METRICS, state["log"])
+            write_csv(out / METRICS, state["log"])
             if writer is not None:
                 for k, v in row.items():
                     writer.add_scalar(f"epoch/{k}", v, epoch + 1)

@@ -34,16 +34,7 @@ from .datasets import check_distinct_scans, check_same_data, data_record, discov
 from .early_stopping import up_stops
 from .export import output_intensity, spacing_outliers, training_spacing
 from .export3d import write_model_folder
-from .loop import (
-    BEST,
-    CHECKPOINT,
-    METRICS,
-    _tensorboard,
-    _write_csv,
-    autocast_dtype,
-    card_subjects,
-    check_cohort,
-)
+from .loop import _tensorboard, autocast_dtype, card_subjects, check_cohort, said_resumed
 from .patches3d import (
     GridSampler,
     Patch,
@@ -52,6 +43,7 @@ from .patches3d import (
     cut_batch,
     grid_patches,
 )
+from .run_folder import BEST, CHECKPOINT, CONFIG, METRICS, tidy_resumed, write_csv
 from .volumes3d import Volume3D, load_volumes
 
 
@@ -242,7 +234,9 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
         print(f"resumed after epoch {state['epoch']} from {out / CHECKPOINT}", flush=True)
     dtype = autocast_dtype(config.precision, device)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", config.to_dict())
+    write_json(out / CONFIG, config.to_dict())
+    if resume:
+        said_resumed(tidy_resumed(out, state["log"]))
     writer = _tensorboard(out)  # TensorBoard events beside metrics.csv when the package is installed
     print(f"{config.architecture}: device {device.type}, precision {dtype or 'fp32'}, "
           f"{torch.get_num_threads()} thread(s), "
@@ -295,7 +289,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
         state["log"].append(row)
         state["epoch"] = epoch + 1
         save_checkpoint(out / CHECKPOINT, model, optimiser, state)
-        _write_csv(out / METRICS, state["log"])
+        write_csv(out / METRICS, state["log"])
         if writer is not None:
             for k, v in row.items():
                 writer.add_scalar(f"epoch/{k}", v, epoch + 1)

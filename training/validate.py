@@ -1,5 +1,8 @@
 """Validation on held-out subjects: the training cost on fixed crops, and full-slice synthesis.
 
+The cost is the one training minimises, lesion pixels weighted as ``lesion_loss_weight`` says, so
+``monitor: "val_loss"`` stops on what is trained.
+
 Synthesis runs through ``MRSynthesisLib.inference.run_slicewise``, the code path the
 command line and Slicer use (brain bounding box, padding to a multiple of 4, batching,
 precision), on every ``val_slice_stride``-th brain slice. It is scored with the core
@@ -68,7 +71,8 @@ def validate(model: nn.Module, subjects: Sequence[Subject], config: TrainConfig,
     for step in range(config.val_loss_batches):
         batch = build_batch(subjects, range(config.batch_size), seed=config.seed, stream=VALIDATION_STREAM, step=step,
                             subset=subset, outputs=config.outputs, crop_size=config.crop_size,
-                            lesion_input=config.lesion_input, augment=None).to(device, config.channels_last)
+                            lesion_input=config.lesion_input, augment=None,
+                            lesion_weight=config.lesion_loss_weight).to(device, config.channels_last)
         with torch.no_grad(), settings.autocast():
             _, values = chartsias_loss(model, batch.inputs, batch.references, batch.lesion,
                                        tuple(config.loss_weights), mask=batch.weight, present=batch.present)

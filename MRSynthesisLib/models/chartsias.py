@@ -198,13 +198,8 @@ class ChartsiasMIMO(nn.Module):
         output_gradient: str = "relu",
     ) -> None:
         super().__init__()
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; choose one of: {', '.join(FUSIONS)}")
+        self.check_shape(filters, latent_channels, fusion)
         filters = tuple(int(f) for f in filters)
-        if len(filters) != 3 or min(filters) < 1:
-            raise ValueError(f"filters must be 3 positive widths (one per encoder level), got {filters}")
-        if latent_channels < 1 or (fusion == "hemis" and latent_channels % 2):
-            raise ValueError(f"latent_channels must be positive (and even for 'hemis'), got {latent_channels}")
         self.inputs = _names(inputs, "inputs")
         self.outputs = _names(outputs, "outputs")
         self.lesion_input = bool(lesion_input)
@@ -218,6 +213,16 @@ class ChartsiasMIMO(nn.Module):
         self.encoders = nn.ModuleDict(
             {m: _Encoder(1 + self.lesion_input, self.filters, encoded, self.negative_slope) for m in self.inputs})
         self.decoders = nn.ModuleDict({m: self._new_decoder() for m in self.outputs})
+
+    @staticmethod
+    def check_shape(filters: Sequence[int], latent_channels: int, fusion: str) -> None:
+        """ValueError for widths or a fusion the network cannot be built with (a recipe checks before loading data)."""
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; choose one of: {', '.join(FUSIONS)}")
+        if len(filters) != 3 or min(int(f) for f in filters) < 1:
+            raise ValueError(f"filters must be 3 positive widths (one per encoder level), got {tuple(filters)}")
+        if latent_channels < 1 or (fusion == "hemis" and latent_channels % 2):
+            raise ValueError(f"latent_channels must be positive (and even for 'hemis'), got {latent_channels}")
 
     @property
     def output_gradient(self) -> str:

@@ -50,6 +50,49 @@ def test_recipe_values_of_the_wrong_type_are_refused_naming_the_file(tmp_path, c
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"max_minutes": -1}, "max_minutes must be > 0"),  # stopped before epoch 1, then failed on a missing file
+    ({"max_minutes": 0}, "max_minutes must be > 0"),  # silently meant "no limit"
+    ({"augment": {"rotate_degrees": float("nan")}}, "augment.rotate_degrees must be float, got nan"),
+    ({"learning_rate": float("inf")}, "learning_rate must be float, got inf"),
+    ({"learning_rate": 0}, "learning_rate must be > 0"),
+    ({"min_slice_brain_fraction": 2.0}, "min_slice_brain_fraction must be in [0, 1)"),
+    ({"filters": [32, 64]}, "filters must be 3 positive widths"),
+    ({"filters": [32, 0, 128]}, "filters must be 3 positive widths"),
+    ({"latent_channels": 0}, "latent_channels must be positive"),
+    ({"fusion": "min"}, "unknown fusion 'min'"),
+    ({"loss_weights": [0, 0, 0]}, "loss_weights must be [w1, w2, w3], none negative and not all 0"),
+    ({"loss_weights": [1, -1, 1]}, "loss_weights must be [w1, w2, w3], none negative and not all 0"),
+    ({"seed": -1}, "seed must be >= 0"),
+    ({"split_seed": -1}, "split_seed must be >= 0"),
+    ({"threads": 0}, "threads must be >= 1"),
+    ({"val_loss_batches": 0}, "val_loss_batches must be >= 1"),
+    ({"lesion_min_voxels": -5}, "lesion_min_voxels must be >= 0"),
+    ({"lesion_flair_z": -1.0}, "lesion_flair_z must be >= 0"),
+    ({"monitor": "val_ssim"}, "monitor must be one of ['val_mse', 'val_loss']"),
+])
+def test_recipe_values_out_of_range_are_refused_before_any_data_is_read(tmp_path, changes, message):
+    """Each of these used to pass the type check and fail after every subject was loaded (with a traceback or a
+    misleading message), or to be taken silently."""
+    path = write(tmp_path, {**RECIPE, **changes})
+    with pytest.raises(InputError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+@pytest.mark.parametrize("name", [".", "..", "", "a/b", ".hidden", "checkpoint.safetensors", "metrics.csv",
+                                  "config.json", "best.safetensors", "tensorboard"])
+def test_a_model_name_that_would_replace_the_run_folder_or_its_files_is_refused(tmp_path, name):
+    """The model folder is <out>/<name>, written with overwrite: "." was the run folder itself, whose checkpoint
+    and log the export then deleted."""
+    with pytest.raises(InputError, match="name"):
+        load_config(write(tmp_path, {**RECIPE, "name": name}))
+    recipe3d = {**RECIPE, "name": name, "architecture": "wei2019_fcn3d", "optimiser": "sgd", "learning_rate": 0.0005,
+                "batch_size": 1, "patch_size": 16, "loss": "mse", "epochs": 1, "steps_per_epoch": 1}
+    with pytest.raises(InputError, match="name"):
+        load_config3d(write(tmp_path, recipe3d))
+
+
 def test_numbers_json_writes_without_a_point_are_floats_and_null_is_none(tmp_path):
     config = load_config(write(tmp_path, {**RECIPE, "learning_rate": 1, "max_minutes": None,
                                           "augment": {"rotate_degrees": 5}}))

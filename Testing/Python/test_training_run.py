@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 import training.loop
+import training.validate
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.cli import main as cli_main
 from MRSynthesisLib.errors import InputError
@@ -147,6 +148,50 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(reference, tmp
     whole, resumed = tensors(out), tensors(tmp_path / "cut")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert log_rows(out) == log_rows(tmp_path / "cut")
+
+
+def test_resume_after_a_kill_between_the_last_checkpoint_and_its_log_rewrites_the_log(reference, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """The last epoch's checkpoint was written, its metrics.csv row and the model folder not, and a checkpoint
+    write of before left its temporary: the resumed run has no epoch left to write the log with, so it is
+    rewritten from the checkpoint on resuming, and the torn temporary goes."""
+    sources, out, _ = reference
+    write = training.loop.write_csv
+
+    def killed_after_the_last_checkpoint(path, rows):
+        if len(rows) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        write(path, rows)
+
+    monkeypatch.setattr(training.loop, "write_csv", killed_after_the_last_checkpoint)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        run(sources, cut)
+    torn = cut / ".checkpoint.safetensors.k3j2x9.partial"
+    torn.write_bytes(b"half a checkpoint")
+    assert len(log_rows(cut)) == 1 and not (cut / "tiny").exists()
+    monkeypatch.setattr(training.loop, "write_csv", write)
+    assert run(sources, cut, resume=True) == cut / "tiny"
+    assert log_rows(cut) == log_rows(out) and not torn.exists()
+    assert f"removed what a killed run left half-written: {torn.name}" in capsys.readouterr().out
+
+
+def test_monitor_val_loss_keeps_the_epoch_of_the_lowest_validation_cost(reference, tmp_path, monkeypatch):
+    """``monitor: "val_loss"`` watches the validation crops' cost (the log's val_total), weighted as training
+    weights it; it used to end the first epoch with a KeyError."""
+    sources, _, _ = reference
+    build, weights = training.validate.build_batch, []
+
+    def recording(*args, **kwargs):
+        weights.append(kwargs["lesion_weight"])
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(training.validate, "build_batch", recording)
+    folder = run(sources, tmp_path / "run", monitor="val_loss", epochs=3, lesion_loss_weight=5.0)
+    rows = log_rows(tmp_path / "run")
+    best = min(rows, key=lambda r: float(r["val_total"]))
+    assert load_model(folder).card.metrics["best_epoch"] == int(best["epoch"])
+    assert weights == [5.0] * 3
 
 
 def test_resume_refuses_data_that_changed_under_the_run(tmp_path):

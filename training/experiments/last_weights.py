@@ -24,7 +24,7 @@ from pathlib import Path
 from MRSynthesisLib.cards import build_network, read_card, save_model
 
 from ..checkpoint import load_checkpoint_weights
-from ..loop import CHECKPOINT
+from ..run_folder import CHECKPOINT
 
 
 def write_last_weights(run: Path) -> Path:

@@ -265,7 +265,7 @@ def train_all(schedule: Schedule, jobs: int = 1, folder: Path | None = None, pyt
     from concurrent.futures import ThreadPoolExecutor
 
     from ..config import load_config
-    from ..loop import CHECKPOINT
+    from ..run_folder import CHECKPOINT
 
     lock = threading.Lock()
 
