@@ -28,8 +28,10 @@ _ALIASES: dict[str, str] = {
     "pd": "PD", "pdw": "PD",
     # FLAIR (T2-weighted with fluid suppression)
     "flair": "FLAIR", "fla": "FLAIR", "t2f": "FLAIR", "t2flair": "FLAIR", "t2wflair": "FLAIR",
-    # diffusion
-    "dwi": "DWI", "dw": "DWI", "adc": "DWI",
+    # diffusion-weighted images. Not the ADC map computed from them: its contrast is near the inverse (an
+    # acute infarct is bright in DWI, dark in ADC), so a DWI encoder fed one would read the lesion backwards;
+    # and a folder holding both (ISLES 2022, UCSF-PDGM) would hold two "DWI" images.
+    "dwi": "DWI", "dw": "DWI",
     # double inversion recovery
     "dir": "DIR",
 }

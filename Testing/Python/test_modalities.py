@@ -14,7 +14,7 @@ ALIAS_FAMILIES = {
     "T2": ["T2", "t2", "t2w", "T2W", "T2-w", "t2wi"],
     "PD": ["PD", "pd", "PDw", "pd_w"],
     "FLAIR": ["FLAIR", "flair", "Flair", "fla", "FLA", "t2f", "T2F", "T2-FLAIR", "t2_flair", "T2w FLAIR"],
-    "DWI": ["DWI", "dwi", "dw", "ADC"],
+    "DWI": ["DWI", "dwi", "dw"],
     "DIR": ["DIR", "dir"],
 }
 
@@ -43,7 +43,7 @@ def test_families_do_not_overlap():
     assert canonical("t1") != canonical("t1c")
 
 
-@pytest.mark.parametrize("name", ["T3", "flare", "", "t1cc", "swi", "T2*", "t2-star*"])
+@pytest.mark.parametrize("name", ["T3", "flare", "", "t1cc", "swi", "T2*", "t2-star*", "ADC"])
 def test_unknown_name_lists_the_known_ones(name):
     assert not is_known(name)
     with pytest.raises(ValueError) as error:
@@ -88,7 +88,8 @@ def test_guess_from_file_and_node_names(name, expected):
 
 
 @pytest.mark.parametrize("name", ["lesion_mask.nii.gz", "brain_mask", "segmentation.nrrd", "patient07", "image.mha",
-                                  "sub-01_bold.nii.gz", "sub-01_T2*.nii.gz", "sub-01_T2star.nii.gz", "T2* GRE"])
+                                  "sub-01_bold.nii.gz", "sub-01_T2*.nii.gz", "sub-01_T2star.nii.gz", "T2* GRE",
+                                  "UCSF-PDGM-004_ADC.nii.gz"])  # ADC: derived from DWI, its contrast near inverse
 def test_guess_returns_none_when_nothing_matches(name):
     assert guess(name) is None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,17 @@ def test_discovery_of_brats_layouts(tmp_path):
         "T2": "BraTS-GLI-0001-t2w.nii.gz", "FLAIR": "BraTS-GLI-0001-t2f.nii.gz"}
     assert subjects["case2"].images["FLAIR"].name == "t2f.nii.gz"
     assert all(s.lesion is None for s in subjects.values())
+
+
+def test_a_folder_with_dwi_and_its_adc_map_is_read_with_the_dwi(tmp_path):
+    """UCSF-PDGM and ISLES 2022 keep the ADC map beside the DWI; it is not a DWI (its contrast is near inverse),
+    and taking it for one refused the whole folder as holding two DWI images."""
+    write_ms_subject(tmp_path / "ms", "case1", 1)
+    folder = tmp_path / "ms" / "case1"
+    for name in ("case1_DWI.nii.gz", "case1_ADC.nii.gz"):
+        shutil.copy(folder / "T2.nii.gz", folder / name)
+    (subject,) = discover([str(tmp_path / "ms")])
+    assert subject.images["DWI"].name == "case1_DWI.nii.gz" and "ADC" not in str(sorted(subject.images.values()))
 
 
 def test_discovery_of_ms_layout(tmp_path):
