@@ -120,9 +120,7 @@ class MRSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.panel.set_parameter_node(self.logic.getParameterNode())
 
     def onSceneStartClose(self, caller: Any, event: Any) -> None:
-        if self.panel.running:
-            self.panel.cancel()
-        self.panel.set_parameter_node(None)
+        self.panel.scene_closing()
 
     def onSceneEndClose(self, caller: Any, event: Any) -> None:
         # As Slicer's template: a closed scene gets no parameter node until the module is

@@ -64,6 +64,7 @@ class SynthesisPanel:
         self.reference_selector = widgets.volume_selector(none_enabled=True)
         self.ui.referenceSelectorContainer.layout().addWidget(self.reference_selector)
         self.reference_selector.setCurrentNode(None)
+        self._removals = bridge.observe_removals(self._on_node_about_to_be_removed)
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self._poll)
@@ -151,8 +152,8 @@ class SynthesisPanel:
         params.native_spacing = self.ui.nativeSpacingCheckBox.isChecked()
         params.register = self.ui.registerCheckBox.isChecked()
         params.saliency = self.ui.saliencyCheckBox.isChecked()
-        params.lesion = (self.lesion_selector.currentNode(), self.lesion_selector.currentSegmentID())
-        params.brain = (self.brain_selector.currentNode(), self.brain_selector.currentSegmentID())
+        for name, selector in (("lesion", self.lesion_selector), ("brain", self.brain_selector)):
+            setattr(params, name, self._segment(selector) or (selector.currentNode(), ""))
         params.reference = (self.reference_selector.currentNode(), prop(self.ui.offPlaneTargetComboBox, "currentText"))
 
     def _changed(self) -> None:
@@ -183,7 +184,11 @@ class SynthesisPanel:
     def load_models(self) -> None:
         """List the models in the background; the combo box fills when the list arrives."""
         self.ui.modelInfoLabel.setText("Looking for models...")
-        self._models_run = self.launcher.run(["models", "--json"], self.catalog.search_folders(), on_log=_log)
+        try:
+            self._models_run = self.launcher.run(["models", "--json"], self.catalog.search_folders(), on_log=_log)
+        except (OSError, ValueError) as error:  # Popen's: no interpreter, no permission, no memory
+            self.ui.modelInfoLabel.setText(f"Could not list the models: {_cannot_start(error)}")
+            return
         self.timer.start()
 
     def _on_models_listed(self, outcome: Outcome) -> None:
@@ -296,6 +301,15 @@ class SynthesisPanel:
         used = {row.selector.currentNode() for row in self.rows}
         return next((v for v in self.bridge.scalar_volumes() if v not in used), None)
 
+    def _on_node_about_to_be_removed(self, node: Any) -> None:
+        """A chosen node is leaving the scene: its selector is emptied. Left alone, a node selector (a QComboBox)
+        moves on to the node next in its list, making another volume this input or the real volume, another
+        segmentation's first segment the lesion, without a word."""
+        selectors = [row.selector for row in self.rows]
+        for selector in (*selectors, self.reference_selector, self.lesion_selector, self.brain_selector):
+            if selector.currentNode() is node:
+                selector.setCurrentNode(None)
+
     def _on_row_volume_changed(self, row: InputRow) -> None:
         self._guess_modality(row)
         self._changed()
@@ -341,9 +355,25 @@ class SynthesisPanel:
 
     @staticmethod
     def _segment(selector: Any) -> Optional[tuple[Any, str]]:
-        """(segmentation, segment ID) chosen in a segment selector, None while either is unchosen."""
+        """(segmentation, segment ID) chosen in a segment selector; None unless a segmentation is selected and
+        holds that segment: qMRMLSegmentSelectorWidget keeps its last ID when its segmentation is unselected or
+        removed, or loses that segment."""
         node, segment_id = selector.currentNode(), selector.currentSegmentID()
-        return (node, segment_id) if node is not None and segment_id else None
+        if node is None or not segment_id or node.GetSegmentation().GetSegment(segment_id) is None:
+            return None
+        return node, segment_id
+
+    def _lesion(self) -> Optional[tuple[Any, str]]:
+        """The lesion segment a run uses: none with a model that takes no lesion mask, whose choice is kept
+        for a model that does."""
+        model = self.model
+        return self._segment(self.lesion_selector) if model is not None and model.lesion_input else None
+
+    def _unused_lesion_note(self) -> str:
+        model = self.model
+        if model is None or model.lesion_input or self._segment(self.lesion_selector) is None:
+            return ""
+        return f"model {model.name} takes no lesion mask: the lesion segment is not used"
 
     # -- lesion --------------------------------------------------------------------------
 
@@ -383,8 +413,6 @@ class SynthesisPanel:
             found.append("use each volume once")
         if not self.targets:
             found.append("choose at least one target")
-        if self.lesion_selector.currentSegmentID() and model is not None and not model.lesion_input:
-            found.append(f"model {model.name} takes no lesion mask: choose no lesion segment")
         return found
 
     def _update_state(self) -> None:
@@ -406,8 +434,11 @@ class SynthesisPanel:
         problems = self.problems()
         self.ui.applyButton.setEnabled(not problems)
         self.ui.applyButton.setToolTip("; ".join(problems).capitalize())
+        note = self._unused_lesion_note()
+        self.ui.lesionGroupBox.setToolTip(note[:1].upper() + note[1:])  # the model's name as it is
         if problems or self._status_is_hint:
-            self._set_status(f"To synthesise: {'; '.join(problems)}." if problems else "Ready.", hint=True)
+            ready = f"Ready ({note})." if note else "Ready."
+            self._set_status(f"To synthesise: {'; '.join(problems)}." if problems else ready, hint=True)
 
     def _fill_paint_choices(self) -> None:
         combo = self.ui.paintVolumeComboBox
@@ -457,7 +488,7 @@ class SynthesisPanel:
             self._prepared = PreparedRun(
                 self.bridge, self.inputs, self.targets, model=model.folder,
                 device=DEVICES[prop(self.ui.deviceComboBox, "currentIndex")],
-                lesion=self._segment(self.lesion_selector), brain=self._segment(self.brain_selector),
+                lesion=self._lesion(), brain=self._segment(self.brain_selector),
                 saliency=self.ui.saliencyCheckBox.isChecked(),
                 reference=(reference, target, measured_in) if reference is not None and target else None,
                 resample=self.ui.resampleCheckBox.isChecked(),
@@ -470,8 +501,16 @@ class SynthesisPanel:
         self._start(self._prepared.job.arguments(), "Starting...")
 
     def _start(self, arguments: list[str], status: str) -> None:
-        self._run = self.launcher.run(arguments, self.catalog.search_folders(), on_progress=self._on_progress,
-                                      on_log=_log)
+        """Start the command line; one that cannot start ends the run here, its folder removed."""
+        try:
+            self._run = self.launcher.run(arguments, self.catalog.search_folders(), on_progress=self._on_progress,
+                                          on_log=_log)
+        except (OSError, ValueError) as error:  # Popen's: no interpreter, no permission, no memory
+            self._close_run()
+            self._set_status("Failed.")
+            self.ui.errorLabel.setText(_cannot_start(error))
+            self._update_state()
+            return
         self.ui.applyButton.setText("Cancel")
         self.ui.applyButton.setEnabled(True)
         self.ui.applyButton.setToolTip("Stop the run; nothing is added to the scene")
@@ -508,7 +547,8 @@ class SynthesisPanel:
             if evaluation is not None:
                 self._synthesis = outcome
                 self._start(evaluation, "Measuring off-plane consistency...")
-                self.ui.progressBar.setRange(0, 0)  # busy: `evaluate` reports no progress
+                if self.running:
+                    self.ui.progressBar.setRange(0, 0)  # busy: `evaluate` reports no progress
                 return
             synthesis, evaluation = outcome, None
         else:  # the off-plane measurement ended; cancelling it cancels the whole run
@@ -519,11 +559,17 @@ class SynthesisPanel:
         try:
             self._finish(synthesis, evaluation)
         finally:
+            self._close_run()
+            self._update_state()
+
+    def _close_run(self) -> None:
+        """Forget the run and remove its temporary folder (the inputs' full-size copies)."""
+        self._run = None
+        if self._prepared is not None:
             self._prepared.close()
             self._prepared = None
-            self.ui.applyButton.setText("Apply")
-            self.ui.progressBar.setRange(0, 100)
-            self._update_state()
+        self.ui.applyButton.setText("Apply")
+        self.ui.progressBar.setRange(0, 100)
 
     def _finish(self, synthesis: Outcome, evaluation: Optional[Outcome]) -> None:
         if synthesis.status == "cancelled":
@@ -579,7 +625,7 @@ class SynthesisPanel:
         self.ui.saliencyObjectiveLabel.setText(objective)
         figures = results.off_plane
         self._set_table(self.ui.offPlaneTable, ["value"], list(figures), [[f"{v:.4g}"] for v in figures.values()])
-        self.actions.show_result(self._main_output(), results.lesion)
+        self.actions.show_result(self._main_output(), results.lesion if _in_scene(results.lesion) else None)
         if figures:
             self._show_off_plane()
         elif results.saliency:
@@ -592,12 +638,29 @@ class SynthesisPanel:
         return outputs[reference[1]] if reference else next(iter(outputs.values()))
 
     def _show_saliency(self) -> None:
+        """The maps beside their inputs, those the user has not removed since."""
         target, maps = next(iter(self.results.saliency.items()))
         volumes = self.results.inputs
-        self.actions.show_saliency(self.results.outputs[target], [(volumes[m], node) for m, node in maps.items()])
+        shown = [(volumes[m], node) for m, node in maps.items() if _in_scene(volumes[m]) and _in_scene(node)]
+        if _in_scene(self.results.outputs[target]) and shown:
+            self.actions.show_saliency(self.results.outputs[target], shown)
 
     def _show_off_plane(self) -> None:
-        self.actions.show_off_plane(self._main_output(), self.results.reference[0])
+        result, reference = self._main_output(), self.results.reference[0]
+        if _in_scene(result) and _in_scene(reference):
+            self.actions.show_off_plane(result, reference)
+
+    def scene_closing(self) -> None:
+        """The scene closes: stop the run, forget its results (their nodes go) and the parameter node."""
+        if self.running:
+            self.cancel()
+        self.results = None
+        self._set_table(self.ui.contributionsTable, [], [], [])
+        self._set_table(self.ui.offPlaneTable, [], [], [])
+        for label in (self.ui.notesLabel, self.ui.errorLabel, self.ui.saliencyObjectiveLabel):
+            label.setText("")
+        self.set_parameter_node(None)
+        self._update_state()
 
     @staticmethod
     def _set_table(table: Any, columns: list[str], rows: list[str], cells: list[list[str]]) -> None:
@@ -613,11 +676,13 @@ class SynthesisPanel:
         table.setVisible(bool(rows))
 
     def shutdown(self) -> None:
-        """Stop whatever runs (the module is closing)."""
+        """Stop whatever runs and remove its temporary folder (the module is closing or reloaded)."""
         for run in (self._run, self._models_run):
             if run is not None:
                 run.cancel()
         self.timer.stop()
+        self._close_run()
+        self.bridge.stop_observing(self._removals)
 
 
 class _Children:
@@ -632,3 +697,12 @@ class _Children:
 
 def _log(line: str) -> None:
     logging.info("mrsynthesis: %s", line)
+
+
+def _cannot_start(error: Exception) -> str:
+    return f"the MRSynthesis command line could not be started: {error}"
+
+
+def _in_scene(node: Any) -> bool:
+    """Whether a node of a finished run is still in the scene (the user may remove nodes meanwhile)."""
+    return node is not None and node.GetScene() is not None

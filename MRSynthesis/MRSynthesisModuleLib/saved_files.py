@@ -45,7 +45,8 @@ class SavedFileMarker:
     """Called with the parameters of each file Slicer saved; marks those of synthetic nodes.
 
     ``warn`` receives what the user should know (Slicer's ``logging.warning``: the Python console and the
-    error log). Nothing here raises: a slot that raised would leave Slicer's save half-reported.
+    error log). Nothing here raises: a slot that raised would leave Slicer's save half-reported (and set
+    the Python error flag of ``--testing``); what fails is said through ``warn``.
     """
 
     def __init__(self, scene: Any, warn: Callable[[str], None]) -> None:
@@ -56,10 +57,19 @@ class SavedFileMarker:
         node_id, path = parameters.get("nodeID"), parameters.get("fileName")
         if not node_id or not path or is_temporary(path):  # a scene file; batch mode's own temporary files
             return
-        node = self.scene.GetNodeByID(str(node_id))
-        line = header_line(node) if node is not None else ""
-        if line:  # a synthetic image or a saliency map of ours
-            self.mark(str(path), line, provenance(node))
+        try:
+            node = self.scene.GetNodeByID(str(node_id))
+            line = header_line(node) if node is not None else ""
+            if line:  # a synthetic image or a saliency map of ours
+                self.mark(self.full_path(str(path)), line, provenance(node))
+        except Exception as error:  # noqa: BLE001 - a Qt slot: an exception would only print after Slicer's save
+            self.warn(f"MRSynthesis: the file {path} Slicer saved could not be marked as ours "
+                      f"({type(error).__name__}: {error})")
+
+    def full_path(self, path: str) -> str:
+        """Where Slicer wrote ``path``: a relative name is under the scene's root directory, not the working
+        directory (vtkMRMLStorageNode::GetFullNameFromNthFileName; slicer.util.saveNode passes names as given)."""
+        return os.path.abspath(os.path.join(self.scene.GetRootDirectory() or "", path))
 
     def mark(self, path: str, line: str, record: Optional[Mapping[str, Any]]) -> None:
         """The header line of the image just saved at ``path``, and the sidecar of a synthetic one (``record``)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 import slicer
@@ -32,10 +32,24 @@ class SceneBridge:
         self.scene = scene
 
     def scalar_volumes(self) -> list[Any]:
-        """The scene's scalar volumes, label maps excluded (as the input selectors list them)."""
+        """The scene's scalar volumes as the input selectors list them (``showChildNodeTypes`` off): not the
+        subclasses, label maps, vector (RGB), tensor and diffusion-weighted volumes."""
         nodes = (self.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
                  for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")))
-        return [node for node in nodes if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+        return [node for node in nodes if node.GetClassName() == "vtkMRMLScalarVolumeNode"]
+
+    def observe_removals(self, callback: Callable[[Any], None]) -> int:
+        """Call ``callback(node)`` as each node is about to leave the scene, before the node selectors move
+        their selection off it (their scene model observes at priority -10: qMRMLSceneModel.cxx HEAD:381);
+        the tag is for ``stop_observing``. The call-data form is DICOMUtils.py's (HEAD:866-872)."""
+        @vtk.calldata_type(vtk.VTK_OBJECT)
+        def about_to_be_removed(caller: Any, event: Any, node: Any) -> None:
+            callback(node)
+
+        return self.scene.AddObserver(slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent, about_to_be_removed)
+
+    def stop_observing(self, tag: int) -> None:
+        self.scene.RemoveObserver(tag)
 
     def write_volume(self, node: Any, path: str) -> None:
         """Write a volume node's voxels and geometry (its parent transform is not applied); a synthetic one

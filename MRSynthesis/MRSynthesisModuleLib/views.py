@@ -66,8 +66,9 @@ def _show(manager: Any, view: str, background: Any, foreground: Any = None) -> N
 def show_result(result: Any, lesion: Any = None) -> None:
     """The result in every slice view, with the painted lesion segmentation (if any) on top."""
     slicer.util.setSliceViewerLayers(background=result, foreground=None, fit=True)
-    if lesion is not None:
-        lesion.GetDisplayNode().SetVisibility(True)
+    display = lesion.GetDisplayNode() if lesion is not None else None
+    if display is not None:  # a segmentation made by a script may have none
+        display.SetVisibility(True)
 
 
 def show_saliency(result: Any, overlays: Sequence[tuple[Any, Any]]) -> None:

@@ -20,7 +20,8 @@ class SlicerWidgetFactory:
         self.scene = scene
 
     def volume_selector(self, none_enabled: bool = False) -> Any:
-        """Scalar volumes only: label maps (a subclass) are excluded by ``showChildNodeTypes``."""
+        """Scalar volumes only: subclasses (label maps, vector, tensor and DWI volumes) are excluded by
+        ``showChildNodeTypes``, as ``SceneBridge.scalar_volumes`` excludes them."""
         selector = slicer.qMRMLNodeComboBox()
         selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
         selector.showChildNodeTypes = False

@@ -13,7 +13,8 @@ command line exactly as the panel does, and the results saved with ``slicer.util
 under a temporary name, given the command line's header line (``header_notes``), then
 renamed: an interrupted run leaves no half-written file, an existing file is replaced only
 with ``--overwrite``, an input never. Slicer exits with 0 on
-success, 2 on bad input (with the reason on stderr), 1 on an internal error.
+success, 2 on bad input (with the reason on stderr), 130 when the command line was cancelled (SIGINT, SIGTERM),
+1 on an internal error or any other end of the command line (killed by a signal, such as the kernel's OOM killer).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Outputs are written under a temporary name and renamed (MRSynthesisLib.atomic): only single-file
 # formats survive that, a detached header (.nhdr, .mhd) would name its data file's temporary name.
 OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +207,8 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
         hint = ("\nIn batch mode: register the inputs first, or pass --resample to resample them onto the first "
                 "input's grid." if "different grids" in str(error) and not args.resample else "")
         print(f"batch.py: error: {error}{hint}", file=sys.stderr)
-        return error.exit_code
+        # A killed command line's status (-9, or the launcher's 247) would reach Slicer's exit as it is.
+        return error.exit_code if error.exit_code in (EXIT_BAD_INPUT, EXIT_CANCELLED) else EXIT_INTERNAL
     saves = [(results.outputs[target], path) for target, path in outputs.items()]
     saves += [(node, os.path.join(args.saliency_out, f"P3S_{target}_from_{modality}.nii.gz"))
               for target, per_input in results.saliency.items() for modality, node in per_input.items()]

@@ -20,7 +20,7 @@ from conftest import cli_command, cli_env, make_subject, make_tiny_model, write_
 
 import batch  # noqa: E402
 from MRSynthesisLib.volume import Geometry, read_volume, resample_to  # noqa: E402
-from MRSynthesisModuleLib.process import CliLauncher  # noqa: E402
+from MRSynthesisModuleLib.process import CliLauncher, Outcome  # noqa: E402
 from MRSynthesisModuleLib.scene import SceneBridge  # noqa: E402
 
 
@@ -322,3 +322,24 @@ def test_the_script_finds_its_module_code_when_run_as_slicer_runs_it(tmp_path):
     refused = subprocess.run([sys.executable, str(script), "--input", "T9=t.nii.gz", "--target", "FLAIR", "--out", "o"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "unknown modality 'T9'" in refused.stderr
+
+
+class KilledLauncher:
+    """A command line that ended without a word of its own, as a process killed by a signal does."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def run(self, arguments, *rest, **callbacks):
+        outcome = Outcome("failed", message=f"the MRSynthesis command line stopped with exit code {self.code}",
+                          exit_code=self.code)
+        return type("Run", (), {"wait": lambda run: outcome})()
+
+
+@pytest.mark.parametrize("code, status", [(-9, 1), (247, 1), (3, 1), (2, 2), (130, 130)])
+def test_batch_exits_only_with_its_documented_codes(tmp_path, tiny_model, code, status, capsys):
+    subject = make_subject(tmp_path / "subject")
+    arguments = ["--input", f"T1={subject['T1']}", "--target", "FLAIR", "--out", str(tmp_path / "out"),
+                 "--model", str(tiny_model)]
+    assert batch.run(arguments, support.CoreFiles(support.new_scene()), KilledLauncher(code)) == status
+    assert f"exit code {code}" in capsys.readouterr().err  # the command line's own code is still said

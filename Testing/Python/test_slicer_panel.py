@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from MRSynthesisLib.cards import ModelCard, save_model  # noqa: E402
 from MRSynthesisLib.models import build  # noqa: E402
 from MRSynthesisModuleLib.catalog import ModelCatalog  # noqa: E402
 from MRSynthesisModuleLib.panel import SynthesisPanel  # noqa: E402
-from MRSynthesisModuleLib.process import CliLauncher  # noqa: E402
+from MRSynthesisModuleLib.process import CliLauncher, Outcome  # noqa: E402
 from MRSynthesisModuleLib.scene import SALIENCY_COLOR_NODE_ID, SceneBridge  # noqa: E402
 
 SCREENSHOT = support.REPO / "build" / "screenshots" / "mrsynthesis-panel.png"
@@ -461,3 +462,177 @@ def test_an_added_model_folder_lists_that_model_only(launcher, models):
     assert next(m for m in listed if m.name == "tiny").summary().startswith("Inputs: T1, T1c, T2, FLAIR")
     bundled = next(m for m in listed if m.origin == "bundled").summary()  # its card: 1 mm voxels
     assert "2D, slice by slice (axial), trained on 1 x 1 x 1 mm voxels; takes a lesion mask" in bundled
+
+
+class EndingLauncher:
+    """Lists the recorded models; every other run is recorded and ends at once as ``outcome`` says."""
+
+    def __init__(self, listing, outcome=Outcome("cancelled", exit_code=130)) -> None:
+        self.listing, self.outcome, self.arguments = listing, outcome, []
+
+    def run(self, arguments, model_folders=(), **callbacks):
+        self.arguments.append(list(arguments))
+        return ReplayLauncher(self.listing if arguments[0] == "models" else self.outcome).run(arguments)
+
+
+def two_input_panel(app, scene, nodes, launcher, model="tiny"):
+    panel = make_panel(app, scene, launcher)
+    choose_model(panel, model)
+    panel.add_input_row(nodes["T1"])
+    panel.add_input_row(nodes["T2"])
+    panel.set_targets(["FLAIR"])
+    return panel
+
+
+def apply_and_wait(app, panel) -> None:
+    panel.ui.applyButton.click()
+    support.wait_until(lambda: not panel.running, 120, app.processEvents)
+
+
+def test_a_model_without_a_lesion_input_runs_without_the_chosen_lesion_segment(app, listing):
+    scene, nodes, _ = subject_scene()
+    launcher = EndingLauncher(listing)
+    panel = two_input_panel(app, scene, nodes, launcher)
+    segmentation, segment_id = panel.paint_lesion()
+
+    choose_model(panel, "t1t2")  # takes no lesion mask: the segment is left out, not a reason to refuse
+    assert not panel.ui.lesionGroupBox.isEnabled()
+    assert panel.problems() == [] and panel.ui.applyButton.isEnabled()
+    said = "model t1t2 takes no lesion mask: the lesion segment is not used"
+    assert panel.ui.statusLabel.text() == f"Ready ({said})."
+    assert panel.ui.lesionGroupBox.toolTip() == said.capitalize()
+    apply_and_wait(app, panel)
+    assert launcher.arguments[-1][0] == "synthesize" and "--lesion-mask" not in launcher.arguments[-1]
+
+    choose_model(panel, "tiny")  # the choice was kept for a model that takes it
+    assert (panel.lesion_selector.currentNode(), panel.lesion_selector.currentSegmentID()) == (segmentation,
+                                                                                                segment_id)
+    assert panel.ui.lesionGroupBox.toolTip() == ""
+    apply_and_wait(app, panel)
+    assert "--lesion-mask" in launcher.arguments[-1]
+
+
+def test_a_removed_segmentation_or_segment_is_no_longer_the_lesion(app, listing):
+    """qMRMLSegmentSelectorWidget keeps its segment ID when its segmentation goes (the stand-in does too), and
+    on its own would move on to the next segmentation and take its first segment."""
+    scene, nodes, _ = subject_scene()
+    launcher = EndingLauncher(listing)
+    panel = two_input_panel(app, scene, nodes, launcher)
+    segmentation, segment_id = panel.paint_lesion()
+    brain = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "sub-01 brain")
+    brain.GetSegmentation().AddEmptySegment("", "brain")
+
+    scene.RemoveNode(segmentation)
+    assert panel.lesion_selector.currentNode() is None
+    assert panel.lesion_selector.currentSegmentID() == segment_id  # stale, as in Slicer
+    assert panel.parameters.lesion == (None, "")
+    apply_and_wait(app, panel)
+    assert "--lesion-mask" not in launcher.arguments[-1] and panel.ui.errorLabel.text() == ""
+
+    segmentation, segment_id = panel.paint_lesion()
+    segmentation.GetSegmentation().RemoveSegment(segment_id)  # its only segment: the selector keeps the ID
+    assert panel.lesion_selector.currentSegmentID() == segment_id
+    apply_and_wait(app, panel)
+    assert "--lesion-mask" not in launcher.arguments[-1] and panel.ui.errorLabel.text() == ""
+
+
+def test_the_stand_in_selector_moves_on_when_its_node_goes_as_qcombobox_does(app):
+    scene, nodes, _ = subject_scene()
+    selector = StandInWidgetFactory(scene).volume_selector(none_enabled=True)
+    selector.setCurrentNode(nodes["T1"])
+    seen = []
+    selector.currentNodeChanged.connect(seen.append)
+    scene.RemoveNode(nodes["T1"])
+    assert seen == [nodes["T2"]] and selector.currentNode() is nodes["T2"]  # the row now in its place
+    scene.RemoveNode(nodes["FLAIR"])
+    scene.RemoveNode(nodes["T2"])
+    assert seen == [nodes["T2"], None]
+
+
+def test_a_removed_volume_empties_its_input_row_and_the_real_volume(app, listing):
+    scene, nodes, _ = subject_scene()
+    panel = two_input_panel(app, scene, nodes, EndingLauncher(listing))
+    panel.reference_selector.setCurrentNode(nodes["FLAIR"])
+    assert panel.problems() == []
+
+    scene.RemoveNode(nodes["T1"])  # the selector alone would now show T2 in the first row
+    assert [n for n, _ in panel.inputs] == [None, nodes["T2"]]
+    assert panel.parameters.inputs[0][0] is None
+    assert "choose a volume in every input row" in panel.problems() and not panel.ui.applyButton.isEnabled()
+    scene.RemoveNode(nodes["FLAIR"])  # not another volume as the real FLAIR
+    assert panel.reference_selector.currentNode() is None and panel.parameters.reference[0] is None
+
+
+def test_vector_and_diffusion_volumes_are_not_offered_as_inputs(app, listing):
+    scene = support.new_scene()
+    for node_class in ("vtkMRMLVectorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode"):
+        scene.AddNewNodeByClass(node_class, node_class)
+    t1 = support.add_volume(scene, phantom((20, 28, 24))["T1"], "sub-01_T1")
+    panel = make_panel(app, scene, ReplayLauncher(listing))
+    assert panel.bridge.scalar_volumes() == [t1]
+    assert panel.add_input_row().selector.currentNode() is t1  # the unused scalar volume, not the RGB one
+
+
+def test_a_command_line_that_cannot_start_is_said_and_leaves_no_folder(app, listing, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    missing = CliLauncher(python=str(tmp_path / "no-python"))
+    scene, nodes, _ = subject_scene()
+    unlisted = make_panel(app, scene, missing)  # built all the same
+    assert unlisted.ui.modelInfoLabel.text().startswith("Could not list the models: the MRSynthesis command line "
+                                                        "could not be started: ")
+
+    panel = two_input_panel(app, scene, nodes, ListedLauncher(missing, listing))
+    panel.ui.applyButton.click()
+    assert "could not be started" in panel.ui.errorLabel.text() and panel.ui.statusLabel.text() == "Failed."
+    assert not panel.running and panel.ui.applyButton.text() == "Apply" and panel.ui.applyButton.isEnabled()
+    assert list(tmp_path.glob("MRSynthesis-*")) == []
+
+
+class EndlessLauncher(EndingLauncher):
+    """Runs that never end until cancelled."""
+
+    def run(self, arguments, model_folders=(), **callbacks):
+        if arguments[0] == "models":
+            return super().run(arguments, model_folders, **callbacks)
+        run = ReplayLauncher(None).run(arguments)
+        run.cancel = lambda: self.arguments.append(["cancelled"])
+        return run
+
+
+def test_shutdown_cancels_the_run_and_removes_its_folder(app, listing):
+    scene, nodes, _ = subject_scene()
+    launcher = EndlessLauncher(listing)
+    panel = two_input_panel(app, scene, nodes, launcher)
+    panel.ui.applyButton.click()
+    folder = panel._prepared.folder
+    assert panel.running and os.path.isdir(folder)
+    panel.shutdown()
+    assert launcher.arguments[-1] == ["cancelled"] and not os.path.exists(folder)
+
+
+def test_nodes_removed_during_a_run_and_a_closed_scene_leave_nothing_stale(app, launcher, listing):
+    scene, nodes, arrays = subject_scene()
+    actions = RecordingActions()
+    panel = make_panel(app, scene, ListedLauncher(launcher, listing), actions)
+    choose_model(panel, "tiny")
+    panel.add_input_row(nodes["T1"])
+    panel.add_input_row(nodes["T2"])
+    panel.set_targets(["FLAIR"])
+    panel.ui.saliencyCheckBox.setChecked(True)
+    segmentation, segment_id = panel.paint_lesion()
+    support.paint(scene, segmentation, segment_id, arrays["lesion"], nodes["T1"])
+    panel.ui.applyButton.click()
+    scene.RemoveNode(segmentation)  # while the command line runs
+    scene.RemoveNode(nodes["T2"])
+    support.wait_until(lambda: not panel.running, 120, app.processEvents)
+
+    assert panel.ui.errorLabel.text() == "", panel.ui.errorLabel.text()
+    output, saliency = panel.results.outputs["FLAIR"], panel.results.saliency["FLAIR"]
+    assert actions.called("show_result") == [(output, None)]  # not the removed segmentation
+    assert actions.called("show_saliency") == [(output, [(nodes["T1"], saliency["T1"])])]
+    assert panel.ui.showSaliencyButton.isEnabled() and not panel.ui.contributionsTable.isHidden()
+
+    panel.scene_closing()  # Slicer's StartCloseEvent: the results' nodes are about to go
+    assert panel.results is None and panel.parameters is None
+    assert not panel.ui.showSaliencyButton.isEnabled() and not panel.ui.showOffPlaneButton.isEnabled()
+    assert panel.ui.contributionsTable.isHidden() and panel.ui.notesLabel.text() == ""

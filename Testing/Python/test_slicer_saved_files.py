@@ -134,3 +134,40 @@ def test_a_saved_saliency_map_gets_its_header_line_and_no_sidecar(tmp_path):
     SavedFileMarker(scene, warnings.append)({"nodeID": node.GetID(), "fileName": str(tmp_path / "map.nii.gz")})
     assert read_volume(tmp_path / "map.nii.gz").description == line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.nii.gz"] and warnings == []
+
+
+def test_a_relative_file_name_is_under_the_scenes_root_directory(tmp_path, monkeypatch):
+    """slicer.util.saveNode(node, "flair.nrrd"): MRML writes it under the scene's root directory (Documents, or
+    the loaded scene's folder), not the working directory, where an unrelated flair.nrrd may lie."""
+    scene, warnings = new_scene(), []
+    root, elsewhere = tmp_path / "root", tmp_path / "cwd"
+    root.mkdir()
+    elsewhere.mkdir()
+    scene.SetRootDirectory(str(root))
+    node = synthetic_node(scene)
+    save(node, elsewhere / "flair.nrrd")
+    unrelated = (elsewhere / "flair.nrrd").read_bytes()
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")  # as Slicer's node writer saves
+    storage.SetFileName("flair.nrrd")
+    assert storage.WriteData(node) and (root / "flair.nrrd").is_file()
+    monkeypatch.chdir(elsewhere)
+
+    SavedFileMarker(scene, warnings.append)({"nodeID": node.GetID(), "fileName": "flair.nrrd"})
+
+    assert read_volume(root / "flair.nrrd").description == LINE
+    assert json.loads((root / "flair.json").read_text())["image"] == "flair.nrrd"
+    assert (elsewhere / "flair.nrrd").read_bytes() == unrelated and not (elsewhere / "flair.json").exists()
+    assert warnings == []
+
+
+def test_a_node_whose_record_cannot_be_read_is_said_not_raised(tmp_path):
+    scene, warnings = new_scene(), []
+    node = synthetic_node(scene)
+    node.SetAttribute("MRSynthesis.Provenance", "{edited by hand")
+    save(node, tmp_path / "flair.nrrd")
+    content = (tmp_path / "flair.nrrd").read_bytes()
+
+    SavedFileMarker(scene, warnings.append)({"nodeID": node.GetID(), "fileName": str(tmp_path / "flair.nrrd")})
+
+    assert len(warnings) == 1 and str(tmp_path / "flair.nrrd") in warnings[0] and "JSONDecodeError" in warnings[0]
+    assert (tmp_path / "flair.nrrd").read_bytes() == content
