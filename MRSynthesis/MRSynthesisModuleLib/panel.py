@@ -676,13 +676,15 @@ class SynthesisPanel:
         table.setVisible(bool(rows))
 
     def shutdown(self) -> None:
-        """Stop whatever runs and remove its temporary folder (the module is closing or reloaded)."""
+        """Stop whatever runs, remove its temporary folder and let go of the parameter node (the module is
+        closing, or reloaded: the old panel's widgets may outlive it and must not write the new panel's state)."""
         for run in (self._run, self._models_run):
             if run is not None:
                 run.cancel()
         self.timer.stop()
         self._close_run()
         self.bridge.stop_observing(self._removals)
+        self.parameters = None
 
 
 class _Children:

@@ -605,9 +605,14 @@ def test_shutdown_cancels_the_run_and_removes_its_folder(app, listing):
     panel = two_input_panel(app, scene, nodes, launcher)
     panel.ui.applyButton.click()
     folder = panel._prepared.folder
+    node = panel.parameters.node
     assert panel.running and os.path.isdir(folder)
     panel.shutdown()
     assert launcher.arguments[-1] == ["cancelled"] and not os.path.exists(folder)
+    saved = [node.GetParameter(name) for name in node.GetParameterNames()]
+    panel.ui.saliencyCheckBox.setChecked(not panel.ui.saliencyCheckBox.isChecked())  # a reloaded module's old widgets
+    panel.set_targets(["T1c"])
+    assert [node.GetParameter(name) for name in node.GetParameterNames()] == saved
 
 
 def test_nodes_removed_during_a_run_and_a_closed_scene_leave_nothing_stale(app, launcher, listing):
