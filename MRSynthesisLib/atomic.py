@@ -82,7 +82,8 @@ def write_json(path: str | os.PathLike, data: object) -> Path:
 
 
 def check_writable(paths: Sequence[Path], inputs: Sequence[Path], overwrite: bool) -> None:
-    """Fail before any work when an output would replace an input, or an existing file without --overwrite."""
+    """Fail before any work when an output would replace an input, or an existing file without --overwrite, or its
+    folder cannot be written into (``check_folder``)."""
     sources = {Path(p).resolve() for p in inputs}
     for path in map(Path, paths):
         blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
@@ -92,3 +93,35 @@ def check_writable(paths: Sequence[Path], inputs: Sequence[Path], overwrite: boo
             raise InputError(f"{path}: is one of the inputs; outputs never replace inputs")
         if path.exists() and not overwrite:
             raise InputError(f"{path}: already exists; choose another name or pass --overwrite")
+    for folder in {Path(p).parent for p in paths}:
+        check_folder(folder)
+
+
+def check_folder(folder: Path) -> None:
+    """Fail at once when ``folder`` (or, not there yet, the nearest folder above it, where it will be made) cannot be
+    written into: create and remove a temporary file there. A read-only folder was found only when the first output
+    was written, after the whole inference (20-60 s a volume; in a batch, every subject's in turn)."""
+    existing = next((f for f in (Path(folder), *Path(folder).parents) if f.is_dir()), None)
+    if existing is None:
+        return
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".mrsynthesis-probe.", suffix=PARTIAL, dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        if error.errno in UNWRITABLE:
+            raise InputError(f"{folder}: cannot be written into ({error.strerror}); choose another output folder, "
+                             "or make it writable") from None
+        raise
+
+
+def check_distinct_outputs(planned: Sequence[tuple[str, Path]]) -> None:
+    """Refuse two planned outputs under one name (an output's sidecar and the saliency contributions.json, a P3S map
+    named like an output, --json equal to --figure): the second would silently replace the first, or be refused as
+    "already exists" after the whole run. ``planned``: (what it is, where it goes)."""
+    seen: dict[Path, str] = {}
+    for role, path in planned:
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            raise InputError(f"{path}: would be written twice, as {seen[key]} and as {role}; choose other names")
+        seen[key] = role

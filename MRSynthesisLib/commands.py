@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from . import metrics, modalities, registry
-from .atomic import check_writable, read_json, write_json
+from .atomic import check_distinct_outputs, check_folder, check_writable, is_temporary, read_json, write_json
 from .cards import LoadedModel, load_model
-from .errors import EXIT_BAD_INPUT, EXIT_OK, InputError
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError
 from .formats import WRITABLE_SUFFIXES, suffix_of
 from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult, voxel_size_text
 from .manifest import PATIENT_COLUMN, ManifestSubject, read_manifest
@@ -183,6 +184,10 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
                 if args.saliency_out else {})
     extras = [Path(args.saliency_out) / f for f in ["contributions.json", *(f"P3S_{t}.png" for t in targets)]] \
         if args.saliency_out else []
+    check_distinct_outputs([*((f"output {t}", p) for t, p in paths.items()),
+                            *((f"the sidecar of output {t}", sidecar_path(p)) for t, p in paths.items()),
+                            *((f"the P3S map of {t} from {n}", p) for (t, n), p in saliency.items()),
+                            *((f"the saliency {'summary' if p.suffix == '.json' else 'figure'}", p) for p in extras)])
     # Every file the user gave is an input that no output may replace: images, masks, saliency references.
     given = [p for _, p in [*args.input, *args.saliency_reference]]
     given += [p for p in (args.lesion_mask, args.brain_mask, args.saliency_region) if p]
@@ -244,10 +249,12 @@ def _created_by_an_interrupted_run(marker: Path) -> set[str]:
 
 def batch(args: argparse.Namespace, reporter: Reporter) -> int:
     check_out(args.out, folder_only=True)
+    check_folder(Path(args.out))  # once, before any subject's inference, rather than failing each in turn
     subjects, rank, world = shard(read_manifest(args.manifest, MASK_COLUMNS, [PATIENT_COLUMN]))
     model = load_model(registry.resolve(args.model))
     logic = SynthesisLogic(model)
     failures: dict[str, str] = {}
+    bugs: list[str] = []  # subjects that failed on an error other than an InputError: the exit status says it
     for index, subject in enumerate(subjects):
         name = subject.subject
         inputs = {n: str(p.resolve()) for n, p in subject.images.items()}
@@ -259,6 +266,9 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
         marker = Path(args.out) / name / WRITING
         try:
             interrupted = _created_by_an_interrupted_run(marker)
+            if interrupted:  # kill -9 while writing leaves the hidden temporary file of an output besides the record
+                for leftover in [f for f in marker.parent.iterdir() if f.is_file() and is_temporary(f)]:
+                    leftover.unlink()
             ours = interrupted | {p.name for p in left}
             if not args.overwrite and not interrupted and all(p.exists() for p in paths.values()):
                 reporter.event("skipped", subject=name, reason="outputs exist")
@@ -290,12 +300,18 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
         except InputError as error:
             failures[name] = str(error)
             reporter.note(f"{name}: {error}")
+        except Cancelled:  # the user stopped the batch, not this subject
+            raise
+        except Exception as error:  # noqa: BLE001 - a bug or a library failure on one subject must not stop the rest
+            failures[name] = f"internal error (a bug; please report it): {type(error).__name__}: {error}"
+            bugs.append(name)
+            reporter.note(f"{name}: {failures[name]}\n{traceback.format_exc().rstrip()}")
     reporter.close()
     reporter.event("done", rank=rank, world_size=world, subjects=len(subjects), failed=failures)
     if reporter.mode != "json":
         print(f"rank {rank}/{world}: {len(subjects) - len(failures)} of {len(subjects)} subjects done"
               + (f"; failed: {', '.join(failures)}" if failures else ""))
-    return EXIT_BAD_INPUT if failures else EXIT_OK
+    return EXIT_INTERNAL if bugs else EXIT_BAD_INPUT if failures else EXIT_OK
 
 
 def models(args: argparse.Namespace, reporter: Reporter) -> int:
@@ -322,6 +338,7 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     if args.figure and Path(args.figure).suffix.lower() != ".png":
         raise InputError(f"{args.figure}: --figure writes a PNG; give a name ending in .png")
     given = (args.synthetic, args.reference, args.brain_mask, args.lesion_mask, args.nawm_mask, args.t1)
+    check_distinct_outputs([(option, Path(p)) for option, p in (("--figure", args.figure), ("--json", args.json)) if p])
     check_writable([Path(p) for p in (args.figure, args.json) if p], [Path(p) for p in given if p], args.overwrite)
     reference = read_volume(args.reference)
 
@@ -340,12 +357,17 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     # voxels are compared nowhere, rather than the whole comparison refused. Infinite ones stay refused.
     with_nan = [v.source for v in (synthetic, reference) if np.isnan(v.array).any()]
     unvalued = np.isnan(synthetic.array) | np.isnan(reference.array)
+    # where only the reference lacks a value, the synthetic tells whether the voxel is brain (counted below)
+    stand_in = np.where(np.isnan(reference.array) & ~np.isnan(synthetic.array), synthetic.array, np.float32(0))
     if with_nan:
         synthetic, reference = (v.with_array(np.where(unvalued, np.float32(0), v.array))
                                 for v in (synthetic, reference))
     for volume in (synthetic, reference):
         check_values(volume)
-    brain = check_mask(on_grid(args.brain_mask)) if args.brain_mask else foreground_mask([reference.array])
+    if args.brain_mask:
+        brain = check_mask(on_grid(args.brain_mask))
+    else:  # the reference's foreground; where it holds no value, the synthetic's, so that the count below is right
+        brain = foreground_mask([reference.array, stand_in])
     left_out = int(np.count_nonzero(brain & unvalued))
     brain &= ~unvalued
     if not brain.any():
@@ -371,15 +393,22 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
         if not lesion.any():
             raise InputError(f"{args.lesion_mask}: the lesion mask is empty; the lesion ratios need lesion voxels")
         if args.nawm_mask:
-            nawm = check_mask(on_grid(args.nawm_mask))
+            nawm, nawm_source = check_mask(on_grid(args.nawm_mask)), args.nawm_mask
         elif args.t1:
-            nawm = metrics.white_matter_mask(on_grid(args.t1).array, brain)
+            nawm, nawm_source = _white_matter(on_grid(args.t1), brain), f"the white matter of {args.t1}"
         else:
             raise InputError("--lesion-mask needs --nawm-mask or --t1 (to derive white matter) for the lesion ratios")
+        if with_nan and not (lesion & ~unvalued).any():
+            raise InputError(f"{args.lesion_mask}: every lesion voxel is NaN (no value) in "
+                             f"{' or '.join(map(str, with_nan))}; the lesion ratios need lesion voxels with values")
+        if not (nawm & ~lesion & ~unvalued).any():
+            raise InputError(f"{nawm_source}: holds no voxel outside the lesions"
+                             + (" where both images hold a value (not NaN)" if with_nan else "")
+                             + "; the lesion ratios need normal-appearing white matter")
     axis = reference.geometry.axis_for(args.slice_plane) if args.slice_plane else None
     try:
         values = metrics.compute_all(synth_n, ref_n, brain_mask=brain, lesion_mask=lesion, nawm_mask=nawm,
-                                     slice_axis=axis)
+                                     slice_axis=axis, valid_mask=~unvalued if with_nan else None)
     except ValueError as error:
         raise InputError(str(error)) from None
     planes = {reference.geometry.axis_for(p): p for p in ("axial", "coronal", "sagittal")}
@@ -404,6 +433,17 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
           + "\n")
     print(metrics.format_table(values))
     return EXIT_OK
+
+
+def _white_matter(t1: Volume, brain: np.ndarray) -> np.ndarray:
+    """White matter from ``t1`` (``metrics.white_matter_mask``) in the brain, its NaN voxels taken as no data as
+    in the images compared: NaN would make every Otsu threshold NaN and the mask empty."""
+    missing = np.isnan(t1.array)
+    check_values(t1.with_array(np.where(missing, np.float32(0), t1.array)))
+    within = brain & ~missing
+    if not within.any():
+        raise InputError(f"{t1.source}: every brain voxel is NaN (no value); white matter cannot be derived from it")
+    return metrics.white_matter_mask(np.where(missing, np.float32(0), t1.array), within)
 
 
 def _plane_name(key: str, planes: Mapping[int, str]) -> str:

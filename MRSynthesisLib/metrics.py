@@ -344,9 +344,13 @@ def compute_all(
     nawm_mask: np.ndarray | None = None,
     slice_axis: int | None = None,
     data_range: float | None = None,
+    valid_mask: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Every applicable metric in one flat dict.
 
+    ``valid_mask``: the voxels where both images hold a value (NaN, "no value", set to 0 in both
+    elsewhere): the whole-volume figures and the lesion and NAWM regions are taken over these only,
+    since 0 against 0 there would score as a perfect match; pass a ``brain_mask`` within it.
     Always: ``mse, mae, psnr, ssim`` (whole volume).  With ``brain_mask``:
     ``mse_brain, mae_brain, psnr_brain, ssim_brain, snr_brain``.  With
     ``lesion_mask`` and ``nawm_mask`` (both or neither):
@@ -358,11 +362,12 @@ def compute_all(
     synthetic, reference = _pair(synthetic, reference)
     data_range = _data_range(reference, data_range)
     ssim_values = ssim_map(synthetic, reference, data_range)
+    valid = _mask(valid_mask, reference.shape, "valid_mask")
     result = {
-        "mse": mse(synthetic, reference),
-        "mae": mae(synthetic, reference),
-        "psnr": psnr(synthetic, reference, data_range=data_range),
-        "ssim": float(ssim_values.mean()),
+        "mse": mse(synthetic, reference, valid),
+        "mae": mae(synthetic, reference, valid),
+        "psnr": psnr(synthetic, reference, valid, data_range),
+        "ssim": float(ssim_values[valid].mean()),
     }
     if brain_mask is not None:
         brain = _mask(brain_mask, reference.shape, "brain_mask")
@@ -376,7 +381,8 @@ def compute_all(
     if (lesion_mask is None) != (nawm_mask is None):
         raise ValueError("lesion ratios need both lesion_mask and nawm_mask")
     if lesion_mask is not None:
-        regions = _lesion_regions(lesion_mask, nawm_mask, surround_voxels=5)
+        regions = _lesion_regions((np.asarray(lesion_mask) != 0) & valid, (np.asarray(nawm_mask) != 0) & valid,
+                                  surround_voxels=5)
         for name, image in (("synthetic", synthetic), ("reference", reference)):
             for key, value in _region_ratios(image, regions).items():
                 result[f"lesion_{key}_{name}"] = value

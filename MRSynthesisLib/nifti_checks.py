@@ -38,6 +38,10 @@ def truncation(path: str | os.PathLike) -> str | None:
         return None
     if name.endswith(".nii"):
         found = os.path.getsize(path)
+    elif not _is_gzip(path):
+        # Refused, not read as ITK's znzlib would: nibabel (and with it FSL's and nilearn's readers) opens a .nii.gz
+        # through gzip and fails on it, and the file is intact, so the fix is its name, not a new copy.
+        return "is not gzip-compressed, although its name ends in .nii.gz: an uncompressed NIfTI; rename it to .nii"
     else:
         try:
             found = _gzip_length(path)
@@ -48,6 +52,12 @@ def truncation(path: str | os.PathLike) -> str | None:
     return (f"is truncated: its header announces {expected:,} bytes of header and voxels, the file holds "
             f"about {100 * found / expected:.0f} % of them (the rest would be read as zeros), as an interrupted "
             "copy or download leaves it; copy it again")
+
+
+def _is_gzip(path: str | os.PathLike) -> bool:
+    """Whether the file starts with gzip's magic number (RFC 1952: 0x1f 0x8b)."""
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
 
 
 def is_nifti2(path: str | os.PathLike) -> bool:

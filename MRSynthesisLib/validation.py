@@ -138,6 +138,12 @@ def check_mask(volume: Volume) -> np.ndarray:
     return volume.array != 0
 
 
+def check_reference(inputs: Mapping[str, Volume], reference: str) -> None:
+    """Refuse a reference (``--resample-to``) that names no input: registration and resampling both need its grid."""
+    if reference not in inputs:
+        raise InputError(f"reference modality {reference!r} is not among the inputs ({', '.join(inputs)})")
+
+
 def align(inputs: Mapping[str, Volume], reference: str, *, resample: bool = False,
           masks: Mapping[str, Volume] | None = None) -> tuple[dict[str, Volume], dict[str, Volume]]:
     """Put every input (and mask) on the grid of ``inputs[reference]``.
@@ -145,8 +151,7 @@ def align(inputs: Mapping[str, Volume], reference: str, *, resample: bool = Fals
     Without ``resample`` a grid mismatch is an ``InputError`` naming both files and the
     differences; with it, images are resampled linearly and masks by nearest neighbour.
     """
-    if reference not in inputs:
-        raise InputError(f"reference modality {reference!r} is not among the inputs ({', '.join(inputs)})")
+    check_reference(inputs, reference)
     grid = inputs[reference].geometry
     source = inputs[reference].source
 

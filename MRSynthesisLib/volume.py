@@ -8,7 +8,9 @@ order ``sitk.GetArrayFromImage`` returns; geometry tuples are in ITK (x, y, z) o
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,9 +27,20 @@ from .nifti_checks import is_nifti2, truncation
 
 # The physical (LPS) axis normal to each plane: x = L-R, y = P-A, z = I-S.
 PLANE_NORMALS = {"sagittal": 0, "coronal": 1, "axial": 2}
-# Geometry equality tolerance: 1e-4 mm / 1e-4 direction cosine is far below a voxel and
-# above the float32 rounding that NIfTI headers introduce.
-GRID_TOLERANCE = 1e-4
+# When two grids are the same: origins and spacings within this fraction of the smaller voxel spacing, direction
+# cosines within DIRECTION_TOLERANCE. Relative to the voxel, as ITK's own check is (ImageToImageFilter compares
+# origins and spacings to 1e-6 times the first input's spacing, directions to 1e-6: its
+# GlobalDefaultCoordinateTolerance / GlobalDefaultDirectionTolerance); nibabel has no grid comparison of its own
+# (nilearn's check_same_fov takes np.allclose of the affines: rtol 1e-5, atol 1e-8). Both are meant for grids that
+# are one in memory; files of one scan written by different tools differ by more: NIfTI stores the qform as float32
+# quaternion and offsets, the sform as float32 rows, and the two disagree by 1e-4 to 1e-3 mm (the reviewer's case,
+# 0.001 mm, was refused at the former 1e-4 mm). A shift of 1 % of a voxel moves a linearly interpolated value by at
+# most 1 % of the step to its neighbour, below the noise of any MR scan, so resampling for it would only blur; a
+# tenth of a voxel or more is a different grid and stays refused.
+GRID_VOXEL_FRACTION = 0.01
+# 1e-4 of a direction cosine tilts a 256 mm field of view by 0.026 mm at its far edge, under GRID_VOXEL_FRACTION of
+# any voxel of 1 mm or more and above the float32 rounding of a quaternion (about 1e-7).
+DIRECTION_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -49,17 +62,26 @@ class Geometry:
         """The numpy (z, y, x) shape of an array on this grid."""
         return tuple(reversed(self.size))
 
-    def differences(self, other: "Geometry", tolerance: float = GRID_TOLERANCE) -> list[str]:
-        """Human-readable differences from ``other``; empty when the grids are the same."""
+    def differences(self, other: "Geometry", tolerance: float | None = None) -> list[str]:
+        """Human-readable differences from ``other``; empty when the grids are the same.
+
+        ``tolerance``: in mm and direction cosine for every field; None: ``GRID_VOXEL_FRACTION`` of the smaller voxel
+        spacing of the two grids for origin and spacing, ``DIRECTION_TOLERANCE`` for direction."""
         found = []
         if self.size != other.size:
             found.append(f"size {self.size} vs {other.size}")
-        for label, mine, theirs in (("spacing", self.spacing, other.spacing),
-                                    ("origin", self.origin, other.origin),
-                                    ("direction", self.direction, other.direction)):
-            if not np.allclose(mine, theirs, rtol=0, atol=tolerance):
-                fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
-                found.append(f"{label} {fmt(mine)} vs {fmt(theirs)}")
+        coordinate = (GRID_VOXEL_FRACTION * min(min(self.spacing), min(other.spacing)) if tolerance is None
+                      else tolerance)
+        for label, mine, theirs, allowed in (("spacing", self.spacing, other.spacing, coordinate),
+                                             ("origin", self.origin, other.origin, coordinate),
+                                             ("direction", self.direction, other.direction,
+                                              DIRECTION_TOLERANCE if tolerance is None else tolerance)):
+            gap = float(np.max(np.abs(np.subtract(mine, theirs))))
+            if gap > allowed:
+                # enough digits to show a difference of a thousandth of a millimetre (".4g" printed two equal triples)
+                fmt = lambda v: "(" + ", ".join(f"{x:.10g}" for x in v) + ")"  # noqa: E731
+                found.append(f"{label} {fmt(mine)} vs {fmt(theirs)}: {gap:.3g} apart, more than the {allowed:.3g} "
+                             "taken as equal")
         return found
 
     def orientation(self) -> str:
@@ -107,12 +129,16 @@ class Geometry:
 @dataclass(frozen=True)
 class Volume:
     """A float32 (z, y, x) array on a ``Geometry``; ``source`` names it in messages; ``description``: the note in
-    the header of the file it was read from (``header_notes``; an MRSynthesis output says so there)."""
+    the header of the file it was read from (``header_notes``; an MRSynthesis output says so there);
+    ``nifti_codes``: that file's NIfTI qform and sform codes."""
 
     array: np.ndarray
     geometry: Geometry
     source: str = "<array>"
     description: str = ""
+    # (qform_code, sform_code) of the NIfTI file it was read from, kept by ``with_array`` so that an output written on
+    # its grid says the same space (an MNI sform stays code 4; ITK's writer would make it 1); None: not a NIfTI file
+    nifti_codes: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.array.shape != self.geometry.shape:
@@ -173,8 +199,47 @@ def read_volume(path: str | os.PathLike) -> Volume:
                          "or MHA file (convert it first, e.g. with dcm2niix, or load it in Slicer's DICOM module and "
                          "use the panel)")
     volume = replace(Volume.from_sitk(image, source=str(path)), description=description)
+    if str(path).lower().endswith((".nii", ".nii.gz")):
+        geometry, codes = _nifti_geometry(path, volume.geometry)
+        volume = replace(volume, geometry=geometry, nifti_codes=codes)
     _restore_nifti_nonfinite(path, image, volume.array)
     return volume
+
+
+def _nifti_geometry(path: Path, read: Geometry) -> tuple[Geometry, tuple[int, int] | None]:
+    """The grid of a NIfTI file as the neuroimaging tools read it, and its (qform_code, sform_code).
+
+    A NIfTI header holds two transforms. When both codes are above 0 and they disagree, ITK 5.4 (SimpleITK, Slicer)
+    takes the qform unless the sform's code is 1 (scanner), while FSL, SPM, AFNI and nibabel
+    (``Nifti1Header.get_best_affine``) take the sform whenever its code is above 0, as the NIfTI-1 standard's
+    "method 3" intends for a transform into a standard space. Registration tools write exactly such files: an MNI
+    (code 4) or aligned (code 2) sform, the scanner qform left in place; read by the qform, the inputs, and the outputs
+    written on their grid, sat 5 mm from where FSLeyes and SPM show them (the reviewer's case). So the sform is taken
+    here, as those tools do; ``write_volume`` writes it as both transforms, both with the sform's code. A sheared sform,
+    which ITK's grid (spacing and orthonormal directions) cannot hold, is refused with both transforms named."""
+    try:
+        header = nibabel.load(str(path)).header
+        qform_code, sform_code = int(header["qform_code"]), int(header["sform_code"])
+    except Exception:  # noqa: BLE001 - ITK read it; nibabel failing here must not make it unreadable
+        return read, None
+    if qform_code <= 0 or sform_code <= 0:  # one transform at most: ITK and the others take the same
+        return read, (qform_code, sform_code)
+    sform = header.get_sform()
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    columns = ras_to_lps @ sform[:3, :3]
+    spacing = np.linalg.norm(columns, axis=0)
+    direction = columns / np.where(spacing > 0, spacing, 1.0)
+    taken = Geometry(read.size, tuple(float(x) for x in spacing), tuple(float(x) for x in ras_to_lps @ sform[:3, 3]),
+                     tuple(float(x) for x in direction.ravel()))
+    if not taken.differences(read):
+        return read, (qform_code, sform_code)
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=DIRECTION_TOLERANCE) or not (spacing > 0).all():
+        shown = lambda m: "[" + "; ".join(" ".join(f"{x:.6g}" for x in row) for row in m[:3]) + "]"  # noqa: E731
+        raise InputError(f"{path}: its qform (code {qform_code}, {shown(header.get_qform())}) and sform (code "
+                         f"{sform_code}, {shown(sform)}) disagree, and the sform, which FSL, SPM and nibabel take, is "
+                         "sheared, which ITK cannot hold; resample it onto an unsheared grid (e.g. FSL's flirt "
+                         "-applyxfm), or set the transform you mean as both")
+    return taken, (sform_code, sform_code)  # written as both transforms: the scanner qform is not what they hold
 
 
 def _is_dicom(path: Path) -> bool:
@@ -242,7 +307,31 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, overwrite: bool = F
         if short:  # (its NIfTI writer only prints "NWAD: wrote only ..." and goes on, hence the check)
             raise InputError(f"{path}: could not be written ({short}; is the disk full or the folder read-only?); "
                              "nothing was left under that name")
+        if suffix in (".nii", ".nii.gz") and volume.nifti_codes is not None and max(volume.nifti_codes) > SCANNER:
+            _set_nifti_codes(temporary, volume.nifti_codes)
     return path
+
+
+# ITK's NIfTI writer sets both transforms to the image's grid with code 1 (scanner), whatever the file read had;
+# where that named a standard space (aligned 2, Talairach 3, MNI 4), ``_set_nifti_codes`` puts its codes back. Codes
+# of 0 or 1 are left as ITK wrote them: the same grid, and no space lost, so no gzip stream is rewritten for them.
+SCANNER = 1
+QFORM_CODE_OFFSET = 252  # NIfTI-1 header: qform_code, then sform_code, two 16-bit integers
+
+
+def _set_nifti_codes(path: Path, codes: tuple[int, int]) -> None:
+    """Write ``codes`` (qform_code, sform_code) into the header of the NIfTI-1 file ITK just wrote at ``path``
+    (in the header's byte order, read from its first field, 348)."""
+    compressed = str(path).lower().endswith(".gz")
+    data = bytearray(gzip.decompress(path.read_bytes()) if compressed else path.read_bytes()[:QFORM_CODE_OFFSET + 4])
+    order = "<" if struct.unpack("<i", bytes(data[:4]))[0] == 348 else ">"
+    data[QFORM_CODE_OFFSET:QFORM_CODE_OFFSET + 4] = struct.pack(f"{order}hh", *codes)
+    if compressed:
+        path.write_bytes(gzip.compress(bytes(data), compresslevel=6))
+    else:
+        with open(path, "r+b") as handle:
+            handle.seek(QFORM_CODE_OFFSET)
+            handle.write(bytes(data[QFORM_CODE_OFFSET:QFORM_CODE_OFFSET + 4]))
 
 
 def reoriented_onto(volume: Volume, reference: Geometry) -> Volume | None:
@@ -252,9 +341,9 @@ def reoriented_onto(volume: Volume, reference: Geometry) -> Volume | None:
     Reordering is lossless, unlike resampling: Slicer writes a left-handed (LAS) NIfTI's volume with
     its slice axis reversed, and tools disagree on RAS or LAS storage, so a mask and its image often
     come this way. SimpleITK's DICOMOrient reorders to the reference's axis directions; the grids
-    must then agree to ``GRID_TOLERANCE``."""
+    must then agree as ``Geometry.differences`` says (then they take ``reference`` exactly)."""
     if not volume.geometry.differences(reference):
-        return volume
+        return volume if volume.geometry == reference else replace(volume, geometry=reference)
     if sorted(volume.geometry.size) != sorted(reference.size):
         return None
     reordered = sitk.DICOMOrient(volume.to_sitk(), reference.orientation())

@@ -136,6 +136,29 @@ def full_disk(tmp_path) -> Iterator[Path]:
 
 
 @pytest.fixture
+def read_only(tmp_path) -> Iterator[Path]:
+    """A folder nothing can be written into: its mode without write permission, or for root (whom the mode does
+    not stop) a read-only tmpfs mounted there."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    mounted = False
+    if os.name == "posix" and os.geteuid() == 0:
+        if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs",
+                                                            str(folder)], capture_output=True).returncode:
+            pytest.skip("a read-only folder for root needs a read-only tmpfs mount, which failed here")
+        mounted = True
+    else:
+        folder.chmod(0o555)
+    try:
+        yield folder
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+        else:
+            folder.chmod(0o755)
+
+
+@pytest.fixture
 def subject(tmp_path) -> Subject:
     """A tiny T1/T2/FLAIR subject with lesion and brain masks, NIfTI, LAS, in ``tmp_path/subject``."""
     return make_subject(tmp_path / "subject")

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from MRSynthesisLib.atomic import check_writable, is_temporary, replacing, write_json
+from MRSynthesisLib.atomic import check_distinct_outputs, check_writable, is_temporary, replacing, write_json
 from MRSynthesisLib.errors import InputError
 
 
@@ -55,3 +55,25 @@ def test_the_temporary_files_of_replacing_are_told_from_the_users(tmp_path):
             temporary.write_text("")
     for name in ("FLAIR.nii.gz", "a.partial.nrrd", ".hidden.nii.gz", "flair.partial", "x", ".x.partially.nii"):
         assert not is_temporary(tmp_path / name), name
+
+
+def test_a_folder_that_cannot_be_written_into_is_refused_before_any_work(read_only):
+    """A read-only output folder was found only when the first output was written, after the whole inference."""
+    with pytest.raises(InputError, match=rf"^{read_only}: cannot be written into \(.+\); choose another output folder"):
+        check_writable([read_only / "FLAIR_synthetic.nii.gz"], [], overwrite=False)
+    with pytest.raises(InputError, match=rf"^{read_only / 'new'}: cannot be written into"):  # a folder to be made there
+        check_writable([read_only / "new" / "FLAIR_synthetic.nii.gz"], [], overwrite=False)
+    assert list(read_only.iterdir()) == []
+
+
+def test_a_writable_folder_is_left_as_it_was(tmp_path):
+    check_writable([tmp_path / "out" / "FLAIR_synthetic.nii.gz"], [], overwrite=False)
+    assert list(tmp_path.iterdir()) == []  # the probe is gone, and no folder was made
+
+
+def test_two_outputs_under_one_name_are_refused(tmp_path):
+    check_distinct_outputs([("output FLAIR", tmp_path / "a.nii.gz"), ("its sidecar", tmp_path / "a.json")])
+    with pytest.raises(InputError, match=r"contributions.json: would be written twice, as the sidecar of output FLAIR "
+                                         r"and as the saliency summary; choose other names"):
+        check_distinct_outputs([("the sidecar of output FLAIR", tmp_path / "contributions.json"),
+                                ("the saliency summary", tmp_path / "x" / ".." / "contributions.json")])

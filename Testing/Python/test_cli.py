@@ -484,6 +484,57 @@ def test_evaluate_leaves_nan_voxels_out_of_every_figure(ws, tmp_path, in_process
     assert "infinite" in capsys.readouterr().err
 
 
+def test_evaluate_leaves_nan_voxels_out_of_the_lesion_ratios_and_whole_volume(ws, tmp_path, in_process_cli, capsys):
+    """NaN voxels were left out of the brain figures only: the lesion and NAWM regions and the whole-volume figures
+    still compared them as 0 against 0, and without --brain-mask the count of brain voxels left out read 0. A --t1
+    with NaN gave an empty white matter and an error naming no file."""
+    from MRSynthesisLib import metrics
+    from MRSynthesisLib.preprocessing import NormalisationSpec, normalise
+
+    s = ws["subject"]
+    reference, brain = read_volume(s["FLAIR"]), read_volume(s["brain_mask"]).array > 0
+    lesion = read_volume(s["lesion_mask"]).array > 0
+    slab = np.zeros(brain.shape, bool)
+    slab[brain.shape[0] // 2:] = True  # over part of the lesion
+    assert (slab & lesion).any() and (lesion & ~slab).any()
+    nawm = reference.with_array((s.arrays["labels"] == 3).astype(np.float32))
+    write_volume(nawm, tmp_path / "nawm.nii.gz")
+    write_volume(reference.with_array(np.where(slab, np.nan, reference.array)), tmp_path / "nan.nii.gz")
+    for name, mask in (("lesion_cut", lesion & ~slab), ("nawm_cut", (nawm.array > 0) & ~slab),
+                       ("brain_cut", brain & ~slab)):
+        write_volume(reference.with_array(mask.astype(np.float32)), tmp_path / f"{name}.nii.gz")
+    common = ["evaluate", "--synthetic", str(s["T2"]), "--json"]
+    assert in_process_cli([*common, str(tmp_path / "nan.json"), "--reference", str(tmp_path / "nan.nii.gz"),
+                           "--lesion-mask", str(s["lesion_mask"]), "--nawm-mask", str(tmp_path / "nawm.nii.gz")]
+                          ) == 0, capsys.readouterr().err
+    assert f"{int((slab & brain).sum())} brain voxels left out" in capsys.readouterr().out
+    assert in_process_cli([*common, str(tmp_path / "cut.json"), "--reference", str(s["FLAIR"]),
+                           "--lesion-mask", str(tmp_path / "lesion_cut.nii.gz"),
+                           "--nawm-mask", str(tmp_path / "nawm_cut.nii.gz"),
+                           "--brain-mask", str(tmp_path / "brain_cut.nii.gz")]) == 0, capsys.readouterr().err
+    with_nan, cut = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("nan", "cut"))
+    ratios = [k for k in cut if k.startswith("lesion_ratio")]
+    assert len(ratios) == 4 and {k: with_nan[k] for k in ratios} == pytest.approx({k: cut[k] for k in ratios})
+    # the whole-volume figures over the valued voxels only
+    spec = NormalisationSpec.from_dict({"scheme": "mean_in_brain"})
+    synth_n, ref_n = (normalise(np.where(slab, 0, read_volume(p).array), spec, brain & ~slab)[0]
+                      for p in (s["T2"], s["FLAIR"]))
+    assert with_nan["mse"] == pytest.approx(metrics.mse(synth_n, ref_n, ~slab))
+    assert with_nan["mse"] != pytest.approx(metrics.mse(synth_n, ref_n))
+    # --t1 with NaN: taken as no data, the white matter derived from its valued voxels
+    t1 = read_volume(s["T1"])
+    write_volume(t1.with_array(np.where(slab, np.nan, t1.array)), tmp_path / "t1_nan.nii.gz")
+    capsys.readouterr()
+    assert in_process_cli(["evaluate", "--synthetic", str(s["T2"]), "--reference", str(s["FLAIR"]),
+                           "--lesion-mask", str(s["lesion_mask"]), "--t1", str(tmp_path / "t1_nan.nii.gz")]
+                          ) == 0, capsys.readouterr().err
+    assert np.isfinite(table(capsys.readouterr().out)["lesion_ratio1_reference"])
+    # a white matter with nothing outside the lesions: the error names where it came from
+    assert in_process_cli(["evaluate", "--synthetic", str(s["T2"]), "--reference", str(s["FLAIR"]),
+                           "--lesion-mask", str(s["lesion_mask"]), "--nawm-mask", str(s["lesion_mask"])]) == 2
+    assert f"{s['lesion_mask']}: holds no voxel outside the lesions" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
 def test_evaluate_on_real_data(runs):
     result = runs["real evaluate"]
@@ -550,6 +601,49 @@ def test_batch_goes_on_after_a_bad_subject(runs, ws):
     done, _, final = batch_events(result)
     assert done == {"s1"} and set(final["failed"]) == {"broken"} and "no such file" in final["failed"]["broken"]
     assert files_under(ws["out"] / "batch-bad") == ["s1", "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz"]
+
+
+def test_register_onto_a_modality_not_given_is_a_bad_input(ws, tmp_path, in_process_cli, capsys):
+    """--register read the --resample-to input's grid before anyone checked it was given: a KeyError (exit 1), and in
+    a batch the first subject without that modality stopped the cohort. Now: exit 2, as without --register; the
+    batch says so of that subject only and goes on."""
+    s = ws["subject"]
+    assert in_process_cli(["synthesize", "--model", str(ws["model"]), "--input", f"T1={s['T1']}",
+                           "--input", f"T2={s['T2']}", "--target", "FLAIR", "--register", "--resample-to", "T1c",
+                           "--out", str(tmp_path / "one"), "--progress", "none"]) == 2
+    assert "reference modality 'T1c' is not among the inputs (T1, T2)" in capsys.readouterr().err
+    assert not (tmp_path / "one").exists()
+    assert in_process_cli(["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
+                           "--register", "--resample-to", "FLAIR", "--out", str(tmp_path / "cohort"),
+                           "--precision", "fp32", "--progress", "json"]) == 2
+    done, _, final = batch_events(subprocess.CompletedProcess([], 2, capsys.readouterr().out, ""))
+    assert done == {"s1", "s2"} and list(final["failed"]) == ["s3"]
+    assert "reference modality 'FLAIR' is not among the inputs" in final["failed"]["s3"]
+
+
+def test_batch_goes_on_after_an_unexpected_error_and_says_it(ws, tmp_path, monkeypatch, in_process_cli, capsys):
+    """An error other than an InputError (a bug, SimpleITK failing in registration) on one subject ended the whole
+    batch with a traceback, the later subjects never run. Now that subject is failed with the error and its
+    traceback said, the others are done, and the exit status is 1: something failed that was not the input."""
+    from MRSynthesisLib import commands
+
+    real = commands.SynthesisLogic.run
+
+    def run(self, request):
+        if "s2" in next(iter(request.inputs.values())).source:
+            raise RuntimeError("ITK ERROR: registration diverged")
+        return real(self, request)
+
+    monkeypatch.setattr(commands.SynthesisLogic, "run", run)
+    assert in_process_cli(["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
+                           "--out", str(tmp_path / "out"), "--precision", "fp32", "--progress", "json"]) == 1
+    events = json_lines(capsys.readouterr().out)
+    done, _, final = batch_events(subprocess.CompletedProcess([], 1, "\n".join(map(json.dumps, events)), ""))
+    assert done == {"s1", "s3"} and list(final["failed"]) == ["s2"]
+    assert "RuntimeError: ITK ERROR: registration diverged" in final["failed"]["s2"]
+    notes = [e["message"] for e in events if e["event"] == "note" and e["message"].startswith("s2:")]
+    assert len(notes) == 1 and "Traceback (most recent call last)" in notes[0]
+    assert not (tmp_path / "out" / "s2").exists() or files_under(tmp_path / "out" / "s2") == []
 
 
 # --- cancellation -----------------------------------------------------------------------------------
@@ -706,6 +800,63 @@ def test_batch_redoes_a_subject_killed_while_writing(ws, tmp_path, monkeypatch, 
     assert in_process_cli(args) == 2
     assert sorted(p.name for p in s3.iterdir()) == ["FLAIR_synthetic.json", *both[2:]]
 
+
+
+def test_batch_resume_removes_the_temporary_files_a_killed_run_left(ws, tmp_path, in_process_cli):
+    """kill -9 while an output was being written leaves its hidden temporary file: the resume redid the subject but
+    left that file for good. It removes those of the subject it redoes now, and nothing else."""
+    from MRSynthesisLib import commands
+
+    args = ["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
+            "--out", str(tmp_path / "out"), "--precision", "fp32", "--progress", "none"]
+    assert in_process_cli(args) == 0
+    s3 = tmp_path / "out" / "s3"
+    (s3 / "FLAIR_synthetic.nii.gz").unlink()
+    (s3 / commands.WRITING).write_text('{"created": ["FLAIR_synthetic.nii.gz", "T1c_synthetic.nii.gz"]}')
+    (s3 / ".FLAIR_synthetic.nii.gz.k2j4x9.partial.nii.gz").write_bytes(b"half an image")
+    (s3 / ".partial_notes.txt").write_text("the user's")  # hidden, but not named as our temporary files are
+    assert in_process_cli(args) == 0
+    assert sorted(p.name for p in s3.iterdir()) == [".partial_notes.txt", "FLAIR_synthetic.json",
+                                                    "FLAIR_synthetic.nii.gz", "T1c_synthetic.json",
+                                                    "T1c_synthetic.nii.gz"]
+
+
+def test_a_read_only_output_folder_fails_before_inference(ws, read_only, monkeypatch, in_process_cli, capsys):
+    """The folder was found read-only only when the first output was written, after inference (in a batch, after
+    every subject's in turn)."""
+    from MRSynthesisLib import commands
+
+    ran = []
+    monkeypatch.setattr(commands.SynthesisLogic, "run", lambda self, request: ran.append(request))
+    assert in_process_cli(["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
+                           "--out", str(read_only / "cohort"), "--progress", "none"]) == 2
+    assert f"{read_only / 'cohort'}: cannot be written into" in capsys.readouterr().err
+    assert in_process_cli(["synthesize", "--model", str(ws["model"]), "--input", f"T1={ws['subject']['T1']}",
+                           "--target", "FLAIR", "--out", str(read_only / "out"), "--progress", "none"]) == 2
+    assert f"{read_only / 'out'}: cannot be written into" in capsys.readouterr().err
+    assert ran == [] and list(read_only.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["sidecar vs contributions", "map vs output", "json vs figure"])
+def test_outputs_colliding_with_each_other_are_refused_before_the_run(ws, tmp_path, in_process_cli, capsys, case):
+    """An output's sidecar was replaced by the saliency contributions.json without a word; an output named like a P3S
+    map failed after inference as "already exists"; evaluate's --json replaced its --figure."""
+    s = ws["subject"]
+    synthesize = ["synthesize", "--model", str(ws["model"]), "--input", f"T1={s['T1']}", "--target", "FLAIR",
+                  "--saliency-out", str(tmp_path), "--progress", "none", "--out"]
+    args, said = {
+        "sidecar vs contributions": (synthesize + [str(tmp_path / "contributions.nii.gz")],
+                                     f"{tmp_path / 'contributions.json'}: would be written twice, as the sidecar of "
+                                     "output FLAIR and as the saliency summary"),
+        "map vs output": (synthesize + [str(tmp_path / "P3S_FLAIR_from_T1.nii.gz")],
+                          f"{tmp_path / 'P3S_FLAIR_from_T1.nii.gz'}: would be written twice, as output FLAIR and as "
+                          "the P3S map of FLAIR from T1"),
+        "json vs figure": (["evaluate", "--synthetic", str(s["T2"]), "--reference", str(s["FLAIR"]),
+                            "--figure", str(tmp_path / "same.png"), "--json", str(tmp_path / "same.png")],
+                           f"{tmp_path / 'same.png'}: would be written twice, as --figure and as --json")}[case]
+    assert in_process_cli(args) == 2
+    assert said in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_coarse_voxels_are_said_and_native_spacing_keeps_them(ws, tmp_path, in_process_cli, capsys):

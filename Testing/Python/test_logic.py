@@ -812,15 +812,55 @@ def test_an_input_resampled_from_thick_slices_is_said(tmp_path):
                     "/data/T1.nii.gz: along the inferior-superior axis it holds no detail finer than its 2.7 mm; "
                     f"{plain.card.name} was not trained on inputs so coarse (the bundled model with a 5 mm T2 beside "
                     "a 1 mm T1 scored below T1 alone on both shared MS subjects: docs/results/thick_slices): compare "
-                    "with the result without this input"]
+                    "with the result without this input; the brain is taken from the foreground of /data/T1.nii.gz "
+                    "alone, since interpolation across its thick voxels spreads it past the brain's edge"]
     assert thick_notes(plain, acquired((1.0, 1.2, 1.5))) == []  # 1.7 times the grid's: not said
     assert thick_notes(plain, acquired((2.4, 1.2, 0.9)))[0].count("along the left-right axis") == 1
     on_its_grid = run(plain, {"T2": acquired((1.0, 1.2, 2.7)), "T1": vols["T1"]}, ["FLAIR"], resample=True).notes
     assert not [n for n in on_its_grid if "holds no detail finer" in n]  # the outputs take the thick grid
     recipe = {"recipe": {"config": {"augment": {"thick_slice_mm": 6.0}}}}
     trained = probe(tmp_path, "copy", training=recipe)
-    assert thick_notes(trained, acquired((1.0, 1.2, 2.7)))[0].endswith("no detail finer than its 2.7 mm")
+    assert thick_notes(trained, acquired((1.0, 1.2, 2.7)))[0].endswith(
+        "no detail finer than its 2.7 mm; the brain is taken from the foreground of /data/T1.nii.gz alone, since "
+        "interpolation across its thick voxels spreads it past the brain's edge")
     assert "was not trained on inputs so coarse" in thick_notes(trained, acquired((1.0, 1.2, 7.2)))[0]
+
+
+def test_the_brain_comes_from_the_sharp_inputs_not_a_thick_inputs_smear(tmp_path, chartsias):
+    """Linear interpolation from thick slices spreads an input past the brain's edge; in the union of the inputs'
+    foregrounds that smear became brain, the result held tissue outside the sharp T1's brain, and the coverage rule
+    said the T1 was stripped too tightly. The default brain is the sharp inputs' foreground now."""
+    vols, _ = volumes()
+    thick = resample_to(vols["T2"], vols["T2"].geometry.respaced((1.0, 1.2, 2.7)))
+    t2 = thick.with_array(thick.array, "/data/T2_2d.nii.gz")
+    t1_brain = foreground_mask([vols["T1"].array])
+    assert (resample_to(t2, vols["T1"].geometry).array[~t1_brain] > 0).sum() > 100  # the smear is there
+    result = run(probe(tmp_path, "copy", source="T2"), {"T1": vols["T1"], "T2": t2}, ["FLAIR"], resample=True)
+    synthetic = result.outputs["FLAIR"].array != 0
+    assert synthetic.any() and not (synthetic & ~t1_brain).any()
+    notes = run(chartsias, {"T1": vols["T1"], "T2": t2}, ["FLAIR"], resample=True).notes
+    assert not [n for n in notes if "tighter mask" in n or n.startswith("/data/T1.nii.gz: holds no data")], notes
+    # with nothing sharp beside it, a thick input's foreground is still the brain
+    alone = run(probe(tmp_path, "copy", source="T2"), {"T2": t2}, ["FLAIR"])
+    assert (alone.outputs["FLAIR"].array != 0).sum() == foreground_mask([t2.array]).sum()
+
+
+def test_masks_resampled_onto_another_grid_are_said(tmp_path):
+    """Every change of grid is said: inputs resampled by --resample-to had a note, masks and saliency references
+    resampled with them had none."""
+    model = probe(tmp_path, "copy", lesion_input=True)
+    vols, _ = volumes()
+    grid = vols["T1"].geometry
+    moved = dataclasses.replace(grid, origin=(grid.origin[0] + 1.0, *grid.origin[1:]))
+    lesion = Volume(vols["lesion"].array, moved, "/data/lesion_other.nii.gz")
+    region = Volume(vols["brain"].array, moved, "/data/region_other.nii.gz")
+    notes = run(model, {"T1": vols["T1"]}, ["FLAIR"], lesion_mask=lesion, saliency_region=region, saliency=True,
+                resample=True, reference="T1").notes
+    said = [n for n in notes if "resampled by nearest neighbour onto the grid of /data/T1.nii.gz" in n]
+    assert len(said) == 2 and said[0].startswith("lesion mask /data/lesion_other.nii.gz: on another grid (origin")
+    assert said[1].startswith("saliency region /data/region_other.nii.gz")
+    same = run(model, {"T1": vols["T1"]}, ["FLAIR"], lesion_mask=vols["lesion"], resample=True).notes
+    assert not [n for n in same if "onto the grid of" in n]
 
 
 def test_a_foreground_the_size_of_a_head_is_said(tmp_path):

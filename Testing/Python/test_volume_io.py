@@ -350,6 +350,63 @@ def test_differences_lists_each_kind():
         assert word in text
 
 
+def test_grids_apart_by_far_less_than_a_voxel_are_one_and_differences_show_the_digits():
+    """Headers of one scan written by two tools differ by 1e-4 to 1e-3 mm (float32 quaternion against sform): a
+    0.001 mm origin difference was refused at an absolute 1e-4 mm, the message printing two equal triples. The
+    tolerance is 1 % of the voxel now; a twentieth of a voxel stays a different grid, its numbers shown apart."""
+    base = Geometry((7, 6, 5), (1.0, 1.0, 1.0), (-90.0, 126.0, -2.0), LPS)
+    moved = Geometry((7, 6, 5), (1.0, 1.0, 1.0), (-90.001, 126.0, -2.0), LPS)
+    assert base.differences(moved) == []
+    volume = Volume(np.ones(moved.shape, np.float32), moved, "t2.nii.gz")
+    assert reoriented_onto(volume, base).geometry == base  # the same grid: taken as the reference's, not resampled
+    apart = Geometry((7, 6, 5), (1.0, 1.0, 1.0), (-90.05, 126.0, -2.0), LPS)
+    (text,) = base.differences(apart)
+    assert "origin (-90, 126, -2) vs (-90.05, 126, -2): 0.05 apart, more than the 0.01 taken as equal" == text
+    fine = Geometry((7, 6, 5), (0.5, 0.5, 0.5), (-90.0, 126.0, -2.0), LPS)  # relative to the smaller voxel
+    assert fine.differences(Geometry((7, 6, 5), (0.5, 0.5, 0.5), (-90.004, 126.0, -2.0), LPS)) == []
+    assert fine.differences(Geometry((7, 6, 5), (0.5, 0.5, 0.5), (-90.006, 126.0, -2.0), LPS))
+    assert base.differences(moved, tolerance=1e-4)  # an explicit tolerance is in mm, as before
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_nifti_sform_is_taken_over_a_disagreeing_qform_and_its_code_kept(tmp_path, suffix):
+    """A registration tool's file: an MNI sform (code 4), the scanner qform 5 mm away (code 1). ITK took the qform
+    without a word, FSL, SPM and nibabel the sform, so an output sat 5 mm from its input in their viewers, and was
+    written with sform code 1. Now the sform is read, and the output keeps the MNI code."""
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (90.0, -126.0, -72.0)
+    qform = affine.copy()
+    qform[0, 3] += 5.0
+    image = nib.Nifti1Image(np.random.default_rng(0).random((10, 11, 12)).astype(np.float32) + 1, affine)
+    image.set_sform(affine, 4)
+    image.set_qform(qform, 1)
+    nib.save(image, tmp_path / f"in{suffix}")
+    volume = read_volume(tmp_path / f"in{suffix}")
+    assert volume.geometry.origin == pytest.approx((-90.0, 126.0, -72.0))  # nibabel's affine, in ITK's LPS
+    assert volume.nifti_codes == (4, 4)
+    write_volume(volume.with_array(volume.array * 2), tmp_path / f"out{suffix}")
+    written = nib.load(tmp_path / f"out{suffix}")
+    assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (4, 4)
+    np.testing.assert_allclose(written.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(written.header.get_qform(), affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(image.dataobj) * 2)
+    # codes that agree are kept as they were (aligned sform beside the scanner qform)
+    image.set_qform(affine, 1)
+    image.set_sform(affine, 2)
+    nib.save(image, tmp_path / f"agree{suffix}")
+    volume = read_volume(tmp_path / f"agree{suffix}")
+    write_volume(volume.with_array(volume.array), tmp_path / f"agree_out{suffix}")
+    written = nib.load(tmp_path / f"agree_out{suffix}").header
+    assert (int(written["qform_code"]), int(written["sform_code"])) == (1, 2)
+    # a sheared sform that disagrees with the qform cannot be held by ITK's grid: refused with both named
+    sheared = affine.copy()
+    sheared[0, 1] = 0.3
+    image.set_sform(sheared, 2)
+    nib.save(image, tmp_path / f"sheared{suffix}")
+    with pytest.raises(InputError, match=r"its qform \(code 1, .*\) and sform \(code 2, .*\) disagree.*sheared"):
+        read_volume(tmp_path / f"sheared{suffix}")
+
+
 @pytest.mark.parametrize("orientation", ["RAS", "RPI", "SPL", "AIR"])
 def test_reoriented_onto_reorders_the_same_grid_losslessly(orientation):
     """An oblique grid stored with its axes swapped or reversed comes back voxel for voxel; a grid whose
@@ -476,6 +533,16 @@ def test_a_damaged_gzip_stream_is_refused(tmp_path):
     with pytest.raises(InputError, match="its gzip stream is damaged") as error:
         read_volume(path)
     assert str(error.value).startswith(f"{path}: ")
+
+
+def test_an_uncompressed_nifti_named_nii_gz_is_told_to_be_renamed(tmp_path):
+    """A plain .nii renamed .nii.gz was "damaged; copy or download it again": it is intact, its name is wrong."""
+    write_image(np.ones((4, 5, 6), np.float32), tmp_path / "plain.nii")
+    (tmp_path / "plain.nii").rename(tmp_path / "plain.nii.gz")
+    with pytest.raises(InputError) as error:
+        read_volume(tmp_path / "plain.nii.gz")
+    assert str(error.value) == (f"{tmp_path / 'plain.nii.gz'}: is not gzip-compressed, although its name ends in "
+                                ".nii.gz: an uncompressed NIfTI; rename it to .nii")
 
 
 def test_the_voxel_offset_is_honoured(tmp_path):
