@@ -84,10 +84,10 @@ class SynthesisPanel:
         self.ui.registerCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.saliencyCheckBox.toggled.connect(lambda *_: self._changed())
         self.ui.offPlaneTargetComboBox.currentIndexChanged.connect(lambda *_: self._changed())
-        self.lesion_selector.currentNodeChanged.connect(lambda *_: self._changed())
-        self.lesion_selector.currentSegmentChanged.connect(lambda *_: self._changed())
-        self.brain_selector.currentNodeChanged.connect(lambda *_: self._changed())
-        self.brain_selector.currentSegmentChanged.connect(lambda *_: self._changed())
+        self._held_segments: dict[str, tuple[Any, str]] = {}  # per segment selector: what it held last
+        for name, selector in (("lesion", self.lesion_selector), ("brain", self.brain_selector)):
+            selector.currentNodeChanged.connect(lambda *_: self._changed())
+            selector.currentSegmentChanged.connect(lambda *_, n=name, s=selector: self._on_segment_changed(n, s))
         self.reference_selector.currentNodeChanged.connect(lambda *_: self._changed())
         self._set_table(self.ui.contributionsTable, [], [], [])
         self._set_table(self.ui.offPlaneTable, [], [], [])
@@ -309,6 +309,20 @@ class SynthesisPanel:
         for selector in (*selectors, self.reference_selector, self.lesion_selector, self.brain_selector):
             if selector.currentNode() is node:
                 selector.setCurrentNode(None)
+
+    def _on_segment_changed(self, name: str, selector: Any) -> None:
+        """A segment selector whose segment was deleted moves on to its segmentation's first segment
+        (qMRMLSegmentSelectorWidget::populateSegmentCombobox): that move is undone, to no segment, so that another
+        segment never becomes the lesion or the brain without a word. A segment the user picks stays."""
+        node, segment_id = selector.currentNode(), selector.currentSegmentID()
+        held_node, held_id = self._held_segments.get(name, (None, ""))
+        if (node is not None and node is held_node and held_id and segment_id != held_id
+                and node.GetSegmentation().GetSegment(held_id) is None):
+            self._held_segments[name] = (node, "")
+            selector.setCurrentSegmentID("")  # "None": signals back here with no segment, which is then saved
+            return
+        self._held_segments[name] = (node, segment_id)
+        self._changed()
 
     def _on_row_volume_changed(self, row: InputRow) -> None:
         self._guess_modality(row)

@@ -535,6 +535,15 @@ def test_a_removed_segmentation_or_segment_is_no_longer_the_lesion(app, listing)
     apply_and_wait(app, panel)
     assert "--lesion-mask" not in launcher.arguments[-1] and panel.ui.errorLabel.text() == ""
 
+    segmentation, segment_id = panel.paint_lesion()
+    other = segmentation.GetSegmentation().AddEmptySegment("", "ventricles")  # which Slicer's selector would move to
+    segmentation.GetSegmentation().RemoveSegment(segment_id)
+    assert panel.lesion_selector.currentSegmentID() == "" and panel.parameters.lesion == (segmentation, "")
+    apply_and_wait(app, panel)
+    assert "--lesion-mask" not in launcher.arguments[-1] and panel.ui.errorLabel.text() == ""
+    panel.lesion_selector.setCurrentSegmentID(other)  # chosen by the user: kept
+    assert panel.parameters.lesion == (segmentation, other)
+
 
 def test_the_stand_in_selector_moves_on_when_its_node_goes_as_qcombobox_does(app):
     scene, nodes, _ = subject_scene()
