@@ -107,7 +107,7 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
     maps = {t: {n: np.zeros(cropped_mask.shape, np.float32) for n in names} for t in targets} if saliency else {}
     squared = {t: 0.0 for t in cropped_refs} if saliency else {}
 
-    def run_batch(index: list[int]) -> None:
+    def run_batch(index: list[int]) -> Callable[[], None] | None:
         window = (index, *_batch_window(cropped_mask[index] > 0, margin, multiple))
 
         def tensor(array: np.ndarray) -> torch.Tensor:
@@ -132,12 +132,13 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
         with torch.enable_grad(), settings.autocast():
             result = network(x, lesion=les, targets=list(targets), **extra)
         brain = tensor(cropped_mask)
+        added: dict[str, float] = {}
         for i, t in enumerate(targets):
             prediction = result[t].float()
             outputs[t][window] = prediction[:, 0].detach().cpu().numpy()
             if t in cropped_refs:
                 objective = ((prediction - tensor(cropped_refs[t])) ** 2 * brain).sum()
-                squared[t] += float(objective.detach())
+                added[t] = float(objective.detach())
             else:
                 objective = (prediction * brain).sum()
             # allow_unused: an input the prediction does not use at all has saliency 0, not an error
@@ -146,6 +147,12 @@ def run_slicewise(network: nn.Module, inputs: Mapping[str, np.ndarray], targets:
             for n, g in zip(present, grads):
                 if g is not None:
                     maps[t][n][window] = g[:, 0].abs().float().cpu().numpy()
+
+        def commit() -> None:  # outputs and maps are set, not added to: a batch run again sets them again
+            for t, value in added.items():
+                squared[t] += value
+
+        return commit
 
     with input_gradients_only(network):
         # With saliency autograd keeps every activation of a batch for the backward pass: on the
@@ -187,10 +194,15 @@ def input_gradients_only(network: nn.Module):
             parameter.requires_grad_(flag)
 
 
-def _run_in_batches(network: nn.Module, items: list[int], run_batch: Callable[[list[int]], None],
-                    settings: RunSettings, unit: str, channels_last: bool = True,
+def _run_in_batches(network: nn.Module, items: list[int],
+                    run_batch: Callable[[list[int]], Callable[[], None] | None], settings: RunSettings, unit: str,
+                    channels_last: bool = True,
                     largest_batch: int | None = None) -> None:
-    """Run ``items`` in batches, halving the batch on out-of-memory, then falling back to the CPU."""
+    """Run ``items`` in batches, halving the batch on out-of-memory, then falling back to the CPU.
+
+    A batch that ran out of memory is run again, smaller: what it adds to sums (P3S gradients, squared
+    errors) must not count twice, so ``run_batch`` returns those additions as a function, called once
+    the batch has run whole."""
     if channels_last:
         network.to(settings.device, memory_format=torch.channels_last)
     else:
@@ -201,7 +213,7 @@ def _run_in_batches(network: nn.Module, items: list[int], run_batch: Callable[[l
         settings.check_cancel()
         index = items[done:done + batch]
         try:
-            run_batch(index)
+            commit = run_batch(index)
         except (torch.OutOfMemoryError, RuntimeError) as error:
             if not _is_oom(error) or settings.device.type == "cpu":
                 raise
@@ -217,5 +229,7 @@ def _run_in_batches(network: nn.Module, items: list[int], run_batch: Callable[[l
                 network.to(settings.device)
             settings.progress(done / max(1, len(items)), settings.notes[-1])
             continue
+        if commit is not None:
+            commit()
         done += len(index)
         settings.progress(done / len(items), f"{done}/{len(items)} {unit}")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +147,9 @@ def run_tiled(network: nn.Module, inputs: Mapping[str, np.ndarray], targets: Seq
         stack = np.stack([array[getattr(t, region)] for t in picked])[:, None]
         return torch.from_numpy(np.ascontiguousarray(stack)).to(settings.device)
 
-    def run_group(picked: list[Tile]) -> None:
+    def run_group(picked: list[Tile], added: list[tuple[np.ndarray, tuple[slice, ...], np.ndarray]],
+                  added_squared: dict[str, float]) -> None:
+        """Outputs set in place; gradient windows and squared errors into ``added``/``added_squared``."""
         x = {n: tensor(padded[n], picked, "window") for n in names}
         les = None if padded_lesion is None else tensor(padded_lesion, picked, "window")
         if not saliency:
@@ -174,7 +176,7 @@ def run_tiled(network: nn.Module, inputs: Mapping[str, np.ndarray], targets: Seq
                 for k, item in enumerate(picked):
                     reference[(k, 0, *_core_in_tile(item))] = torch.from_numpy(references[t][item.core]).to(reference)
                 objective = ((prediction - reference) ** 2 * owned).sum()
-                squared[t] += float(objective.detach())
+                added_squared[t] = added_squared.get(t, 0.0) + float(objective.detach())
             else:
                 objective = (prediction * owned).sum()
             grads = torch.autograd.grad(objective, [x[n] for n in names], retain_graph=i < len(targets) - 1,
@@ -183,14 +185,25 @@ def run_tiled(network: nn.Module, inputs: Mapping[str, np.ndarray], targets: Seq
                 if g is None:
                     continue
                 g = g[:, 0].float().cpu().numpy()
-                for k, item in enumerate(picked):
-                    gradients[t][n][item.window] += g[k]
+                added.extend((gradients[t][n], item.window, g[k]) for k, item in enumerate(picked))
 
-    def run_batch(index: list[int]) -> None:
+    def run_batch(index: list[int]) -> Callable[[], None]:
+        """The batch's tiles, group by group; its sums are added only once all of it ran (``_run_in_batches``:
+        a batch that runs out of memory part way is run again)."""
         picked = [tiles[i] for i in index]
+        added: list[tuple[np.ndarray, tuple[slice, ...], np.ndarray]] = []
+        added_squared: dict[str, float] = {}
         for _, group in itertools.groupby(picked, key=lambda t: tuple(s.stop - s.start for s in t.window)):
             settings.check_cancel()
-            run_group(list(group))
+            run_group(list(group), added, added_squared)
+
+        def commit() -> None:
+            for whole, window, part in added:
+                whole[window] += part
+            for t, value in added_squared.items():
+                squared[t] += value
+
+        return commit
 
     with input_gradients_only(network):
         _run_in_batches(network, list(range(len(tiles))), run_batch, settings, "tiles", channels_last=False)

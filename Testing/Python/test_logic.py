@@ -725,6 +725,73 @@ def test_out_of_memory_at_batch_one_continues_on_the_cpu():
     assert all(device == "cpu" for _, device in runner.attempts[-3:])
 
 
+class OomInSecondTargetsGradient(nn.Module):
+    """A network that, on one forward call, makes the backward pass of its second target run out of GPU memory:
+    the first target's gradients and squared error are computed by then."""
+
+    def __init__(self, network: nn.Module, failing_call: int) -> None:
+        super().__init__()
+        self.network, self.failing_call, self.calls = network, failing_call, 0
+        for name in ("HALO", "CROP", "SIZE_MULTIPLE"):
+            if hasattr(network, name):
+                setattr(self, name, getattr(network, name))
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        out = self.network(*args, **kwargs)
+        if self.calls == self.failing_call:
+            second = list(out)[1]
+            out[second] = out[second] + 0.0
+
+            def out_of_memory(gradient):
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+            out[second].register_hook(out_of_memory)
+        return out
+
+
+class LabelledCuda(str):
+    """A CPU device whose ``type`` says cuda: the batch loop then takes out-of-memory as a GPU's and retries."""
+    type = "cuda"
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_a_batch_run_again_after_out_of_memory_adds_its_saliency_once(spatial_dims):
+    """P3S gradients and squared errors are sums over batches (and, in 3D, over tiles): a batch that ran out of
+    memory part way used to add its finished part twice (maps 11 % off in 3D, squared error x1.3 in 2D)."""
+    from MRSynthesisLib.inference import run_slicewise
+    from MRSynthesisLib.models.chartsias import ChartsiasMIMO
+    from MRSynthesisLib.models.wei_fcn3d import WeiFCN3D
+    from MRSynthesisLib.tiling import run_tiled
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    shape = (8, 24, 20)
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    mask = zz ** 2 + yy ** 2 + xx ** 2 < 0.9
+    inputs = {n: rng.standard_normal(shape).astype(np.float32) * mask for n in ("T1", "T2")}
+    references = {t: rng.standard_normal(shape).astype(np.float32) for t in ("FLAIR", "T1c")}
+    if spatial_dims == 2:
+        network = ChartsiasMIMO(["T1", "T2"], ["FLAIR", "T1c"], latent_channels=4, filters=(4, 8, 8)).eval()
+    else:
+        network = WeiFCN3D(["T1", "T2"], ["FLAIR", "T1c"]).eval()
+
+    def synthesise(net, device):
+        settings = RunSettings(device, None, 4)
+        run = dict(axis=0) if spatial_dims == 2 else dict(tile=(4, 10, 10))
+        runner = run_slicewise if spatial_dims == 2 else run_tiled
+        return runner(net, inputs, ["FLAIR", "T1c"], mask=mask, settings=settings, saliency=True,
+                      saliency_references=references, **run), settings.notes
+
+    whole, _ = synthesise(network, torch.device("cpu"))
+    retried, notes = synthesise(OomInSecondTargetsGradient(network, failing_call=2), LabelledCuda("cpu"))
+    assert notes == ["out of memory on cuda: batch size lowered to 2"]
+    for t in ("FLAIR", "T1c"):
+        assert retried.squared_error[t] == pytest.approx(whole.squared_error[t], rel=1e-6)
+        for n in inputs:
+            assert np.allclose(retried.saliency[t][n], whole.saliency[t][n], rtol=1e-5, atol=1e-7)
+
+
 def test_out_of_memory_on_the_cpu_and_other_errors_propagate():
     settings = RunSettings(torch.device("cpu"), None, 4)
     with pytest.raises(torch.OutOfMemoryError):
