@@ -14,7 +14,10 @@ from pathlib import Path
 from .cards import CARD_NAME, ModelCard, read_card, weights_path
 from .errors import InputError, ModelCardError
 
-BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+# The bundled models: in a checkout and the Slicer extension, Resources/Models beside this package; installed from
+# a wheel (pip install .), the package's bundled_models folder, which pyproject.toml maps Resources/Models to.
+_CHECKOUT_MODELS = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+BUNDLED_MODELS = _CHECKOUT_MODELS if _CHECKOUT_MODELS.is_dir() else Path(__file__).resolve().parent / "bundled_models"
 USER_MODELS = Path.home() / ".mrsynthesis" / "models"
 
 
