@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,8 +28,14 @@ def test_an_installed_wheel_finds_the_bundled_model(tmp_path):
     """The wheel used to hold no model: installed, `mrsynthesis models` listed none and the README's commands
     ended with "no bundled model is installed"."""
     pytest.importorskip("setuptools", minversion="77", reason="the wheel is built here without isolation")
+    source = tmp_path / "source"  # a copy: setuptools writes build/ and *.egg-info beside what it builds
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE.txt"):
+        shutil.copy2(REPO / name, source / name)
+    for folder in ("MRSynthesisLib", "training", "Resources/Models"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                            "--wheel-dir", str(tmp_path / "dist"), str(REPO)],
+                            "--wheel-dir", str(tmp_path / "dist"), str(source)],
                            capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("mrsynthesis-*.whl")
