@@ -37,7 +37,7 @@ from .provenance import is_output
 from .registration import OUT_OF_REGISTER_MM, apparent_motion, register_onto
 from .tiling import run_tiled
 from .validation import align, check_distinct, check_mask, check_reference, checked_image
-from .volume import Geometry, Volume, reoriented_onto, resample_to
+from .volume import Geometry, Volume, reordered, reoriented_onto, resample_to, training_axis_order
 
 TILE = 96  # default core edge of a 3D model's tiles (memory vs halo overhead)
 # A 2D model slices the grid along the voxel axis nearest to its plane; beyond this tilt of the slices
@@ -416,25 +416,36 @@ class SynthesisLogic:
     def _onto_model_grid(self, inputs: dict[str, Volume], masks: dict[str, Volume], native: Volume,
                          native_brain: np.ndarray, plane: str | None, native_spacing: bool, said: list[str]
                          ) -> tuple[dict[str, Volume], dict[str, Volume], Callable[[Volume], Volume] | None]:
-        """Inputs and masks on the model's spacing where theirs is coarser (``model_grid``), and the function
-        that puts a result back on ``native``'s grid, masked by ``native_brain`` (None when nothing moved)."""
+        """Inputs and masks on the grid the model is run on, and the function that puts a result back on
+        ``native``'s grid, masked by ``native_brain`` (None when nothing moved): their voxel axes in the order of
+        the training data (``training_axis_order``; a lossless reordering, undone exactly), then on the model's
+        spacing where theirs is coarser (``model_grid``)."""
         card = self.model.card
-        target = model_grid(native.geometry, card.spacing_mm, plane)
-        if target is None:
+        order = training_axis_order(native.geometry)
+        if order is not None:
+            inputs = {n: reordered(v, order) for n, v in inputs.items()}
+            masks = {k: reordered(v, order) for k, v in masks.items()}
+        ordered = next(iter(inputs.values())).geometry  # every input and mask is on this grid now
+        target = model_grid(ordered, card.spacing_mm, plane)
+        if target is not None:
+            coarse = (f"{native.source}: voxels of {voxel_size_text(native.geometry.spacing)}, coarser than the "
+                      f"{voxel_size_text(card.spacing_mm)} {card.name} was trained on; ")
+            if native_spacing:
+                said.append(coarse + "synthesised on them as asked (--native-spacing)")
+                target = None
+            else:
+                said.append(coarse + f"synthesised on voxels of {voxel_size_text(target.spacing)} and resampled back "
+                            "to the input grid (--native-spacing to skip)")
+                inputs = {n: resample_to(v, target) for n, v in inputs.items()}
+                masks = {k: resample_to(v, target, nearest=not k.startswith("reference:")) for k, v in masks.items()}
+        if order is None and target is None:
             return inputs, masks, None
-        coarse = (f"{native.source}: voxels of {voxel_size_text(native.geometry.spacing)}, coarser than the "
-                  f"{voxel_size_text(card.spacing_mm)} {card.name} was trained on; ")
-        if native_spacing:
-            said.append(coarse + "synthesised on them as asked (--native-spacing)")
-            return inputs, masks, None
-        said.append(coarse + f"synthesised on voxels of {voxel_size_text(target.spacing)} and resampled back to "
-                    "the input grid (--native-spacing to skip)")
 
         def back(volume: Volume) -> Volume:
-            return native.with_array(resample_to(volume, native.geometry).array * native_brain, volume.source)
+            on_ordered = volume if target is None else resample_to(volume, ordered)
+            return native.with_array(reoriented_onto(on_ordered, native.geometry).array * native_brain, volume.source)
 
-        return ({n: resample_to(v, target) for n, v in inputs.items()},
-                {k: resample_to(v, target, nearest=not k.startswith("reference:")) for k, v in masks.items()}, back)
+        return inputs, masks, back
 
     @staticmethod
     def _brain(inputs: Mapping[str, Volume], masks: Mapping[str, Volume], thick: Collection[str] = ()) -> np.ndarray:

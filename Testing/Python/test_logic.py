@@ -22,7 +22,7 @@ from MRSynthesisLib.devices import choose_device, choose_precision
 from MRSynthesisLib.inference import RunSettings, _run_in_batches
 from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest, model_grid
 from MRSynthesisLib.preprocessing import foreground_mask
-from MRSynthesisLib.volume import Geometry, Volume, resample_to
+from MRSynthesisLib.volume import Geometry, Volume, reordered, reoriented_onto, resample_to
 
 # An asymmetric 3x3 kernel: a transposed or flipped slice gives a different result.
 KERNEL = torch.tensor([[0.0, 1.0, 0.5], [2.0, -1.0, 0.0], [0.25, 0.0, 3.0]])
@@ -132,6 +132,26 @@ def test_outputs_on_the_reference_grid_and_inputs_unchanged(chartsias):
         np.testing.assert_array_equal(v.array, before[k])  # nothing was modified in place
     assert result.device == "cpu" and result.precision == "float32"
     assert result.saliency == {} and result.contributions == {} and result.saliency_objective is None
+
+
+@pytest.mark.parametrize("order", ["ALS", "SLA", "ASL"])
+def test_voxel_axes_stored_in_another_order_give_the_same_result(chartsias, order):
+    """The models were trained on files whose axes run left-right, anterior-posterior, inferior-superior (LAS, LPS);
+    one stored in another order (a sagittal acquisition's) is run in that order and its results put back, so a
+    2D model no longer sees its slices turned (or, in the axial plane, slices cut across the head)."""
+    vols, _ = volumes()
+    inputs = {"T1": vols["T1"], "T2": vols["T2"]}
+    stored = {n: reordered(v, order) for n, v in inputs.items()}
+    assert stored["T1"].geometry.orientation() == order
+    lesion = reordered(vols["lesion"], order)
+    plain = run(chartsias, inputs, ["FLAIR"], lesion_mask=vols["lesion"], saliency=True)
+    other = run(chartsias, stored, ["FLAIR"], lesion_mask=lesion, saliency=True)
+    assert other.outputs["FLAIR"].geometry == stored["T1"].geometry  # the result is on the input's grid
+    back = reoriented_onto(other.outputs["FLAIR"], vols["T1"].geometry)
+    np.testing.assert_allclose(back.array, plain.outputs["FLAIR"].array, rtol=1e-5, atol=1e-5)
+    for n in inputs:
+        np.testing.assert_allclose(reoriented_onto(other.saliency["FLAIR"][n], vols["T1"].geometry).array,
+                                   plain.saliency["FLAIR"][n].array, rtol=1e-4, atol=1e-6)
 
 
 def test_an_input_with_data_over_part_of_the_brain_is_left_out_where_it_has_none(chartsias):
