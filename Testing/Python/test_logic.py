@@ -22,7 +22,14 @@ from MRSynthesisLib.devices import choose_device, choose_precision
 from MRSynthesisLib.inference import RunSettings, _run_in_batches
 from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest, model_grid
 from MRSynthesisLib.preprocessing import foreground_mask
-from MRSynthesisLib.volume import Geometry, Volume, reordered, reoriented_onto, resample_to
+from MRSynthesisLib.volume import (
+    Geometry,
+    Volume,
+    reordered,
+    reoriented_onto,
+    resample_to,
+    training_axis_order,
+)
 
 # An asymmetric 3x3 kernel: a transposed or flipped slice gives a different result.
 KERNEL = torch.tensor([[0.0, 1.0, 0.5], [2.0, -1.0, 0.0], [0.25, 0.0, 3.0]])
@@ -301,19 +308,24 @@ def test_identity_model_returns_the_normalised_then_denormalised_input(tmp_path,
 @pytest.mark.parametrize("direction", [LAS, SAGITTAL], ids=["LAS", "sagittal-acquired"])
 @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
 def test_slicewise_runner_is_exact_in_every_plane(tmp_path, plane, direction):
-    """A 2D correlation with an asymmetric kernel, applied slice by slice along the plane's axis."""
+    """A 2D correlation with an asymmetric kernel, applied slice by slice along the plane's axis, to slices whose
+    rows and columns are in the training data's axis order (a sagittal acquisition's axes are reordered first)."""
     model = probe(tmp_path, "kernel", source="T1")
     vols, p = volumes(shape=(17, 21, 19), direction=direction, pad=PAD)
     brain = p["brain"] > 0
     result = run(model, {"T1": vols["T1"], "T2": vols["T2"]}, ["FLAIR"], plane=plane, batch_size=3)
-    axis = PLANE_AXES[direction][plane]
-    normalised = np.where(brain, p["T1"] / p["T1"][brain].astype(np.float64).mean(), 0.0)
-    moved = np.moveaxis(normalised, axis, 0)
-    filtered = ndi.correlate(moved, KERNEL.double().numpy()[None], mode="constant", cval=0.0)
-    expected = np.where(brain, np.moveaxis(filtered, 0, axis) * 300.0, 0.0)
-    np.testing.assert_allclose(result.outputs["FLAIR"].array, expected, rtol=1e-5, atol=1e-3)
+    normalised = vols["T1"].with_array(np.where(brain, p["T1"] / p["T1"][brain].astype(np.float64).mean(), 0.0))
+    order = training_axis_order(vols["T1"].geometry)
+    assert (order is None) == (direction == LAS)
+    frame = normalised if order is None else reordered(normalised, order)  # the order the network sees
+    axis = frame.geometry.axis_for(plane)
+    filtered = ndi.correlate(np.moveaxis(frame.array, axis, 0), KERNEL.double().numpy()[None], mode="constant",
+                             cval=0.0)
+    back = reoriented_onto(frame.with_array(np.moveaxis(filtered, 0, axis)), vols["T1"].geometry).array
+    np.testing.assert_allclose(result.outputs["FLAIR"].array, np.where(brain, back * 300.0, 0.0),
+                               rtol=1e-5, atol=1e-3)
     # the network saw in-plane slices: (N, 1, H, W) with H, W from the two other axes (cropped, padded)
-    in_plane = [p["T1"].shape[a] for a in range(3) if a != axis]
+    in_plane = [frame.array.shape[a] for a in range(3) if a != axis]
     for _, channels, h, w in model.network.calls:
         assert channels == 1 and h % 4 == 0 and w % 4 == 0
         assert h <= in_plane[0] + 3 and w <= in_plane[1] + 3
