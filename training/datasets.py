@@ -33,7 +33,7 @@ from MRSynthesisLib.logic import model_grid, voxel_size_text
 from MRSynthesisLib.preprocessing import NormalisationSpec, foreground_mask, normalise
 from MRSynthesisLib.provenance import is_output
 from MRSynthesisLib.validation import check_mask, checked_image, repeated_scan, voxel_digest
-from MRSynthesisLib.volume import read_volume, reoriented_onto, resample_to
+from MRSynthesisLib.volume import read_volume, reordered, reoriented_onto, resample_to, training_axis_order
 
 from .lesions import flair_hyperintensity_mask
 
@@ -346,6 +346,10 @@ def load_subject(files: SubjectFiles, inputs: Sequence[str], outputs: Sequence[s
             differences = "; ".join(volume.geometry.differences(geometry))
             raise InputError(f"{files.images[m]}: subject {files.subject}'s {m} is not on the grid of its "
                              f"{needed[0]} ({files.images[needed[0]]}): {differences}")
+    order = training_axis_order(geometry)
+    if order is not None:  # as inference runs a model (logic._onto_model_grid): axes L-R, A-P, I-S, losslessly
+        volumes = {m: reordered(v, order) for m, v in volumes.items()}
+        geometry = volumes[needed[0]].geometry
     target = model_grid(geometry, spacing_mm, plane, finer=True)
     if target is not None:
         volumes = {m: resample_to(v, target) for m, v in volumes.items()}

@@ -201,6 +201,27 @@ def test_training_takes_nan_as_no_data_as_inference_does(tmp_path):
     np.testing.assert_allclose(subject.images["T2"], clean.images["T2"], rtol=1e-6)
 
 
+def test_a_subject_stored_in_another_axis_order_trains_on_the_same_slices(tmp_path):
+    """Inference runs a model on voxel axes in the training data's order (L-R, A-P, I-S); a subject stored in
+    another (a sagittal acquisition's) is reordered for training alike, so its slices are those of the same subject
+    stored LAS, not slices turned 90 degrees."""
+    write_ms_subject(tmp_path / "las", "p", 1)
+    folder = write_ms_subject(tmp_path / "als", "p", 1)
+    for path in folder.iterdir():
+        image = sitk.ReadImage(str(path))
+        sitk.WriteImage(sitk.DICOMOrient(image, "ALS"), str(path))
+    options = dict(lesion_input=True, lesion_fallback="zeros", flair_z=3.0, min_voxels=5,
+                   min_slice_brain_fraction=0.05)
+    stored, turned = (load_subject(discover([str(tmp_path / kind)])[0], ["T1", "T2"], ["FLAIR"], **options)[0]
+                      for kind in ("las", "als"))
+    assert sitk.ReadImage(str(folder / "T1.nii.gz")).GetSize() != sitk.ReadImage(
+        str(tmp_path / "las" / "p" / "T1.nii.gz")).GetSize()  # the files do differ in their axes
+    for m in ("T1", "T2", "FLAIR"):
+        np.testing.assert_array_equal(turned.images[m], stored.images[m])
+    np.testing.assert_array_equal(turned.lesion, stored.lesion)
+    assert turned.axial_axis == stored.axial_axis and list(turned.slices) == list(stored.slices)
+
+
 def test_training_refuses_one_scan_given_as_two_modalities(tmp_path):
     """The T2 file copied over the FLAIR's name (inference refuses one file given twice, by name)."""
     folder = write_ms_subject(tmp_path, "p", 1)
