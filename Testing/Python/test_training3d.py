@@ -302,11 +302,13 @@ def test_early_stopping_ends_a_run_when_validation_error_rises(sources, tmp_path
     assert json.loads((tmp_path / "run" / "config.json").read_text())["strips"] == 2
 
 
-def test_volumes_come_in_the_file_order_the_tiler_uses(tmp_path):
-    """A file whose axial axis is numpy axis 2: load_subject moves it first, load_volumes moves it back."""
+def test_volumes_come_in_the_axis_order_the_tiler_uses(tmp_path):
+    """A file whose axial axis is numpy axis 2: its axes are put in the training data's order, as inference puts
+    them before the tiler runs (logic._onto_model_grid); load_subject moves the axial axis first, load_volumes
+    moves it back."""
     from conftest import make_subject
 
-    from MRSynthesisLib.volume import read_volume
+    from MRSynthesisLib.volume import read_volume, reordered, training_axis_order
     from training.datasets import discover
     from training.volumes3d import load_volumes
 
@@ -316,8 +318,9 @@ def test_volumes_come_in_the_file_order_the_tiler_uses(tmp_path):
     files = {s.subject: s for s in discover([str(tmp_path / "ms")])}
     config = Train3DConfig.from_dict(tiny([str(tmp_path / "ms")], tmp_path / "out", validation_subjects=[]))
     (volume,), _, _ = load_volumes(config, ["patient01"], files, verbose=False)
-    t1 = read_volume(subject["T1"]).array
-    assert volume.images["T1"].shape == volume.brain.shape == t1.shape
+    read = read_volume(subject["T1"])
+    t1 = reordered(read, training_axis_order(read.geometry)).array
+    assert volume.images["T1"].shape == volume.brain.shape == t1.shape != read.array.shape
     np.testing.assert_array_equal(volume.images["T1"] != 0, t1 != 0)
 
 
