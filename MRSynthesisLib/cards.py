@@ -168,8 +168,12 @@ def read_card(folder: str | os.PathLike) -> ModelCard:
 
 
 def build_network(card: ModelCard) -> nn.Module:
+    """The card's network; a parameter the card lacks because it was written before the parameter existed takes
+    the value the card's model was trained with (the architecture's ``LEGACY_CARD_PARAMS``), not today's default."""
     try:
-        return architectures.build(card.architecture, card.inputs, card.outputs, card.lesion_input, card.params)
+        legacy = getattr(architectures.architecture_class(card.architecture), "LEGACY_CARD_PARAMS", {})
+        return architectures.build(card.architecture, card.inputs, card.outputs, card.lesion_input,
+                                   {**legacy, **card.params})
     except (TypeError, ValueError) as error:
         raise ModelCardError(f"card {card.name!r}: architecture parameters do not fit "
                              f"{card.architecture!r}: {error}") from None
@@ -223,6 +227,10 @@ def save_model(card: ModelCard, network: nn.Module, folder: str | os.PathLike, *
     import torch
     from safetensors.torch import save_file
 
+    # A parameter whose default changed since cards were first written (LEGACY_CARD_PARAMS) is always written,
+    # from the network saved, so that build_network reads no card of today as one of before.
+    legacy = getattr(type(network), "LEGACY_CARD_PARAMS", {})
+    card.params = {**card.params, **{k: getattr(network, k) for k in legacy if k not in card.params}}
     card.validate(str(folder))
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

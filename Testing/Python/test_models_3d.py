@@ -57,16 +57,27 @@ def test_autoencoder_matches_the_paper():
         net({"T1": torch.rand(1, 1, 37, 38, 38)})
 
 
-def test_fcn_shape_and_receptive_field():
-    net = WeiFCN3D(["T1", "T2"], ["FLAIR"]).eval()
-    assert net.HALO == 3 and sum(isinstance(m, torch.nn.Conv3d) for m in net.modules()) == 4  # 3 + 1x1x1 head
+@pytest.mark.parametrize("head_kernel, halo", [(3, 4), (1, 3)])
+def test_fcn_shape_and_receptive_field(head_kernel, halo):
+    net = WeiFCN3D(["T1", "T2"], ["FLAIR"], head_kernel=head_kernel).eval()
+    assert net.HALO == halo and sum(isinstance(m, torch.nn.Conv3d) for m in net.modules()) == 4  # 3 + the head
     x = torch.zeros(1, 1, 15, 15, 15)
     x2 = x.clone()
-    x2[0, 0, 7, 7, 7] = 1.0  # an impulse reaches exactly 3 voxels each way
+    x2[0, 0, 7, 7, 7] = 1.0  # an impulse reaches exactly HALO voxels each way
     a = net({"T1": x, "T2": x})["FLAIR"]
     b = net({"T1": x2, "T2": x})["FLAIR"]
     changed = (a != b)[0, 0].nonzero()
-    assert changed.min(0).values.tolist() == [4, 4, 4] and changed.max(0).values.tolist() == [10, 10, 10]
+    assert changed.min(0).values.tolist() == [7 - halo] * 3 and changed.max(0).values.tolist() == [7 + halo] * 3
+
+
+def test_fcn_has_the_papers_parameter_counts():
+    """Wei et al. Table 1, five input sequences: 60.6 K (32 filters) and 513.5 K (96) are three 3x3x3 layers and a
+    3x3x3 head to one channel; its 213.7 K for 64 filters is 231.7 K with two digits swapped."""
+    counts = {f: sum(p.numel() for p in WeiFCN3D([f"S{i}" for i in range(5)], ["FLAIR"], filters=f).parameters())
+              for f in (32, 64, 96)}
+    assert counts == {32: 60_577, 64: 231_745, 96: 513_505}
+    with pytest.raises(ValueError, match="head_kernel must be a positive odd size"):
+        WeiFCN3D(["T1"], ["FLAIR"], head_kernel=2)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
@@ -148,6 +159,19 @@ def save_3d_model(folder, name: str, **card_changes):
     torch.manual_seed(0)
     return load_model(save_model(card, build(name, card.inputs, card.outputs, card.lesion_input, card.params),
                                  folder / card.name))
+
+
+def test_a_card_written_before_the_fcn_head_was_a_parameter_loads_its_1x1x1_head(tmp_path):
+    """Cards name the head now (save_model writes it from the network); one without it was trained with the
+    1x1x1 head this project's FCN had before the paper's parameter counts showed a 3x3x3 one."""
+    model = save_3d_model(tmp_path, "wei2019_fcn3d")
+    assert model.card.params["head_kernel"] == 3 and model.network.HALO == 4
+    old = save_3d_model(tmp_path / "before", "wei2019_fcn3d", params={"filters": 8, "head_kernel": 1})
+    card = json.loads((old.folder / "card.json").read_text())
+    del card["params"]["head_kernel"]
+    (old.folder / "card.json").write_text(json.dumps(card))
+    loaded = load_model(old.folder)
+    assert loaded.network.head.weight.shape[2:] == (1, 1, 1) and loaded.network.HALO == 3
 
 
 def volumes():
