@@ -696,7 +696,8 @@ def test_subject_spacing_is_recorded_along_the_patient_axes(tmp_path):
     subject = load_subject(discover([str(tmp_path)])[0], ["T1"], ["FLAIR"], lesion_input=False,
                            lesion_fallback="zeros", flair_z=3.0, min_voxels=5, min_slice_brain_fraction=0.05)[0]
     assert subject.spacing_mm == pytest.approx((1.1, 0.9, 3.0))
-    assert subject.voxel_mm == pytest.approx((3.0, 1.1, 0.9))  # the (slices, H, W) arrays' axes: I-S, L-R, A-P
+    # the (slices, H, W) arrays' axes in the training data's order whatever the file's: I-S, A-P, L-R
+    assert subject.voxel_mm == pytest.approx((3.0, 0.9, 1.1))
     assert training_spacing([subject.spacing_mm, (1.0, 1.0, 1.0), (1.0, 1.2, 1.0)]) == pytest.approx([1.0, 1.0, 1.0])
     assert training_spacing([subject.spacing_mm, None]) is None and training_spacing([]) is None
 
