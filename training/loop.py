@@ -194,10 +194,11 @@ def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool, nor
 def train(config: TrainConfig, *, resume: bool = False, command: str = "") -> Path | None:
     """Train as ``config`` says; returns the model folder (on the main process; None on the others)."""
     context = distributed.setup()
-    try:
-        return _train(config, resume, command, context)
-    finally:
-        distributed.shutdown(context)
+    folder = _train(config, resume, command, context)
+    # Only after a run that ended well: a rank that failed leaves the others waiting in a collective, which
+    # torchrun ends; a barrier on the way out would meet them in the wrong one (torchtitan does the same).
+    distributed.shutdown(context)
+    return folder
 
 
 def _train(config: TrainConfig, resume: bool, command: str, context: distributed.Context) -> Path | None:
