@@ -409,8 +409,9 @@ def evaluate(args: argparse.Namespace, reporter: Reporter) -> int:
     try:
         values = metrics.compute_all(synth_n, ref_n, brain_mask=brain, lesion_mask=lesion, nawm_mask=nawm,
                                      slice_axis=axis, valid_mask=~unvalued if with_nan else None)
-    except ValueError as error:
-        raise InputError(str(error)) from None
+    except ValueError as error:  # e.g. no white matter near the lesions: the files the figures came from
+        named = [args.synthetic, args.reference, args.brain_mask, args.lesion_mask, args.nawm_mask or args.t1]
+        raise InputError(f"{', '.join(str(p) for p in named if p)}: {error}") from None
     planes = {reference.geometry.axis_for(p): p for p in ("axial", "coronal", "sagittal")}
     values = {_plane_name(k, planes): v for k, v in values.items()}
     dropped = ""

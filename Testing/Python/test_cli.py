@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage as ndi
 
 from conftest import (DATA, NO_DATA, REPO, cli_command, cli_env, make_subject, make_tiny_model, phantom, run_cli_many,
                       write_image)
@@ -533,6 +534,14 @@ def test_evaluate_leaves_nan_voxels_out_of_the_lesion_ratios_and_whole_volume(ws
     assert in_process_cli(["evaluate", "--synthetic", str(s["T2"]), "--reference", str(s["FLAIR"]),
                            "--lesion-mask", str(s["lesion_mask"]), "--nawm-mask", str(s["lesion_mask"])]) == 2
     assert f"{s['lesion_mask']}: holds no voxel outside the lesions" in capsys.readouterr().err
+    # white matter nowhere near the lesions: the metrics' error comes with the files it concerns
+    far = (nawm.array > 0) & ~ndi.binary_dilation(lesion, iterations=8)
+    write_volume(reference.with_array(far.astype(np.float32)), tmp_path / "nawm_far.nii.gz")
+    assert in_process_cli(["evaluate", "--synthetic", str(s["T2"]), "--reference", str(s["FLAIR"]),
+                           "--lesion-mask", str(s["lesion_mask"]), "--nawm-mask", str(tmp_path / "nawm_far.nii.gz")]
+                          ) == 2
+    assert (f"{s['T2']}, {s['FLAIR']}, {s['lesion_mask']}, {tmp_path / 'nawm_far.nii.gz'}: no NAWM within 5 voxels "
+            "of the lesions") in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=NO_DATA)
