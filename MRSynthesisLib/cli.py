@@ -42,7 +42,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                              "produces that is not an input")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="autocast precision; auto: fp16/bf16 on GPU, bf16 on CPUs with AMX, else fp32")
+                        help="autocast precision; auto: fp16/bf16 on GPU, bf16 on CPUs with AMX or AMD's "
+                             "AVX512-BF16 (measured faster there), else fp32")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="slices (2D) or tiles (3D) per step; default: 4 slices / 1 tile on the CPU (larger "
                              "batches ran slower on CPU caches), 16 slices / 2 tiles on a GPU")

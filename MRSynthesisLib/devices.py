@@ -44,36 +44,51 @@ def choose_device(requested: str) -> tuple[torch.device, str | None]:
     return torch.device("cpu"), None
 
 
+def _cpuinfo_words() -> set[str]:
+    """The words of /proc/cpuinfo (flags, vendor); empty where it is absent (macOS, Windows)."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
 def cpu_bf16_flags() -> set[str]:
     """The CPU's bf16 features as Linux lists them: ``avx512_bf16`` (a bf16 dot product in the
     vector unit) and ``amx_bf16`` (AMX matrix tiles); empty where /proc/cpuinfo is absent."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return set()
-    return flags & {"avx512_bf16", "amx_bf16"}
+    return _cpuinfo_words() & {"avx512_bf16", "amx_bf16"}
+
+
+def cpu_is_amd() -> bool:
+    """True on an AMD CPU (``vendor_id: AuthenticAMD``), where AVX512-BF16 alone makes bf16 fast."""
+    return "AuthenticAMD" in _cpuinfo_words()
 
 
 def cpu_has_native_bf16() -> bool:
     """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX): where training takes bf16 (a
-    Chartsias step measured 1.37x faster with AVX512-BF16 alone, Testing/Benchmarks/benchmark_cpu_precision.py)."""
+    Chartsias step measured 1.37x faster with AVX512-BF16 alone on an Intel CPU, 2.74x on an AMD Zen 4,
+    Testing/Benchmarks/benchmark_cpu_precision.py)."""
     return bool(cpu_bf16_flags())
 
 
-def cpu_has_amx_bf16() -> bool:
-    """True when the CPU has AMX bf16 tiles: the only CPUs where bf16 inference beat fp32 when measured
-    (benchmark_cpu_precision.py; with AVX512-BF16 alone every network's inference was slower in bf16)."""
-    return "amx_bf16" in cpu_bf16_flags()
+def cpu_bf16_inference_is_faster() -> bool:
+    """True on the CPUs where bf16 inference was measured faster than fp32 for every network
+    (docs/results/benchmark_cpu_precision.md): those with AMX bf16 tiles (1.8-3.2x), and AMD CPUs
+    with AVX512-BF16 (a Zen 4: 1.8-2.0x; a bf16 matrix multiply there ran 3.7x as fast as fp32). Not
+    an Intel CPU with AVX512-BF16 but no AMX (measured in a virtual machine that hides AMX; Cooper
+    Lake was not measured): there every network's inference was 0.85-0.98x in bf16, a bf16 matrix
+    multiply 0.56x as fast as fp32."""
+    flags = cpu_bf16_flags()
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and cpu_is_amd())
 
 
 def choose_precision(requested: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype (None = plain fp32).
 
     ``auto`` is fp16 on CUDA (bf16 where the GPU supports it, which avoids fp16 overflow),
-    fp16 on MPS, and bf16 on CPUs with AMX, else fp32. Not on every CPU with native bf16: with
-    AVX512-BF16 alone (no AMX, or a virtual machine that hides it) bf16 inference was measured
-    slower than fp32 for every network (docs/results/benchmark_cpu_precision.md), while bf16
-    training steps were faster there (``training.loop.autocast_dtype`` keeps them).
+    fp16 on MPS, and on a CPU bf16 where it was measured faster than fp32 (AMX, or AMD's
+    AVX512-BF16; ``cpu_bf16_inference_is_faster``), else fp32. bf16 training steps are taken on
+    more CPUs (``training.loop.autocast_dtype``): Intel's AVX512-BF16 alone made the Chartsias step
+    faster but no inference.
     """
     import torch
 
@@ -89,4 +104,4 @@ def choose_precision(requested: str, device: torch.device) -> torch.dtype | None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
-    return torch.bfloat16 if cpu_has_amx_bf16() else None
+    return torch.bfloat16 if cpu_bf16_inference_is_faster() else None

@@ -8,8 +8,9 @@ Run by hand, not by the test suite:
 Why: ``precision auto`` must pick, per CPU, the faster of the two for what the user runs. bf16
 halves the bytes moved, but it only multiplies faster where the hardware has a fast bf16 path:
 with AMX it ran the slice-wise production path 3.2x faster than fp32
-(docs/results/benchmark_slicewise_inference.md); with AVX512-BF16 alone (the dot-product
-instruction without AMX, which is also what a virtual machine that hides AMX shows) it may not.
+(docs/results/benchmark_slicewise_inference.md); with Intel's AVX512-BF16 alone (the dot-product
+instruction without AMX, which is also what a virtual machine that hides AMX shows) it did not,
+with AMD's (Zen 4) it did.
 This script measures both on the machine it runs on:
 
 - inference, what a user waits for: the production path on a whole 182x218x182 volume

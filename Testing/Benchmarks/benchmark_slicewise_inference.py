@@ -8,7 +8,7 @@ In one command it measures, each in a fresh subprocess so that peak memory is it
 (a) the naive path: fp32, one full 182x218 slice at a time, every slice of the volume;
 (b) the production path (``inference.run_slicewise``): the CPU's default batch
     (``logic.default_batch_size``: 4 slices), channels_last, the precision ``auto`` picks
-    (bf16 autocast on CPUs with AMX, else fp32; ``devices.choose_precision``), each batch
+    (bf16 autocast on CPUs with AMX or AMD's AVX512-BF16, else fp32; ``devices.choose_precision``), each batch
     cropped to its slices' brain (bounding box plus 8 voxels), slices without brain skipped;
 (c) the production path in fp32 and (c') in bf16, whatever ``auto`` picks, to check that bf16
     changes the result by less than 0.005 SSIM (bf16 against fp32, and each against the real

@@ -251,32 +251,40 @@ def test_device_and_precision_choices():
         choose_precision("int8", torch.device("cpu"))
     assert choose_precision("fp32", torch.device("cpu")) is None
     assert choose_precision("bf16", torch.device("cpu")) is torch.bfloat16
-    assert choose_precision("auto", torch.device("cpu")) is (torch.bfloat16 if devices.cpu_has_amx_bf16() else None)
+    assert choose_precision("auto", torch.device("cpu")) is (
+        torch.bfloat16 if devices.cpu_bf16_inference_is_faster() else None)
 
 
-@pytest.mark.parametrize("flags, inference, training", [
-    (set(), None, None),
-    ({"avx512_bf16"}, None, torch.bfloat16),  # bf16 inference measured slower there, training faster
-    ({"avx512_bf16", "amx_bf16"}, torch.bfloat16, torch.bfloat16),
+@pytest.mark.parametrize("flags, amd, inference, training", [
+    (set(), False, None, None),
+    (set(), True, None, None),  # an AMD CPU without bf16 (Zen 3)
+    ({"avx512_bf16"}, False, None, torch.bfloat16),  # Intel: bf16 inference measured slower there, training faster
+    ({"avx512_bf16"}, True, torch.bfloat16, torch.bfloat16),  # AMD Zen 4: both measured faster
+    ({"avx512_bf16", "amx_bf16"}, False, torch.bfloat16, torch.bfloat16),
 ])
-def test_auto_precision_on_cpu_follows_the_measured_bf16_features(monkeypatch, flags, inference, training):
+def test_auto_precision_on_cpu_follows_the_measured_bf16_features(monkeypatch, flags, amd, inference, training):
     from training.loop import autocast_dtype
 
     monkeypatch.setattr(devices, "cpu_bf16_flags", lambda: set(flags))
+    monkeypatch.setattr(devices, "cpu_is_amd", lambda: amd)
     cpu = torch.device("cpu")
     assert choose_precision("auto", cpu) is inference
     assert autocast_dtype("auto", cpu) is training
     assert choose_precision("bf16", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None  # asked: obeyed
 
 
-def test_cpu_bf16_flags_reads_whole_flag_names(monkeypatch, tmp_path):
+def test_cpu_bf16_flags_and_vendor_read_whole_words(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16x avx512_fp16\n")
+    cpuinfo.write_text("vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) AuthenticAMDish\n"
+                       "flags\t\t: fpu avx512f avx512_bf16 amx_tile amx_bf16x avx512_fp16\n")
     real = devices.Path
     monkeypatch.setattr(devices, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real(p))
     assert devices.cpu_bf16_flags() == {"avx512_bf16"}  # a longer name that contains amx_bf16 is not it
+    assert not devices.cpu_is_amd() and not devices.cpu_bf16_inference_is_faster()
+    cpuinfo.write_text("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu avx512f avx512_bf16\n")
+    assert devices.cpu_is_amd() and devices.cpu_bf16_inference_is_faster()
     monkeypatch.setattr(devices, "Path", lambda p: tmp_path / "absent")
-    assert devices.cpu_bf16_flags() == set()
+    assert devices.cpu_bf16_flags() == set() and not devices.cpu_is_amd()
 
 
 # --- exactness of the slice-wise runner, with test architectures ----------------------------
