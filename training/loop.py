@@ -45,18 +45,20 @@ from .datasets import (
 )
 from .export import output_intensity, spacing_outliers, training_spacing, write_model_folder
 from .extend import load_base, working_config
-from .run_folder import BEST, CHECKPOINT, CONFIG, METRICS, TENSORBOARD, tidy_resumed, write_csv
+from .run_folder import BEST, CHECKPOINT, CONFIG, METRICS, tidy_resumed, write_csv
 from .schedule import Schedule
+from .tensorboard_log import TensorBoardLog
 from .validate import subject_tasks, validate
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 where the hardware does it natively, else fp32. fp16 is not offered: it would need loss scaling.
 
-    Wider than inference's ``auto`` (bf16 on CPUs only with AMX): with AVX512-BF16 alone a Chartsias
-    training step still measured 1.37x faster in bf16, though the Wei FCN's was 0.75x and the
-    autoencoder's level (docs/results/benchmark_cpu_precision.md); with AMX both 3D steps measured
-    2.0-2.4x faster. The Chartsias model is what the project trains most."""
+    Wider than inference's ``auto`` (bf16 on CPUs with AMX or AMD's AVX512-BF16): with Intel's
+    AVX512-BF16 alone a Chartsias training step still measured 1.37x faster in bf16, though the Wei
+    FCN's was 0.75x and the autoencoder's level (docs/results/benchmark_cpu_precision.md); with AMX
+    both 3D steps measured 2.0-2.4x faster, on an AMD Zen 4 every step 1.8-2.7x. The Chartsias model
+    is what the project trains most."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -108,15 +110,6 @@ def said_resumed(removed: list[str]) -> None:
     """Say which temporaries a killed write had left in the run folder (``run_folder.tidy_resumed``)."""
     if removed:
         print(f"removed what a killed run left half-written: {', '.join(removed)}", flush=True)
-
-
-def _tensorboard(folder: Path) -> Any:
-    """A SummaryWriter when the tensorboard package is installed, else None (it is optional)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(folder / TENSORBOARD))
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, steps_done: int) -> None:
@@ -276,13 +269,13 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
     weights = tuple(work.loss_weights)
     share = context.share(config.batch_size)
     pool = distributed.pool(context)
-    writer = None
+    writer: TensorBoardLog | None = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / CONFIG, config.to_dict())
         if resume:
             said_resumed(tidy_resumed(out, state["log"]))
-        writer = _tensorboard(out)
+        writer = TensorBoardLog(out, state["log"] if resume else None)
         print(f"device {device.type} x {context.world} process(es), precision {dtype or 'fp32'}, "
               f"channels_last {config.channels_last}, {torch.get_num_threads()} thread(s)", flush=True)
 
@@ -325,7 +318,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
                 sums[k] = sums.get(k, 0.0) + v
             steps.set_postfix(loss=f"{parts['total']:.4f}", inputs="+".join(subset), refresh=False)
             if writer is not None:
-                writer.add_scalar("train/total", parts["total"], step)
+                writer.step("train/total", parts["total"], step)
         steps.close()
         names = sorted(sums)
         means = distributed.mean_over_ranks([sums[k] / config.steps_per_epoch for k in names], context)
@@ -357,10 +350,7 @@ def _train(config: TrainConfig, resume: bool, command: str, context: distributed
             state["epoch"] = epoch + 1
             save_checkpoint(out / CHECKPOINT, model, optimizer, state, average)
             write_csv(out / METRICS, state["log"])
-            if writer is not None:
-                for k, v in row.items():
-                    writer.add_scalar(f"epoch/{k}", v, epoch + 1)
-                writer.flush()
+            writer.epoch(row)
             summary = "  ".join(f"{k} {row[k]:.4g}" for k in ("train_total", "val_total", "val_mse", "val_ssim")
                                 if k in row)
             note = f", weights averaged over {averaged_steps} steps" if averaged_steps else ""

@@ -34,7 +34,7 @@ from .datasets import check_distinct_scans, check_same_data, data_record, discov
 from .early_stopping import up_stops
 from .export import output_intensity, spacing_outliers, training_spacing
 from .export3d import write_model_folder
-from .loop import _tensorboard, autocast_dtype, card_subjects, check_cohort, said_resumed
+from .loop import autocast_dtype, card_subjects, check_cohort, said_resumed
 from .patches3d import (
     GridSampler,
     Patch,
@@ -44,6 +44,7 @@ from .patches3d import (
     grid_patches,
 )
 from .run_folder import BEST, CHECKPOINT, CONFIG, METRICS, tidy_resumed, write_csv
+from .tensorboard_log import TensorBoardLog
 from .volumes3d import Volume3D, load_volumes
 
 
@@ -237,7 +238,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
     write_json(out / CONFIG, config.to_dict())
     if resume:
         said_resumed(tidy_resumed(out, state["log"]))
-    writer = _tensorboard(out)  # TensorBoard events beside metrics.csv when the package is installed
+    writer = TensorBoardLog(out, state["log"] if resume else None)
     print(f"{config.architecture}: device {device.type}, precision {dtype or 'fp32'}, "
           f"{torch.get_num_threads()} thread(s), "
           f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
@@ -269,8 +270,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
             optimiser.step()
             value = float(loss.detach())
             total += value
-            if writer is not None:
-                writer.add_scalar(f"train/{config.loss}", value, step)
+            writer.step(f"train/{config.loss}", value, step)
             steps.set_postfix(loss=f"{value:.4f}", refresh=False)
         steps.close()
         row: dict[str, Any] = {"epoch": epoch + 1, "steps": (epoch + 1) * config.steps_per_epoch,
@@ -290,10 +290,7 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
         state["epoch"] = epoch + 1
         save_checkpoint(out / CHECKPOINT, model, optimiser, state)
         write_csv(out / METRICS, state["log"])
-        if writer is not None:
-            for k, v in row.items():
-                writer.add_scalar(f"epoch/{k}", v, epoch + 1)
-            writer.flush()
+        writer.epoch(row)
         summary = "  ".join(f"{k} {row[k]:.4g}" for k in (f"train_{config.loss}", "val_mse", "val_mae") if k in row)
         print(f"epoch {epoch + 1}: {summary}  ({row['epoch_seconds']:.0f} s)", flush=True)
     print(reason, flush=True)
@@ -312,6 +309,5 @@ def train3d(config: Train3DConfig, *, resume: bool = False, command: str = "") -
                                 metrics=metrics, command=command,
                                 spacing_mm=training_spacing([v.spacing_mm for v in volumes]))
     print(f"model folder: {folder}", flush=True)
-    if writer is not None:
-        writer.close()
+    writer.close()
     return folder

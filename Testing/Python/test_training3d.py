@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_training_data import write_dataset, write_ms_subject
+from test_training_run import tensorboard_scalars
 
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.errors import InputError
@@ -263,6 +264,7 @@ def test_seeded_runs_agree_and_resume_continues_identically(sources, tmp_path, a
         for key, value in reference.items():
             torch.testing.assert_close(tensors[key], value, rtol=0, atol=0, msg=f"{other}: {key}")
         assert log_rows(tmp_path / other) == log_rows(tmp_path / "whole")
+        assert tensorboard_scalars(tmp_path / other) == tensorboard_scalars(tmp_path / "whole")
     with pytest.raises(ValueError, match="differs from the checkpoint's in \\['learning_rate'\\]"):
         run(sources, tmp_path / "split", resume=True, architecture=architecture, learning_rate=0.5, epochs=3)
 
@@ -333,24 +335,12 @@ def test_fixed_schedule_without_validation_exports_the_last_epoch(sources, tmp_p
     assert "val_mse" not in log_rows(out)[0]
 
 
-def test_tensorboard_gets_each_step_and_epoch_when_installed(sources, tmp_path, monkeypatch):
-    """The 2D loop's writer (``loop._tensorboard``, None without the package): the step losses, every epoch row."""
-    class Recorder:
-        def __init__(self) -> None:
-            self.scalars, self.closed = [], False
-
-        def add_scalar(self, tag, value, step):
-            self.scalars.append((tag, step))
-
-        def flush(self):
-            pass
-
-        def close(self):
-            self.closed = True
-
-    recorder = Recorder()
-    monkeypatch.setattr("training.loop3d._tensorboard", lambda folder: recorder)
+def test_tensorboard_gets_each_step_and_epoch(sources, tmp_path):
+    """TensorBoard events beside metrics.csv: the step losses, and every epoch's row at the step that ended it."""
     run(sources, tmp_path / "run")
-    assert [s for t, s in recorder.scalars if t == "train/mse"] == [0, 1, 2, 3] and recorder.closed
-    assert {t for t, s in recorder.scalars if s == 2 and t.startswith("epoch/")} >= {"epoch/train_mse",
-                                                                                        "epoch/val_mse"}
+    scalars = tensorboard_scalars(tmp_path / "run")
+    assert [step for step, _ in scalars["train/mse"]] == [0, 1, 2, 3]
+    rows = log_rows(tmp_path / "run")
+    for column in ("train_mse", "val_mse"):
+        assert [step for step, _ in scalars[f"epoch/{column}"]] == [2, 4]
+        assert [value for _, value in scalars[f"epoch/{column}"]] == pytest.approx([float(r[column]) for r in rows])

@@ -30,6 +30,7 @@ from test_training_data import write_bids_session, write_dataset, write_ms_subje
 from training.config import TrainConfig
 from training.experiments.last_weights import write_last_weights
 from training.loop import BEST, CHECKPOINT, METRICS, DeadOutputError, train
+from training.run_folder import TENSORBOARD
 
 REPO = Path(__file__).resolve().parents[2]
 TIMING_COLUMNS = ("epoch_seconds", "seconds")
@@ -53,6 +54,16 @@ def tensors(out: Path) -> dict[str, torch.Tensor]:
 def log_rows(out: Path) -> list[dict[str, str]]:
     with open(out / METRICS, newline="") as handle:
         return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(handle)]
+
+
+def tensorboard_scalars(out: Path) -> dict[str, list[tuple[int, float | None]]]:
+    """What TensorBoard shows of a run: (step, value) per tag, in the order it reads them (timings' values left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / TENSORBOARD), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, None if tag.split("/")[-1] in TIMING_COLUMNS else e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +150,7 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(reference, tmp
     with pytest.raises(KeyboardInterrupt):
         run(sources, tmp_path / "cut")
     assert calls == [0, 1, 2, 3] and len(log_rows(tmp_path / "cut")) == 1
+    cut_short = tensorboard_scalars(tmp_path / "cut")
     monkeypatch.setattr(training.loop, "build_batch", build)
     with pytest.raises(ValueError, match="--resume"):
         run(sources, tmp_path / "cut")
@@ -148,6 +160,8 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(reference, tmp
     whole, resumed = tensors(out), tensors(tmp_path / "cut")
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert log_rows(out) == log_rows(tmp_path / "cut")
+    assert cut_short["train/total"][-1][0] == 2  # the killed epoch's first step: TensorBoard shows it once, as the CSV
+    assert tensorboard_scalars(tmp_path / "cut") == tensorboard_scalars(out)
 
 
 def test_resume_after_a_kill_between_the_last_checkpoint_and_its_log_rewrites_the_log(reference, tmp_path,
@@ -174,6 +188,7 @@ def test_resume_after_a_kill_between_the_last_checkpoint_and_its_log_rewrites_th
     assert run(sources, cut, resume=True) == cut / "tiny"
     assert log_rows(cut) == log_rows(out) and not torn.exists()
     assert f"removed what a killed run left half-written: {torn.name}" in capsys.readouterr().out
+    assert tensorboard_scalars(cut) == tensorboard_scalars(out)  # the lost row is in TensorBoard too
 
 
 def test_monitor_val_loss_keeps_the_epoch_of_the_lowest_validation_cost(reference, tmp_path, monkeypatch):
