@@ -20,7 +20,7 @@ from . import metrics, modalities, registry
 from .atomic import check_distinct_outputs, check_folder, check_writable, is_temporary, read_json, write_json
 from .cards import LoadedModel, load_model
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, Cancelled, InputError
-from .formats import WRITABLE_SUFFIXES, suffix_of
+from .formats import WRITABLE_SUFFIXES, looks_like_a_file, suffix_of
 from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult, voxel_size_text
 from .manifest import PATIENT_COLUMN, ManifestSubject, read_manifest
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
@@ -70,13 +70,14 @@ def output_paths(out: str | os.PathLike, targets: Sequence[str], suffix: str) ->
 
 def check_out(out: str | os.PathLike, folder_only: bool = False, option: str = "--out") -> None:
     """``--out flair.png`` or ``t2.nhdr`` is meant as a file, not as a new folder to fill: refuse a new
-    folder name with an extension that is no output format (an existing folder is taken as it is);
+    folder name with a file extension (``looks_like_a_file``) that is no output format; a dot elsewhere
+    (``sub-01.ses-1``) names a folder, and an existing folder is taken as it is.
     ``folder_only``: the option takes a folder of several files, so any new name with an extension is refused."""
     out = Path(out)
     image = str(out).lower().endswith(WRITABLE_SUFFIXES)
     if folder_only and image:
         raise InputError(f"{out}: names an image file, but {option} takes a folder of files; name a folder")
-    if out.suffix and not out.is_dir() and not image:
+    if looks_like_a_file(out) and not out.is_dir() and not image:
         if folder_only:
             raise InputError(f"{out}: looks like a file name, but {option} takes a folder of files; name a folder "
                              "without an extension")
@@ -93,13 +94,22 @@ def _read_optional(path: str | None) -> Volume | None:
     return read_volume(path) if path else None
 
 
+def _region_file(region: Volume | None) -> str | None:
+    """The file the region mask was read from, absolute and resolved: ``Volume.source`` is the path as the user
+    typed it (``read_volume``), relative to a working folder that means nothing to whoever reads the JSON later.
+    None without a region, or when the region was not read from a file (there is no file to name)."""
+    if region is None or not Path(region.source).is_file():
+        return None
+    return str(Path(region.source).resolve())
+
+
 def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: Mapping[tuple[str, str], Path],
                  overwrite: bool, inputs: Mapping[str, Volume] | None = None,
                  region: Volume | None = None) -> dict[str, object]:
     """Write outputs (and saliency maps, their Fig. 6 PNG per target, contributions.json); return the summary.
 
     ``inputs`` (canonical modality -> volume; needed with ``saliency``) are drawn under the maps; ``region``
-    is the mask the region contributions were computed in (named in contributions.json).
+    is the mask the region contributions were computed in (its file named in contributions.json: ``_region_file``).
 
     All or nothing: when writing fails or is cancelled (SIGTERM, Ctrl-C) part-way, the files this
     call had created are removed again, so that no run leaves some of its outputs behind (and a
@@ -153,7 +163,7 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
                        {"objective": result.saliency_objective,
                         "contributions": result.contributions,  # shares of the mean saliency in the brain
                         "contributions_in_region": result.region_contributions,
-                        "region": region.source if region is not None else None,
+                        "region": _region_file(region),
                         "mean_saliency": result.saliency_means, "maps": maps, "figures": figures})
     except BaseException:
         for path in created:
@@ -247,6 +257,20 @@ def _created_by_an_interrupted_run(marker: Path) -> set[str]:
     return set(created)
 
 
+def _kept(paths: Mapping[str, Path], interrupted: set[str], overwrite: bool) -> dict[str, Path]:
+    """The outputs of a subject that a batch run keeps as they are, and does not synthesise again: without
+    ``--overwrite``, each target whose image exists, unless a killed run was creating the image or its sidecar
+    (``WRITING``: that target is redone). Rerun with a target added, a finished subject gets the new output only.
+
+    An existing image is kept whatever its sidecar (none: it may be the user's file, and nothing is written to
+    describe it); a target whose image is missing is made, its sidecar replaced only when it is ours
+    (``sidecars``): the user's is refused as before ("already exists"), the subject failed and left as it is."""
+    if overwrite:
+        return {}
+    return {t: p for t, p in paths.items()
+            if p.exists() and not {p.name, sidecar_path(p).name} & interrupted}
+
+
 def batch(args: argparse.Namespace, reporter: Reporter) -> int:
     check_out(args.out, folder_only=True)
     check_folder(Path(args.out))  # once, before any subject's inference, rather than failing each in turn
@@ -261,24 +285,26 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
         masks = {c: str(p.resolve()) for c, p in subject.masks.items()}
         targets = [_canonical(t, "target") for t in _targets(args.target)] or default_targets(model, inputs)
         paths = output_paths(Path(args.out) / name, targets, args.format)
-        theirs, left = sidecars(list(paths.values()))
-        files = [*paths.values(), *theirs, *left]
         marker = Path(args.out) / name / WRITING
         try:
             interrupted = _created_by_an_interrupted_run(marker)
             if interrupted:  # kill -9 while writing leaves the hidden temporary file of an output besides the record
                 for leftover in [f for f in marker.parent.iterdir() if f.is_file() and is_temporary(f)]:
                     leftover.unlink()
-            ours = interrupted | {p.name for p in left}
-            if not args.overwrite and not interrupted and all(p.exists() for p in paths.values()):
+            kept = _kept(paths, interrupted, args.overwrite)
+            if len(kept) == len(paths):
                 reporter.event("skipped", subject=name, reason="outputs exist")
                 continue
+            paths = {t: p for t, p in paths.items() if t not in kept}  # e.g. a target added to a finished cohort
+            theirs, left = sidecars(list(paths.values()))
+            files = [*paths.values(), *theirs, *left]
+            ours = interrupted | {p.name for p in left}
             logic.progress = lambda f, m, i=index: reporter.progress((i + f) / len(subjects), f"{name}: {m}")
             sources = [Path(p) for p in [*inputs.values(), *masks.values(), args.manifest]]
             check_writable([p for p in files if p.name not in ours], sources, args.overwrite)
             check_writable([p for p in files if p.name in ours], sources, True)
             request = SynthesisRequest(
-                inputs={n: read_volume(p) for n, p in inputs.items()}, targets=targets,
+                inputs={n: read_volume(p) for n, p in inputs.items()}, targets=list(paths),
                 lesion_mask=_read_optional(masks.get("lesion_mask")),
                 brain_mask=_read_optional(masks.get("brain_mask")),
                 reference=args.resample_to, resample=bool(args.resample_to), device=args.device,
@@ -296,7 +322,11 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
                     marker.unlink()
                 raise
             marker.unlink()
-            reporter.event("subject_done", subject=name, **summary)
+            if kept:
+                reporter.note(f"{name}: kept the existing {', '.join(kept)} output "
+                              f"({', '.join(p.name for p in kept.values())}; --overwrite redoes it), "
+                              f"made {', '.join(paths)}")
+            reporter.event("subject_done", subject=name, **summary, kept={t: str(p) for t, p in kept.items()})
         except InputError as error:
             failures[name] = str(error)
             reporter.note(f"{name}: {error}")

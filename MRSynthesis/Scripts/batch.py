@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model folder or name; default: the bundled model")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto picks CUDA, then MPS, then CPU")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="autocast precision; auto: fp16/bf16 on GPU, bf16 on CPUs with AMX, else fp32")
+                        help="autocast precision; auto: fp16/bf16 on GPU, bf16 on CPUs with AMX or AMD's "
+                             "AVX512-BF16 (measured faster there), else fp32")
     parser.add_argument("--plane", choices=PLANES,
                         help="2D models: slice in this plane instead of the card's (view transfer)")
     parser.add_argument("--lesion-mask", help="binary mask of lesions to synthesise, on the first input's grid")
@@ -100,8 +101,11 @@ def output_path(out: str, target: str, targets: Sequence[str]) -> str:
 
 def check_folder(path: str, option: str, alternative: str = "") -> None:
     """A new folder named like a file (``flair.png``, ``maps.nii.gz``) is a mistake for a file name, as the
-    command line's ``check_out`` says; an existing folder is taken as it is."""
-    if os.path.splitext(path.rstrip(os.sep))[1] and not os.path.isdir(path):
+    command line's ``check_out`` says; an existing folder is taken as it is, and a dot that starts no file
+    extension (``sub-01.ses-1``) names a folder (``formats.looks_like_a_file``)."""
+    from MRSynthesisLib.formats import looks_like_a_file
+
+    if looks_like_a_file(path.rstrip(os.sep)) and not os.path.isdir(path):
         raise ValueError(f"{option} {path}: looks like a file name, but it names a folder to write into; "
                          f"name a folder without an extension {alternative}".rstrip())
 

@@ -161,7 +161,8 @@ def bad_cases(ws):
         "demo out under a file": (["demo", "--out", ws["existing"] / "FLAIR.nii.gz" / "demo"],
                                   [f"{ws['existing'] / 'FLAIR.nii.gz'} is a file, not a folder to write into"]),
         # a folder named "sal.nii.gz" was made and filled
-        "saliency out named like a file": (synth(ws, "sal-file", t1, extra=["--saliency-out", ws["out"] / "sal.nii.gz"]),
+        "saliency out named like a file": (synth(ws, "sal-file", t1,
+                                                 extra=["--saliency-out", ws["out"] / "sal.nii.gz"]),
                                            ["sal.nii.gz: names an image file, but --saliency-out takes a folder"]),
         # evaluate's --figure and --json are outputs too: neither replaces an input or a file without --overwrite
         "evaluate figure onto an input": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
@@ -804,11 +805,137 @@ def test_batch_redoes_a_subject_killed_while_writing(ws, tmp_path, monkeypatch, 
     assert [name for name, _ in seen] == ["T1c_synthetic.nii.gz", "FLAIR_synthetic.nii.gz"]  # s3 only, both
     assert sorted(p.name for p in s3.iterdir()) == both
     assert (s3 / "T1c_synthetic.nii.gz").stat().st_mtime_ns != kept
-    # without the record a partial set is the user's: refused, left as it is
+    # without the record the existing output may be the user's: kept as it is, only the missing one is made
     (s3 / "FLAIR_synthetic.nii.gz").unlink()
-    assert in_process_cli(args) == 2
-    assert sorted(p.name for p in s3.iterdir()) == ["FLAIR_synthetic.json", *both[2:]]
+    kept = (s3 / "T1c_synthetic.nii.gz").read_bytes()
+    seen.clear()
+    assert in_process_cli(args) == 0
+    assert [name for name, _ in seen] == ["FLAIR_synthetic.nii.gz"]
+    assert sorted(p.name for p in s3.iterdir()) == both and (s3 / "T1c_synthetic.nii.gz").read_bytes() == kept
 
+
+
+@pytest.mark.parametrize("name", ["sub-01.ses-1", "run.2024-01-05", "sub-01_ses-1.run-2", "v1.0"])
+def test_check_out_takes_a_new_dotted_name_without_an_extension_as_a_folder(tmp_path, name):
+    """BIDS-style and dated folder names have dots: ``Path.suffix`` of ``sub-01.ses-1`` is ``.ses-1``, and such a new
+    --out was refused as a file name."""
+    from MRSynthesisLib.commands import check_out, output_paths
+
+    for folder_only in (False, True):
+        check_out(tmp_path / name, folder_only=folder_only)
+    assert output_paths(tmp_path / name, ["FLAIR"], ".nii.gz") == {"FLAIR": tmp_path / name / "FLAIR_synthetic.nii.gz"}
+
+
+@pytest.mark.parametrize("name", ["flair.png", "t2.nhdr", "notes.txt", "summary.json", "scan.dcm", "x.jpeg",
+                                  "maps.h5", "cohort.tar.gz", "sub-01.ses-1.png"])
+def test_check_out_refuses_a_new_name_with_a_file_extension(tmp_path, name):
+    from MRSynthesisLib.commands import check_out
+    from MRSynthesisLib.errors import InputError
+
+    with pytest.raises(InputError, match="is neither a folder nor an image name"):
+        check_out(tmp_path / name)
+    with pytest.raises(InputError, match="looks like a file name, but --out takes a folder"):
+        check_out(tmp_path / name, folder_only=True)
+    (tmp_path / name).mkdir()  # an existing folder is taken as it is
+    check_out(tmp_path / name)
+    check_out(tmp_path / name, folder_only=True)
+
+
+@pytest.mark.parametrize("name", ["t2.nii.gz", "T2.NII", "t2.nrrd", "t2.mha"])
+def test_check_out_takes_an_image_name_as_a_file_only_where_one_file_is_written(tmp_path, name):
+    from MRSynthesisLib.commands import check_out
+    from MRSynthesisLib.errors import InputError
+
+    check_out(tmp_path / name)
+    with pytest.raises(InputError, match="names an image file, but --out takes a folder of files"):
+        check_out(tmp_path / name, folder_only=True)
+
+
+def test_synthesize_and_batch_write_into_a_new_dotted_folder(ws, tmp_path, in_process_cli, capsys):
+    out = tmp_path / "derivatives.2024-01-05"
+    assert in_process_cli(["synthesize", "--model", str(ws["model"]), "--input", f"T1={ws['subject']['T1']}",
+                           "--target", "FLAIR", "--out", str(out / "sub-01.ses-1"), "--precision", "fp32",
+                           "--progress", "none"]) == 0, capsys.readouterr().err
+    assert files_under(out) == ["sub-01.ses-1", "sub-01.ses-1/FLAIR_synthetic.json",
+                                "sub-01.ses-1/FLAIR_synthetic.nii.gz"]
+    assert in_process_cli(["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
+                           "--target", "FLAIR", "--out", str(out / "cohort.run-1"), "--precision", "fp32",
+                           "--progress", "none"]) == 0, capsys.readouterr().err
+    assert [f for f in files_under(out / "cohort.run-1") if f.endswith(".nii.gz")] == [
+        f"{n}/FLAIR_synthetic.nii.gz" for n in ("s1", "s2", "s3")]
+
+
+def test_contributions_name_the_region_file_absolute(ws, tmp_path, monkeypatch, in_process_cli, capsys):
+    """contributions.json named the region as typed (``masks/../masks/lesion.nii.gz``, relative to a working folder
+    long gone); now the file itself, absolute and resolved."""
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "lesion.nii.gz").write_bytes(Path(ws["subject"]["lesion_mask"]).read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert in_process_cli(["synthesize", "--model", str(ws["model"]), "--input", f"T1={ws['subject']['T1']}",
+                           "--target", "FLAIR", "--out", "out", "--saliency-out", "maps",
+                           "--saliency-region", "masks/../masks/lesion.nii.gz", "--precision", "fp32",
+                           "--progress", "none"]) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "maps" / "contributions.json").read_text())
+    assert summary["region"] == str((tmp_path / "masks" / "lesion.nii.gz").resolve())
+    assert Path(summary["region"]).is_file() and summary["contributions_in_region"]["FLAIR"]
+
+
+def test_batch_adds_a_target_to_a_finished_cohort(ws, tmp_path, in_process_cli, capsys):
+    """Rerun with a --target added, every finished subject failed: "T1c_synthetic.nii.gz: already exists". Now the
+    missing outputs are made and the existing ones kept byte for byte, and said so. An image without its sidecar is
+    kept as it is (it may be the user's); a sidecar that is not ours, beside no image, is still refused."""
+    out = tmp_path / "out"
+    args = ["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"), "--out", str(out),
+            "--precision", "fp32", "--progress", "json", "--target", "T1c"]
+    assert in_process_cli(args) == 0
+    (out / "s2" / "FLAIR_synthetic.json").write_text('{"the user\'s": true}')
+    (out / "s3" / "T1c_synthetic.json").unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert in_process_cli([*args, "--target", "FLAIR"]) == 2
+    events = json_lines(capsys.readouterr().out)
+    done = {e["subject"]: e for e in events if e["event"] == "subject_done"}
+    assert set(done) == {"s1", "s3"} and list(events[-1]["failed"]) == ["s2"]
+    assert f"{out / 's2' / 'FLAIR_synthetic.json'}: already exists" in events[-1]["failed"]["s2"]
+    for name in ("s1", "s3"):
+        assert done[name]["outputs"] == {"FLAIR": str(out / name / "FLAIR_synthetic.nii.gz")}
+        assert done[name]["kept"] == {"T1c": str(out / name / "T1c_synthetic.nii.gz")}
+    assert {e["message"] for e in events if e["event"] == "note" and "kept" in e["message"]} == {
+        f"{n}: kept the existing T1c output (T1c_synthetic.nii.gz; --overwrite redoes it), made FLAIR"
+        for n in ("s1", "s3")}
+    assert {p: p.read_bytes() for p in before} == before
+    assert files_under(out) == ["s1", "s1/FLAIR_synthetic.json", "s1/FLAIR_synthetic.nii.gz", "s1/T1c_synthetic.json",
+                                "s1/T1c_synthetic.nii.gz", "s2", "s2/FLAIR_synthetic.json", "s2/T1c_synthetic.json",
+                                "s2/T1c_synthetic.nii.gz", "s3", "s3/FLAIR_synthetic.json",
+                                "s3/FLAIR_synthetic.nii.gz", "s3/T1c_synthetic.nii.gz"]
+    (out / "s2" / "FLAIR_synthetic.json").unlink()
+    assert in_process_cli([*args, "--target", "FLAIR"]) == 0  # s2 now; nothing is left to do for the others
+    done, skipped, _ = batch_events(subprocess.CompletedProcess([], 0, capsys.readouterr().out, ""))
+    assert done == {"s2"} and skipped == {"s1", "s3"}
+
+
+def test_batch_resumes_a_killed_run_that_added_a_target(ws, tmp_path, in_process_cli, capsys):
+    """The run adding FLAIR is killed (kill -9) after its image was renamed into place: the next run redoes FLAIR
+    (its record says so) and keeps T1c, made by an earlier run, as it is; it was refused as existing."""
+    from MRSynthesisLib import commands
+
+    out = tmp_path / "out"
+    args = ["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"), "--out", str(out),
+            "--precision", "fp32", "--progress", "json", "--target", "T1c"]
+    assert in_process_cli(args) == 0
+    assert in_process_cli([*args, "--target", "FLAIR"]) == 0
+    s1 = out / "s1"
+    (s1 / "FLAIR_synthetic.json").unlink()
+    (s1 / commands.WRITING).write_text('{"created": ["FLAIR_synthetic.json", "FLAIR_synthetic.nii.gz"]}')
+    kept, half = (s1 / "T1c_synthetic.nii.gz").read_bytes(), (s1 / "FLAIR_synthetic.nii.gz").stat().st_mtime_ns
+    capsys.readouterr()
+    assert in_process_cli([*args, "--target", "FLAIR"]) == 0
+    done, skipped, _ = batch_events(subprocess.CompletedProcess([], 0, capsys.readouterr().out, ""))
+    assert done == {"s1"} and skipped == {"s2", "s3"}
+    assert sorted(p.name for p in s1.iterdir()) == ["FLAIR_synthetic.json", "FLAIR_synthetic.nii.gz",
+                                                    "T1c_synthetic.json", "T1c_synthetic.nii.gz"]
+    assert (s1 / "T1c_synthetic.nii.gz").read_bytes() == kept
+    assert (s1 / "FLAIR_synthetic.nii.gz").stat().st_mtime_ns != half
 
 
 def test_batch_resume_removes_the_temporary_files_a_killed_run_left(ws, tmp_path, in_process_cli):

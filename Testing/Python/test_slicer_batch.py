@@ -198,6 +198,14 @@ def test_bad_input_exits_with_2_and_says_why(arguments, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_a_new_folder_may_have_dots_in_its_name():
+    """BIDS-style (``sub-01.ses-1``) and dated folder names were refused as file names, as on the command line."""
+    for folder in ("sub-01.ses-1", "run.2024-01-05", "out/sub-01.ses-1/"):
+        assert batch.output_path(folder, "FLAIR", ["FLAIR"]) == os.path.join(folder, "FLAIR_synthetic.nii.gz")
+    with pytest.raises(ValueError, match="looks like a file name"):
+        batch.output_path("flair.jpeg", "FLAIR", ["FLAIR"])
+
+
 def test_existing_files_and_inputs_are_never_replaced(tmp_path, capsys):
     """Refused before anything is loaded: the user's file stays as it was, an input even with --overwrite."""
     subject = make_subject(tmp_path / "subject")
