@@ -65,7 +65,7 @@ def cpu_is_amd() -> bool:
 
 def cpu_has_native_bf16() -> bool:
     """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX): where training takes bf16 (a
-    Chartsias step measured 1.37x faster with AVX512-BF16 alone on an Intel CPU, 2.74x on an AMD Zen 4,
+    Chartsias step measured 1.37x faster with AVX512-BF16 alone on an Intel CPU, 2.7-2.8x on an AMD Zen 4,
     Testing/Benchmarks/benchmark_cpu_precision.py)."""
     return bool(cpu_bf16_flags())
 
@@ -73,7 +73,7 @@ def cpu_has_native_bf16() -> bool:
 def cpu_bf16_inference_is_faster() -> bool:
     """True on the CPUs where bf16 inference was measured faster than fp32 for every network
     (docs/results/benchmark_cpu_precision.md): those with AMX bf16 tiles (1.8-3.2x), and AMD CPUs
-    with AVX512-BF16 (a Zen 4: 1.8-2.0x; a bf16 matrix multiply there ran 3.7x as fast as fp32). Not
+    with AVX512-BF16 (a Zen 4: 1.8-2.0x; a bf16 matrix multiply there ran 2.2-3.7x as fast as fp32). Not
     an Intel CPU with AVX512-BF16 but no AMX (measured in a virtual machine that hides AMX; Cooper
     Lake was not measured): there every network's inference was 0.85-0.98x in bf16, a bf16 matrix
     multiply 0.56x as fast as fp32."""

@@ -57,7 +57,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     Wider than inference's ``auto`` (bf16 on CPUs with AMX or AMD's AVX512-BF16): with Intel's
     AVX512-BF16 alone a Chartsias training step still measured 1.37x faster in bf16, though the Wei
     FCN's was 0.75x and the autoencoder's level (docs/results/benchmark_cpu_precision.md); with AMX
-    both 3D steps measured 2.0-2.4x faster, on an AMD Zen 4 every step 1.8-2.7x. The Chartsias model
+    both 3D steps measured 2.0-2.4x faster, on an AMD Zen 4 every step 1.7-2.8x. The Chartsias model
     is what the project trains most."""
     if precision == "fp32":
         return None
