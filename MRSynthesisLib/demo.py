@@ -71,7 +71,8 @@ def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, repo
     loaded = load_model(folder)
     card = loaded.card
     if "T1" not in card.inputs:
-        raise InputError(f"model {card.name!r} does not accept T1, the demo's input; it accepts {', '.join(card.inputs)}")
+        raise InputError(f"model {card.name!r} does not accept T1, the demo's input; "
+                         f"it accepts {', '.join(card.inputs)}")
     targets = [t for t in card.outputs if t != "T1"]
     lesion = demo_lesion(template, read_volume(nilearn_file(WHITE_MATTER))) if card.lesion_input else None
     names = {t: out / f"{t}_synthetic.nii.gz" for t in targets}

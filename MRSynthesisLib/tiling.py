@@ -57,7 +57,8 @@ class Receptive:
 
     @classmethod
     def of(cls, network: nn.Module) -> Receptive:
-        halo, crop, multiple = (int(getattr(network, a, d)) for a, d in (("HALO", -1), ("CROP", 0), ("SIZE_MULTIPLE", 1)))
+        halo, crop, multiple = (int(getattr(network, a, d))
+                                for a, d in (("HALO", -1), ("CROP", 0), ("SIZE_MULTIPLE", 1)))
         if halo < crop or crop < 0 or multiple < 1:
             raise ValueError(f"{type(network).__name__} must declare HALO >= CROP >= 0 and SIZE_MULTIPLE >= 1 "
                              f"to be tiled exactly (got HALO={halo}, CROP={crop}, SIZE_MULTIPLE={multiple})")

@@ -138,7 +138,8 @@ class _Baseline:
         chosen = sample_voxels(subjects, self.max_voxels, self.seed)
         self.inputs = names
         features = np.concatenate([self._features(inputs, index) for (inputs, _, _), index in zip(subjects, chosen)])
-        target = np.concatenate([np.asarray(t, np.float32).ravel()[index] for (_, t, _), index in zip(subjects, chosen)])
+        target = np.concatenate([np.asarray(t, np.float32).ravel()[index]
+                                 for (_, t, _), index in zip(subjects, chosen)])
         if not np.isfinite(features).all() or not np.isfinite(target).all():
             raise ValueError("training inputs or target hold NaN or infinite values in the brain")
         self.model = self._regressor().fit(features, target)

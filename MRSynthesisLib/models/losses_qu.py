@@ -292,7 +292,8 @@ def loss_structure_consistency(g: GenerationPass, beta: float = DEFAULT_BETA, ki
 
 
 def loss_generated_lesion(lesion: LesionComponents, g: GenerationPass, kind: str = "l2") -> Tensor:
-    """loss_sv,l = sum_i ||label - label_g,i||^2 (or ``kind``); the lesion components only pass gradient here (Sec. 2.6)."""
+    """loss_sv,l = sum_i ||label - label_g,i||^2 (or ``kind``); the lesion components only pass gradient here
+    (Sec. 2.6)."""
     total = g.code.new_zeros(())
     for i, x in enumerate(g.generated):
         total = total + label_cost(lesion(x, i), g.label, kind)

@@ -124,6 +124,7 @@ class MultimodalGenerator(nn.Module):
 
     @torch.no_grad()
     def generate(self, structure: Tensor, label: Tensor) -> Tensor:
-        """All modalities for each (structure map, label) pair: (N, n_modalities, H, W) in [0, 1], registered by construction."""
+        """All modalities for each (structure map, label) pair: (N, n_modalities, H, W) in [0, 1], registered by
+        construction."""
         code = self.encode_fused(structure, label)
         return torch.cat([self.decode(code, i) for i in range(self.n_modalities)], 1).clamp(0.0, 1.0)

@@ -55,7 +55,8 @@ def stack_inputs(inputs: Mapping[str, Tensor], names: Sequence[str], *, lesion: 
         channels += [torch.full_like(reference, float(m in inputs)) for m in names]
     if lesion_input:
         if lesion is not None and lesion.shape != reference.shape:
-            raise ValueError(f"lesion mask shape {tuple(lesion.shape)} differs from the inputs' {tuple(reference.shape)}")
+            raise ValueError(f"lesion mask shape {tuple(lesion.shape)} differs from the inputs' "
+                             f"{tuple(reference.shape)}")
         channels.append(zeros if lesion is None else lesion.to(reference.dtype))
     elif lesion is not None:
         raise ValueError("this model has no lesion channel")

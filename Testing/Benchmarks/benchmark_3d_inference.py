@@ -2,7 +2,8 @@
 
 Run by hand, not by the test suite:
 
-    .venv/bin/python Testing/Benchmarks/benchmark_3d_inference.py [--models wei2019_fcn3d klingelhoefer_ae3d chartsias2018]
+    .venv/bin/python Testing/Benchmarks/benchmark_3d_inference.py \
+        [--models wei2019_fcn3d klingelhoefer_ae3d chartsias2018]
         [--tile 96] [--json out.json]
 
 In one command, each variant in a fresh subprocess so that its peak memory is its own:
@@ -46,12 +47,14 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "ms" / "patient07"
 FILES = {"T1": "T1.nii.gz", "T1c": "T1POST.nii.gz", "T2": "T2.nii.gz"}
 TARGET = "FLAIR"
-NORMALISATION = {"wei2019_fcn3d": "zscore", "klingelhoefer_ae3d": "three_mean_nonzero", "chartsias2018": "mean_in_brain"}
+NORMALISATION = {"wei2019_fcn3d": "zscore", "klingelhoefer_ae3d": "three_mean_nonzero",
+                 "chartsias2018": "mean_in_brain"}
 VARIANTS_3D = ("idle", "whole", "whole_fp32", "tiled", "tiled_fp32", "saliency", "monai")
 VARIANTS_2D = ("idle", "tiled", "saliency")
 
 
-def load_case(architecture: str, inputs: tuple[str, ...], folder: Path = DATA) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
+def load_case(architecture: str, inputs: tuple[str, ...],
+              folder: Path = DATA) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
     from MRSynthesisLib.preprocessing import (
         NormalisationSpec,
         foreground_mask,
@@ -158,8 +161,9 @@ def main() -> None:
                 if variant == "monai" and architecture == "klingelhoefer_ae3d":
                     continue
                 out = Path(tmp) / f"{architecture}-{variant}.json"
-                command = [sys.executable, __file__, "--worker", architecture, variant, "--worker-out", str(out),
-                           "--tile", str(args.tile)] + (["--model-folder", args.model_folder] if args.model_folder else [])
+                command = ([sys.executable, __file__, "--worker", architecture, variant, "--worker-out", str(out),
+                            "--tile", str(args.tile)]
+                           + (["--model-folder", args.model_folder] if args.model_folder else []))
                 subprocess.run(command, check=True)
                 runs[variant] = json.loads(out.read_text())
                 print(f"{architecture} {variant}: {runs[variant]['seconds']:.1f} s, "

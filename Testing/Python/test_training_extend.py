@@ -81,8 +81,9 @@ def test_extended_card_lists_all_outputs_with_provenance(extended):
 def test_cli_synthesizes_the_new_output(extended, tmp_path):
     sources, _, _, folder = extended
     subject = Path(sources[0]) / "patient02"
-    code = cli_main(["synthesize", "--model", str(folder), "--target", "FLAIR", "--input", f"T1={subject / 'T1.nii.gz'}",
-                     "--input", f"T2={subject / 'T2.nii.gz'}", "--out", str(tmp_path / "synth"), "--progress", "none"])
+    code = cli_main(["synthesize", "--model", str(folder), "--target", "FLAIR",
+                     "--input", f"T1={subject / 'T1.nii.gz'}", "--input", f"T2={subject / 'T2.nii.gz'}",
+                     "--out", str(tmp_path / "synth"), "--progress", "none"])
     assert code == 0
     array = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "synth" / "FLAIR_synthetic.nii.gz")))
     assert np.isfinite(array).all() and array.max() > 0
@@ -91,7 +92,8 @@ def test_cli_synthesizes_the_new_output(extended, tmp_path):
 def test_a_config_for_another_network_is_refused(extended, tmp_path):
     sources, base, _, _ = extended
     recipe = tiny(sources, tmp_path / "bad", outputs=["FLAIR"], extend=str(base), filters=[4, 8, 16], fusion="mean")
-    with pytest.raises(ValueError, match=r"fusion: config 'mean' but card 'max'; filters: config \[4, 8, 16\] but card \[4, 8, 8\]"):
+    with pytest.raises(ValueError, match=r"fusion: config 'mean' but card 'max'; "
+                                         r"filters: config \[4, 8, 16\] but card \[4, 8, 8\]"):
         train(TrainConfig.from_dict(recipe), command="test")
     recipe = tiny(sources, tmp_path / "bad", outputs=["FLAIR"], extend=str(base), inputs=["T1", "T2"])
     with pytest.raises(ValueError, match=r"inputs: config \['T1', 'T2'\] but card \['T1', 'T2', 'FLAIR'\]"):

@@ -34,7 +34,8 @@ def write_last_weights(run: Path) -> Path:
         raise ValueError(f"{run}: not a training run folder (no config.json)")
     name = json.loads(config.read_text(encoding="utf-8"))["name"]
     if not (run / name).is_dir():
-        raise ValueError(f"{run}: the run has not finished (no model folder {name}); its checkpoint is not the last step")
+        raise ValueError(f"{run}: the run has not finished (no model folder {name}); "
+                         "its checkpoint is not the last step")
     card = read_card(run / name)
     network = build_network(card)
     load_checkpoint_weights(run / CHECKPOINT, network)

@@ -273,10 +273,12 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         "| image | Ratio 1 | Ratio 2 |",
         "| --- | --- | --- |",
-        f"| synthetic FLAIR, painted | **{f(p['painted_synthetic']['ratio1'])}** | {f(p['painted_synthetic']['ratio2'])} |",
+        f"| synthetic FLAIR, painted | **{f(p['painted_synthetic']['ratio1'])}** "
+        f"| {f(p['painted_synthetic']['ratio2'])} |",
         f"| synthetic FLAIR, unpainted (same voxels) | {f(p['unpainted_synthetic']['ratio1'])} | "
         f"{f(p['unpainted_synthetic']['ratio2'])} |",
-        f"| real FLAIR (same voxels, no lesion there) | {f(p['real_flair']['ratio1'])} | {f(p['real_flair']['ratio2'])} |",
+        f"| real FLAIR (same voxels, no lesion there) | {f(p['real_flair']['ratio1'])} "
+        f"| {f(p['real_flair']['ratio2'])} |",
         "",
         f"Required by the issue: Ratio 1 > {r['ratio1_required']}: "
         f"**{'met' if r['ratio1_passes'] else 'NOT met'}**.",

@@ -91,7 +91,8 @@ def load_label_bank(sources: list[str], size: int, n_classes: int) -> tuple[np.n
         values = sitk.GetArrayFromImage(sitk.DICOMOrient(volume.to_sitk(), "LPS"))
         if not np.array_equal(values, np.round(values)) or values.min() < 0 or values.max() >= n_classes:
             raise InputError(f"{path}: lesion labels must be integers in [0, {n_classes - 1}] "
-                             f"(the generator knows {n_classes} classes); found values in [{values.min()}, {values.max()}]")
+                             f"(the generator knows {n_classes} classes); "
+                             f"found values in [{values.min()}, {values.max()}]")
         labels = resample_slices(values.astype(np.uint8), size, 0)
         labels = labels[labels.reshape(len(labels), -1).max(axis=1) > 0]
         if len(labels) == 0:
@@ -230,7 +231,8 @@ def build(args: argparse.Namespace) -> Path:
             "structure_source": builder.source,
             "generator_model": str(Path(args.generator_model).resolve()),
             "lesion_scheme": generator_config.scheme,
-            "label_source": {"files": builder.label_files, "slices": len(builder.bank), "transform": asdict(builder.transform)},
+            "label_source": {"files": builder.label_files, "slices": len(builder.bank),
+                             "transform": asdict(builder.transform)},
             "filters": {"mae_threshold": args.mae_threshold, "dice_threshold": args.dice_threshold,
                         "label_attempts": args.label_attempts, "candidates": builder.candidates,
                         "accepted": args.subjects * args.slices_per_subject, "rejected": builder.rejected},

@@ -65,7 +65,9 @@ def _square(slice_: np.ndarray, size: int, order: int) -> np.ndarray:
 
 def resample_slices(volume: np.ndarray, size: int, order: int) -> np.ndarray:
     """(Z, H, W) -> (Z, size, size), each slice padded to a centred square then resampled."""
-    return np.stack([_square(s, size, order) for s in volume]) if len(volume) else np.zeros((0, size, size), volume.dtype)
+    if not len(volume):
+        return np.zeros((0, size, size), volume.dtype)
+    return np.stack([_square(s, size, order) for s in volume])
 
 
 def scale_intensities(volume: np.ndarray, source: str) -> np.ndarray:
@@ -130,7 +132,8 @@ def concatenate(sets: Sequence[SliceSet]) -> SliceSet:
                     np.concatenate([s.brain for s in sets]))
 
 
-def structure_maps_of(images: np.ndarray, labels: np.ndarray, beta: float, expand: int) -> tuple[np.ndarray, np.ndarray]:
+def structure_maps_of(images: np.ndarray, labels: np.ndarray, beta: float,
+                      expand: int) -> tuple[np.ndarray, np.ndarray]:
     """Algorithm 1 with the slice's own lesion removed (Sec. 2.5), and Algorithm 2's mask, for (N, H, W) slices."""
     maps = np.stack([remove_lesion(structure_map(x, beta), lab) for x, lab in zip(images, labels)])
     masks = np.stack([background_mask(x, expand) for x in images])

@@ -50,7 +50,8 @@ def structure_networks(config: QuConfig) -> dict[str, nn.Module]:
 
 def generator_networks(config: QuConfig) -> dict[str, nn.Module]:
     n = len(config.modalities)
-    return {"generator": MultimodalGenerator(n, config.n_classes, config.generator_width, config.generator_code_channels),
+    return {"generator": MultimodalGenerator(n, config.n_classes, config.generator_width,
+                                             config.generator_code_channels),
             "lesion": LesionComponents(config.scheme, n, config.n_classes, config.segmentor_width),
             "discriminator": MRIDiscriminator(n, config.discriminator_width),
             "code_discriminator": MRICodeDiscriminator(config.generator_code_channels, config.discriminator_width)}

@@ -56,7 +56,8 @@ def pick_slices(slices: SliceSet, count: int, seed: int) -> np.ndarray:
     """``count`` slice indices, lesion slices first (the label channel should show), fixed by ``seed``."""
     rng = np.random.default_rng(seed)
     has_lesion = slices.labelled & (slices.labels.reshape(len(slices), -1).max(axis=1) > 0)
-    ordered = np.concatenate([rng.permutation(np.flatnonzero(has_lesion)), rng.permutation(np.flatnonzero(~has_lesion))])
+    ordered = np.concatenate([rng.permutation(np.flatnonzero(has_lesion)),
+                              rng.permutation(np.flatnonzero(~has_lesion))])
     return np.sort(ordered[:count])
 
 

@@ -40,7 +40,8 @@ def load_sources(config: QuConfig) -> SliceSet:
 
 
 def structure_pool(config: QuConfig, slices: SliceSet) -> tuple[np.ndarray, np.ndarray]:
-    """Structure maps and background masks of every modality's slices (the paper extracts f from "arbitrary modalities")."""
+    """Structure maps and background masks of every modality's slices (the paper extracts f from "arbitrary
+    modalities")."""
     m, n, h, w = slices.images.shape
     return structure_maps_of(slices.images.reshape(m * n, h, w), np.tile(slices.labels, (m, 1, 1)),
                              config.beta, config.mask_expand)
@@ -107,7 +108,8 @@ def train_structure(config: QuConfig, slices: SliceSet, log=print) -> tuple[dict
 
 
 def prepare_out(folder: Path, overwrite: bool) -> None:
-    """Refuse an existing model folder without ``overwrite``; with it, ``save_folder`` replaces it once the new one is complete."""
+    """Refuse an existing model folder without ``overwrite``; with it, ``save_folder`` replaces it once the new one
+    is complete."""
     if folder.exists() and not overwrite:
         raise InputError(f"{folder}: already exists; choose another --out or pass --overwrite")
 

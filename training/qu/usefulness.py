@@ -53,7 +53,8 @@ def load_synthetic(folder: Path, modality: str, size: int) -> tuple[np.ndarray, 
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file; is {folder} a data set written by training.qu.build_dataset?") from None
+        raise InputError(f"{path}: no such file; is {folder} a data set written by "
+                         "training.qu.build_dataset?") from None
     if modality not in manifest.get("modalities", []):
         raise InputError(f"{path}: the data set has no {modality} (it has {manifest.get('modalities')})")
     if manifest.get("size") != size:
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     for regime in REGIMES:
         for seed in args.seeds:
             started = time.time()
-            model = train(regime, subjects["train"], synthetic, args.steps, args.batch_size, seed, args.learning_rate, args.loss)
+            model = train(regime, subjects["train"], synthetic, args.steps, args.batch_size, seed,
+                          args.learning_rate, args.loss)
             row = {"regime": regime, "seed": seed, **evaluate(model, *subjects["test"]),
                    "seconds": round(time.time() - started, 1)}
             runs.append(row)
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         "modality": modality, "size": args.size, "steps": args.steps, "batch_size": args.batch_size,
         "learning_rate": args.learning_rate, "loss": args.loss,
         "train_slices": len(subjects["train"][0]), "test_slices": len(subjects["test"][0]),
-        "synthetic_slices": len(synthetic[0]), "synthetic_manifest": str(Path(args.synthetic).resolve() / "manifest.json"),
+        "synthetic_slices": len(synthetic[0]),
+        "synthetic_manifest": str(Path(args.synthetic).resolve() / "manifest.json"),
         "runs": runs, "mean": summary})
     print(json.dumps(summary, indent=2))
     return 0
