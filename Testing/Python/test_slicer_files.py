@@ -7,6 +7,7 @@ import re
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+import pytest
 import slicer_paths  # noqa: F401  (puts MRSynthesis/ on sys.path)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,3 +114,24 @@ def test_the_extension_icon_and_screenshot_urls_name_files_of_this_repository():
         path = re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(.+)", url).group(1)
         assert (REPO / path).is_file(), (key, url)
     assert urls["EXTENSION_SCREENSHOTURLS"].endswith(".png") and "Icons" not in urls["EXTENSION_SCREENSHOTURLS"]
+
+
+def test_the_extension_installs_every_committed_resource_and_nothing_else():
+    """The top-level CMakeLists globs the resources by kind (a stray file in Resources/ is not installed): each
+    committed resource must match one of its patterns, or the extension would ship without it."""
+    import subprocess
+    from pathlib import PurePosixPath
+
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    block = re.search(r"file\(GLOB MRSYNTHESIS_SHARED_RESOURCES (.*?)\)", cmake, re.S).group(1)
+    patterns = re.findall(r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)", block)
+    assert patterns and all(p.startswith("Resources/") for p in patterns)
+    listed = subprocess.run(["git", "ls-files", "Resources"], cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: the committed resources are unknown")
+    committed = listed.stdout.split()
+    assert "Resources/Models/chartsias-mimo-shared/model.safetensors" in committed
+    for name in committed:
+        path = PurePosixPath(name)
+        matched = [p for p in patterns if len(path.parts) == len(PurePosixPath(p).parts) and path.match(p)]
+        assert matched, f"{name} matches none of the CMakeLists resource patterns {patterns}"
