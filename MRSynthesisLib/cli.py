@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True,
                        help="output folder, or an image file name when there is a single target")
     synth.add_argument("--lesion-mask", help="binary mask of lesions to synthesise (models with a lesion channel)")
+    synth.add_argument("--lesion-mask-on", metavar="MODALITY",
+                       help="which input's scan the lesion mask was drawn on; with --register the mask moves with "
+                            "that input's registration onto the reference; default: the reference (the first input, "
+                            "or the --resample-to one)")
     synth.add_argument("--brain-mask", help="binary brain mask; default: the inputs' foreground")
     synth.add_argument("--saliency-out", help="folder for per-input P3S saliency maps and contributions.json")
     synth.add_argument("--saliency-reference", action="append", type=_pair, default=[], metavar="MODALITY=PATH",
@@ -91,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "shards subjects across torchrun ranks)")
     batch.add_argument("--manifest", required=True,
                        help="CSV with a 'subject' column, one column per input modality (empty = missing), "
-                            "optional 'lesion_mask' and 'brain_mask'; relative paths are relative to the CSV")
+                            "optional 'lesion_mask' and 'brain_mask', and 'lesion_mask_on' (the modality whose scan "
+                            "the lesion mask was drawn on, as --lesion-mask-on); relative paths are relative to the "
+                            "CSV")
     batch.add_argument("--out", required=True, help="output folder; each subject gets a sub-folder")
     _run_options(batch)
 

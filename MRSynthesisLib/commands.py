@@ -212,7 +212,7 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
         saliency=bool(args.saliency_out),
         saliency_references=_read_pairs(args.saliency_reference, "--saliency-reference"),
         saliency_region=_read_optional(args.saliency_region), tile=args.tile, native_spacing=args.native_spacing,
-        register=args.register)
+        register=args.register, lesion_mask_on=args.lesion_mask_on)
     result = SynthesisLogic(model, reporter.progress).run(request)
     for note in result.notes:
         reporter.note(note)
@@ -229,6 +229,7 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
 
 
 MASK_COLUMNS = ("lesion_mask", "brain_mask")  # manifest columns of a batch that are masks, not inputs
+LESION_MASK_ON_COLUMN = "lesion_mask_on"  # the modality a subject's lesion mask was drawn on (--lesion-mask-on)
 # In a subject's output folder while a batch writes its outputs: the names of those it creates. A run
 # killed outright (kill -9: no clean-up) leaves it behind with some outputs renamed into place, and
 # the next run redoes that subject, replacing only those, instead of refusing their names.
@@ -274,7 +275,7 @@ def _kept(paths: Mapping[str, Path], interrupted: set[str], overwrite: bool) -> 
 def batch(args: argparse.Namespace, reporter: Reporter) -> int:
     check_out(args.out, folder_only=True)
     check_folder(Path(args.out))  # once, before any subject's inference, rather than failing each in turn
-    subjects, rank, world = shard(read_manifest(args.manifest, MASK_COLUMNS, [PATIENT_COLUMN]))
+    subjects, rank, world = shard(read_manifest(args.manifest, MASK_COLUMNS, [PATIENT_COLUMN, LESION_MASK_ON_COLUMN]))
     model = load_model(registry.resolve(args.model))
     logic = SynthesisLogic(model)
     failures: dict[str, str] = {}
@@ -309,7 +310,8 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
                 brain_mask=_read_optional(masks.get("brain_mask")),
                 reference=args.resample_to, resample=bool(args.resample_to), device=args.device,
                 precision=args.precision, batch_size=args.batch_size, plane=args.plane, tile=args.tile,
-                native_spacing=args.native_spacing, register=args.register)
+                native_spacing=args.native_spacing, register=args.register,
+                lesion_mask_on=subject.labels.get(LESION_MASK_ON_COLUMN))
             result = logic.run(request)
             for note in result.notes:  # what the logic says of this subject (a lesion off the brain, coarse voxels)
                 reporter.note(f"{name}: {note}")

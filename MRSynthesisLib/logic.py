@@ -34,7 +34,7 @@ from .preprocessing import (
     normalise,
 )
 from .provenance import is_output
-from .registration import OUT_OF_REGISTER_MM, apparent_motion, register_onto
+from .registration import OUT_OF_REGISTER_MM, apparent_motion, mask_onto, register_onto
 from .tiling import run_tiled
 from .validation import align, check_distinct, check_mask, check_reference, checked_image
 from .volume import Geometry, Volume, reordered, reoriented_onto, resample_to, training_axis_order
@@ -101,6 +101,9 @@ class SynthesisRequest:
     tile: int | None = None  # 3D models: core edge of the exact tiles; None: TILE (a 2D model notes it ignored)
     native_spacing: bool = False  # synthesise on the inputs' own voxels even where they are coarser than the model's
     register: bool = False  # register the other inputs rigidly onto the reference (``registration``)
+    # the input (any alias) whose scan the lesion mask was drawn on; with ``register`` the mask moves with that
+    # input's registration onto the reference; None: the reference (masks are taken where the scanner puts them)
+    lesion_mask_on: str | None = None
 
 
 @dataclass
@@ -173,6 +176,7 @@ class SynthesisLogic:
         references = {self._canonical(t, "saliency reference"): v for t, v in request.saliency_references.items()}
         reference = self._canonical(request.reference, "reference") if request.reference else next(iter(inputs))
         check_reference(inputs, reference)  # before --register, which reads its grid first
+        lesion_on = self._lesion_mask_on(request, inputs)
         early: list[str] = [  # said of the inputs on the user's grid (spikes before resampling spreads them)
             f"{v.source}: its header says \"{v.description}\": not an acquired scan but made from others, so it "
             "holds nothing they do not and weighs on the result as if it did (a T2 synthesised from T1, given with "
@@ -197,6 +201,11 @@ class SynthesisLogic:
                         registered.unmeasured.astype(np.float32), source=f"{name} holds no data")
                 early.append(f"{acquired[name][0]}: registered rigidly onto {acquired[reference][0]}, which "
                              f"moved its brain by up to {registered.moved_mm:.1f} mm (--register)")
+                if name == lesion_on:  # drawn on this input's anatomy: it moves with it, before any later grid
+                    check_mask(masks["lesion"])  # its values as given, before they are carried
+                    masks["lesion"] = mask_onto(inputs[reference], masks["lesion"], registered.transform)
+                    early.append(f"lesion mask {masks['lesion'].source}: drawn on {name}: moved with {name}'s "
+                                 f"registration onto {reference} (--lesion-mask-on {name})")
         given, given_masks = dict(inputs), dict(masks)
         inputs, masks = align(inputs, reference, resample=request.resample, masks=masks)
         early.extend(self._resampled_masks(given_masks, inputs[reference].geometry, acquired[reference][0]))
@@ -345,12 +354,34 @@ class SynthesisLogic:
             "brain_mask": request.brain_mask.source if request.brain_mask is not None else None,
             "grid_of": acquired[reference][0],
             "options": {"plane": plane, "resampled": request.resample, "registered": request.register,
+                        "lesion_mask_on": lesion_on,
                         "native_spacing": request.native_spacing,
                         "device": settings.device.type, "precision": precision},
             "notes": list(settings.notes)}
         self.progress(1.0, "done")
         return SynthesisResult(outputs, saliency, contributions, settings.device.type, precision,
                                settings.notes, objective, region_contributions, means, provenance)
+
+    @staticmethod
+    def _lesion_mask_on(request: SynthesisRequest, inputs: Mapping[str, Volume]) -> str | None:
+        """The canonical input ``request.lesion_mask_on`` names, None when not given; an ``InputError`` when no
+        lesion mask is given or it names no input."""
+        given = request.lesion_mask_on
+        if given is None:
+            return None
+        names = ", ".join(inputs)
+        if request.lesion_mask is None:
+            raise InputError(f"--lesion-mask-on {given}: no lesion mask was given; add --lesion-mask, or leave "
+                             "--lesion-mask-on out")
+        try:
+            name = modalities.canonical(given)
+        except ValueError as error:
+            raise InputError(f"--lesion-mask-on: {error}; it names the input the lesion mask was drawn on, one of "
+                             f"{names}") from None
+        if name not in inputs:
+            raise InputError(f"--lesion-mask-on {given}: {name} is not an input; it names the input the lesion mask "
+                             f"was drawn on, one of {names}")
+        return name
 
     @staticmethod
     def _resampled_masks(given: Mapping[str, Volume], grid: Geometry, reference: str) -> list[str]:

@@ -167,6 +167,9 @@ class Registration:
     volume: Volume  # the moving input on the reference's grid (linear, 0 outside)
     moved_mm: float  # the largest displacement of a reference foreground voxel (``largest_displacement``)
     unmeasured: np.ndarray | None  # reference voxels where the moving input holds no data (None: nowhere)
+    # what ``register_onto`` found: maps reference physical points to the moving input's (as ``sitk.Resample`` uses
+    # it), so that anything drawn on the moving input (a lesion mask: ``mask_onto``) follows its anatomy
+    transform: sitk.Transform
 
 
 def unmeasured_onto(reference: Volume, moving: Volume, transform: sitk.Transform,
@@ -201,4 +204,16 @@ def register_onto(reference: Volume, moving: Volume, reference_brain: np.ndarray
     image = sitk.Resample(moving.to_sitk(), reference.to_sitk(), transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     registered = reference.with_array(sitk.GetArrayFromImage(image), source=f"{moving.source} (registered)")
     return Registration(registered, largest_displacement(transform, reference),
-                        unmeasured_onto(reference, moving, transform, reference_brain))
+                        unmeasured_onto(reference, moving, transform, reference_brain), transform)
+
+
+def mask_onto(reference: Volume, mask: Volume, transform: sitk.Transform) -> Volume:
+    """A binary ``mask`` drawn on a moving input's anatomy (in scanner coordinates, on any grid), carried through
+    that input's ``transform`` (``Registration.transform``) onto ``reference``'s grid, as its anatomy was; 0
+    outside the mask's extent. By nearest neighbour, as ``validation.align`` resamples masks: the values stay the
+    mask's own (no fractions for ``check_mask`` to refuse, a label of 255 stays 255) and a lesion of a voxel or two
+    keeps its voxels, where linear interpolation thresholded at 0.5 drops a single voxel moved by half a voxel
+    along each axis (8 neighbours at 1/8); the edge moves by at most half a voxel either way."""
+    image = sitk.Resample(mask.to_sitk(), reference.to_sitk(), transform, sitk.sitkNearestNeighbor, 0.0,
+                          sitk.sitkFloat32)
+    return reference.with_array(sitk.GetArrayFromImage(image), source=mask.source)  # the user's file, in messages

@@ -28,6 +28,8 @@ class SynthesisJob:
     model: Optional[str] = None  # a model folder or name; None: the bundled default
     device: str = "auto"
     lesion_mask: Optional[str] = None
+    # the input modality whose scan the lesion mask was drawn on (--lesion-mask-on); None: the first input
+    lesion_mask_on: Optional[str] = None
     brain_mask: Optional[str] = None  # None: the command line takes the inputs' foreground
     saliency_dir: Optional[str] = None
     saliency_references: dict[str, str] = field(default_factory=dict)  # target -> a real scan of it (paper's P3S)
@@ -49,6 +51,8 @@ class SynthesisJob:
             args += ["--model", self.model]
         if self.lesion_mask:
             args += ["--lesion-mask", self.lesion_mask]
+        if self.lesion_mask_on:  # given without a mask, the command line says so
+            args += ["--lesion-mask-on", self.lesion_mask_on]
         if self.brain_mask:
             args += ["--brain-mask", self.brain_mask]
         if self.plane:

@@ -110,6 +110,12 @@ class SceneBridge:
                 self.scene.RemoveNode(display)
             self.scene.RemoveNode(labelmap)
 
+    def segment_drawn_on(self, segmentation: Any) -> Optional[Any]:
+        """The volume a segmentation was drawn on: its reference image geometry volume (the node reference that
+        ``SetReferenceImageGeometryParameterFromVolumeNode`` sets, read as slicer.util.arrayFromSegmentBinaryLabelmap
+        reads it: Base/Python/slicer/util.py HEAD:2467); None when it has none."""
+        return segmentation.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+
     def create_lesion_segment(self, volume: Any, segmentation: Optional[Any] = None) -> tuple[Any, str]:
         """An empty "lesion" segment to paint on ``volume``, in a new segmentation unless one is given."""
         if segmentation is None:

@@ -46,7 +46,8 @@ class PreparedRun:
 
     def __init__(self, bridge: SceneBridge, rows: Sequence[tuple[Any, str]], targets: Sequence[str], *,
                  model: Optional[str] = None, device: str = "auto", lesion: Optional[tuple[Any, str]] = None,
-                 lesion_file: Optional[str] = None, brain: Optional[tuple[Any, str]] = None,
+                 lesion_file: Optional[str] = None, lesion_on: Optional[str] = None,
+                 brain: Optional[tuple[Any, str]] = None,
                  brain_file: Optional[str] = None, saliency: bool = False,
                  saliency_reference_files: Optional[Mapping[str, str]] = None,
                  reference: Optional[tuple[Any, str, str]] = None, resample: bool = False,
@@ -54,7 +55,9 @@ class PreparedRun:
                  plane: Optional[str] = None,
                  labels: Optional[Mapping[str, str]] = None) -> None:
         """``rows``: (volume node, modality), the first one's grid being the outputs' grid;
-        ``lesion``: (segmentation node, segment ID) or ``lesion_file``: a mask file; ``brain`` or
+        ``lesion``: (segmentation node, segment ID) or ``lesion_file``: a mask file; ``lesion_on``: the modality
+        of the input ``lesion_file`` was drawn on (the command line's ``--lesion-mask-on``; a segment's is the input
+        that is its segmentation's reference geometry volume, ``SceneBridge.segment_drawn_on``); ``brain`` or
         ``brain_file`` the same for the brain mask (default: the command line takes the inputs' foreground);
         ``resample``: inputs (and the mask) on other grids are resampled onto the first one's
         instead of refused; ``native_spacing``: synthesise on the inputs' own voxels even where they
@@ -81,6 +84,11 @@ class PreparedRun:
             if lesion is not None:
                 lesion_file = self._path("lesion.nrrd")
                 bridge.write_segment_mask(lesion[0], lesion[1], self.first_input, lesion_file)
+                # Exported onto the first input's grid where it lies in the scene, on the anatomy of the input it
+                # was painted on: with --register the command line moves it with that input's registration.
+                drawn_on = bridge.segment_drawn_on(lesion[0])
+                lesion_on = next((m for m, node in self.inputs.items() if drawn_on is not None
+                                  and node.GetID() == drawn_on.GetID()), None)
             if brain is not None:
                 brain_file = self._path("brain.nrrd")
                 bridge.write_segment_mask(brain[0], brain[1], self.first_input, brain_file)
@@ -102,7 +110,8 @@ class PreparedRun:
         if saliency and reference is not None:
             references[reference[1]] = self._path("reference.nrrd")
         self.job = SynthesisJob(inputs, list(targets), self._path("out"), model=model, device=device,
-                                lesion_mask=lesion_file, brain_mask=brain_file,
+                                lesion_mask=lesion_file, lesion_mask_on=lesion_on,
+                                brain_mask=brain_file,
                                 saliency_dir=self._path("saliency") if saliency else None,
                                 saliency_references=references,
                                 resample_to=rows[0][1] if resample else None, native_spacing=native_spacing,

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plane", choices=PLANES,
                         help="2D models: slice in this plane instead of the card's (view transfer)")
     parser.add_argument("--lesion-mask", help="binary mask of lesions to synthesise, on the first input's grid")
+    parser.add_argument("--lesion-mask-on", metavar="MODALITY",
+                        help="which input's scan the lesion mask was drawn on; with --register the mask moves with "
+                             "that input's registration onto the first input; default: the first input")
     parser.add_argument("--brain-mask", help="binary brain mask on the first input's grid; default: the inputs' "
                                              "foreground (which includes the skull of an unstripped scan)")
     parser.add_argument("--saliency-out", help="folder for the per-input P3S saliency maps")
@@ -202,7 +205,8 @@ def run(argv: Sequence[str], files: Any, launcher: Any = None) -> int:
     try:
         results = synthesize_and_wait(SceneBridge(files.scene), launcher or CliLauncher(), rows, targets,
                                       model=args.model, device=args.device, precision=args.precision,
-                                      plane=args.plane, lesion_file=args.lesion_mask, brain_file=args.brain_mask,
+                                      plane=args.plane, lesion_file=args.lesion_mask, lesion_on=args.lesion_mask_on,
+                                      brain_file=args.brain_mask,
                                       saliency=bool(args.saliency_out), saliency_reference_files=references,
                                       resample=args.resample,
                                       native_spacing=args.native_spacing, register=args.register,

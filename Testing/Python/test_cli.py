@@ -186,6 +186,16 @@ def bad_cases(ws):
         "evaluate empty brain mask": (["evaluate", "--synthetic", s["T2"], "--reference", s["FLAIR"],
                                        "--brain-mask", b / "empty.nii.gz"],
                                       [f"{b / 'empty.nii.gz'}: the brain mask is empty"]),
+        # --lesion-mask-on names the input the lesion mask was drawn on: it needs the mask, and an input
+        "lesion mask on without a mask": (synth(ws, "on-no-mask", t1, t2, extra=["--lesion-mask-on", "T2"]),
+                                          ["--lesion-mask-on T2: no lesion mask was given; add --lesion-mask"]),
+        "lesion mask on an unknown modality": (synth(ws, "on-unknown", t1, t2, extra=[
+            "--lesion-mask", s["lesion_mask"], "--lesion-mask-on", "T2star"]),
+            ["--lesion-mask-on: unknown modality 'T2star'", "the lesion mask was drawn on, one of T1, T2"]),
+        "lesion mask on no input": (synth(ws, "on-no-input", t1, t2, extra=[
+            "--lesion-mask", s["lesion_mask"], "--lesion-mask-on", "t2f"]),
+            ["--lesion-mask-on t2f: FLAIR is not an input; it names the input the lesion mask was drawn on, one of "
+             "T1, T2"]),
         "manifest repeats a column": (["batch", "--model", ws["model"], "--manifest", ws["cohort"] / "repeated.csv",
                                        "--out", ws["out"] / "repeated"],
                                       [f"{ws['cohort'] / 'repeated.csv'}: the header repeats 't1n'"]),
@@ -324,7 +334,8 @@ def test_out_may_be_an_image_file_name(runs, ws):
     "evaluate json onto an input", "evaluate json exists", "out named like a file", "batch out is an image name",
     "demo out named like a file", "z-scored input", "evaluate t1 on another grid", "saliency reference without maps",
     "evaluate empty lesion mask", "evaluate empty brain mask", "output is the brain mask", "output is the lesion mask",
-    "saliency map onto its reference", "saliency out named like a file", "out under a file", "demo out under a file"])
+    "saliency map onto its reference", "saliency out named like a file", "out under a file", "demo out under a file",
+    "lesion mask on without a mask", "lesion mask on an unknown modality", "lesion mask on no input"])
 def test_bad_input(runs, ws, case):
     result = runs[f"bad: {case}"]
     _, words = bad_cases(ws)[case]
@@ -380,6 +391,7 @@ def test_help(runs):
         assert runs[key].returncode == 0, explain(runs[key])
     assert "synthesize" in runs["help"].stdout and "batch" in runs["help"].stdout
     assert "--resample-to" in runs["synthesize help"].stdout
+    assert "--lesion-mask-on MODALITY" in runs["synthesize help"].stdout
 
 
 def test_help_does_not_import_torch(cli_home):
@@ -1020,6 +1032,34 @@ def test_batch_passes_every_run_option(ws, tmp_path, in_process_cli, capsys):
     assert all(f"{s}: tile 8 ignored" in said for s in ("s1", "s2", "s3"))
     assert all(f"{s}: {ws['cohort'] / s / 'T2.nii.gz'}: registered rigidly onto " in said for s in ("s1", "s2", "s3"))
     assert json.loads((tmp_path / "out" / "s1" / "T1c_synthetic.json").read_text())["options"]["registered"] is True
+
+
+def test_lesion_mask_on_moves_the_mask_with_its_input_in_synthesize_and_batch(ws, tmp_path, in_process_cli, capsys):
+    """--lesion-mask-on (a manifest's lesion_mask_on column) reaches the logic: with --register the mask moves with
+    that input's registration, said in a note and recorded in the sidecar; a subject whose column names no input
+    fails alone."""
+    s = ws["subject"]
+    assert in_process_cli(["synthesize", "--model", str(ws["model"]), "--input", f"T1={s['T1']}", "--input",
+                           f"T2={s['T2']}", "--target", "FLAIR", "--lesion-mask", str(s["lesion_mask"]),
+                           "--lesion-mask-on", "t2w", "--register", "--precision", "fp32", "--progress", "none",
+                           "--out", str(tmp_path / "one.nii.gz")]) == 0
+    assert (f"lesion mask {s['lesion_mask']}: drawn on T2: moved with T2's registration onto T1 (--lesion-mask-on T2)"
+            in capsys.readouterr().err)
+    options = json.loads((tmp_path / "one.json").read_text())["options"]
+    assert options["lesion_mask_on"] == "T2" and options["registered"] is True
+    cohort = ws["cohort"]
+    rows = [f"{n},{cohort / n / 'T1.nii.gz'},{cohort / n / 'T2.nii.gz'},{cohort / n / 'lesion_mask.nii.gz'},{on}\n"
+            for n, on in (("s1", "T2"), ("s2", ""), ("s3", "FLAIR"))]
+    (tmp_path / "manifest.csv").write_text("subject,T1,T2,lesion_mask,lesion_mask_on\n" + "".join(rows))
+    assert in_process_cli(["batch", "--model", str(ws["model"]), "--manifest", str(tmp_path / "manifest.csv"),
+                           "--target", "FLAIR", "--out", str(tmp_path / "cohort"), "--precision", "fp32",
+                           "--progress", "json"]) == 2
+    done, _, final = batch_events(subprocess.CompletedProcess([], 2, capsys.readouterr().out, ""))
+    assert done == {"s1", "s2"} and list(final["failed"]) == ["s3"]
+    assert final["failed"]["s3"].startswith("--lesion-mask-on FLAIR: FLAIR is not an input")
+    recorded = {n: json.loads((tmp_path / "cohort" / n / "FLAIR_synthetic.json").read_text())["options"]
+                for n in ("s1", "s2")}
+    assert recorded["s1"]["lesion_mask_on"] == "T2" and recorded["s2"]["lesion_mask_on"] is None
 
 
 def test_batch_never_writes_over_a_subjects_mask(ws, tmp_path, in_process_cli, capsys):

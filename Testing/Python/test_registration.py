@@ -3,6 +3,8 @@ an input in register stays (nearly) where it is, and the logic says what it move
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -212,3 +214,105 @@ def test_on_real_data_a_moved_t2_is_brought_back_and_its_synthesis_with_it():
     assert plain < 0.60 and aligned > 0.68
     # with its lost slices it holds data over part of the brain: checked away from them, and said
     assert any("seems out of register with" in n for n in notes)
+
+
+def drawn_on(moving_like: Volume, lesion: np.ndarray, motion: sitk.Transform) -> Volume:
+    """``lesion`` (on the reference's anatomy) as painted on an input moved by ``motion`` (``moved``): where that
+    input shows it."""
+    image = moving_like.with_array(lesion.astype(np.float32)).to_sitk()
+    array = sitk.GetArrayFromImage(sitk.Resample(image, image, motion, sitk.sitkNearestNeighbor, 0.0,
+                                                 sitk.sitkFloat32))
+    return moving_like.with_array(array, source="/data/lesion_on_T2.nii.gz")
+
+
+def centroid_mm(mask: np.ndarray, volume: Volume) -> np.ndarray:
+    """The physical centre of ``mask`` on ``volume``'s grid."""
+    image = volume.to_sitk()
+    return np.mean([image.TransformIndexToPhysicalPoint([int(i) for i in q[::-1]]) for q in np.argwhere(mask)],
+                   axis=0)
+
+
+def test_a_mask_drawn_on_the_moving_input_is_carried_with_its_registration(pair):
+    """``mask_onto`` takes a mask through the transform registration found: by nearest neighbour, its values kept
+    (a label of 255 stays 255), back onto the reference's anatomy, to the voxel for a whole-voxel shift and within
+    a voxel's edge for a rotation."""
+    from MRSynthesisLib.registration import mask_onto
+    from MRSynthesisLib.validation import check_mask
+
+    t1, t2 = pair
+    lesion = phantom(SHAPE, seed=3)["lesion"] > 0
+    shifted, motion = moved(t2, 0.0, (0.0, 4.0, 0.0))
+    drawn = drawn_on(shifted, lesion, motion)
+    assert not np.array_equal(drawn.array > 0, lesion) and np.count_nonzero(drawn.array) == np.count_nonzero(lesion)
+    carried = mask_onto(t1, drawn.with_array(drawn.array * 255), motion.GetInverse())
+    assert carried.geometry == t1.geometry and carried.source == "/data/lesion_on_T2.nii.gz"
+    assert set(np.unique(carried.array)) == {0.0, 255.0}
+    np.testing.assert_array_equal(check_mask(carried), lesion)
+    turned, motion = moved(t2, 4.0, (0.0, 2.0, 1.0))
+    carried = mask_onto(t1, drawn_on(turned, lesion, motion), motion.GetInverse()).array > 0
+    assert np.linalg.norm(centroid_mm(carried, t1) - centroid_mm(lesion, t1)) < 0.5
+    assert abs(np.count_nonzero(carried) - np.count_nonzero(lesion)) < 0.1 * np.count_nonzero(lesion)
+
+
+def test_with_register_a_lesion_drawn_on_a_moved_input_moves_with_it(pair, tiny_model, monkeypatch):
+    """The T2 moved by 4 voxels, a lesion painted on its anatomy: with --register and --lesion-mask-on T2 the mask
+    the network gets lies within a voxel of where the same lesion painted on the T1 lies (it stayed 4 voxels off,
+    where it was painted, before: the anatomy moved, the mask did not); without --lesion-mask-on, or without
+    --register, it stays where it was painted."""
+    from MRSynthesisLib import logic as logic_module
+    from MRSynthesisLib.cards import load_model
+    from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
+
+    t1, t2 = pair
+    lesion = phantom(SHAPE, seed=3)["lesion"] > 0
+    shifted, motion = moved(t2, 0.0, (0.0, 4.0, 0.0))
+    on_t1 = t1.with_array(lesion.astype(np.float32), source="/data/lesion_on_T1.nii.gz")
+    on_t2 = drawn_on(shifted, lesion, motion)
+    used = []
+    real = logic_module.run_slicewise
+    monkeypatch.setattr(logic_module, "run_slicewise", lambda *a, **k: used.append(k["lesion"]) or real(*a, **k))
+    model = SynthesisLogic(load_model(tiny_model))
+
+    def lesion_used(mask: Volume, **options) -> tuple[np.ndarray, list[str], dict]:
+        result = model.run(SynthesisRequest({"T1": t1, "T2": shifted}, ["FLAIR"], lesion_mask=mask, device="cpu",
+                                            precision="fp32", **options))
+        return used[-1], result.notes, result.provenance["options"]
+
+    truth, _, _ = lesion_used(on_t1, register=True)
+    assert truth.any()
+    grid = Volume(truth.astype(np.float32), Geometry(tuple(reversed(truth.shape)), (1.0, 1.0, 1.0), (0.0,) * 3, LAS))
+
+    def off_by(mask: np.ndarray) -> float:  # in voxels of 1 mm
+        return float(np.linalg.norm(centroid_mm(mask, grid) - centroid_mm(truth, grid)))
+
+    carried, notes, options = lesion_used(on_t2, register=True, lesion_mask_on="t2w")
+    assert off_by(carried) < 1.0 and np.count_nonzero(carried & truth) > 0.8 * np.count_nonzero(truth)
+    assert options["lesion_mask_on"] == "T2" and options["registered"] is True
+    assert "lesion mask /data/lesion_on_T2.nii.gz: drawn on T2: moved with T2's registration onto T1 " \
+           "(--lesion-mask-on T2)" in notes
+    stayed, notes, options = lesion_used(on_t2, register=True)
+    assert off_by(stayed) > 3.0 and options["lesion_mask_on"] is None and not any("moved with" in n for n in notes)
+    unregistered, notes, _ = lesion_used(on_t2, lesion_mask_on="T2")  # masks are world-space: nothing to move with
+    assert np.array_equal(unregistered, stayed) and not any("moved with" in n for n in notes)
+    reference, _, _ = lesion_used(on_t1, register=True, lesion_mask_on="T1")  # the reference does not move
+    assert np.array_equal(reference, truth)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"lesion_mask_on": "T2"}, "--lesion-mask-on T2: no lesion mask was given; add --lesion-mask"),
+    ({"lesion_mask_on": "T9", "lesion_mask": True}, "--lesion-mask-on: unknown modality 'T9'"),
+    ({"lesion_mask_on": "flair", "lesion_mask": True},
+     "--lesion-mask-on flair: FLAIR is not an input; it names the input the lesion mask was drawn on, one of T1, T2"),
+])
+def test_lesion_mask_on_must_name_an_input_and_come_with_a_mask(pair, tiny_model, options, message):
+    from MRSynthesisLib.cards import load_model
+    from MRSynthesisLib.errors import InputError
+    from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
+
+    t1, t2 = pair
+    if options.pop("lesion_mask", False):
+        options["lesion_mask"] = t1.with_array((t1.array > t1.array.max() / 2).astype(np.float32))
+    with pytest.raises(InputError, match="^" + re.escape(message)) as raised:
+        SynthesisLogic(load_model(tiny_model)).run(SynthesisRequest({"T1": t1, "T2": t2}, ["FLAIR"], device="cpu",
+                                                                    register=True, **options))
+    assert "one of T1, T2" in str(raised.value) or "add --lesion-mask" in str(raised.value)

@@ -147,6 +147,25 @@ def test_batch_takes_a_brain_mask_a_precision_and_a_slice_plane(tmp_path, tiny_m
     assert not (tmp_path / "none").exists()
 
 
+def test_batch_passes_the_input_the_lesion_mask_was_drawn_on(tmp_path, tiny_model, cli_home, capsys):
+    """--lesion-mask-on goes to the command line as it was given: with --register the mask moves with that input's
+    registration (its note printed); without --lesion-mask the command line refuses it."""
+    subject = make_subject(tmp_path / "subject")
+    launcher = RecordingLauncher(base_env=cli_env(cli_home))
+    base = ["--input", f"T1={subject['T1']}", "--input", f"T2={subject['T2']}", "--target", "FLAIR", "--model",
+            str(tiny_model), "--device", "cpu", "--precision", "fp32", "--lesion-mask-on", "T2"]
+    status = batch.run([*base, "--out", str(tmp_path / "out"), "--lesion-mask", str(subject["lesion_mask"]),
+                        "--register"], support.CoreFiles(support.new_scene()), launcher)
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    arguments = launcher.arguments[-1]
+    assert arguments[arguments.index("--lesion-mask-on") + 1] == "T2"
+    assert (f"note: lesion mask {subject['lesion_mask']}: drawn on T2: moved with T2's registration onto T1 "
+            "(--lesion-mask-on T2)") in printed.out
+    assert batch.run([*base, "--out", str(tmp_path / "none")], support.CoreFiles(support.new_scene()), launcher) == 2
+    assert "--lesion-mask-on T2: no lesion mask was given" in capsys.readouterr().err
+
+
 def test_batch_resamples_inputs_on_another_grid_only_when_told(tmp_path, cli_home, capsys):
     """As the panel's "Resample other inputs onto the first input's grid": refused by default, naming both files."""
     subject = make_subject(tmp_path / "subject")
@@ -307,7 +326,7 @@ def test_help_documents_the_arguments(capsys):
     usage = capsys.readouterr().out
     for option in ("--input MODALITY=PATH", "--target MODALITY", "--out", "--model", "--device", "--lesion-mask",
                    "--saliency-out", "--native-spacing", "--resample", "--register", "--brain-mask", "--precision",
-                   "--plane",
+                   "--plane", "--lesion-mask-on MODALITY",
                    "--saliency-reference TARGET=PATH"):
         assert option in usage
     assert batch.run([], files=None) == 2  # --input, --target and --out are required

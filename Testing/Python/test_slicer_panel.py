@@ -512,6 +512,37 @@ def test_a_model_without_a_lesion_input_runs_without_the_chosen_lesion_segment(a
     assert "--lesion-mask" in launcher.arguments[-1]
 
 
+def test_the_lesion_goes_with_the_input_it_was_painted_on(app, listing):
+    """The command line is told which input the lesion segment was painted on (its segmentation's reference geometry
+    volume, the "paint on" choice), so that with "Register other inputs" the lesion moves with that input's anatomy;
+    a segmentation drawn on a volume that is not an input says nothing (the first input is assumed)."""
+    scene, nodes, _ = subject_scene()
+    launcher = EndingLauncher(listing)
+    panel = two_input_panel(app, scene, nodes, launcher)
+    panel.ui.registerCheckBox.setChecked(True)
+    assert [panel.ui.paintVolumeComboBox.itemText(i) for i in range(2)] == ["T1: sub-01_T1", "T2: sub-01_T2"]
+    panel.ui.paintVolumeComboBox.setCurrentIndex(1)
+    segmentation, segment_id = panel.paint_lesion()
+    assert panel.bridge.segment_drawn_on(segmentation) is nodes["T2"]
+    apply_and_wait(app, panel)
+    arguments = launcher.arguments[-1]
+    assert arguments[arguments.index("--lesion-mask-on") + 1] == "T2" and "--register" in arguments
+    assert "--lesion-mask" in arguments
+
+    panel.ui.paintVolumeComboBox.setCurrentIndex(0)
+    panel.lesion_selector.setCurrentNode(None)
+    panel.paint_lesion()  # a new segmentation on the T1
+    apply_and_wait(app, panel)
+    arguments = launcher.arguments[-1]
+    assert arguments[arguments.index("--lesion-mask-on") + 1] == "T1"
+
+    elsewhere, flair_id = panel.bridge.create_lesion_segment(nodes["FLAIR"])  # the FLAIR is no input
+    panel.lesion_selector.setCurrentNode(elsewhere)
+    panel.lesion_selector.setCurrentSegmentID(flair_id)
+    apply_and_wait(app, panel)
+    assert "--lesion-mask" in launcher.arguments[-1] and "--lesion-mask-on" not in launcher.arguments[-1]
+
+
 def test_a_removed_segmentation_or_segment_is_no_longer_the_lesion(app, listing):
     """qMRMLSegmentSelectorWidget keeps its segment ID when its segmentation goes (the stand-in does too), and
     on its own would move on to the next segmentation and take its first segment."""

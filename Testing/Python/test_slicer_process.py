@@ -139,6 +139,12 @@ def test_the_job_asks_for_the_inputs_own_voxels_only_when_told():
     assert "--register" in SynthesisJob({"T1": "a", "T2": "b"}, ["FLAIR"], "o", register=True).arguments()
 
 
+def test_the_job_says_which_input_the_lesion_mask_was_drawn_on_only_when_known():
+    lesion = SynthesisJob({"T1": "a", "T2": "b"}, ["FLAIR"], "o", lesion_mask="l", lesion_mask_on="T2").arguments()
+    assert lesion[lesion.index("--lesion-mask-on") + 1] == "T2"
+    assert "--lesion-mask-on" not in SynthesisJob({"T1": "a", "T2": "b"}, ["FLAIR"], "o", lesion_mask="l").arguments()
+
+
 def test_the_command_finds_mrsynthesislib_from_any_folder_without_pythonpath(tmp_path):
     """As PythonSlicer started by Slicer would: another working folder, no PYTHONPATH of ours."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
