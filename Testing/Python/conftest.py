@@ -116,6 +116,25 @@ def keep_thread_count():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def event_files_in_creation_order(monkeypatch):
+    """TensorBoard reads a folder's event files in the order of their names, "events.out.tfevents.<whole seconds>.
+    <host>.<pid>.<n>", n counting the writers of the process: a run and its resumption within one second (tests'
+    tiny runs) were read in the wrong order once n went from 9 to 10, which a resumption in another process, seconds
+    later, never meets. Each new event file here is named a second after the last."""
+    try:
+        from tensorboard.summary.writer import event_file_writer
+    except ImportError:  # tensorboard is optional: no event files are written
+        return
+    clock = {"last": 0}
+
+    def later() -> float:
+        clock["last"] = max(int(time.time()), clock["last"] + 1)
+        return float(clock["last"])
+
+    monkeypatch.setattr(event_file_writer, "time", type("Clock", (), {"time": staticmethod(later)}))
+
+
 @pytest.fixture
 def full_disk(tmp_path) -> Iterator[Path]:
     """A folder on a real file system with 4 kB left: a 300 kB tmpfs, filled (root and ``mount`` only)."""
