@@ -148,7 +148,9 @@ def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: M
             for t, per in result.saliency.items():
                 figure = folder / f"P3S_{t}.png"
                 grid = next(iter(per.values())).geometry
-                shown = {n: v if v.geometry == grid else resample_to(v, grid) for n, v in inputs.items()}
+                # each map under its input where the network saw it: registered with --register, not as given
+                shown = {n: result.registered.get(n, v) for n, v in inputs.items()}
+                shown = {n: v if v.geometry == grid else resample_to(v, grid) for n, v in shown.items()}
                 focus = None if region is None else (
                     region if region.geometry == grid else resample_to(region, grid, nearest=True))
                 existed = figure.exists()
@@ -216,7 +218,8 @@ def synthesize(args: argparse.Namespace, reporter: Reporter) -> int:
     result = SynthesisLogic(model, reporter.progress).run(request)
     for note in result.notes:
         reporter.note(note)
-    region = request.saliency_region or request.lesion_mask
+    # the lesion where the contributions were summed: moved with its input by --lesion-mask-on, or as given
+    region = request.saliency_region or result.registered.get("lesion", request.lesion_mask)
     summary = write_result(result, paths, saliency, args.overwrite,
                            inputs={_canonical(n, "input"): v for n, v in inputs.items()},
                            region=region if result.region_contributions else None)

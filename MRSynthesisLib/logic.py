@@ -119,6 +119,10 @@ class SynthesisResult:
     saliency_means: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # t -> n -> where -> mean
     # how the outputs came about, for the files written beside them (``provenance.sidecar``)
     provenance: dict[str, object] = field(default_factory=dict)
+    # with saliency, what --register moved onto the reference's grid, for figures that draw the inputs under the maps
+    # (the outputs' grid and anatomy): input -> the registered scan, and "lesion" -> the lesion mask when
+    # --lesion-mask-on moved it; empty without --register or saliency
+    registered: dict[str, Volume] = field(default_factory=dict)
 
 
 def model_grid(geometry: Geometry, spacing_mm: Sequence[float] | None, plane: str | None, *,
@@ -190,12 +194,13 @@ class SynthesisLogic:
                 early.extend(changed)
         masks.update({f"reference:{t}": v for t, v in references.items()})
         acquired = {n: (v.source, v.geometry.anatomical_spacing()) for n, v in inputs.items()}
+        moved: dict[str, Volume] = {}  # SynthesisResult.registered
         if request.register:
             reference_brain = foreground_mask([inputs[reference].array])  # once for every input registered onto it
             for name in [n for n in inputs if n != reference]:
                 self.progress(0.0, f"registering {name} onto {reference}")
                 registered = register_onto(inputs[reference], inputs[name], reference_brain)
-                inputs[name] = registered.volume
+                inputs[name] = moved[name] = registered.volume
                 if registered.unmeasured is not None:  # travels with the masks onto the grid synthesised on
                     masks[f"unmeasured:{name}"] = registered.volume.with_array(
                         registered.unmeasured.astype(np.float32), source=f"{name} holds no data")
@@ -203,7 +208,8 @@ class SynthesisLogic:
                              f"moved its brain by up to {registered.moved_mm:.1f} mm (--register)")
                 if name == lesion_on:  # drawn on this input's anatomy: it moves with it, before any later grid
                     check_mask(masks["lesion"])  # its values as given, before they are carried
-                    masks["lesion"] = mask_onto(inputs[reference], masks["lesion"], registered.transform)
+                    masks["lesion"] = moved["lesion"] = mask_onto(inputs[reference], masks["lesion"],
+                                                                   registered.transform)
                     early.append(f"lesion mask {masks['lesion'].source}: drawn on {name}: moved with {name}'s "
                                  f"registration onto {reference} (--lesion-mask-on {name})")
         given, given_masks = dict(inputs), dict(masks)
@@ -360,7 +366,8 @@ class SynthesisLogic:
             "notes": list(settings.notes)}
         self.progress(1.0, "done")
         return SynthesisResult(outputs, saliency, contributions, settings.device.type, precision,
-                               settings.notes, objective, region_contributions, means, provenance)
+                               settings.notes, objective, region_contributions, means, provenance,
+                               registered=moved if request.saliency else {})
 
     @staticmethod
     def _lesion_mask_on(request: SynthesisRequest, inputs: Mapping[str, Volume]) -> str | None:

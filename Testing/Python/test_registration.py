@@ -3,6 +3,7 @@ an input in register stays (nearly) where it is, and the logic says what it move
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -316,3 +317,36 @@ def test_lesion_mask_on_must_name_an_input_and_come_with_a_mask(pair, tiny_model
         SynthesisLogic(load_model(tiny_model)).run(SynthesisRequest({"T1": t1, "T2": t2}, ["FLAIR"], device="cpu",
                                                                     register=True, **options))
     assert "one of T1, T2" in str(raised.value) or "add --lesion-mask" in str(raised.value)
+
+
+def test_the_saliency_figure_draws_each_map_over_its_input_as_registered(pair, tiny_model, tmp_path, monkeypatch):
+    """With --register the P3S figure drew a moved input as given under maps that lie on the reference's anatomy,
+    and the lesion outline where it was painted on that input: it now draws the registered scan, and the lesion
+    as --lesion-mask-on moved it (contributions.json still names the user's mask file)."""
+    from MRSynthesisLib import commands
+    from MRSynthesisLib.cli import main
+    from MRSynthesisLib.volume import write_volume
+
+    t1, t2 = pair
+    lesion = phantom(SHAPE, seed=3)["lesion"] > 0
+    shifted, motion = moved(t2, 0.0, (0.0, 4.0, 0.0))
+    files = {name: write_volume(volume, tmp_path / f"{name}.nii.gz") for name, volume in
+             {"T1": t1, "T2": shifted, "lesion": drawn_on(shifted, lesion, motion)}.items()}
+    drawn = []
+    monkeypatch.setattr(commands, "saliency_figure",
+                        lambda shown, maps, path, **options: drawn.append((shown, options["focus"])) or path)
+    code = main(["synthesize", "--model", str(tiny_model), "--input", f"T1={files['T1']}", "--input",
+                 f"T2={files['T2']}", "--target", "FLAIR", "--lesion-mask", str(files["lesion"]), "--lesion-mask-on",
+                 "T2", "--register", "--saliency-out", str(tmp_path / "maps"), "--out", str(tmp_path / "out"),
+                 "--device", "cpu", "--precision", "fp32", "--progress", "none"])
+    assert code == 0 and len(drawn) == 1
+    shown, focus = drawn[0]
+    brain = t2.array > 0
+
+    def likeness(array: np.ndarray) -> float:  # to the T2 where it was acquired, on the T1's anatomy
+        return float(np.corrcoef(array[brain], t2.array[brain])[0, 1])
+
+    assert likeness(shown["T2"].array) > 0.95 and likeness(shifted.array) < 0.8
+    assert np.linalg.norm(centroid_mm(focus.array > 0, t1) - centroid_mm(lesion, t1)) < 1.0
+    region = json.loads((tmp_path / "maps" / "contributions.json").read_text())["region"]
+    assert region == str(files["lesion"].resolve())
