@@ -117,14 +117,13 @@ def save_all(files: Any, saves: Sequence[tuple[Any, str]]) -> None:
     """Save every (node, path) under a temporary name beside its file, with the line the command line writes in the
     header (``scene.header_line``; MRML storage writes none: ``header_notes``), and rename it into place; when one
     fails, the files this call created are removed again, as the command line does: all or nothing."""
-    from MRSynthesisModuleLib.saved_files import provenance, sidecar_record
-    from MRSynthesisModuleLib.scene import header_line
-
     from MRSynthesisLib.atomic import replacing, write_json
     from MRSynthesisLib.errors import InputError
     from MRSynthesisLib.header_notes import write_note
     from MRSynthesisLib.nifti_checks import truncation
     from MRSynthesisLib.provenance import sidecar_path
+    from MRSynthesisModuleLib.saved_files import provenance, sidecar_record
+    from MRSynthesisModuleLib.scene import header_line
 
     created: list[str] = []
     try:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import slicer
 import vtk
+
 from slicer_paths import REPO  # noqa: F401  (also puts the module's code on sys.path)
 
 # An oblique grid: voxel axes rotated 10 degrees about S, anisotropic spacing, LAS-like flips.

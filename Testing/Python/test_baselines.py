@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import make_subject, make_tiny_model
 from scipy import ndimage as ndi
 
+from conftest import make_subject, make_tiny_model
 from training.baselines import (
     PolynomialBaseline,
     RandomForestBaseline,

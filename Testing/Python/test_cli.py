@@ -21,8 +21,18 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from conftest import (DATA, NO_DATA, REPO, cli_command, cli_env, make_subject, make_tiny_model, phantom, run_cli_many,
-                      write_image)
+from conftest import (
+    DATA,
+    NO_DATA,
+    REPO,
+    cli_command,
+    cli_env,
+    make_subject,
+    make_tiny_model,
+    phantom,
+    run_cli_many,
+    write_image,
+)
 from MRSynthesisLib.volume import read_volume, write_volume
 
 

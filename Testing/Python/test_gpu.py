@@ -15,7 +15,12 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from conftest import make_subject, make_tiny_model
+from MRSynthesisLib.cards import load_model
+from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
+from MRSynthesisLib.metrics import ssim
+from MRSynthesisLib.volume import read_volume
 from test_models_3d import ARCHITECTURES, save_3d_model, volumes
 from test_qu_training import tiny_config
 from test_training3d import log_rows as rows3d
@@ -24,11 +29,6 @@ from test_training_data import write_dataset
 from test_training_run import log_rows as rows2d
 from test_training_run import run as run2d
 from test_training_run import tensors as tensors2d
-
-from MRSynthesisLib.cards import load_model
-from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
-from MRSynthesisLib.metrics import ssim
-from MRSynthesisLib.volume import read_volume
 from training.qu import train_generator as tg
 from training.qu import train_structure as ts
 

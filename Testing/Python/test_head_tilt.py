@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_subject, make_tiny_model, write_image
 
+from conftest import make_subject, make_tiny_model, write_image
 from training.datasets import SubjectFiles
 from training.experiments.head_tilt import main, rotation, run_head_tilt, tilt
 from training.experiments.loso import run_loso

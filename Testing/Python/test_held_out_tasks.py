@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_subject, make_tiny_model
 
+from conftest import make_subject, make_tiny_model
 from training.experiments.held_out_tasks import main, subject_role
 from training.validate import validation_tasks
 

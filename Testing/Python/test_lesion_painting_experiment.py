@@ -6,8 +6,8 @@ import json
 import math
 
 import torch
-from conftest import make_subject, tiny_card
 
+from conftest import make_subject, tiny_card
 from MRSynthesisLib.cards import save_model
 from MRSynthesisLib.models.chartsias import ChartsiasMIMO
 from training.experiments.lesion_painting import Settings, main, run_experiment

@@ -17,8 +17,8 @@ from torch import nn
 from conftest import LAS, phantom
 from MRSynthesisLib import devices, models
 from MRSynthesisLib.cards import ModelCard, load_model, save_model
-from MRSynthesisLib.errors import Cancelled, InputError
 from MRSynthesisLib.devices import choose_device, choose_precision
+from MRSynthesisLib.errors import Cancelled, InputError
 from MRSynthesisLib.inference import RunSettings, _run_in_batches
 from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest, model_grid
 from MRSynthesisLib.preprocessing import foreground_mask

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_subject, make_tiny_model, write_image
 
+from conftest import make_subject, make_tiny_model, write_image
 from training.config import AugmentConfig, load_config
 from training.experiments import missing_inputs as mi
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import LAS, make_subject, phantom
 
+from conftest import LAS, make_subject, phantom
 from MRSynthesisLib.cards import ModelCard, load_model, save_model
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.inference import RunSettings

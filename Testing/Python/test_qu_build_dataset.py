@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_subject, write_image
 
+from conftest import make_subject, write_image
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.models.qu_mask_generator import MaskGenerator
 from MRSynthesisLib.volume import read_volume

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DATA, NO_DATA
 
+from conftest import DATA, NO_DATA
 from MRSynthesisLib.structure_maps import brain_mask, structure_map
 from training.qu.data import label_bank, load_subject_slices
 

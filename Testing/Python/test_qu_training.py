@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_subject
 
+from conftest import make_subject
 from MRSynthesisLib.errors import InputError
 from MRSynthesisLib.models.qu_layers import DISCRIMINATOR_STD
 from MRSynthesisLib.models.qu_segmentors import SCHEMES

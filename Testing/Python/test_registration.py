@@ -11,8 +11,13 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import DATA, LAS, NO_DATA, phantom
-from MRSynthesisLib.registration import (OUT_OF_REGISTER_MM, apparent_motion, largest_displacement, register_onto,
-                                         rigid_transform)
+from MRSynthesisLib.registration import (
+    OUT_OF_REGISTER_MM,
+    apparent_motion,
+    largest_displacement,
+    register_onto,
+    rigid_transform,
+)
 from MRSynthesisLib.volume import Geometry, Volume
 
 SHAPE = (48, 56, 52)  # (z, y, x): large enough for the 4-voxel level of the pyramid

@@ -6,8 +6,8 @@ import json
 import math
 
 import pytest
-from conftest import make_subject, make_tiny_model
 
+from conftest import make_subject, make_tiny_model
 from MRSynthesisLib.cards import ModelCard
 from training.experiments.loso import population_mean
 from training.experiments.saliency_ranking import main, rank

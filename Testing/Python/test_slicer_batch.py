@@ -15,10 +15,14 @@ import SimpleITK as sitk
 pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
 
 import slicer  # noqa: E402
+
 import slicer_support as support  # noqa: E402
 from conftest import cli_command, cli_env, make_subject, make_tiny_model, write_image  # noqa: E402
 
+# isort: split
+# batch.py (MRSynthesis/Scripts) is importable once slicer_support has put its folder on sys.path
 import batch  # noqa: E402
+
 from MRSynthesisLib.volume import Geometry, read_volume, resample_to  # noqa: E402
 from MRSynthesisModuleLib.process import CliLauncher, Outcome  # noqa: E402
 from MRSynthesisModuleLib.scene import SceneBridge  # noqa: E402

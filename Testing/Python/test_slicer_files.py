@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
+
 import slicer_paths  # noqa: F401  (puts MRSynthesis/ on sys.path)
 
 REPO = Path(__file__).resolve().parents[2]

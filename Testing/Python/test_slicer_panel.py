@@ -21,18 +21,18 @@ from scipy import ndimage
 pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
 pytest.importorskip("PySide6", reason="PySide6 (real Qt widgets outside Slicer) is not installed")
 
+import slicer  # noqa: E402
+from Qt import QtCore, QtWidgets  # noqa: E402
+
 import slicer_support as support  # noqa: E402
 from conftest import cli_env, make_tiny_model, phantom  # noqa: E402
-from Qt import QtCore, QtWidgets  # noqa: E402
-from slicer_widgets import DictSettings, RecordingActions, ReplayLauncher, StandInWidgetFactory  # noqa: E402
-
-import slicer  # noqa: E402
 from MRSynthesisLib.cards import ModelCard, save_model  # noqa: E402
 from MRSynthesisLib.models import build  # noqa: E402
 from MRSynthesisModuleLib.catalog import ModelCatalog  # noqa: E402
 from MRSynthesisModuleLib.panel import SynthesisPanel  # noqa: E402
 from MRSynthesisModuleLib.process import CliLauncher, Outcome  # noqa: E402
 from MRSynthesisModuleLib.scene import SALIENCY_COLOR_NODE_ID, SceneBridge  # noqa: E402
+from slicer_widgets import DictSettings, RecordingActions, ReplayLauncher, StandInWidgetFactory  # noqa: E402
 
 SCREENSHOT = support.REPO / "build" / "screenshots" / "mrsynthesis-panel.png"
 

@@ -15,12 +15,12 @@ import pytest
 pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
 
 import slicer  # noqa: E402
-from slicer_support import add_volume, new_scene  # noqa: E402
 
 from MRSynthesisLib.atomic import replacing  # noqa: E402
 from MRSynthesisLib.volume import read_volume  # noqa: E402
 from MRSynthesisModuleLib.saved_files import SavedFileMarker  # noqa: E402
 from MRSynthesisModuleLib.scene import SceneBridge  # noqa: E402
+from slicer_support import add_volume, new_scene  # noqa: E402
 
 LINE = "MRSynthesis synthetic FLAIR from T1+T2 (tiny)"
 RECORD = {"synthetic": True, "modality": "FLAIR", "image": "FLAIR_synthetic.nii.gz", "description": LINE,

@@ -8,15 +8,14 @@ import pytest
 
 pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
 
-from slicer_support import OBLIQUE, add_volume, ijk_to_ras, new_scene, node_ids, paint  # noqa: E402
+import slicer  # noqa: E402
 
 from MRSynthesisLib.validation import check_mask  # noqa: E402
 from MRSynthesisLib.volume import Volume, read_volume, write_volume  # noqa: E402
 from MRSynthesisModuleLib.parameters import SynthesisParameters  # noqa: E402
 from MRSynthesisModuleLib.scene import SALIENCY_COLOR_NODE_ID, SceneBridge  # noqa: E402
 from MRSynthesisModuleLib.synthesis import PreparedRun  # noqa: E402
-
-import slicer  # noqa: E402
+from slicer_support import OBLIQUE, add_volume, ijk_to_ras, new_scene, node_ids, paint  # noqa: E402
 
 SHAPE = (6, 7, 9)  # (k, j, i)
 

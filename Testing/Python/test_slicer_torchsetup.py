@@ -12,6 +12,7 @@ import sys
 import types
 
 import pytest
+
 import slicer_paths  # noqa: F401  (puts MRSynthesis/ on sys.path)
 from MRSynthesisModuleLib import torchsetup
 

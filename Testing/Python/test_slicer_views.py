@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("slicer", reason="the PyPI package slicer-core (real MRML classes) is not installed")
 
-import slicer_support as support  # noqa: E402
-
 import slicer  # noqa: E402
+
+import slicer_support as support  # noqa: E402
 from MRSynthesisModuleLib import views  # noqa: E402
 
 

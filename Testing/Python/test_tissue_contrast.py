@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CONTRASTS, make_subject, make_tiny_model, phantom, write_image
 
+from conftest import CONTRASTS, make_subject, make_tiny_model, phantom, write_image
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.logic import SynthesisLogic, SynthesisRequest
 from MRSynthesisLib.preprocessing import foreground_mask

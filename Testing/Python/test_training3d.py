@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training_data import write_dataset, write_ms_subject
-from test_training_run import tensorboard_scalars
 
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.errors import InputError
+from test_training_data import write_dataset, write_ms_subject
+from test_training_run import tensorboard_scalars
 from training.config3d import Train3DConfig, load_config
 from training.early_stopping import up_stops
 from training.loop import BEST, CHECKPOINT, METRICS
@@ -309,7 +309,6 @@ def test_volumes_come_in_the_axis_order_the_tiler_uses(tmp_path):
     them before the tiler runs (logic._onto_model_grid); load_subject moves the axial axis first, load_volumes
     moves it back."""
     from conftest import make_subject
-
     from MRSynthesisLib.volume import read_volume, reordered, training_axis_order
     from training.datasets import discover
     from training.volumes3d import load_volumes

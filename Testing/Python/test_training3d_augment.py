@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from test_training3d import log_rows, run, tiny
 from test_training_data import write_dataset
-
 from training.augment3d import augmented_batch, draw_geometry, rotation
 from training.config import AugmentConfig
 from training.config3d import Train3DConfig

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training3d import log_rows, run
-from test_training_data import write_dataset, write_ms_subject
 
 from MRSynthesisLib.cards import load_model
 from MRSynthesisLib.errors import InputError
+from test_training3d import log_rows, run
+from test_training_data import write_dataset, write_ms_subject
 from training.config3d import Train3DConfig
 from training.loop import CHECKPOINT
 from training.loop3d import SubsetSamplers, train_loss, validate

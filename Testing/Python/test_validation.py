@@ -8,8 +8,7 @@ import SimpleITK as sitk
 
 from conftest import LAS, LPS, phantom
 from MRSynthesisLib.errors import InputError
-from MRSynthesisLib.validation import (NEGATIVE_LIMIT, align, check_magnitude, check_mask, check_values,
-                                       nan_as_no_data)
+from MRSynthesisLib.validation import NEGATIVE_LIMIT, align, check_magnitude, check_mask, check_values, nan_as_no_data
 from MRSynthesisLib.volume import Geometry, Volume
 
 GRID = Geometry((24, 28, 20), (1.0, 1.0, 1.5), (-12.0, 14.0, -15.0), LAS)

@@ -21,12 +21,13 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Python"))
 
+from Qt import QtWidgets  # noqa: E402
+
 import slicer_support as support  # noqa: E402  (puts MRSynthesis/ on sys.path)
 from MRSynthesisModuleLib.catalog import ModelCatalog  # noqa: E402
 from MRSynthesisModuleLib.panel import SynthesisPanel  # noqa: E402
 from MRSynthesisModuleLib.process import CliLauncher  # noqa: E402
 from MRSynthesisModuleLib.scene import SceneBridge  # noqa: E402
-from Qt import QtWidgets  # noqa: E402
 from slicer_widgets import DictSettings, RecordingActions, StandInWidgetFactory  # noqa: E402
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
