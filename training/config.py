@@ -215,11 +215,11 @@ class TrainConfig:
         # the network's own checks (fusion, filters, latent_channels), before any volume is loaded
         ChartsiasMIMO.check_shape(self.filters, self.latent_channels, self.fusion)
         if not 0 <= self.lr_decay_epochs <= self.epochs:
-            raise ValueError("lr_decay_epochs must be in [0, epochs]")
+            raise ValueError(f"lr_decay_epochs ({self.lr_decay_epochs}) must be in [0, epochs] (epochs {self.epochs})")
         if not 0 <= self.lr_final_fraction <= 1:
             raise ValueError("lr_final_fraction must be in [0, 1]")
         if not 0 <= self.average_epochs <= self.epochs:
-            raise ValueError("average_epochs must be in [0, epochs]")
+            raise ValueError(f"average_epochs ({self.average_epochs}) must be in [0, epochs] (epochs {self.epochs})")
         check_spacing(self.spacing_mm)
         self.augment.validate()
 

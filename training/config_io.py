@@ -81,10 +81,14 @@ def load_config_file(path: str | os.PathLike, overrides: dict[str, Any] | None,
     data = read_json(path)
     if not isinstance(data, dict):
         raise InputError(f"{path}: a config is a JSON object of keys, not a {type(data).__name__}")
+    replaced = {k: (data.get(k), v) for k, v in (overrides or {}).items() if v is not None and data.get(k) != v}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return parse(data, path.parent)
     except InputError:
         raise
     except ValueError as error:
-        raise InputError(f"{path}: {error}") from None
+        # a value the command line gave may be what the file's others do not fit (--epochs 1 under average_epochs 5)
+        given = "; ".join(f"{k} {new!r} from the command line, {old!r} in the file" for k, (old, new) in
+                          replaced.items())
+        raise InputError(f"{path}: {error}" + (f" ({given})" if given else "")) from None

@@ -261,6 +261,18 @@ class Subject:
         brain = self.brain[index]
         return brain if self.ignore is None else brain & ~self.ignore[index]
 
+    def lesion_said(self) -> str:
+        """What the training log says of the lesion channel: where it came from, and how many voxels it marks in
+        the brain (a mask's voxels outside the brain mask are not counted: the channel is cut to the brain)."""
+        count = int(self.lesion.sum())
+        return {"mask": f"lesion channel from its mask ({count} voxels in the brain)",
+                "flair": f"lesion channel derived from its FLAIR ({count} voxels in the brain)",
+                "zeros": "lesion channel all zeros (taken as lesion-free)",
+                "ignored": "lesion channel all zeros, its FLAIR-derived lesion region "
+                           f"({int(self.ignore.sum()) if self.ignore is not None else 0} voxels) left out of every "
+                           "cost",
+                "none": "no lesion channel"}.get(self.lesion_source, f"lesion channel from {self.lesion_source}")
+
     @cached_property
     def lesion_points(self) -> np.ndarray:
         """(n, 3) slice/row/column of the expert-labelled lesion voxels in the training slices."""

@@ -177,7 +177,7 @@ def _load(config: TrainConfig, names: list[str], files: dict, verbose: bool, nor
         if verbose:
             lacks = missing_sequences(subject, config)
             print(f"  {name}: {len(subject.slices)} axial slices of {subject.brain.shape[1:]}{resampled(subject)}, "
-                  f"lesion channel from {subject.lesion_source} ({int(subject.lesion.sum())} voxels)"
+                  f"{subject.lesion_said()}"
                   + (f", without {', '.join(lacks)}" if lacks else ""), flush=True)
             for note in subject.notes:
                 print(f"warning: {note}", flush=True)

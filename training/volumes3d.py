@@ -66,7 +66,7 @@ def load_volumes(config: Train3DConfig, names: Sequence[str], files: Mapping[str
         if verbose:
             lacks = missing_sequences(volume, config)
             print(f"  {name}: {volume.brain.shape} voxels{resampled(subject)}, {int(volume.brain.sum())} in the "
-                  f"brain, lesion channel from {volume.lesion_source}"
+                  f"brain, {subject.lesion_said()}"
                   + (f", without {', '.join(lacks)}" if lacks else ""), flush=True)
             for note in subject.notes:
                 print(f"warning: {note}", flush=True)

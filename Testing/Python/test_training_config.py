@@ -158,3 +158,16 @@ def test_the_trainers_say_what_is_wrong_in_one_line_and_exit_2(tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"python -m {prog}: error: {path}: "), err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_override_the_recipe_does_not_fit_is_named_with_the_files_value(tmp_path):
+    """``--epochs 1`` on the bundled recipe (average_epochs 5) was refused as "average_epochs must be in [0,
+    epochs]", blamed on the file, with neither value: the message now gives both, and which one the command line
+    replaced."""
+    recipe = Path(__file__).resolve().parents[2] / "training" / "configs" / "chartsias-mimo-shared.json"
+    with pytest.raises(InputError) as refused:
+        load_config(recipe, {"epochs": 1, "steps_per_epoch": None, "out": str(tmp_path)})
+    message = str(refused.value)
+    assert "average_epochs (5) must be in [0, epochs] (epochs 1)" in message
+    assert "epochs 1 from the command line, 25 in the file" in message and "steps_per_epoch" not in message
+    assert load_config(recipe, {"epochs": 5, "out": str(tmp_path)}).epochs == 5

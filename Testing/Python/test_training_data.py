@@ -750,3 +750,25 @@ def test_subjects_are_resampled_to_the_recipes_spacing(tmp_path, plane, spacing,
     assert subject.resampled_from == (pytest.approx(spacing) if moved else None)
     assert set(np.unique(subject.lesion)) == {0.0, 1.0}  # binary, and the lesion survives
     assert ("resampled from" in resampled(subject)) == moved
+
+
+def test_the_training_log_says_where_each_subjects_lesion_channel_came_from():
+    """It printed "lesion channel from ignored (0 voxels)" for the BraTS case, whose derived lesions are left out of
+    the costs, and a mask's count without saying that voxels outside the brain are not counted."""
+    from training.datasets import Subject
+
+    lesion = np.zeros((2, 4, 4), np.float32)
+    lesion[0, 1, 1:3] = 1
+    ignore = np.zeros((2, 4, 4), bool)
+    ignore[1, :2, :2] = True
+
+    def said(source: str) -> str:
+        return Subject("s", {}, lesion if source in ("mask", "flair") else np.zeros_like(lesion),
+                       np.ones((2, 4, 4), bool), np.arange(2), source, ignore if source == "ignored" else None
+                       ).lesion_said()
+
+    assert said("mask") == "lesion channel from its mask (2 voxels in the brain)"
+    assert said("flair") == "lesion channel derived from its FLAIR (2 voxels in the brain)"
+    assert said("ignored") == ("lesion channel all zeros, its FLAIR-derived lesion region (4 voxels) left out of "
+                               "every cost")
+    assert said("zeros") == "lesion channel all zeros (taken as lesion-free)" and said("none") == "no lesion channel"
