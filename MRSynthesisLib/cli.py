@@ -36,7 +36,8 @@ def _pair(text: str) -> tuple[str, str]:
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model",
-                        help="model name (see `mrsynthesis models`) or model folder; default: the bundled model")
+                        help="model name (see `mrsynthesis models`; a name several model folders carry is refused: "
+                             "give the folder) or model folder; default: the bundled model")
     parser.add_argument("--target", action="append", default=[], metavar="MODALITY",
                         help="contrast to synthesise (repeat or comma-separate); default: every output the model "
                              "produces that is not an input")
@@ -126,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="mrsynthesis-demo", help="output folder (default: ./mrsynthesis-demo)")
     demo.add_argument("--model", help="model name or folder; default: the bundled model")
     demo.add_argument("--device", choices=DEVICES, default="auto")
-    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace any file under an output's name (without it, only the demo's own earlier outputs, "
+                           "unchanged since, are replaced)")
     demo.add_argument("--progress", choices=MODES, default="auto")
     return parser
 

@@ -95,12 +95,13 @@ def _read_optional(path: str | None) -> Volume | None:
 
 
 def _region_file(region: Volume | None) -> str | None:
-    """The file the region mask was read from, absolute and resolved: ``Volume.source`` is the path as the user
-    typed it (``read_volume``), relative to a working folder that means nothing to whoever reads the JSON later.
-    None without a region, or when the region was not read from a file (there is no file to name)."""
+    """The file the region mask was read from, made absolute: ``Volume.source`` is the path as the user typed it
+    (``read_volume``), relative to a working folder that means nothing to whoever reads the JSON later. Symbolic
+    links are kept, as the sidecars name the inputs (``provenance``): the path the user knows. None without a
+    region, or when the region was not read from a file (there is no file to name)."""
     if region is None or not Path(region.source).is_file():
         return None
-    return str(Path(region.source).resolve())
+    return os.path.abspath(region.source)
 
 
 def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: Mapping[tuple[str, str], Path],
@@ -282,6 +283,7 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
     model = load_model(registry.resolve(args.model))
     logic = SynthesisLogic(model)
     failures: dict[str, str] = {}
+    skipped: list[str] = []  # subjects whose every output exists: nothing to do without --overwrite
     bugs: list[str] = []  # subjects that failed on an error other than an InputError: the exit status says it
     for index, subject in enumerate(subjects):
         name = subject.subject
@@ -298,6 +300,7 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
             kept = _kept(paths, interrupted, args.overwrite)
             if len(kept) == len(paths):
                 reporter.event("skipped", subject=name, reason="outputs exist")
+                skipped.append(name)
                 continue
             paths = {t: p for t, p in paths.items() if t not in kept}  # e.g. a target added to a finished cohort
             theirs, left = sidecars(list(paths.values()))
@@ -334,38 +337,53 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
             reporter.event("subject_done", subject=name, **summary, kept={t: str(p) for t, p in kept.items()})
         except InputError as error:
             failures[name] = str(error)
-            reporter.note(f"{name}: {error}")
+            reporter.failure(name, str(error))
         except Cancelled:  # the user stopped the batch, not this subject
             raise
         except Exception as error:  # noqa: BLE001 - a bug or a library failure on one subject must not stop the rest
             failures[name] = f"internal error (a bug; please report it): {type(error).__name__}: {error}"
             bugs.append(name)
-            reporter.note(f"{name}: {failures[name]}\n{traceback.format_exc().rstrip()}")
+            reporter.failure(name, f"{failures[name]}\n{traceback.format_exc().rstrip()}")
     reporter.close()
-    reporter.event("done", rank=rank, world_size=world, subjects=len(subjects), failed=failures)
+    reporter.event("done", rank=rank, world_size=world, subjects=len(subjects), failed=failures, skipped=skipped)
     if reporter.mode != "json":
-        print(f"rank {rank}/{world}: {len(subjects) - len(failures)} of {len(subjects)} subjects done"
-              + (f"; failed: {', '.join(failures)}" if failures else ""))
+        made = len(subjects) - len(skipped) - len(failures)
+        print(f"rank {rank}/{world}: {len(subjects)} subjects: {made} made, {len(skipped)} skipped"
+              + (" (outputs exist; --overwrite redoes them)" if skipped else "")
+              + f", {len(failures)} failed" + (f": {', '.join(failures)}" if failures else ""))
     return EXIT_INTERNAL if bugs else EXIT_BAD_INPUT if failures else EXIT_OK
 
 
 def models(args: argparse.Namespace, reporter: Reporter) -> int:
+    """List every model folder found. A name that several folders carry is marked ``[name clash]`` (in JSON,
+    ``name_clash``: the other folders of that name, empty for a unique one): ``--model NAME`` refuses it
+    (``registry.resolve``), and a folder path picks one."""
     entries = registry.list_models()
+    clashes = registry.name_clashes(entries)
+
+    def others(e: registry.ModelEntry) -> list[str]:
+        return [str(f) for f in clashes.get(e.name, []) if f.resolve() != e.folder.resolve()]
+
     if args.json:
         print(json.dumps([{"name": e.name, "folder": str(e.folder), "origin": e.origin, "problem": e.problem,
-                           "card": e.card.to_dict() if e.card else None} for e in entries], indent=2))
+                           "card": e.card.to_dict() if e.card else None, "name_clash": others(e)}
+                          for e in entries], indent=2))
         return EXIT_OK
     if not entries:
         print("no models found; searched: " + ", ".join(str(f) for f, _ in registry.search_folders()))
     for e in entries:
+        origin = f"[{e.origin}]" + ("  [name clash]" if e.name in clashes else "")
         if e.card is None:
-            print(f"{e.name}  [{e.origin}]  unusable: {e.problem}")
+            print(f"{e.name}  {origin}  unusable: {e.problem}")
             continue
         c = e.card
         where = f"{c.spatial_dims}D" + (f" {c.plane}" if c.spatial_dims == 2 else "")
         where += f", {voxel_size_text(c.spacing_mm)} voxels" if c.spacing_mm else ""
         lesion = " +lesion" if c.lesion_input else ""
-        print(f"{e.name}  [{e.origin}]  {'+'.join(c.inputs)}{lesion} -> {'+'.join(c.outputs)}  ({where})  {e.folder}")
+        print(f"{e.name}  {origin}  {'+'.join(c.inputs)}{lesion} -> {'+'.join(c.outputs)}  ({where})  {e.folder}")
+    for name, folders in clashes.items():
+        print(f"name clash: {len(folders)} model folders are named {name}; --model {name} is refused: pass the "
+              f"folder instead (e.g. --model {folders[0]})")
     return EXIT_OK
 
 

@@ -5,6 +5,12 @@ the installed package, no download). The demo synthesises every other contrast t
 model produces, paints a spherical lesion in periventricular white matter (inside the
 template's own white-matter map), synthesises the lesioned scan, and writes the volumes,
 a PNG report and a JSON summary.
+
+Run again into the same folder (the README's first command, run twice), the demo replaces its own earlier
+outputs there without ``--overwrite``: each file it writes is recorded, by name and SHA-256, in the folder's
+``MARKER``, and a file counts as its own only while its content is still the one recorded. Any other file under
+an output's name (the user's own, or one of the demo's that was changed since) is refused as every command
+refuses it ("already exists"), before any work, and left as it is.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from . import registry
-from .atomic import check_writable, write_json
-from .cards import load_model
+from .atomic import check_writable, read_json, write_json
+from .cards import file_sha256, load_model
 from .errors import EXIT_OK, InputError
 from .logic import SynthesisLogic, SynthesisRequest
 from .progress import Reporter
@@ -30,6 +36,8 @@ WHITE_MATTER = "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
 # MNI RAS millimetres: the commonest site of MS lesions.
 LESION_CENTRE_RAS = (24.0, -16.0, 26.0)
 LESION_RADIUS_MM = 6.0
+# In the demo's output folder: {"written": {file name: SHA-256}} of every file the demo wrote there.
+MARKER = ".mrsynthesis-demo.json"
 
 
 def nilearn_file(name: str) -> Path:
@@ -56,6 +64,24 @@ def demo_lesion(template: Volume, white_matter: Volume) -> Volume:
     return template.with_array(mask.astype(np.float32), source="demo lesion")
 
 
+def earlier_outputs(out: Path) -> dict[str, str] | None:
+    """The files in ``out`` that an earlier demo wrote and nobody changed since, name -> SHA-256 (from ``MARKER``);
+    None when ``MARKER`` is there but no record of the demo's (then it is not ours to replace either)."""
+    marker = out / MARKER
+    if not marker.is_file():
+        return {}
+    try:
+        record = read_json(marker)
+    except InputError:
+        return None
+    written = record.get("written") if isinstance(record, dict) else None
+    if not isinstance(written, dict) or not all(
+            isinstance(n, str) and n and Path(n).name == n and n != MARKER and isinstance(d, str)
+            for n, d in written.items()):
+        return None
+    return {n: d for n, d in written.items() if (out / n).is_file() and file_sha256(out / n) == d}
+
+
 def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, reporter: Reporter) -> int:
     template = read_volume(nilearn_file(TEMPLATE))
     print(f"input: MNI152 T1 template from nilearn ({template.source})\n"
@@ -80,8 +106,19 @@ def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, repo
         names.update({f"{t}+lesion": out / f"{t}_synthetic_lesion.nii.gz" for t in targets})
         names["lesion"] = out / "demo_lesion_mask.nii.gz"
     synthetic = [p for k, p in names.items() if k != "lesion"]
-    check_writable([*names.values(), *map(sidecar_path, synthetic), out / "report.png", out / "summary.json"], [],
-                   overwrite)  # before the work
+    planned = [*names.values(), *map(sidecar_path, synthetic), out / "report.png", out / "summary.json"]
+    earlier = earlier_outputs(out)
+    own = {*(earlier or {}), *([MARKER] if earlier is not None else [])}  # replaced without --overwrite
+    check_writable([p for p in [*planned, out / MARKER] if p.name not in own], [], overwrite)  # before the work
+    check_writable([p for p in planned if p.name in own], [], True)
+    written = dict(earlier or {})
+
+    def record(path: Path) -> None:
+        """``path`` is the demo's own from now on: replaced by the next demo, while it is unchanged."""
+        written[path.name] = file_sha256(path)
+        write_json(out / MARKER, {"written": written})
+
+    replace = {p.name: overwrite or p.name in own for p in planned}
     print(f"model: {card.name} ({folder}); synthesising {', '.join(targets)}")
 
     logic = SynthesisLogic(loaded, reporter.progress)
@@ -95,12 +132,13 @@ def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, repo
     reporter.close()
     for key, volume in results.items():  # the synthetic ones say so in their headers and sidecars
         if key == "lesion":
-            write_volume(volume, names[key], overwrite=overwrite)
+            record(write_volume(volume, names[key], overwrite=replace[names[key].name]))
             continue
         target, _, painted = key.partition("+")
         run = (lesioned if painted else healthy).provenance
-        write_volume(volume, names[key], overwrite=overwrite, description=run_description(target, run))
-        write_json(sidecar_path(names[key]), sidecar(target, run, names[key]))
+        record(write_volume(volume, names[key], overwrite=replace[names[key].name],
+                            description=run_description(target, run)))
+        record(write_json(sidecar_path(names[key]), sidecar(target, run, names[key])))
     panels = [Panel("T1 (MNI152 input)", template)] + [Panel(f"{t} synthetic", results[t]) for t in targets]
     if lesion is not None:  # the lesioned scan as a reader sees it, and what the lesion changed (outlined)
         shown = targets[-1]
@@ -109,11 +147,12 @@ def run_demo(out: Path, *, model: str | None, device: str, overwrite: bool, repo
                    Panel("lesioned - healthy", template.with_array(change), overlay=lesion, cmap="magma")]
     report = orthogonal_views(panels, out / "report.png", focus=lesion,
                               title=f"MRSynthesis demo, model {card.name}: synthesised from T1 alone")
+    record(Path(report))
     summary = {"model": card.name, "device": healthy.device, "precision": healthy.precision,
                "outputs": {k: str(p) for k, p in names.items()}, "report": str(report), "notes": healthy.notes}
     if lesion is not None:
         summary["lesion_voxels"] = int(lesion.array.sum())
-    write_json(out / "summary.json", summary)
+    record(write_json(out / "summary.json", summary))
     for key, path in names.items():
         print(f"{key}: {path}")
     print(f"report: {report}")

@@ -50,6 +50,15 @@ class Reporter:
             self.close()
             print(f"note: {message}", file=sys.stderr)
 
+    def failure(self, subject: str, reason: str) -> None:
+        """One part of a run that failed while the rest went on (a subject of a batch): ``failed: SUBJECT: REASON``
+        on stderr, or a ``subject_failed`` event. An error that ends the whole run is the ``error`` event (cli)."""
+        if self.mode == "json":
+            self.event("subject_failed", subject=subject, message=reason)
+        else:
+            self.close()
+            print(f"failed: {subject}: {reason}", file=sys.stderr)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

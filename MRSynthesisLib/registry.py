@@ -3,6 +3,11 @@
 Search order for a model given by name: the folders in ``MRSYNTHESIS_MODEL_PATH``
 (os.pathsep-separated; each holds model folders or is one), then ``~/.mrsynthesis/models``, then the models bundled in
 ``Resources/Models``; a name that is an existing folder path is used as it is.
+
+A name that more than one model folder carries (a training run exported under the bundled model's own name, in a
+folder on ``MRSYNTHESIS_MODEL_PATH``) is refused rather than resolved to whichever folder is searched first: the
+error names every folder that carries it, and the user passes the folder path, which is never ambiguous. Without a
+name (no ``--model``), the bundled model is used, whatever the user's folders hold.
 """
 
 from __future__ import annotations
@@ -54,6 +59,15 @@ def list_models() -> list[ModelEntry]:
     return entries
 
 
+def name_clashes(entries: list[ModelEntry]) -> dict[str, list[Path]]:
+    """The names that more than one model folder carries, each with those folders in search order. One folder
+    reached twice (a search folder inside another, or listed twice in ``MRSYNTHESIS_MODEL_PATH``) is no clash."""
+    folders: dict[str, dict[Path, Path]] = {}
+    for entry in entries:
+        folders.setdefault(entry.name, {}).setdefault(entry.folder.resolve(), entry.folder)
+    return {name: list(found.values()) for name, found in folders.items() if len(found) > 1}
+
+
 def resolve(model: str | None) -> Path:
     """The folder of ``model`` (a name or a path); ``None`` means the default bundled model."""
     if model is None:
@@ -65,9 +79,16 @@ def resolve(model: str | None) -> Path:
     path = Path(model).expanduser()
     if (path / CARD_NAME).is_file():
         return path
-    for entry in list_models():
+    entries = list_models()
+    clash = name_clashes(entries).get(model)
+    if clash:
+        origin = {e.folder: e.origin for e in reversed(entries)}
+        carriers = "; ".join(f"{folder} [{origin[folder]}]" for folder in clash)
+        raise InputError(f"model name {model!r} is carried by {len(clash)} model folders: {carriers}; pass the "
+                         f"folder of the one you mean instead of the name (e.g. --model {clash[0]})")
+    for entry in entries:
         if entry.name == model:
             return entry.folder
-    known = ", ".join(e.name for e in list_models()) or "none"
+    known = ", ".join(e.name for e in entries) or "none"
     raise InputError(f"model {model!r} is neither a model folder (with {CARD_NAME}) nor a known model name; "
                      f"known models: {known}")

@@ -295,9 +295,32 @@ def test_registry_unknown_name_lists_the_known_ones(model_path):
     assert "'delta'" in message and "known models: alpha, beta, broken" in message
 
 
-def test_registry_first_folder_wins(model_path, tmp_path, monkeypatch):
+def test_registry_refuses_a_name_that_several_folders_carry(model_path, tmp_path, monkeypatch):
+    """A training run exported under the bundled model's name, its folder on MRSYNTHESIS_MODEL_PATH: --model NAME
+    silently took the first folder searched (the user's). Now the name is refused, every folder carrying it named;
+    a folder path still resolves, and the default (no name) stays the bundled model."""
     first, second = model_path
-    make_tiny_model(second / "alpha", name="alpha-shadowed")
+    make_tiny_model(second / "alpha", name="alpha-again")
+    bundled = make_tiny_model(tmp_path / "bundled" / "alpha")
+    with pytest.raises(InputError) as error:
+        registry.resolve("alpha")
+    message = str(error.value)
+    assert "'alpha' is carried by 3 model folders" in message
+    for folder, origin in ((first, "user"), (second, "user"), (tmp_path / "bundled", "bundled")):
+        assert f"{folder / 'alpha'} [{origin}]" in message
+    assert "pass the folder" in message
+    assert registry.resolve(str(second / "alpha")) == second / "alpha"
+    assert registry.resolve(None) == bundled
+    assert registry.resolve("beta") == second / "beta"  # other names are as before
+    assert registry.name_clashes(registry.list_models()) == {
+        "alpha": [first / "alpha", second / "alpha", bundled]}
+
+
+def test_registry_one_folder_found_twice_is_no_clash(model_path, monkeypatch):
+    first, second = model_path
+    monkeypatch.setenv("MRSYNTHESIS_MODEL_PATH", f"{first}:{second}:{first / 'alpha'}")
+    assert [e.folder for e in registry.list_models()].count(first / "alpha") == 2
+    assert registry.name_clashes(registry.list_models()) == {}
     assert registry.resolve("alpha") == first / "alpha"
 
 

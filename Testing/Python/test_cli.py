@@ -429,6 +429,34 @@ def test_models_lists_model_path(runs, ws):
     assert "unusable:" in weightless and "which do not exist" in weightless
 
 
+def test_models_marks_a_name_that_several_folders_carry(ws, tmp_path, monkeypatch, in_process_cli, capsys):
+    """A run folder exporting a model under a name another folder carries: `models` listed both alike, and
+    --model NAME silently took the first. Now both are marked, and the name is refused, naming the folders."""
+    from MRSynthesisLib import registry
+
+    mine = make_tiny_model(tmp_path / "run" / "tiny")
+    monkeypatch.setenv("MRSYNTHESIS_MODEL_PATH", f"{tmp_path / 'run'}{os.pathsep}{ws['models']}")
+    monkeypatch.setattr(registry, "USER_MODELS", tmp_path / "no-home-models")
+    assert in_process_cli(["models"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("tiny ")]
+    assert len(lines) == 2 and all(line.startswith("tiny  [user]  [name clash]  T1+") for line in lines)
+    assert str(mine) in lines[0] and str(ws["models"] / "tiny") in lines[1]
+    assert "[name clash]" not in next(line for line in out.splitlines() if "[bundled]" in line)
+    assert "name clash: 2 model folders are named tiny; --model tiny is refused: pass the folder instead" in out
+    assert in_process_cli(["models", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["name_clash"] for e in listed if e["name"] == "tiny"] == [[str(ws["models"] / "tiny")], [str(mine)]]
+    assert all(e["name_clash"] == [] for e in listed if e["name"] != "tiny")
+    assert {"name", "folder", "origin", "problem", "card"} <= set(listed[0])  # the fields read before
+    out_folder = tmp_path / "out"
+    assert in_process_cli(["synthesize", "--model", "tiny", "--input", f"T1={ws['subject']['T1']}",
+                           "--out", str(out_folder), "--progress", "none"]) == 2
+    error = capsys.readouterr().err
+    assert "'tiny' is carried by 2 model folders" in error and f"{mine} [user]" in error
+    assert not out_folder.exists()
+
+
 def table(stdout: str) -> dict[str, float]:
     """The rows of ``metrics.format_table`` output (after the 'metric value' header and its rule)."""
     lines = stdout.splitlines()
@@ -593,7 +621,7 @@ def test_batch_writes_all_then_resumes(runs, ws, run_cli):
     assert first.returncode == 0, explain(first)
     done, skipped, final = batch_events(first)
     assert done == {"s1", "s2", "s3"} and skipped == set()
-    assert final == {"event": "done", "rank": 0, "world_size": 1, "subjects": 3, "failed": {}}
+    assert final == {"event": "done", "rank": 0, "world_size": 1, "subjects": 3, "failed": {}, "skipped": []}
     expected = ["s1", "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz", "s2", "s2/T1c_synthetic.json",
                 "s2/T1c_synthetic.nii.gz", "s3", "s3/FLAIR_synthetic.json", "s3/FLAIR_synthetic.nii.gz",
                 "s3/T1c_synthetic.json", "s3/T1c_synthetic.nii.gz"]  # s3 has no FLAIR input
@@ -606,8 +634,8 @@ def test_batch_writes_all_then_resumes(runs, ws, run_cli):
             "--progress", "json"]
     second = run_cli(*args)
     assert second.returncode == 0, explain(second)
-    done, skipped, _ = batch_events(second)
-    assert done == set() and skipped == {"s1", "s2", "s3"}
+    done, skipped, final = batch_events(second)
+    assert done == set() and skipped == {"s1", "s2", "s3"} and final["skipped"] == ["s1", "s2", "s3"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == stamps
 
     (out / "s2" / "T1c_synthetic.nii.gz").unlink()  # its sidecar stays, and is ours to replace
@@ -633,6 +661,28 @@ def test_batch_goes_on_after_a_bad_subject(runs, ws):
     done, _, final = batch_events(result)
     assert done == {"s1"} and set(final["failed"]) == {"broken"} and "no such file" in final["failed"]["broken"]
     assert files_under(ws["out"] / "batch-bad") == ["s1", "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz"]
+
+
+def test_batch_says_what_it_made_skipped_and_failed(ws, tmp_path, in_process_cli, capsys):
+    """The final line said "2 of 2 subjects done" when a rerun had skipped every subject, and a failed subject was a
+    "note". Now the line counts made, skipped and failed subjects, and a failure reads as one (an event in JSON)."""
+    args = ["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest_with_bad.csv"),
+            "--out", str(tmp_path / "out"), "--precision", "fp32"]
+    assert in_process_cli([*args, "--progress", "none"]) == 2
+    said = capsys.readouterr()
+    missing = ws["cohort"] / "nowhere" / "T2.nii.gz"
+    assert said.out.splitlines()[-1] == "rank 0/1: 2 subjects: 1 made, 0 skipped, 1 failed: broken"
+    assert f"failed: broken: {missing}: no such file" in said.err and "note: broken" not in said.err
+    assert in_process_cli([*args, "--progress", "none"]) == 2  # the rerun: s1 exists, broken still fails
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "rank 0/1: 2 subjects: 0 made, 1 skipped (outputs exist; --overwrite redoes them), 1 failed: broken")
+    assert in_process_cli([*args, "--progress", "json"]) == 2
+    events = json_lines(capsys.readouterr().out)
+    assert [(e["subject"], e["message"]) for e in events if e["event"] == "subject_failed"] == [
+        ("broken", f"{missing}: no such file")]
+    assert not any(e["event"] == "note" for e in events)
+    assert events[-1] == {"event": "done", "rank": 0, "world_size": 1, "subjects": 2,
+                          "failed": {"broken": f"{missing}: no such file"}, "skipped": ["s1"]}
 
 
 def test_register_onto_a_modality_not_given_is_a_bad_input(ws, tmp_path, in_process_cli, capsys):
@@ -673,8 +723,9 @@ def test_batch_goes_on_after_an_unexpected_error_and_says_it(ws, tmp_path, monke
     done, _, final = batch_events(subprocess.CompletedProcess([], 1, "\n".join(map(json.dumps, events)), ""))
     assert done == {"s1", "s3"} and list(final["failed"]) == ["s2"]
     assert "RuntimeError: ITK ERROR: registration diverged" in final["failed"]["s2"]
-    notes = [e["message"] for e in events if e["event"] == "note" and e["message"].startswith("s2:")]
-    assert len(notes) == 1 and "Traceback (most recent call last)" in notes[0]
+    failed = [e for e in events if e["event"] == "subject_failed"]
+    assert [e["subject"] for e in failed] == ["s2"] and "Traceback (most recent call last)" in failed[0]["message"]
+    assert not any(e["event"] == "note" and e["message"].startswith("s2:") for e in events)
     assert not (tmp_path / "out" / "s2").exists() or files_under(tmp_path / "out" / "s2") == []
 
 
@@ -784,6 +835,38 @@ def test_the_demo_writes_synthetic_images_that_say_so(ws, tmp_path, in_process_c
         assert record["description"] == said and record["synthetic"] is True
         assert (record["lesion_mask"] is not None) == lesion
     assert not (tmp_path / "demo" / "demo_lesion_mask.json").exists()  # the painted mask is no synthesis
+
+
+def test_the_demo_reruns_over_its_own_outputs_only(ws, tmp_path, in_process_cli, capsys):
+    """The demo run twice (the README's first command) failed the second time: "T1c_synthetic.nii.gz: already
+    exists". Now it replaces what it wrote itself and nobody changed since; any other file under an output's name
+    is refused before any work, as before, and left byte for byte."""
+    out = tmp_path / "demo"
+    args = ["demo", "--model", str(ws["model"]), "--out", str(out), "--device", "cpu", "--progress", "none"]
+    assert in_process_cli(args) == 0, capsys.readouterr().err
+    first = {p.name: p.stat().st_ino for p in out.iterdir()}
+    assert {"FLAIR_synthetic.nii.gz", "FLAIR_synthetic.json", "demo_lesion_mask.nii.gz", "report.png",
+            "summary.json"} <= set(first)
+    capsys.readouterr()
+    assert in_process_cli(args) == 0, capsys.readouterr().err  # the rerun
+    again = {p.name: p.stat().st_ino for p in out.iterdir()}
+    assert set(again) == set(first)
+    assert all(again[name] != first[name] for name in first), "every output was written anew"
+    # one of its outputs changed since (the user saved their own figure under its name): refused, left as it is
+    (out / "report.png").write_bytes(b"the user's own figure")
+    capsys.readouterr()
+    assert in_process_cli(args) == 2
+    assert f"{out / 'report.png'}: already exists; choose another name or pass --overwrite" in capsys.readouterr().err
+    assert (out / "report.png").read_bytes() == b"the user's own figure"
+    assert {p.name: p.stat().st_ino for p in out.iterdir()} == again  # nothing else written either
+    # a folder of the user's that the demo never wrote into: their file under an output's name is refused
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "FLAIR_synthetic.nii.gz").write_bytes(b"the user's own scan")
+    assert in_process_cli([*args[:4], str(theirs), *args[5:]]) == 2
+    assert f"{theirs / 'FLAIR_synthetic.nii.gz'}: already exists" in capsys.readouterr().err
+    assert [p.name for p in theirs.iterdir()] == ["FLAIR_synthetic.nii.gz"]
+    assert (theirs / "FLAIR_synthetic.nii.gz").read_bytes() == b"the user's own scan"
 
 
 def test_batch_resumes_a_subject_cancelled_while_writing(ws, tmp_path, monkeypatch, in_process_cli):
