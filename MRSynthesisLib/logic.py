@@ -187,6 +187,9 @@ class SynthesisLogic:
             "that T1, lowered the synthetic FLAIR's SSIM from 0.685 / 0.630 to 0.676 / 0.608 on the shared MS "
             "subjects, the bundled model); give the acquired scan, or leave it out" for v in inputs.values()
             if is_output(v.description)]
+        early.extend(f"{t} is also an input ({inputs[t].source}): the synthetic {t} is the model's reconstruction of "
+                     f"it from the inputs, itself included; compared with it, it shows how the model does on this scan"
+                     for t in targets if t in inputs)
         check_distinct(inputs)
         for group in (inputs, references):
             for name, volume in group.items():

@@ -988,3 +988,13 @@ def test_a_foreground_the_size_of_a_head_is_said(tmp_path):
     assert said and "if the skull is still on, strip it first" in said[0]
     assert not any("skull" in n for n in notes((2.4e6 / voxels) ** (1 / 3)))
     assert not any("skull" in n for n in notes(big, brain_mask=vols["brain"]))  # a given mask is the user's word
+
+
+def test_a_target_that_is_also_an_input_is_said(chartsias):
+    """``--target T1`` beside a T1 input returned a "synthetic" T1 without a word: it is the model's
+    reconstruction of the input, which is worth having (how the model does on this scan) but must be said."""
+    vols, _ = volumes()
+    notes = run(chartsias, {"T1": vols["T1"], "T2": vols["T2"]}, ["T1", "FLAIR"]).notes
+    said = [n for n in notes if "is also an input" in n]
+    assert len(said) == 1 and said[0].startswith(f"T1 is also an input ({vols['T1'].source}): the synthetic T1 is")
+    assert not any("is also an input" in n for n in run(chartsias, {"T1": vols["T1"]}, ["FLAIR"]).notes)
