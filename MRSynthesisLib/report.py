@@ -105,7 +105,10 @@ def saliency_figure(inputs: Mapping[str, Volume], maps: Mapping[str, Volume], pa
     point = centre_of(_display_array(focus) > 0.5) if focus is not None else centre_of(support)
     values = np.concatenate([a[support] for a in saliency.values()]) if support.any() else np.zeros(1)
     top = max(float(np.percentile(values, 99.5)), 1e-12)
-    figure, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 5.4), squeeze=False, facecolor="black")
+    # about 2 pixels per voxel of a 1 mm brain at the 110 dpi of save_figure, and room for the title and colour bar
+    # with one input (2.6 inches a column made a one-input figure 286 pixels wide)
+    figure, axes = plt.subplots(2, len(names), figsize=(max(3.6 * len(names), 5.0), 7.4), squeeze=False,
+                                facecolor="black")
     for column, name in enumerate(names):
         image = images[name]
         foreground = image[image != 0]
