@@ -12,6 +12,7 @@ import json
 import os
 import traceback
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -276,15 +277,63 @@ def _kept(paths: Mapping[str, Path], interrupted: set[str], overwrite: bool) -> 
             if p.exists() and not {p.name, sidecar_path(p).name} & interrupted}
 
 
+def batch_record_path(out: str | os.PathLike, rank: int, world: int) -> Path:
+    """Where a batch run records what it did: ``mrsynthesis-batch.json`` in ``--out`` (one per rank under torchrun,
+    ``mrsynthesis-batch.rank<R>.json``), replaced by the next run; the terminal and JSON events are gone by then,
+    and a cohort's failures must stay findable beside its outputs."""
+    return Path(out) / ("mrsynthesis-batch.json" if world == 1 else f"mrsynthesis-batch.rank{rank}.json")
+
+
+def _check_batch_record(path: Path) -> None:
+    """An earlier batch's record is replaced; any other file under its name is the user's, and refused."""
+    if not path.exists():
+        return
+    try:
+        ours = isinstance(record := read_json(path), dict) and record.get("record") == "mrsynthesis batch"
+    except InputError:
+        ours = False
+    if not ours:
+        raise InputError(f"{path}: already exists and is not the record of an MRSynthesis batch, which the batch "
+                         "writes there; move it, or choose another --out")
+
+
 def batch(args: argparse.Namespace, reporter: Reporter) -> int:
     check_out(args.out, folder_only=True)
     check_folder(Path(args.out))  # once, before any subject's inference, rather than failing each in turn
     subjects, rank, world = shard(read_manifest(args.manifest, MASK_COLUMNS, [PATIENT_COLUMN, LESION_MASK_ON_COLUMN]))
-    model = load_model(registry.resolve(args.model))
+    record_path = batch_record_path(args.out, rank, world)
+    _check_batch_record(record_path)
+    folder = registry.resolve(args.model)
+    model = load_model(folder)
     logic = SynthesisLogic(model)
     failures: dict[str, str] = {}
+    made: list[str] = []
+    kept_by: dict[str, list[str]] = {}  # subject -> targets whose outputs it kept (a target added to a finished run)
     skipped: list[str] = []  # subjects whose every output exists: nothing to do without --overwrite
     bugs: list[str] = []  # subjects that failed on an error other than an InputError: the exit status says it
+    try:
+        _batch_subjects(args, reporter, subjects, logic, model, failures, made, kept_by, skipped, bugs)
+    finally:  # also when cancelled: what was done until then
+        write_json(record_path, {
+            "record": "mrsynthesis batch", "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "complete": len(made) + len(skipped) + len(failures) == len(subjects),
+            "manifest": os.path.abspath(args.manifest), "model": model.card.name, "model_folder": str(folder),
+            "rank": rank, "world_size": world, "subjects": len(subjects), "made": made, "kept": kept_by,
+            "skipped": skipped, "failed": failures})
+    reporter.close()
+    reporter.event("done", rank=rank, world_size=world, subjects=len(subjects), failed=failures, skipped=skipped)
+    if reporter.mode != "json":
+        print(f"rank {rank}/{world}: {len(subjects)} subjects: {len(made)} made, {len(skipped)} skipped"
+              + (" (outputs exist; --overwrite redoes them)" if skipped else "")
+              + f", {len(failures)} failed" + (f": {', '.join(failures)}" if failures else "")
+              + f"; record: {record_path}")
+    return EXIT_INTERNAL if bugs else EXIT_BAD_INPUT if failures else EXIT_OK
+
+
+def _batch_subjects(args: argparse.Namespace, reporter: Reporter, subjects: Sequence[ManifestSubject],
+                    logic: SynthesisLogic, model: LoadedModel, failures: dict[str, str], made: list[str],
+                    kept_by: dict[str, list[str]], skipped: list[str], bugs: list[str]) -> None:
+    """Each subject of ``batch`` in turn; what became of each goes into the lists and maps given."""
     for index, subject in enumerate(subjects):
         name = subject.subject
         inputs = {n: str(p.resolve()) for n, p in subject.images.items()}
@@ -335,6 +384,9 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
                               f"({', '.join(p.name for p in kept.values())}; --overwrite redoes it), "
                               f"made {', '.join(paths)}")
             reporter.event("subject_done", subject=name, **summary, kept={t: str(p) for t, p in kept.items()})
+            made.append(name)
+            if kept:
+                kept_by[name] = list(kept)
         except InputError as error:
             failures[name] = str(error)
             reporter.failure(name, str(error))
@@ -344,14 +396,6 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
             failures[name] = f"internal error (a bug; please report it): {type(error).__name__}: {error}"
             bugs.append(name)
             reporter.failure(name, f"{failures[name]}\n{traceback.format_exc().rstrip()}")
-    reporter.close()
-    reporter.event("done", rank=rank, world_size=world, subjects=len(subjects), failed=failures, skipped=skipped)
-    if reporter.mode != "json":
-        made = len(subjects) - len(skipped) - len(failures)
-        print(f"rank {rank}/{world}: {len(subjects)} subjects: {made} made, {len(skipped)} skipped"
-              + (" (outputs exist; --overwrite redoes them)" if skipped else "")
-              + f", {len(failures)} failed" + (f": {', '.join(failures)}" if failures else ""))
-    return EXIT_INTERNAL if bugs else EXIT_BAD_INPUT if failures else EXIT_OK
 
 
 def models(args: argparse.Namespace, reporter: Reporter) -> int:

@@ -622,10 +622,13 @@ def test_batch_writes_all_then_resumes(runs, ws, run_cli):
     done, skipped, final = batch_events(first)
     assert done == {"s1", "s2", "s3"} and skipped == set()
     assert final == {"event": "done", "rank": 0, "world_size": 1, "subjects": 3, "failed": {}, "skipped": []}
-    expected = ["s1", "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz", "s2", "s2/T1c_synthetic.json",
-                "s2/T1c_synthetic.nii.gz", "s3", "s3/FLAIR_synthetic.json", "s3/FLAIR_synthetic.nii.gz",
-                "s3/T1c_synthetic.json", "s3/T1c_synthetic.nii.gz"]  # s3 has no FLAIR input
+    expected = ["mrsynthesis-batch.json", "s1", "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz", "s2",
+                "s2/T1c_synthetic.json", "s2/T1c_synthetic.nii.gz", "s3", "s3/FLAIR_synthetic.json",
+                "s3/FLAIR_synthetic.nii.gz", "s3/T1c_synthetic.json", "s3/T1c_synthetic.nii.gz"]  # s3: no FLAIR input
     assert files_under(out) == expected
+    record = json.loads((out / "mrsynthesis-batch.json").read_text())
+    assert record["made"] == ["s1", "s2", "s3"] and record["skipped"] == [] and record["failed"] == {}
+    assert record["complete"] and record["manifest"] == str(ws["cohort"] / "manifest.csv")
     reference = read_volume(ws["cohort"] / "s2" / "T1.nii.gz").geometry
     assert read_volume(out / "s2" / "T1c_synthetic.nii.gz").geometry.differences(reference, 1e-5) == []
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
@@ -652,7 +655,8 @@ def test_batch_shards_by_torchrun_rank(runs, ws):
     assert result.returncode == 0, explain(result)
     done, skipped, final = batch_events(result)
     assert done == {"s2"} and final["rank"] == 1 and final["world_size"] == 2 and final["subjects"] == 1
-    assert files_under(ws["out"] / "batch-rank1") == ["s2", "s2/T1c_synthetic.json", "s2/T1c_synthetic.nii.gz"]
+    assert files_under(ws["out"] / "batch-rank1") == ["mrsynthesis-batch.rank1.json", "s2", "s2/T1c_synthetic.json",
+                                                      "s2/T1c_synthetic.nii.gz"]
 
 
 def test_batch_goes_on_after_a_bad_subject(runs, ws):
@@ -660,7 +664,8 @@ def test_batch_goes_on_after_a_bad_subject(runs, ws):
     assert result.returncode == 2, explain(result)
     done, _, final = batch_events(result)
     assert done == {"s1"} and set(final["failed"]) == {"broken"} and "no such file" in final["failed"]["broken"]
-    assert files_under(ws["out"] / "batch-bad") == ["s1", "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz"]
+    assert files_under(ws["out"] / "batch-bad") == ["mrsynthesis-batch.json", "s1", "s1/T1c_synthetic.json",
+                                                    "s1/T1c_synthetic.nii.gz"]
 
 
 def test_batch_says_what_it_made_skipped_and_failed(ws, tmp_path, in_process_cli, capsys):
@@ -671,11 +676,15 @@ def test_batch_says_what_it_made_skipped_and_failed(ws, tmp_path, in_process_cli
     assert in_process_cli([*args, "--progress", "none"]) == 2
     said = capsys.readouterr()
     missing = ws["cohort"] / "nowhere" / "T2.nii.gz"
-    assert said.out.splitlines()[-1] == "rank 0/1: 2 subjects: 1 made, 0 skipped, 1 failed: broken"
+    record = tmp_path / "out" / "mrsynthesis-batch.json"
+    assert said.out.splitlines()[-1] == f"rank 0/1: 2 subjects: 1 made, 0 skipped, 1 failed: broken; record: {record}"
+    assert json.loads(record.read_text())["failed"] == {"broken": f"{missing}: no such file"}
     assert f"failed: broken: {missing}: no such file" in said.err and "note: broken" not in said.err
     assert in_process_cli([*args, "--progress", "none"]) == 2  # the rerun: s1 exists, broken still fails
     assert capsys.readouterr().out.splitlines()[-1] == (
-        "rank 0/1: 2 subjects: 0 made, 1 skipped (outputs exist; --overwrite redoes them), 1 failed: broken")
+        "rank 0/1: 2 subjects: 0 made, 1 skipped (outputs exist; --overwrite redoes them), 1 failed: broken; "
+        f"record: {record}")
+    assert json.loads(record.read_text())["skipped"] == ["s1"]  # the record is the last run's
     assert in_process_cli([*args, "--progress", "json"]) == 2
     events = json_lines(capsys.readouterr().out)
     assert [(e["subject"], e["message"]) for e in events if e["event"] == "subject_failed"] == [
@@ -683,6 +692,18 @@ def test_batch_says_what_it_made_skipped_and_failed(ws, tmp_path, in_process_cli
     assert not any(e["event"] == "note" for e in events)
     assert events[-1] == {"event": "done", "rank": 0, "world_size": 1, "subjects": 2,
                           "failed": {"broken": f"{missing}: no such file"}, "skipped": ["s1"]}
+
+
+def test_a_users_file_under_the_batch_records_name_is_refused_before_any_work(ws, tmp_path, in_process_cli, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mrsynthesis-batch.json").write_text('{"mine": true}')
+    assert in_process_cli(["batch", "--model", str(ws["model"]), "--manifest", str(ws["cohort"] / "manifest.csv"),
+                           "--out", str(out), "--progress", "none"]) == 2
+    assert "mrsynthesis-batch.json: already exists and is not the record of an MRSynthesis batch" in (
+        capsys.readouterr().err)
+    assert files_under(out) == ["mrsynthesis-batch.json"] and (out / "mrsynthesis-batch.json").read_text() == (
+        '{"mine": true}')
 
 
 def test_register_onto_a_modality_not_given_is_a_bad_input(ws, tmp_path, in_process_cli, capsys):
@@ -874,8 +895,11 @@ def test_batch_resumes_a_subject_cancelled_while_writing(ws, tmp_path, monkeypat
             "--out", str(tmp_path / "out"), "--precision", "fp32", "--progress", "none"]
     cancel_on_write(monkeypatch, 4)  # s1 and s2 write one output each, s3 two: cancel between s3's two
     assert in_process_cli(args) == 130
-    assert files_under(tmp_path / "out") == ["s1", "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz", "s2",
-                                             "s2/T1c_synthetic.json", "s2/T1c_synthetic.nii.gz", "s3"]
+    assert files_under(tmp_path / "out") == ["mrsynthesis-batch.json", "s1", "s1/T1c_synthetic.json",
+                                             "s1/T1c_synthetic.nii.gz", "s2", "s2/T1c_synthetic.json",
+                                             "s2/T1c_synthetic.nii.gz", "s3"]
+    cut = json.loads((tmp_path / "out" / "mrsynthesis-batch.json").read_text())  # what was done until the stop
+    assert cut["made"] == ["s1", "s2"] and not cut["complete"]
     monkeypatch.undo()
     assert in_process_cli(args) == 0  # s3 is redone, not refused because one of its outputs exists
     assert "s3/FLAIR_synthetic.nii.gz" in files_under(tmp_path / "out")
@@ -995,7 +1019,7 @@ def test_batch_adds_a_target_to_a_finished_cohort(ws, tmp_path, in_process_cli, 
     assert in_process_cli(args) == 0
     (out / "s2" / "FLAIR_synthetic.json").write_text('{"the user\'s": true}')
     (out / "s3" / "T1c_synthetic.json").unlink()
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "mrsynthesis-batch.json"}
     capsys.readouterr()
     assert in_process_cli([*args, "--target", "FLAIR"]) == 2
     events = json_lines(capsys.readouterr().out)
@@ -1009,9 +1033,10 @@ def test_batch_adds_a_target_to_a_finished_cohort(ws, tmp_path, in_process_cli, 
         f"{n}: kept the existing T1c output (T1c_synthetic.nii.gz; --overwrite redoes it), made FLAIR"
         for n in ("s1", "s3")}
     assert {p: p.read_bytes() for p in before} == before
-    assert files_under(out) == ["s1", "s1/FLAIR_synthetic.json", "s1/FLAIR_synthetic.nii.gz", "s1/T1c_synthetic.json",
-                                "s1/T1c_synthetic.nii.gz", "s2", "s2/FLAIR_synthetic.json", "s2/T1c_synthetic.json",
-                                "s2/T1c_synthetic.nii.gz", "s3", "s3/FLAIR_synthetic.json",
+    assert json.loads((out / "mrsynthesis-batch.json").read_text())["kept"] == {"s1": ["T1c"], "s3": ["T1c"]}
+    assert files_under(out) == ["mrsynthesis-batch.json", "s1", "s1/FLAIR_synthetic.json", "s1/FLAIR_synthetic.nii.gz",
+                                "s1/T1c_synthetic.json", "s1/T1c_synthetic.nii.gz", "s2", "s2/FLAIR_synthetic.json",
+                                "s2/T1c_synthetic.json", "s2/T1c_synthetic.nii.gz", "s3", "s3/FLAIR_synthetic.json",
                                 "s3/FLAIR_synthetic.nii.gz", "s3/T1c_synthetic.nii.gz"]
     (out / "s2" / "FLAIR_synthetic.json").unlink()
     assert in_process_cli([*args, "--target", "FLAIR"]) == 0  # s2 now; nothing is left to do for the others
