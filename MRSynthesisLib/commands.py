@@ -12,6 +12,7 @@ import json
 import os
 import traceback
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -277,6 +278,17 @@ def _kept(paths: Mapping[str, Path], interrupted: set[str], overwrite: bool) -> 
             if p.exists() and not {p.name, sidecar_path(p).name} & interrupted}
 
 
+@dataclass
+class BatchTally:
+    """What became of each subject of a batch run, for its final line, its ``done`` event and its record."""
+
+    made: list[str] = field(default_factory=list)
+    kept: dict[str, list[str]] = field(default_factory=dict)  # subject -> targets whose existing outputs it kept
+    skipped: list[str] = field(default_factory=list)  # every output existed: nothing to do without --overwrite
+    failed: dict[str, str] = field(default_factory=dict)  # subject -> why
+    bugs: list[str] = field(default_factory=list)  # failed on an error other than an InputError: the exit status
+
+
 def batch_record_path(out: str | os.PathLike, rank: int, world: int) -> Path:
     """Where a batch run records what it did: ``mrsynthesis-batch.json`` in ``--out`` (one per rank under torchrun,
     ``mrsynthesis-batch.rank<R>.json``), replaced by the next run; the terminal and JSON events are gone by then,
@@ -306,34 +318,30 @@ def batch(args: argparse.Namespace, reporter: Reporter) -> int:
     folder = registry.resolve(args.model)
     model = load_model(folder)
     logic = SynthesisLogic(model)
-    failures: dict[str, str] = {}
-    made: list[str] = []
-    kept_by: dict[str, list[str]] = {}  # subject -> targets whose outputs it kept (a target added to a finished run)
-    skipped: list[str] = []  # subjects whose every output exists: nothing to do without --overwrite
-    bugs: list[str] = []  # subjects that failed on an error other than an InputError: the exit status says it
+    tally = BatchTally()
     try:
-        _batch_subjects(args, reporter, subjects, logic, model, failures, made, kept_by, skipped, bugs)
+        _batch_subjects(args, reporter, subjects, logic, model, tally)
     finally:  # also when cancelled: what was done until then
         write_json(record_path, {
             "record": "mrsynthesis batch", "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "complete": len(made) + len(skipped) + len(failures) == len(subjects),
+            "complete": len(tally.made) + len(tally.skipped) + len(tally.failed) == len(subjects),
             "manifest": os.path.abspath(args.manifest), "model": model.card.name, "model_folder": str(folder),
-            "rank": rank, "world_size": world, "subjects": len(subjects), "made": made, "kept": kept_by,
-            "skipped": skipped, "failed": failures})
+            "rank": rank, "world_size": world, "subjects": len(subjects), "made": tally.made, "kept": tally.kept,
+            "skipped": tally.skipped, "failed": tally.failed})
     reporter.close()
-    reporter.event("done", rank=rank, world_size=world, subjects=len(subjects), failed=failures, skipped=skipped)
+    reporter.event("done", rank=rank, world_size=world, subjects=len(subjects), failed=tally.failed,
+                   skipped=tally.skipped)
     if reporter.mode != "json":
-        print(f"rank {rank}/{world}: {len(subjects)} subjects: {len(made)} made, {len(skipped)} skipped"
-              + (" (outputs exist; --overwrite redoes them)" if skipped else "")
-              + f", {len(failures)} failed" + (f": {', '.join(failures)}" if failures else "")
-              + f"; record: {record_path}")
-    return EXIT_INTERNAL if bugs else EXIT_BAD_INPUT if failures else EXIT_OK
+        failed = tally.failed
+        print(f"rank {rank}/{world}: {len(subjects)} subjects: {len(tally.made)} made, {len(tally.skipped)} skipped"
+              + (" (outputs exist; --overwrite redoes them)" if tally.skipped else "")
+              + f", {len(failed)} failed" + (f": {', '.join(failed)}" if failed else "") + f"; record: {record_path}")
+    return EXIT_INTERNAL if tally.bugs else EXIT_BAD_INPUT if tally.failed else EXIT_OK
 
 
 def _batch_subjects(args: argparse.Namespace, reporter: Reporter, subjects: Sequence[ManifestSubject],
-                    logic: SynthesisLogic, model: LoadedModel, failures: dict[str, str], made: list[str],
-                    kept_by: dict[str, list[str]], skipped: list[str], bugs: list[str]) -> None:
-    """Each subject of ``batch`` in turn; what became of each goes into the lists and maps given."""
+                    logic: SynthesisLogic, model: LoadedModel, tally: BatchTally) -> None:
+    """Each subject of ``batch`` in turn; what became of each goes into ``tally``."""
     for index, subject in enumerate(subjects):
         name = subject.subject
         inputs = {n: str(p.resolve()) for n, p in subject.images.items()}
@@ -349,7 +357,7 @@ def _batch_subjects(args: argparse.Namespace, reporter: Reporter, subjects: Sequ
             kept = _kept(paths, interrupted, args.overwrite)
             if len(kept) == len(paths):
                 reporter.event("skipped", subject=name, reason="outputs exist")
-                skipped.append(name)
+                tally.skipped.append(name)
                 continue
             paths = {t: p for t, p in paths.items() if t not in kept}  # e.g. a target added to a finished cohort
             theirs, left = sidecars(list(paths.values()))
@@ -384,18 +392,18 @@ def _batch_subjects(args: argparse.Namespace, reporter: Reporter, subjects: Sequ
                               f"({', '.join(p.name for p in kept.values())}; --overwrite redoes it), "
                               f"made {', '.join(paths)}")
             reporter.event("subject_done", subject=name, **summary, kept={t: str(p) for t, p in kept.items()})
-            made.append(name)
+            tally.made.append(name)
             if kept:
-                kept_by[name] = list(kept)
+                tally.kept[name] = list(kept)
         except InputError as error:
-            failures[name] = str(error)
+            tally.failed[name] = str(error)
             reporter.failure(name, str(error))
         except Cancelled:  # the user stopped the batch, not this subject
             raise
         except Exception as error:  # noqa: BLE001 - a bug or a library failure on one subject must not stop the rest
-            failures[name] = f"internal error (a bug; please report it): {type(error).__name__}: {error}"
-            bugs.append(name)
-            reporter.failure(name, f"{failures[name]}\n{traceback.format_exc().rstrip()}")
+            tally.failed[name] = f"internal error (a bug; please report it): {type(error).__name__}: {error}"
+            tally.bugs.append(name)
+            reporter.failure(name, f"{tally.failed[name]}\n{traceback.format_exc().rstrip()}")
 
 
 def models(args: argparse.Namespace, reporter: Reporter) -> int:
