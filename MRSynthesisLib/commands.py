@@ -27,7 +27,7 @@ from .logic import SynthesisLogic, SynthesisRequest, SynthesisResult, voxel_size
 from .manifest import PATIENT_COLUMN, ManifestSubject, read_manifest
 from .preprocessing import NormalisationSpec, foreground_mask, normalise
 from .progress import Reporter
-from .provenance import run_description, saliency_description, sidecar, sidecar_path, sidecars
+from .provenance import located, run_description, saliency_description, sidecar, sidecar_path, sidecars
 from .report import Panel, orthogonal_views, saliency_figure
 from .validation import check_mask, check_values
 from .volume import Volume, read_volume, reoriented_onto, resample_to, write_volume
@@ -97,13 +97,13 @@ def _read_optional(path: str | None) -> Volume | None:
 
 
 def _region_file(region: Volume | None) -> str | None:
-    """The file the region mask was read from, made absolute: ``Volume.source`` is the path as the user typed it
-    (``read_volume``), relative to a working folder that means nothing to whoever reads the JSON later. Symbolic
-    links are kept, as the sidecars name the inputs (``provenance``): the path the user knows. None without a
-    region, or when the region was not read from a file (there is no file to name)."""
+    """The file the region mask was read from, named as the sidecars name the inputs (``provenance.located``:
+    absolute, symbolic links kept): ``Volume.source`` is the path as the user typed it, relative to a working folder
+    that means nothing to whoever reads the JSON later. None without a region, or when the region was not read from
+    a file (there is no file to name)."""
     if region is None or not Path(region.source).is_file():
         return None
-    return os.path.abspath(region.source)
+    return located(region.source)
 
 
 def write_result(result: SynthesisResult, paths: Mapping[str, Path], saliency: Mapping[tuple[str, str], Path],

@@ -77,7 +77,7 @@ def run_description(target: str, run: Mapping[str, Any]) -> str:
     return description(target, list(run["inputs"]), run["model"]["name"], run["lesion_mask"] is not None)
 
 
-def _located(source: Any) -> Any:
+def located(source: Any) -> Any:
     """A file named relative to the working folder, as the user gave it, made absolute: the sidecar is read
     from elsewhere; anything else (a node name, None) as it is."""
     return os.path.abspath(source) if isinstance(source, str) and Path(source).is_file() else source
@@ -86,8 +86,8 @@ def _located(source: Any) -> Any:
 def sidecar(target: str, run: Mapping[str, Any], image: str | Path) -> dict[str, Any]:
     """The sidecar of ``image``, the synthetic ``target`` of a run whose record is ``run``
     (``SynthesisResult.provenance``)."""
-    record = {**run, "inputs": {n: _located(s) for n, s in run["inputs"].items()},
-              **{k: _located(run[k]) for k in ("lesion_mask", "brain_mask", "grid_of")}}
+    record = {**run, "inputs": {n: located(s) for n, s in run["inputs"].items()},
+              **{k: located(run[k]) for k in ("lesion_mask", "brain_mask", "grid_of")}}
     return {"synthetic": True, "modality": target, "image": Path(image).name,
             "description": run_description(target, run),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **record}
